@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the host tools mesobake and its tests need on a fresh Debian/Ubuntu machine.
+# qemu-system-x86 and qemu-utils are named in one command on purpose: installing
+# qemu-system-x86 alone replaces a backported qemu-img and can leave the two mismatched.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+pkgs=(
+  qemu-system-x86 qemu-utils   # boot (verify) and disk conversion
+  mmdebstrap                   # bootstrapped bases
+  fdisk gdisk                  # sfdisk --json, sgdisk: partition tables
+  cloud-guest-utils            # growpart
+  e2fsprogs util-linux mount   # mkfs.ext4, resize2fs, losetup, mount
+  dosfstools mtools            # the ESP is built as a file, never mounted
+  grub-pc-bin grub-efi-amd64-bin grub2-common  # boot loaders written from the host
+  genisoimage                  # NoCloud seed ISOs (volume label cidata)
+  dpkg-dev                     # stand-in test packages and the local .deb repo
+  python3 curl ca-certificates zstd
+)
+if ! dpkg -s "${pkgs[@]}" >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/dev/null; then
+  $SUDO apt-get update -qq
+  # Some machines carry a newer backported qemu-utils that breaks qemu-system-x86 7.2;
+  # pin qemu-utils to the version qemu-system-x86 comes in, so the two always match.
+  qver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "${pkgs[@]/#qemu-utils/qemu-utils=$qver}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install a Rust toolchain (https://rustup.rs) and re-run" >&2
+  exit 1
+fi

@@ -1,0 +1,293 @@
+//! The one runner every external command goes through.
+//!
+//! It logs the argv under `-v`, gives the child a null stdin and `LANG=C.UTF-8`, keeps the
+//! tail of stderr for the error, and stops the child when the user presses Ctrl-C, so
+//! that the guards up the stack get to tear down mounts and loop devices.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Turns on logging of every external command (`-v`).
+pub fn set_verbose(on: bool) {
+    VERBOSE.store(on, Ordering::Relaxed);
+}
+
+/// Whether `-v` is on.
+pub fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed)
+}
+
+/// Installs the Ctrl-C handler. The first Ctrl-C only raises a flag: running children are
+/// killed and the error unwinds through the guards. A second one exits at once.
+pub fn install_interrupt_handler() -> Result<()> {
+    ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("mesobake: interrupted twice, exiting without cleanup");
+            std::process::exit(130);
+        }
+        eprintln!("mesobake: interrupted, cleaning up");
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+/// Returns an error if the user pressed Ctrl-C. Long loops call this between steps.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!(Interrupted);
+    }
+    Ok(())
+}
+
+/// The error a build stops with after Ctrl-C.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by the user")]
+pub struct Interrupted;
+
+/// A command failed: the printable command line, how it ended and the tail of stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("command failed ({status}): {cmdline}\n{stderr_tail}")]
+pub struct CommandFailed {
+    /// The shell-quoted command line, ready to paste and re-run.
+    pub cmdline: String,
+    /// "exit status 1", "killed by signal 9", ...
+    pub status: String,
+    /// The last lines of the command's stderr.
+    pub stderr_tail: String,
+}
+
+/// One external command, described for the user and run through [`Cmd::run`].
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    dir: Option<std::path::PathBuf>,
+    stdin: Option<Vec<u8>>,
+    inherit_stdout: bool,
+}
+
+impl Cmd {
+    /// A command running `program`.
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Cmd {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            dir: None,
+            stdin: None,
+            inherit_stdout: false,
+        }
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    /// Appends several arguments.
+    pub fn args<I, S>(mut self, it: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(it.into_iter().map(|s| s.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets one environment variable for the child.
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.envs.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the child in `dir`.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Feeds `data` to the child's stdin instead of /dev/null.
+    pub fn stdin_bytes(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(data.into());
+        self
+    }
+
+    /// Lets the child's stdout through to ours (for commands whose output the user reads).
+    pub fn show_output(mut self) -> Self {
+        self.inherit_stdout = true;
+        self
+    }
+
+    /// The command line, shell-quoted so it can be pasted and re-run.
+    pub fn cmdline(&self) -> String {
+        let mut parts = Vec::new();
+        for (k, v) in &self.envs {
+            parts.push(format!("{}={}", k.to_string_lossy(), quote(&v.to_string_lossy())));
+        }
+        parts.push(quote(&self.program.to_string_lossy()));
+        parts.extend(self.args.iter().map(|a| quote(&a.to_string_lossy())));
+        parts.join(" ")
+    }
+
+    /// Runs the command; fails unless it exits 0.
+    pub fn run(self) -> Result<()> {
+        self.output().map(|_| ())
+    }
+
+    /// Runs the command and returns its stdout as text; fails unless it exits 0.
+    pub fn read(self) -> Result<String> {
+        let out = self.output()?;
+        String::from_utf8(out).map_err(|e| anyhow::anyhow!("command printed non-UTF-8 output: {e}"))
+    }
+
+    /// Runs the command and returns its stdout; fails unless it exits 0.
+    pub fn output(self) -> Result<Vec<u8>> {
+        let (status, stdout, stderr) = self.spawn_and_wait()?;
+        if status.success() {
+            return Ok(stdout);
+        }
+        let status = match status.code() {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        Err(CommandFailed { cmdline: self.cmdline(), status, stderr_tail: tail(&stderr, 20) }.into())
+    }
+
+    /// Runs the command and returns whether it exited 0; only failing to start is an error.
+    pub fn succeeds(self) -> Result<bool> {
+        Ok(self.spawn_and_wait()?.0.success())
+    }
+
+    fn spawn_and_wait(&self) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>)> {
+        check_interrupted()?;
+        if verbose() {
+            eprintln!("+ {}", self.cmdline());
+        }
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .env("LANG", "C.UTF-8")
+            .env("LC_ALL", "C.UTF-8")
+            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(if self.inherit_stdout { Stdio::inherit() } else { Stdio::piped() })
+            .stderr(Stdio::piped());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.dir {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!("{}: command not found ({})", self.program.to_string_lossy(), self.cmdline())
+            } else {
+                anyhow::anyhow!("starting {}: {e}", self.cmdline())
+            }
+        })?;
+        if let Some(data) = &self.stdin {
+            let mut sin = child.stdin.take().expect("stdin is piped");
+            let data = data.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = sin.write_all(&data);
+            });
+        }
+        // Drain both pipes on threads so a chatty child never blocks on a full pipe.
+        let out_reader = child.stdout.take().map(|mut o| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = o.read_to_end(&mut buf);
+                buf
+            })
+        });
+        let mut err_pipe = child.stderr.take().expect("stderr is piped");
+        let echo = verbose();
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                match err_pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if echo {
+                            use std::io::Write;
+                            let _ = std::io::stderr().write_all(&chunk[..n]);
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
+            buf
+        });
+        let status = loop {
+            if let Some(st) = child.try_wait().context("waiting for a child process")? {
+                break st;
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(Interrupted);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = out_reader.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        Ok((status, stdout, stderr))
+    }
+}
+
+/// Shell-quotes one word if it needs it.
+pub fn quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn tail(bytes: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_names_command_status_and_stderr() {
+        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exit status 3"), "{msg}");
+        assert!(msg.contains("oops"), "{msg}");
+        assert!(msg.contains("sh -c 'echo oops >&2; exit 3'"), "{msg}");
+    }
+
+    #[test]
+    fn read_returns_stdout_and_stdin_is_fed() {
+        let out = Cmd::new("cat").stdin_bytes("hello").read().unwrap();
+        assert_eq!(out, "hello");
+    }
+
+    #[test]
+    fn missing_program_is_named() {
+        let err = Cmd::new("no-such-tool-xyz").run().unwrap_err();
+        assert!(format!("{err:#}").contains("no-such-tool-xyz: command not found"));
+    }
+
+    #[test]
+    fn quoting_round_trips_through_sh() {
+        let word = "it's a $test";
+        let out = Cmd::new("sh").arg("-c").arg(format!("printf %s {}", quote(word))).read().unwrap();
+        assert_eq!(out, word);
+    }
+}
