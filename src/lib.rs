@@ -1,2 +1,4 @@
 //! mesobake: bakes bootable, preconfigured VM images for Apache Mesos clusters.
+pub mod base;
+pub mod profile;
 pub mod run;

@@ -1,0 +1,322 @@
+//! The profile schema (one definition for every setting) and its resolved form.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// One profile file as written: every key optional so that includes can supply it.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProfileFile {
+    /// One line shown by `mesobake profiles`.
+    pub description: Option<String>,
+    /// Files merged in before this one, relative to this file.
+    pub include: Option<Vec<String>>,
+    /// Which services the image runs.
+    pub role: Option<RoleFile>,
+    /// What the image is built from.
+    pub base: Option<BaseFile>,
+    /// Extra apt repositories.
+    pub apt: Option<AptFile>,
+    /// Packages to install.
+    pub packages: Option<PackagesFile>,
+    /// Cluster-wide Mesos settings.
+    pub mesos: Option<MesosFile>,
+    /// Extra Marathon settings for /etc/default/marathon.
+    pub marathon: Option<MarathonFile>,
+    /// Config trees laid over the image root, in order.
+    pub overlays: Option<Vec<String>>,
+    /// What the export stage writes.
+    pub output: Option<OutputFile>,
+}
+
+/// `[role]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RoleFile {
+    /// The services, from: zookeeper, master, marathon, agent.
+    pub services: Option<Vec<Service>>,
+}
+
+/// `[base]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BaseFile {
+    /// A named base (`ubuntu-24.04`, `debian-12`, ...), a local image path or an http(s) URL.
+    pub name: Option<String>,
+    /// The SHA256 of a URL base.
+    pub sha256: Option<String>,
+    /// A SHA256SUMS URL listing a URL base.
+    pub sha256sums: Option<String>,
+    /// The disk size of the image, e.g. "6G"; the root filesystem grows to fill it.
+    pub disk_size: Option<String>,
+}
+
+/// `[apt]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AptFile {
+    /// Repositories added to the image, each pinned to its key.
+    pub sources: Option<Vec<AptSource>>,
+}
+
+/// One apt repository, written as a deb822 `.sources` file with `Signed-By`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AptSource {
+    /// File name under /etc/apt/sources.list.d (without `.sources`).
+    pub name: String,
+    /// Only for bases of this family ("ubuntu" or "debian"); all bases when unset.
+    pub family: Option<String>,
+    /// The repository URI; `{codename}` is replaced by the base's codename.
+    pub uri: String,
+    /// Suites; `{codename}` is replaced.
+    pub suites: Vec<String>,
+    /// Components.
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// The repository's public key file (ASCII-armoured or binary), relative to the file.
+    pub key: String,
+}
+
+/// `[packages]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PackagesFile {
+    /// Package names apt installs (with their dependencies from the archive).
+    pub install: Option<Vec<String>>,
+    /// Local `.deb` files, or directories of them, made available to apt.
+    pub debs: Option<Vec<String>>,
+}
+
+/// `[mesos]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MesosFile {
+    /// The cluster name shown in the Mesos web UI.
+    pub cluster: Option<String>,
+    /// Extra master flags: one flag file each in /etc/mesos-master.
+    pub master_flags: Option<BTreeMap<String, String>>,
+    /// Extra agent flags: one flag file each in the agent's flag dir.
+    pub agent_flags: Option<BTreeMap<String, String>>,
+}
+
+/// `[marathon]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MarathonFile {
+    /// Extra `MARATHON_*` settings for /etc/default/marathon.
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// `[output]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OutputFile {
+    /// Output formats; `--format` on the command line wins.
+    pub formats: Option<Vec<String>>,
+}
+
+/// A service a role can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Service {
+    /// ZooKeeper (`zookeeperd`).
+    Zookeeper,
+    /// The Mesos master.
+    Master,
+    /// Marathon.
+    Marathon,
+    /// The Mesos agent (`mesos-slave` or `mesos-agent`, by package layout).
+    Agent,
+}
+
+impl Service {
+    /// Every service, in start order.
+    pub const ALL: [Service; 4] = [Service::Zookeeper, Service::Master, Service::Marathon, Service::Agent];
+}
+
+/// A fully resolved, validated profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// The profile's name (its file stem).
+    pub name: String,
+    /// The profile file.
+    pub path: PathBuf,
+    /// One line of description.
+    pub description: String,
+    /// Services in start order.
+    pub services: Vec<Service>,
+    /// The base spec (`--base` may replace it).
+    pub base: String,
+    /// The SHA256 of a URL base.
+    pub base_sha256: Option<String>,
+    /// The SHA256SUMS URL of a URL base.
+    pub base_sha256sums: Option<String>,
+    /// The disk size in bytes.
+    pub disk_size: u64,
+    /// Apt repositories.
+    pub apt_sources: Vec<AptSource>,
+    /// Packages to install.
+    pub packages: Vec<String>,
+    /// Local .deb files or directories.
+    pub debs: Vec<PathBuf>,
+    /// The cluster name.
+    pub cluster: String,
+    /// Extra master flags.
+    pub master_flags: BTreeMap<String, String>,
+    /// Extra agent flags.
+    pub agent_flags: BTreeMap<String, String>,
+    /// Extra Marathon environment.
+    pub marathon_env: BTreeMap<String, String>,
+    /// Overlay directories, in order.
+    pub overlays: Vec<PathBuf>,
+    /// Output formats.
+    pub formats: Vec<String>,
+    /// Every file that went into the profile with its SHA256, in merge order.
+    pub sources: Vec<(PathBuf, String)>,
+}
+
+/// Flags the first-boot configurator owns: setting them in a profile would give Mesos the
+/// same flag twice, which real Mesos refuses to start with.
+const NODE_FLAGS: &[&str] = &["ip", "hostname", "quorum", "zk", "master", "cluster"];
+
+impl Profile {
+    pub(crate) fn resolve(name: String, path: &Path, f: ProfileFile, sources: Vec<(PathBuf, String)>) -> Result<Profile> {
+        let here = path.display();
+        let role = f.role.unwrap_or_default();
+        let mut services = role.services.unwrap_or_default();
+        if services.is_empty() {
+            bail!("{here}: [role] services is empty or missing: list some of zookeeper, master, marathon, agent");
+        }
+        let before = services.len();
+        services.sort();
+        services.dedup();
+        if services.len() != before {
+            bail!("{here}: [role] services lists a service twice");
+        }
+        if services.contains(&Service::Master) && !services.contains(&Service::Zookeeper) {
+            bail!("{here}: [role] services has master without zookeeper: a master image runs its own ZooKeeper member; add \"zookeeper\"");
+        }
+        if services.contains(&Service::Marathon) && !services.contains(&Service::Master) {
+            bail!("{here}: [role] services has marathon without master: Marathon runs beside a Mesos master; add \"master\"");
+        }
+        let base = f.base.unwrap_or_default();
+        let base_name = base.name.unwrap_or_else(|| "ubuntu-24.04".to_string());
+        let disk_size = parse_size(base.disk_size.as_deref().unwrap_or("6G"))
+            .map_err(|e| anyhow::anyhow!("{here}: [base] disk-size: {e}"))?;
+        let pk = f.packages.unwrap_or_default();
+        let packages = pk.install.unwrap_or_default();
+        if packages.is_empty() {
+            bail!("{here}: [packages] install is empty: list the Mesos, Marathon and ZooKeeper packages");
+        }
+        for p in &packages {
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c)) {
+                bail!("{here}: [packages] install: {p:?} is not a package name");
+            }
+        }
+        let mesos = f.mesos.unwrap_or_default();
+        let master_flags = mesos.master_flags.unwrap_or_default();
+        let agent_flags = mesos.agent_flags.unwrap_or_default();
+        for (table, flags) in [("master-flags", &master_flags), ("agent-flags", &agent_flags)] {
+            for k in flags.keys() {
+                if NODE_FLAGS.contains(&k.as_str()) {
+                    bail!("{here}: [mesos] {table}: {k:?} is set per node at first boot; remove it from the profile (setting it twice would give Mesos a duplicate flag)");
+                }
+                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '?' || c == '-') {
+                    bail!("{here}: [mesos] {table}: {k:?} is not a Mesos flag name");
+                }
+            }
+        }
+        let marathon_env = f.marathon.and_then(|m| m.env).unwrap_or_default();
+        for k in marathon_env.keys() {
+            if !k.starts_with("MARATHON_") && !k.starts_with("LIBPROCESS_") && k != "JAVA_OPTS" {
+                bail!("{here}: [marathon] env: {k:?} must start with MARATHON_ or LIBPROCESS_");
+            }
+            if ["MARATHON_MASTER", "MARATHON_ZK", "MARATHON_HOSTNAME", "LIBPROCESS_IP"].contains(&k.as_str()) {
+                bail!("{here}: [marathon] env: {k} is set per node at first boot; remove it");
+            }
+        }
+        let apt_sources = f.apt.and_then(|a| a.sources).unwrap_or_default();
+        for s in &apt_sources {
+            if let Some(fam) = &s.family {
+                if fam != "ubuntu" && fam != "debian" {
+                    bail!("{here}: [[apt.sources]] {}: family must be \"ubuntu\" or \"debian\", not {fam:?}", s.name);
+                }
+            }
+        }
+        let formats = f.output.and_then(|o| o.formats).unwrap_or_else(|| vec!["qcow2".into()]);
+        Ok(Profile {
+            name,
+            path: path.to_owned(),
+            description: f.description.unwrap_or_default(),
+            services,
+            base: base_name,
+            base_sha256: base.sha256,
+            base_sha256sums: base.sha256sums,
+            disk_size,
+            apt_sources,
+            packages,
+            debs: pk.debs.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
+            cluster: mesos.cluster.unwrap_or_else(|| "mesobake".into()),
+            master_flags,
+            agent_flags,
+            marathon_env,
+            overlays: f.overlays.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
+            formats,
+            sources,
+        })
+    }
+
+    /// Whether the role runs `s`.
+    pub fn runs(&self, s: Service) -> bool {
+        self.services.contains(&s)
+    }
+
+    /// A human-readable plan for `--dry-run`.
+    pub fn plan(&self) -> String {
+        let mut s = String::new();
+        let svc: Vec<_> = self.services.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
+        s += &format!("profile     {} ({})\n", self.name, self.path.display());
+        s += &format!("description {}\n", self.description);
+        s += &format!("services    {}\n", svc.join(" "));
+        s += &format!("base        {}\n", self.base);
+        s += &format!("disk size   {} MiB\n", self.disk_size >> 20);
+        for a in &self.apt_sources {
+            s += &format!("apt source  {} {} {} (key {})\n", a.name, a.uri, a.suites.join(","), a.key);
+        }
+        s += &format!("packages    {}\n", self.packages.join(" "));
+        for d in &self.debs {
+            s += &format!("local debs  {}\n", d.display());
+        }
+        s += &format!("cluster     {}\n", self.cluster);
+        if !self.master_flags.is_empty() {
+            s += &format!("master      {}\n", super::fmt_map(&self.master_flags));
+        }
+        if !self.agent_flags.is_empty() {
+            s += &format!("agent       {}\n", super::fmt_map(&self.agent_flags));
+        }
+        for o in &self.overlays {
+            s += &format!("overlay     {}\n", o.display());
+        }
+        s += &format!("formats     {}\n", self.formats.join(","));
+        s += "stages      resolve -> base -> provision -> configure -> finalize -> export\n";
+        s
+    }
+}
+
+/// Parses "6G", "512M", "4096" (bytes).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("{s:?} is not a size like 6G or 512M"))?;
+    n.checked_mul(mult).ok_or_else(|| anyhow::anyhow!("{s:?} is too large"))
+}

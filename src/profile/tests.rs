@@ -1,0 +1,119 @@
+use super::*;
+use std::fs;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, text).unwrap();
+    p
+}
+
+const COMMON: &str = r#"
+[base]
+name = "debian-12"
+[packages]
+install = ["mesos", "zookeeperd"]
+debs = ["debs"]
+"#;
+
+#[test]
+fn include_merges_and_paths_are_relative_to_their_file() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "inc/common.toml", COMMON);
+    let p = write(d.path(), "p.toml", "include = [\"inc/common.toml\"]\n[role]\nservices = [\"agent\"]\n");
+    let prof = load(&p, &[]).unwrap();
+    assert_eq!(prof.base, "debian-12");
+    assert_eq!(prof.services, vec![Service::Agent]);
+    assert_eq!(prof.debs, vec![d.path().canonicalize().unwrap().join("inc/debs")]);
+    assert_eq!(prof.sources.len(), 2);
+}
+
+#[test]
+fn later_files_win_and_with_files_layer_last() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "common.toml", COMMON);
+    let p = write(d.path(), "p.toml", "include = [\"common.toml\"]\n[role]\nservices = [\"agent\"]\n[base]\nname = \"ubuntu-22.04\"\n");
+    assert_eq!(load(&p, &[]).unwrap().base, "ubuntu-22.04");
+    let w = write(d.path(), "w.toml", "[packages]\ninstall = [\"other\"]\n");
+    let prof = load(&p, &[w]).unwrap();
+    assert_eq!(prof.packages, vec!["other"]);
+    // Tables merge key by key: the debs from the include survive.
+    assert_eq!(prof.debs.len(), 1);
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "bad.toml", "description = \"x\"\n[role]\nservices = [\"agent\"]\nservise = 1\n");
+    let msg = format!("{:#}", load(&p, &[]).unwrap_err());
+    assert!(msg.contains("bad.toml"), "{msg}");
+    assert!(msg.contains("line 4"), "{msg}");
+    assert!(msg.contains("servise"), "{msg}");
+}
+
+#[test]
+fn unknown_key_in_an_include_names_the_include() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "inc.toml", "[packages]\ninstal = [\"x\"]\n");
+    let p = write(d.path(), "p.toml", "include = [\"inc.toml\"]\n");
+    let msg = format!("{:#}", load(&p, &[]).unwrap_err());
+    assert!(msg.contains("inc.toml") && msg.contains("line 2") && msg.contains("instal"), "{msg}");
+}
+
+#[test]
+fn malformed_toml_and_wrong_types_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "p.toml", "[role\n");
+    assert!(format!("{:#}", load(&p, &[]).unwrap_err()).contains("line 1"));
+    let p = write(d.path(), "q.toml", "[role]\nservices = [\"agent\", \"dancer\"]\n");
+    let msg = format!("{:#}", load(&p, &[]).unwrap_err());
+    assert!(msg.contains("q.toml") && msg.contains("dancer"), "{msg}");
+}
+
+#[test]
+fn include_cycle_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "include = [\"b.toml\"]\n");
+    let b = write(d.path(), "b.toml", "include = [\"a.toml\"]\n");
+    assert!(format!("{:#}", load(&b, &[]).unwrap_err()).contains("include cycle"));
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "common.toml", COMMON);
+    let cases = [
+        ("[role]\nservices = [\"master\"]\n", "without zookeeper"),
+        ("[role]\nservices = []\n", "services is empty"),
+        ("[role]\nservices = [\"agent\"]\n[mesos.agent-flags]\nip = \"1.2.3.4\"\n", "set per node"),
+        ("[role]\nservices = [\"agent\"]\n[base]\ndisk-size = \"lots\"\n", "disk-size"),
+        ("[role]\nservices = [\"agent\", \"agent\"]\n", "twice"),
+    ];
+    for (body, want) in cases {
+        let p = write(d.path(), "p.toml", &format!("include = [\"common.toml\"]\n{body}"));
+        let msg = format!("{:#}", load(&p, &[]).unwrap_err());
+        assert!(msg.contains(want), "{body}: {msg}");
+    }
+}
+
+#[test]
+fn shipped_profiles_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    let all = list(&dir).unwrap();
+    let names: Vec<_> = all.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["master", "master-slave", "slave-only"]);
+    let so = load(&dir.join("slave-only.toml"), &[]).unwrap();
+    assert_eq!(so.services, vec![Service::Agent]);
+    assert_eq!(so.agent_flags["containerizers"], "docker,mesos");
+    let off = load(&dir.join("master-slave.toml"), &[dir.join("include/offline-standins.toml")]).unwrap();
+    assert_eq!(off.base, "debian-12");
+    assert!(off.apt_sources.is_empty());
+    assert!(off.packages.contains(&"mesos".to_string()));
+}
+
+#[test]
+fn sizes_parse() {
+    assert_eq!(parse_size("6G").unwrap(), 6 << 30);
+    assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+    assert!(parse_size("6X").is_err());
+}
