@@ -39,9 +39,26 @@ pub fn install_interrupt_handler() -> Result<()> {
     .context("installing the Ctrl-C handler")
 }
 
+thread_local! {
+    static SUSPENDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+fn interrupt_pending() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst) && SUSPENDED.with(|s| s.get() == 0)
+}
+
+/// Runs `f` with Ctrl-C ignored by the runner on this thread. Teardown (unmount, detach)
+/// uses this: after Ctrl-C it must still run its commands to completion.
+pub fn with_interrupt_suspended<T>(f: impl FnOnce() -> T) -> T {
+    SUSPENDED.with(|s| s.set(s.get() + 1));
+    let out = f();
+    SUSPENDED.with(|s| s.set(s.get() - 1));
+    out
+}
+
 /// Returns an error if the user pressed Ctrl-C. Long loops call this between steps.
 pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupt_pending() {
         bail!(Interrupted);
     }
     Ok(())
@@ -231,7 +248,7 @@ impl Cmd {
             if let Some(st) = child.try_wait().context("waiting for a child process")? {
                 break st;
             }
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            if interrupt_pending() {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(Interrupted);
