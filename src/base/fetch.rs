@@ -1,0 +1,1074 @@
+//! Getting a base image onto this machine: download with resume and progress, SHA256
+//! verification, and the digest-keyed [`Cache`].
+//!
+//! The expected digest is always known before any byte of the image moves (given directly
+//! or looked up in a `SHA256SUMS` file), so a cache hit needs no network at all, the download
+//! is hashed while it is written, and a mismatch is caught before anything enters the cache.
+//!
+//! Local bases (a plain path or a `file://` URL) are verified and then used in place: they
+//! are not copied into the cache, because the file is already on this machine and a copy
+//! would only double the disk use. Nothing downstream may write to the returned path
+//! (cached blobs are read-only for the same reason); the provision stage works on a copy.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use super::cache::{hash_reader, normalize_sha256, Cache};
+use crate::run::{check_interrupted, verbose};
+
+/// SHA256SUMS files are a few kilobytes; anything this big is not one.
+const MAX_SUMS_BYTES: u64 = 16 << 20;
+
+/// Where the expected SHA256 of a base image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// The digest itself, 64 hex characters (an optional `sha256:` prefix is allowed).
+    Sha256(String),
+    /// The URL (or local path) of a `SHA256SUMS` file; the line for the image's file name
+    /// (the last segment of its URL) is looked up in it.
+    SumsUrl(String),
+    /// A local `SHA256SUMS` file, looked up the same way.
+    SumsFile(PathBuf),
+}
+
+/// How download progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Progress {
+    /// A progress bar when stderr is a terminal, plain lines otherwise.
+    #[default]
+    Auto,
+    /// Always a progress bar (hidden by indicatif if stderr is not a terminal).
+    Bar,
+    /// A plain line every 10% (or every 64 MiB when the size is unknown), for logs and CI.
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+/// Tuning for [`fetch_with`]. [`FetchOptions::default`] is what [`fetch`] uses.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// How many requests one fetch may make before it gives up on transient failures
+    /// (dropped connections, timeouts, HTTP 5xx). Each retry resumes where the last stopped.
+    pub attempts: u32,
+    /// The wait before the first retry; later retries wait proportionally longer.
+    pub retry_delay: Duration,
+    /// How long to wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// How long one read may stall before the attempt counts as failed.
+    pub read_timeout: Duration,
+    /// How progress is shown.
+    pub progress: Progress,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            attempts: 5,
+            retry_delay: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            progress: Progress::Auto,
+        }
+    }
+}
+
+/// The content does not hash to the expected digest. Nothing was cached, and a download
+/// that produced it was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "checksum mismatch for {url}\n  expected sha256: {expected}\n  actual sha256:   {actual}\n\
+     The file was not used and nothing was cached. If the file was replaced upstream, \
+     update the expected checksum (or its SHA256SUMS source); otherwise the download or \
+     the mirror is corrupt: try again, or use another mirror."
+)]
+pub struct ChecksumMismatch {
+    /// What was fetched (URL or path).
+    pub url: String,
+    /// The digest it should have had.
+    pub expected: String,
+    /// The digest it had.
+    pub actual: String,
+}
+
+/// Other fetch failures that callers may want to tell apart (find them with
+/// `err.downcast_ref::<FetchError>()`).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The server answered 404.
+    #[error("{url} was not found (HTTP 404); check the URL: the image may have moved or been removed from the mirror")]
+    NotFound {
+        /// The URL that was requested.
+        url: String,
+    },
+    /// The server answered with another error status.
+    #[error("{url}: the server answered HTTP {status} {reason}")]
+    HttpStatus {
+        /// The URL that was requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The status text the server sent.
+        reason: String,
+    },
+    /// The SHA256SUMS text has no line for the file.
+    #[error("no SHA256 entry for {file_name:?}")]
+    MissingSum {
+        /// The file name that was looked up.
+        file_name: String,
+    },
+}
+
+/// Fetches `url` (http, https, file, or a local path), checks it against `expected`, and
+/// returns the path of a verified copy. See [`fetch_with`].
+pub fn fetch(cache: &Cache, url: &str, expected: &Expected) -> Result<PathBuf> {
+    fetch_with(cache, url, expected, &FetchOptions::default())
+}
+
+/// Fetches `url`, checks it against `expected`, and returns the path of a verified copy.
+///
+/// The expected digest is resolved first. For http and https, a cached blob with that
+/// digest is returned without touching the network; otherwise the file is downloaded into
+/// the cache's tmp dir (resuming a partial download left by an earlier run), hashed while
+/// written, and published into the cache only if it matches. A mismatch is a
+/// [`ChecksumMismatch`], and the partial file is deleted. A local path or
+/// `file://` URL is verified and returned as it is, not copied into the cache.
+///
+/// Concurrent fetches of the same digest, from threads or processes, are serialised by a
+/// per-digest lock: one downloads, the others wait and then find it in the cache.
+pub fn fetch_with(
+    cache: &Cache,
+    url: &str,
+    expected: &Expected,
+    opts: &FetchOptions,
+) -> Result<PathBuf> {
+    let source = Source::parse(url)?;
+    let agent = make_agent(opts);
+    let want = resolve_expected(&agent, expected, || source.file_name())
+        .with_context(|| format!("finding the expected SHA256 of {url}"))?;
+    match source {
+        Source::Local(path) => verify_local(&path, &want, opts),
+        Source::Http(url) => download(cache, &agent, &url, &want, opts),
+    }
+}
+
+/// Finds the SHA256 of `file_name` in the text of a SHA256SUMS file.
+///
+/// Understands GNU lines (`<hex>  name`, and `<hex> *name` with the binary marker, including
+/// backslash-escaped names) and BSD lines (`SHA256 (name) = <hex>`, as `sha256sum --tag`,
+/// `shasum --tag` and Fedora's CHECKSUM files write them). Blank lines, `#` comments and
+/// lines for other files or algorithms are skipped; a malformed digest on the file's own
+/// line, or two different digests for it, is an error.
+pub fn parse_sha256sums(text: &str, file_name: &str) -> Result<String> {
+    let mut found: Option<String> = None;
+    for (idx, raw) in text.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((digest, name)) = parse_sums_line(line) else {
+            continue;
+        };
+        if name != file_name && name.strip_prefix("./") != Some(file_name) {
+            continue;
+        }
+        let lineno = idx + 1;
+        let hex = normalize_sha256(digest).with_context(|| {
+            format!("line {lineno} for {file_name:?} has a malformed SHA256 {digest:?}")
+        })?;
+        match &found {
+            Some(prev) if *prev != hex => {
+                bail!("two different SHA256 entries for {file_name:?}: {prev} and {hex} (line {lineno})")
+            }
+            _ => found = Some(hex),
+        }
+    }
+    found.ok_or_else(|| {
+        FetchError::MissingSum {
+            file_name: file_name.to_string(),
+        }
+        .into()
+    })
+}
+
+/// Splits one checksum line into (digest, file name), or `None` if it is not one.
+fn parse_sums_line(line: &str) -> Option<(&str, String)> {
+    for prefix in ["SHA256 (", "SHA256(", "SHA2-256 (", "SHA2-256("] {
+        if let Some(rest) = line.strip_prefix(prefix) {
+            let (name, tail) = rest.rsplit_once(')')?;
+            let digest = tail.trim_start().strip_prefix('=')?.trim();
+            return Some((digest, name.to_string()));
+        }
+    }
+    // GNU coreutils prefixes the line with a backslash when the name contains a newline or
+    // a backslash, and escapes those in the name.
+    let (escaped, line) = match line.strip_prefix('\\') {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    let (digest, rest) = line.split_once(' ')?;
+    // Standard form is one space and then ' ' (text) or '*' (binary); one bare space is
+    // accepted too since some tools write that.
+    let name = rest
+        .strip_prefix(' ')
+        .or_else(|| rest.strip_prefix('*'))
+        .unwrap_or(rest);
+    if name.is_empty() {
+        return None;
+    }
+    let name = if escaped {
+        unescape_gnu(name)
+    } else {
+        name.to_string()
+    };
+    Some((digest, name))
+}
+
+fn unescape_gnu(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Where a base comes from.
+enum Source {
+    Http(String),
+    Local(PathBuf),
+}
+
+impl Source {
+    fn parse(url: &str) -> Result<Source> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Ok(Source::Http(url.to_string()));
+        }
+        if lower.starts_with("file://") {
+            let rest = &url["file://".len()..];
+            let path = rest
+                .strip_prefix("localhost")
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or(rest);
+            if !path.starts_with('/') {
+                bail!("the file URL {url} must have an absolute path, like file:///var/images/base.img");
+            }
+            return Ok(Source::Local(PathBuf::from(percent_decode(path))));
+        }
+        if url.contains("://") {
+            bail!(
+                "unsupported URL scheme in {url}: use http://, https://, file:// or a local path"
+            );
+        }
+        Ok(Source::Local(PathBuf::from(url)))
+    }
+
+    /// The name a SHA256SUMS file would list this file under.
+    fn file_name(&self) -> Result<String> {
+        match self {
+            Source::Http(url) => url_file_name(url),
+            Source::Local(path) => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| {
+                    format!(
+                        "{} has no file name to look up in SHA256SUMS",
+                        path.display()
+                    )
+                }),
+        }
+    }
+}
+
+/// The decoded last path segment of an http(s) URL.
+fn url_file_name(url: &str) -> Result<String> {
+    let no_fragment = url.split('#').next().unwrap_or(url);
+    let no_query = no_fragment.split('?').next().unwrap_or(no_fragment);
+    let after_scheme = no_query
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(no_query);
+    let path = after_scheme.split_once('/').map(|(_, p)| p).unwrap_or("");
+    let last = path.rsplit('/').next().unwrap_or("");
+    if last.is_empty() {
+        bail!("cannot tell the file name in {url}, so it cannot be looked up in SHA256SUMS; give the SHA256 itself");
+    }
+    Ok(percent_decode(last))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match decoded {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn make_agent(opts: &FetchOptions) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(opts.connect_timeout)
+        .timeout_read(opts.read_timeout)
+        .user_agent(concat!("mesobake/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+fn resolve_expected(
+    agent: &ureq::Agent,
+    expected: &Expected,
+    file_name: impl FnOnce() -> Result<String>,
+) -> Result<String> {
+    match expected {
+        Expected::Sha256(d) => normalize_sha256(d),
+        Expected::SumsUrl(sums) => {
+            let name = file_name()?;
+            let text = match Source::parse(sums)? {
+                Source::Http(u) => fetch_text(agent, &u)?,
+                Source::Local(p) => read_sums_file(&p)?,
+            };
+            parse_sha256sums(&text, &name).with_context(|| format!("looking up {name} in {sums}"))
+        }
+        Expected::SumsFile(path) => {
+            let name = file_name()?;
+            let text = read_sums_file(path)?;
+            parse_sha256sums(&text, &name)
+                .with_context(|| format!("looking up {name} in {}", path.display()))
+        }
+    }
+}
+
+fn read_sums_file(path: &Path) -> Result<String> {
+    fs::read_to_string(path)
+        .with_context(|| format!("reading the checksum file {}", path.display()))
+}
+
+/// Downloads a small text file (a SHA256SUMS) into memory; it is never cached, since it
+/// is what tells us whether the cache is current.
+fn fetch_text(agent: &ureq::Agent, url: &str) -> Result<String> {
+    let resp = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, resp)) => return Err(status_error(url, code, &resp)),
+        Err(ureq::Error::Transport(t)) => {
+            return Err(anyhow!(t).context(format!("downloading the checksum file {url}")))
+        }
+    };
+    let mut text = String::new();
+    resp.into_reader()
+        .take(MAX_SUMS_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("downloading the checksum file {url}"))?;
+    if text.len() as u64 > MAX_SUMS_BYTES {
+        bail!(
+            "{url} is larger than {}; is it really a SHA256SUMS file?",
+            HumanBytes(MAX_SUMS_BYTES)
+        );
+    }
+    Ok(text)
+}
+
+fn status_error(url: &str, code: u16, resp: &ureq::Response) -> anyhow::Error {
+    if code == 404 {
+        FetchError::NotFound {
+            url: url.to_string(),
+        }
+        .into()
+    } else {
+        FetchError::HttpStatus {
+            url: url.to_string(),
+            status: code,
+            reason: resp.status_text().to_string(),
+        }
+        .into()
+    }
+}
+
+fn verify_local(path: &Path, want: &str, opts: &FetchOptions) -> Result<PathBuf> {
+    let path = fs::canonicalize(path)
+        .with_context(|| format!("opening the local base image {}", path.display()))?;
+    let mut file = File::open(&path)
+        .with_context(|| format!("opening the local base image {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    let mut meter = Meter::new(
+        opts.progress,
+        format!("verifying {}", display_name(&path.to_string_lossy())),
+    );
+    meter.begin(0, size);
+    let mut hasher = Sha256::new();
+    hash_reader(&mut file, &mut hasher, |n| meter.update(n))
+        .with_context(|| format!("hashing the local base image {}", path.display()))?;
+    meter.finish();
+    let actual = hex::encode(hasher.finalize());
+    if actual != want {
+        return Err(ChecksumMismatch {
+            url: path.display().to_string(),
+            expected: want.to_string(),
+            actual,
+        }
+        .into());
+    }
+    Ok(path)
+}
+
+fn download(
+    cache: &Cache,
+    agent: &ureq::Agent,
+    url: &str,
+    want: &str,
+    opts: &FetchOptions,
+) -> Result<PathBuf> {
+    if let Some(hit) = cache.get(want) {
+        if verbose() {
+            eprintln!("mesobake: {url}: using the cached copy {}", hit.display());
+        }
+        return Ok(hit);
+    }
+    let _entry = cache.lock_entry(&format!("sha256-{want}"))?;
+    // Whoever held the lock before us may have just downloaded this very file.
+    if let Some(hit) = cache.get(want) {
+        return Ok(hit);
+    }
+    let partial_path = cache.tmp_dir().join(format!("{want}.partial"));
+    let mut meter = Meter::new(opts.progress, display_name(url));
+    let mut restarted = false;
+    loop {
+        let got = download_to_partial(agent, url, &partial_path, opts, &mut meter)?;
+        if got.sha256 == want {
+            break;
+        }
+        fs::remove_file(&partial_path).with_context(|| {
+            format!(
+                "removing the mismatched download {}",
+                partial_path.display()
+            )
+        })?;
+        // A resumed download glues an old prefix to a new suffix; if the file changed in
+        // between, the mismatch says nothing about the current file. One clean retry makes a
+        // reported mismatch always refer to a complete, fresh download.
+        if got.spliced && !restarted {
+            meter.note(&format!(
+                "mesobake: {url}: checksum mismatch after resuming; downloading again from the start"
+            ));
+            restarted = true;
+            continue;
+        }
+        return Err(ChecksumMismatch {
+            url: url.to_string(),
+            expected: want.to_string(),
+            actual: got.sha256,
+        }
+        .into());
+    }
+    cache
+        .insert_file(&partial_path, want, url)
+        .with_context(|| format!("adding {url} to the cache"))
+}
+
+struct Downloaded {
+    sha256: String,
+    /// Whether the bytes came from more than one response (a resumed download).
+    spliced: bool,
+}
+
+/// An attempt's failure: worth another attempt (network trouble), or not.
+enum Failure {
+    Retry(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+fn download_to_partial(
+    agent: &ureq::Agent,
+    url: &str,
+    path: &Path,
+    opts: &FetchOptions,
+    meter: &mut Meter,
+) -> Result<Downloaded> {
+    let mut part = Partial::open(path, url, meter)?;
+    let attempts = opts.attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        let failure = match transfer(agent, url, &mut part, meter) {
+            Ok(()) => break,
+            Err(f) => f,
+        };
+        let (err, retry) = match failure {
+            Failure::Retry(e) => (e, attempt < attempts),
+            Failure::Fatal(e) => (e, false),
+        };
+        if !retry {
+            meter.abandon();
+            if part.len == 0 {
+                // Nothing worth resuming; do not leave an empty file behind.
+                let _ = fs::remove_file(path);
+                return Err(err.context(format!("downloading {url}")));
+            }
+            return Err(err.context(format!(
+                "downloading {url} ({} kept in {}; run again to resume)",
+                HumanBytes(part.len),
+                path.display()
+            )));
+        }
+        let delay = opts.retry_delay * attempt;
+        attempt += 1;
+        meter.note(&format!(
+            "mesobake: {err:#}; retrying in {}s (attempt {attempt} of {attempts}), resuming at {}",
+            delay.as_secs(),
+            HumanBytes(part.len)
+        ));
+        sleep_interruptibly(delay)?;
+    }
+    meter.finish();
+    Ok(Downloaded {
+        sha256: hex::encode(part.hasher.finalize()),
+        spliced: part.spliced,
+    })
+}
+
+fn sleep_interruptibly(total: Duration) -> Result<()> {
+    let deadline = Instant::now() + total;
+    loop {
+        check_interrupted()?;
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// The `.partial` file, with the running hash of what it holds.
+struct Partial {
+    file: File,
+    path: PathBuf,
+    hasher: Sha256,
+    len: u64,
+    spliced: bool,
+}
+
+impl Partial {
+    /// Opens (or creates) the partial file and hashes what an earlier run left in it, so
+    /// the final digest covers the whole file without reading it again at the end.
+    fn open(path: &Path, url: &str, meter: &mut Meter) -> Result<Partial> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening the partial download {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if existing > 0 {
+            meter.note(&format!(
+                "mesobake: {url}: resuming an earlier download, checking the {} already here",
+                HumanBytes(existing)
+            ));
+        }
+        let len = hash_reader(&mut file, &mut hasher, |_| {})
+            .with_context(|| format!("hashing the partial download {}", path.display()))?;
+        Ok(Partial {
+            file,
+            path: path.to_path_buf(),
+            hasher,
+            len,
+            spliced: false,
+        })
+    }
+
+    /// Throws away what is held and starts from byte zero.
+    fn restart(&mut self) -> Result<(), Failure> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.seek(SeekFrom::Start(0)).map(|_| ()))
+            .with_context(|| format!("truncating the partial download {}", self.path.display()))
+            .map_err(Failure::Fatal)?;
+        self.hasher = Sha256::new();
+        self.len = 0;
+        self.spliced = false;
+        Ok(())
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), Failure> {
+        self.file
+            .write_all(data)
+            .with_context(|| format!("writing the partial download {}", self.path.display()))
+            .map_err(Failure::Fatal)?;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// One request: asks for the rest of the file (or all of it) and appends the body.
+fn transfer(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &mut Partial,
+    meter: &mut Meter,
+) -> Result<(), Failure> {
+    // At most two rounds: a resume the server cannot honour restarts once from byte zero.
+    loop {
+        let resuming = part.len > 0;
+        // Identity encoding keeps byte offsets meaningful for Range and Content-Length.
+        let mut req = agent.get(url).set("Accept-Encoding", "identity");
+        if resuming {
+            req = req.set("Range", &format!("bytes={}-", part.len));
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(416, resp)) if resuming => {
+                // The partial is at least as long as the file. If the server says it is
+                // exactly as long, the partial is complete (the hash check decides the rest).
+                let total = resp
+                    .header("content-range")
+                    .and_then(|v| parse_content_range(v).map(|r| r.1));
+                if total == Some(Some(part.len)) {
+                    return Ok(());
+                }
+                meter.note(&format!(
+                    "mesobake: {url}: the server cannot resume this download; starting over"
+                ));
+                part.restart()?;
+                continue;
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let err = status_error(url, code, &resp);
+                let transient = code == 408 || code == 429 || code >= 500;
+                return Err(if transient {
+                    Failure::Retry(err)
+                } else {
+                    Failure::Fatal(err)
+                });
+            }
+            Err(ureq::Error::Transport(t)) => {
+                return Err(Failure::Retry(
+                    anyhow!(t).context(format!("requesting {url}")),
+                ));
+            }
+        };
+        let content_length = resp
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let total = match resp.status() {
+            206 if resuming => match resp.header("content-range").and_then(parse_content_range) {
+                Some((start, total)) if start == part.len => {
+                    part.spliced = true;
+                    total.or(content_length.map(|l| l + start))
+                }
+                _ => {
+                    meter.note(&format!(
+                        "mesobake: {url}: the server resumed at the wrong offset; starting over"
+                    ));
+                    part.restart()?;
+                    continue;
+                }
+            },
+            206 => {
+                return Err(Failure::Fatal(anyhow!(
+                "{url}: the server sent a partial response (206) to a request for the whole file"
+            )))
+            }
+            _ => {
+                if resuming {
+                    meter.note(&format!(
+                        "mesobake: {url}: the server does not support resuming; downloading from the start"
+                    ));
+                    part.restart()?;
+                }
+                content_length
+            }
+        };
+        meter.begin(part.len, total);
+        let mut body = resp.into_reader();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            check_interrupted().map_err(Failure::Fatal)?;
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Failure::Retry(
+                        anyhow!(e).context(format!("reading {url} after {}", HumanBytes(part.len))),
+                    ))
+                }
+            };
+            part.append(&buf[..n])?;
+            meter.update(part.len);
+        }
+        if let Some(total) = total {
+            if part.len < total {
+                return Err(Failure::Retry(anyhow!(
+                    "{url}: the connection closed after {} of {} bytes",
+                    part.len,
+                    total
+                )));
+            }
+        }
+        return Ok(());
+    }
+}
+
+/// Parses `bytes START-END/TOTAL` (or `bytes */TOTAL`) into (START, TOTAL); TOTAL may be
+/// unknown (`*`). For the `*/TOTAL` form START is reported as 0.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    let start = if range.trim() == "*" {
+        0
+    } else {
+        range.split_once('-')?.0.trim().parse().ok()?
+    };
+    Some((start, total))
+}
+
+/// The file name part of a URL or path, for progress messages.
+fn display_name(url: &str) -> String {
+    let trimmed = url.split(['?', '#']).next().unwrap_or(url);
+    trimmed
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or(url)
+        .to_string()
+}
+
+/// Reports progress as a bar on a terminal or as occasional lines in logs.
+struct Meter {
+    label: String,
+    bar: Option<ProgressBar>,
+    lines: bool,
+    total: Option<u64>,
+    started: Instant,
+    start_pos: u64,
+    pos: u64,
+    next_report: u64,
+}
+
+/// Without a known size, plain-line mode reports this often.
+const LINE_STEP_UNKNOWN: u64 = 64 << 20;
+
+impl Meter {
+    fn new(mode: Progress, label: String) -> Meter {
+        use std::io::IsTerminal;
+        let (bar, lines) = match mode {
+            Progress::Quiet => (false, false),
+            Progress::Lines => (false, true),
+            Progress::Bar => (true, false),
+            Progress::Auto if io::stderr().is_terminal() => (true, false),
+            Progress::Auto => (false, true),
+        };
+        let bar = bar.then(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
+        Meter {
+            label,
+            bar,
+            lines,
+            total: None,
+            started: Instant::now(),
+            start_pos: 0,
+            pos: 0,
+            next_report: 0,
+        }
+    }
+
+    /// Starts (or restarts, after a retry) reporting at `pos` of `total` bytes.
+    fn begin(&mut self, pos: u64, total: Option<u64>) {
+        self.total = total;
+        self.started = Instant::now();
+        self.start_pos = pos;
+        self.pos = pos;
+        self.next_report = self.next_mark(pos);
+        if let Some(bar) = &self.bar {
+            let style = match total {
+                Some(len) => {
+                    bar.set_length(len);
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, ETA {eta}",
+                    )
+                }
+                None => {
+                    ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec}")
+                }
+            };
+            if let Ok(style) = style {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(self.label.clone());
+            bar.set_position(pos);
+            // The rate and ETA should describe this transfer, not count resumed bytes.
+            bar.reset_eta();
+        } else if self.lines {
+            let of = total
+                .map(|t| format!(" of {}", HumanBytes(t)))
+                .unwrap_or_default();
+            if pos > 0 {
+                eprintln!(
+                    "mesobake: {}: resuming at {}{of}",
+                    self.label,
+                    HumanBytes(pos)
+                );
+            } else {
+                eprintln!("mesobake: {}: starting{of}", self.label);
+            }
+        }
+    }
+
+    fn next_mark(&self, pos: u64) -> u64 {
+        match self.total {
+            Some(t) if t > 0 => {
+                let tenth = pos.saturating_mul(10) / t;
+                (tenth + 1).saturating_mul(t) / 10
+                    + u64::from((tenth + 1).saturating_mul(t) % 10 != 0)
+            }
+            _ => (pos / LINE_STEP_UNKNOWN + 1) * LINE_STEP_UNKNOWN,
+        }
+    }
+
+    fn update(&mut self, pos: u64) {
+        self.pos = pos;
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+        } else if self.lines && pos >= self.next_report {
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let rate = ((pos - self.start_pos) as f64 / secs) as u64;
+            let done = match self.total {
+                Some(t) if t > 0 => format!(
+                    "{}% ({} of {})",
+                    pos * 100 / t,
+                    HumanBytes(pos),
+                    HumanBytes(t)
+                ),
+                _ => format!("{}", HumanBytes(pos)),
+            };
+            eprintln!("mesobake: {}: {done}, {}/s", self.label, HumanBytes(rate));
+            self.next_report = self.next_mark(pos);
+        }
+    }
+
+    /// Prints a message without tearing the bar.
+    fn note(&self, msg: &str) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(msg),
+            _ if self.bar.is_some() || self.lines => eprintln!("{msg}"),
+            _ => {
+                if verbose() {
+                    eprintln!("{msg}");
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if self.bar.is_some() || self.lines {
+            eprintln!(
+                "mesobake: {}: done, {} in {:.1}s",
+                self.label,
+                HumanBytes(self.pos),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn abandon(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn gnu_text_and_binary_lines() {
+        let text = format!("{A}  other.img\n{B} *noble.img\n");
+        assert_eq!(parse_sha256sums(&text, "noble.img").unwrap(), B);
+        assert_eq!(parse_sha256sums(&text, "other.img").unwrap(), A);
+    }
+
+    #[test]
+    fn bsd_and_openssl_lines_with_comments_and_crlf() {
+        let upper = B.to_uppercase();
+        let text = format!(
+            "# Fedora-Cloud CHECKSUM\r\nSHA512 (x.qcow2) = {A}{A}\r\nSHA256 (x.qcow2) = {upper}\r\nSHA256(y.img)= {A}\n"
+        );
+        assert_eq!(parse_sha256sums(&text, "x.qcow2").unwrap(), B);
+        assert_eq!(parse_sha256sums(&text, "y.img").unwrap(), A);
+    }
+
+    #[test]
+    fn leading_dot_slash_and_escaped_names() {
+        let text = format!("{A}  ./base.img\n\\{B}  we\\\\ird\\nname\n");
+        assert_eq!(parse_sha256sums(&text, "base.img").unwrap(), A);
+        assert_eq!(parse_sha256sums(&text, "we\\ird\nname").unwrap(), B);
+    }
+
+    #[test]
+    fn missing_entry_names_the_file() {
+        let err = parse_sha256sums(&format!("{A}  other.img\n"), "noble.img").unwrap_err();
+        assert!(format!("{err:#}").contains("\"noble.img\""), "{err:#}");
+        assert!(matches!(
+            err.downcast_ref::<FetchError>(),
+            Some(FetchError::MissingSum { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_or_conflicting_digest_is_rejected() {
+        let short = parse_sha256sums("abc123  noble.img\n", "noble.img").unwrap_err();
+        assert!(format!("{short:#}").contains("malformed"), "{short:#}");
+        let bad = format!("{}  noble.img\n", "z".repeat(64));
+        assert!(parse_sha256sums(&bad, "noble.img").is_err());
+        let twice = format!("{A}  noble.img\n{B}  noble.img\n");
+        assert!(
+            format!("{:#}", parse_sha256sums(&twice, "noble.img").unwrap_err())
+                .contains("two different")
+        );
+        let same_twice = format!("{A}  noble.img\n{A} *noble.img\n");
+        assert_eq!(parse_sha256sums(&same_twice, "noble.img").unwrap(), A);
+        // Malformed lines for other files do not matter.
+        let noise = format!("garbage\nxyz  other\n{A}  noble.img\n");
+        assert_eq!(parse_sha256sums(&noise, "noble.img").unwrap(), A);
+    }
+
+    #[test]
+    fn url_file_names() {
+        assert_eq!(
+            url_file_name("https://h/a/b/noble%2Bx.img?x=1#f").unwrap(),
+            "noble+x.img"
+        );
+        assert!(url_file_name("https://host").is_err());
+        assert!(url_file_name("https://host/dir/").is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert!(matches!(
+            Source::parse("HTTPS://x/y").unwrap(),
+            Source::Http(_)
+        ));
+        match Source::parse("file:///srv/my%20img.qcow2").unwrap() {
+            Source::Local(p) => assert_eq!(p, Path::new("/srv/my img.qcow2")),
+            Source::Http(_) => panic!("file URL parsed as http"),
+        }
+        match Source::parse("file://localhost/srv/a").unwrap() {
+            Source::Local(p) => assert_eq!(p, Path::new("/srv/a")),
+            Source::Http(_) => panic!("file URL parsed as http"),
+        }
+        assert!(Source::parse("file://relative/x").is_err());
+        assert!(Source::parse("ftp://x/y").is_err());
+        assert!(matches!(
+            Source::parse("images/base.img").unwrap(),
+            Source::Local(_)
+        ));
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
+        assert_eq!(parse_content_range("bytes */200"), Some((0, Some(200))));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn line_marks_step_by_tenths() {
+        let mut m = Meter::new(Progress::Quiet, "x".into());
+        m.total = Some(1000);
+        assert_eq!(m.next_mark(0), 100);
+        assert_eq!(m.next_mark(150), 200);
+        m.total = Some(7);
+        assert_eq!(m.next_mark(0), 1);
+        m.total = None;
+        assert_eq!(m.next_mark(1), LINE_STEP_UNKNOWN);
+    }
+
+    #[test]
+    fn local_files_are_verified_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(dir.path().join("cache"))).unwrap();
+        let img = dir.path().join("base.img");
+        fs::write(&img, b"local image").unwrap();
+        let good = hex::encode(Sha256::digest(b"local image"));
+        let opts = FetchOptions {
+            progress: Progress::Quiet,
+            ..FetchOptions::default()
+        };
+
+        let got = fetch_with(
+            &cache,
+            img.to_str().unwrap(),
+            &Expected::Sha256(good.clone()),
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(got, fs::canonicalize(&img).unwrap());
+        assert!(
+            cache.get(&good).is_none(),
+            "local bases are not copied into the cache"
+        );
+
+        let url = format!("file://{}", img.display());
+        let sums = dir.path().join("SHA256SUMS");
+        fs::write(&sums, format!("{good} *base.img\n")).unwrap();
+        assert_eq!(
+            fetch_with(&cache, &url, &Expected::SumsFile(sums), &opts).unwrap(),
+            got
+        );
+
+        let err = fetch_with(&cache, &url, &Expected::Sha256(A.into()), &opts).unwrap_err();
+        match err.downcast_ref::<ChecksumMismatch>() {
+            Some(ChecksumMismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, A);
+                assert_eq!(actual, &good);
+            }
+            other => panic!("expected a checksum mismatch, got {other:?}"),
+        }
+        assert!(img.exists(), "a user's own file is never deleted");
+    }
+}

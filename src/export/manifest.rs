@@ -1,0 +1,154 @@
+//! The build manifest (`manifest.json`) and `SHA256SUMS`.
+//!
+//! One output directory can hold several images (all roles of a cluster), so the
+//! manifest maps each image name to its build record, and SHA256SUMS lists every output
+//! in the directory. Both are rewritten whole and published by rename.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{BuildFacts, Output};
+use crate::stage::BuildContext;
+
+/// `manifest.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The mesobake version that last wrote the file.
+    pub mesobake: String,
+    /// Build records by image name.
+    pub images: BTreeMap<String, Entry>,
+}
+
+/// One image's build record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// The profile.
+    pub profile: ProfileRecord,
+    /// The base it was built from.
+    pub base: BaseRecord,
+    /// Init system and Mesos package layout found in the image.
+    pub layout: serde_json::Value,
+    /// Every installed package and its version.
+    pub packages: BTreeMap<String, String>,
+    /// Local .deb files offered to apt, with their SHA256.
+    pub local_debs: BTreeMap<String, String>,
+    /// The outputs.
+    pub outputs: Vec<Output>,
+}
+
+/// The profile part of a record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    /// Profile name.
+    pub name: String,
+    /// The services the role runs.
+    pub services: Vec<String>,
+    /// SHA256 over the profile files in merge order (one hash for the whole input).
+    pub sha256: String,
+    /// Each file and its SHA256.
+    pub files: Vec<(String, String)>,
+}
+
+/// The base part of a record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseRecord {
+    /// What was asked for.
+    pub spec: String,
+    /// The base image's SHA256.
+    pub sha256: String,
+    /// Distribution family.
+    pub family: Option<String>,
+    /// Release codename.
+    pub codename: Option<String>,
+}
+
+impl Entry {
+    /// The record for a finished build.
+    pub fn new(ctx: &BuildContext, facts: &BuildFacts, outputs: &[Output]) -> Entry {
+        let p = &ctx.req.profile;
+        let combined = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for (_, d) in &p.sources {
+                h.update(d.as_bytes());
+                h.update(b"\n");
+            }
+            hex::encode(h.finalize())
+        };
+        Entry {
+            profile: ProfileRecord {
+                name: p.name.clone(),
+                services: p.services.iter().map(|s| format!("{s:?}").to_lowercase()).collect(),
+                sha256: combined,
+                files: p.sources.iter().map(|(f, d)| (f.display().to_string(), d.clone())).collect(),
+            },
+            base: BaseRecord {
+                spec: ctx.base.spec.clone(),
+                sha256: ctx.base.sha256.clone(),
+                family: ctx.base.family.map(|f| format!("{f:?}").to_lowercase()),
+                codename: ctx.base.codename.clone(),
+            },
+            layout: serde_json::to_value(&facts.layout).unwrap_or_default(),
+            packages: facts.packages.iter().cloned().collect(),
+            local_debs: facts.debs.iter().cloned().collect(),
+            outputs: outputs.to_vec(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads the manifest in `dir`, or an empty one.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let p = dir.join("manifest.json");
+        let mut m = match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", p.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        };
+        m.mesobake = env!("CARGO_PKG_VERSION").to_string();
+        Ok(m)
+    }
+
+    /// Finds the image record that lists `file` among its outputs.
+    pub fn find_output(&self, file: &str) -> Option<(&String, &Entry)> {
+        self.images.iter().find(|(_, e)| e.outputs.iter().any(|o| o.file == file))
+    }
+}
+
+/// SHA256SUMS for the directory: the new outputs plus every earlier entry whose file is
+/// still there and not replaced now, sorted by name.
+pub fn sha256sums(dir: &Path, new: &[Output]) -> Result<String> {
+    let mut lines: BTreeMap<String, String> = BTreeMap::new();
+    if let Ok(old) = std::fs::read_to_string(dir.join("SHA256SUMS")) {
+        for l in old.lines() {
+            if let Some((h, f)) = l.split_once("  ") {
+                if dir.join(f).exists() {
+                    lines.insert(f.to_string(), h.to_string());
+                }
+            }
+        }
+    }
+    for o in new {
+        lines.insert(o.file.clone(), o.sha256.clone());
+    }
+    Ok(lines.iter().map(|(f, h)| format!("{h}  {f}\n")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::Format;
+
+    #[test]
+    fn sums_keep_other_images_and_replace_ours() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.qcow2"), "a").unwrap();
+        std::fs::write(d.path().join("SHA256SUMS"), "11  a.qcow2\n22  gone.qcow2\n33  b.qcow2\n").unwrap();
+        std::fs::write(d.path().join("b.qcow2"), "b").unwrap();
+        let new = [Output { file: "b.qcow2".into(), format: Format::Qcow2, virtual_size: 1, size: 1, sha256: "44".into() }];
+        assert_eq!(sha256sums(d.path(), &new).unwrap(), "11  a.qcow2\n44  b.qcow2\n");
+    }
+}

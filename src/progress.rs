@@ -1,0 +1,61 @@
+//! Progress for long steps: indicatif spinners on a TTY, plain lines otherwise.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Reports stages and long-running steps.
+pub struct Progress {
+    tty: bool,
+    current: Option<ProgressBar>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress {
+    /// Spinners when stderr is a terminal and `-v` is off (command echo would garble them).
+    pub fn new() -> Progress {
+        Progress { tty: std::io::stderr().is_terminal() && !crate::run::verbose(), current: None }
+    }
+
+    /// Announces a stage; the previous one is marked done.
+    pub fn stage(&mut self, name: &str, what: &str) {
+        self.finish();
+        if self.tty {
+            let pb = ProgressBar::new_spinner();
+            pb.set_style(ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix:<10} {msg}").expect("valid template"));
+            pb.set_prefix(name.to_string());
+            pb.set_message(what.to_string());
+            pb.enable_steady_tick(Duration::from_millis(120));
+            self.current = Some(pb);
+        } else {
+            eprintln!("mesobake: {name}: {what}");
+        }
+    }
+
+    /// A step inside the current stage.
+    pub fn step(&self, what: &str) {
+        match &self.current {
+            Some(pb) => pb.set_message(what.to_string()),
+            None => eprintln!("mesobake:   {what}"),
+        }
+    }
+
+    /// Marks the current stage done.
+    pub fn finish(&mut self) {
+        if let Some(pb) = self.current.take() {
+            pb.finish();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,3 @@
+//! Booting images under QEMU: the launcher and `verify`.
+pub mod qemu;
+pub mod verify;

@@ -1,0 +1,201 @@
+//! The QEMU launcher.
+//!
+//! Guests get user-mode networking with `restrict=on`: they reach nothing outside, and
+//! the host reaches their ports only through `hostfwd` on 127.0.0.1. The boot disk is
+//! opened with `snapshot=on`, so verifying an image never changes it. QEMU is stopped by
+//! PID on every path, including panics, through [`Vm`]'s `Drop`.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// CPU emulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation (always works, slower).
+    Tcg,
+}
+
+impl Accel {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
+            // Nested KVM on these machines hangs guests; TCG with the "max" model works.
+            Accel::Tcg => &["-accel", "tcg", "-cpu", "max"],
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The boot disk.
+    pub disk: PathBuf,
+    /// The disk's format (qcow2, raw, vmdk, ...).
+    pub disk_format: String,
+    /// A NoCloud seed ISO, attached as a virtio disk (Debian's cloud kernel has no AHCI,
+    /// so a SATA CD-ROM would be invisible).
+    pub seed: Option<PathBuf>,
+    /// Memory in MiB.
+    pub memory_mb: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest TCP ports to forward, as (host port on 127.0.0.1, guest port).
+    pub forwards: Vec<(u16, u16)>,
+    /// Where the serial console goes.
+    pub serial_log: PathBuf,
+    /// Extra network devices (lab: a private socket network between VMs).
+    pub extra_args: Vec<String>,
+}
+
+/// A running QEMU process.
+pub struct Vm {
+    child: Option<Child>,
+    /// The serial log.
+    pub serial_log: PathBuf,
+    /// The acceleration it runs with.
+    pub accel: Accel,
+}
+
+/// Picks a free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(accel.args());
+    c.args(["-m", &spec.memory_mb.to_string(), "-smp", &spec.cpus.to_string()]);
+    c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
+    c.arg("-serial").arg(format!("file:{}", spec.serial_log.display()));
+    c.arg("-drive").arg(format!(
+        "file={},if=virtio,format={},snapshot=on",
+        spec.disk.display(),
+        spec.disk_format
+    ));
+    if let Some(seed) = &spec.seed {
+        c.arg("-drive").arg(format!("file={},if=virtio,format=raw,readonly=on", seed.display()));
+    }
+    let mut netdev = String::from("user,id=n0,restrict=on");
+    for (h, g) in &spec.forwards {
+        netdev += &format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}");
+    }
+    c.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
+    c.args(&spec.extra_args);
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+impl Vm {
+    /// Starts QEMU with `accel`.
+    pub fn start(spec: &VmSpec, accel: Accel) -> Result<Vm> {
+        File::create(&spec.serial_log).with_context(|| format!("creating {}", spec.serial_log.display()))?;
+        let cmd = qemu_command(spec, accel);
+        if crate::run::verbose() {
+            let argv: Vec<String> = std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(|a| crate::run::quote(&a.to_string_lossy()))
+                .collect();
+            eprintln!("+ {}", argv.join(" "));
+        }
+        let mut cmd = cmd;
+        let child = cmd.spawn().context("starting qemu-system-x86_64 (package qemu-system-x86)")?;
+        Ok(Vm { child: Some(child), serial_log: spec.serial_log.clone(), accel })
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether QEMU is still running; if it exited, the error says how, with its stderr.
+    pub fn check_running(&mut self) -> Result<()> {
+        let Some(c) = self.child.as_mut() else { bail!("QEMU was stopped") };
+        if let Some(st) = c.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = c.stderr.take() {
+                e.read_to_string(&mut err).ok();
+            }
+            bail!("QEMU exited ({st}): {}", err.trim());
+        }
+        Ok(())
+    }
+
+    /// The serial output so far.
+    pub fn serial(&self) -> String {
+        std::fs::read(&self.serial_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// Waits until a serial line contains one of `needles`; returns that line.
+    pub fn wait_for_line(&mut self, needles: &[&str], timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            crate::run::check_interrupted()?;
+            let text = self.serial();
+            if let Some(l) = text.lines().find(|l| needles.iter().any(|n| l.contains(n))) {
+                return Ok(l.trim_end_matches('\r').to_string());
+            }
+            self.check_running()?;
+            if start.elapsed() > timeout {
+                bail!("timed out after {} s waiting for {:?} on the serial console", timeout.as_secs(), needles);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Stops QEMU by PID and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the VM with KVM if a short probe shows guests actually run under it here, else
+/// with TCG. `/dev/kvm` existing is not enough: nested KVM can hang a guest right after
+/// the kernel is decompressed, so the probe waits for the kernel's first line.
+pub fn start_auto(spec: &VmSpec, forced: Option<Accel>) -> Result<Vm> {
+    if let Some(a) = forced {
+        return Vm::start(spec, a);
+    }
+    if File::options().read(true).write(true).open("/dev/kvm").is_ok() {
+        let mut vm = Vm::start(spec, Accel::Kvm)?;
+        match vm.wait_for_line(&["Linux version"], Duration::from_secs(20)) {
+            Ok(_) => return Ok(vm),
+            Err(e) => {
+                vm.stop();
+                eprintln!("mesobake: KVM probe failed ({e:#}); falling back to TCG");
+            }
+        }
+    }
+    Vm::start(spec, Accel::Tcg)
+}
+
+/// Keeps a failed run's serial log: copies it next to `dest_dir` and returns the path.
+pub fn keep_log(log: &Path, dest: &Path) -> Result<PathBuf> {
+    std::fs::copy(log, dest).with_context(|| format!("keeping the serial log at {}", dest.display()))?;
+    Ok(dest.to_owned())
+}

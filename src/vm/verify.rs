@@ -1,0 +1,351 @@
+//! `mesobake verify IMAGE`: boot an image, wait for the first-boot configurator's line,
+//! then check the role's services from the host through forwarded ports.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::qemu::{self, Accel, VmSpec};
+use crate::export::manifest::Manifest;
+use crate::profile::Service;
+use crate::seed::NodeSeed;
+
+/// Options for one verification boot.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The image.
+    pub image: PathBuf,
+    /// A seed ISO or a directory with user-data and meta-data.
+    pub seed: Option<PathBuf>,
+    /// The services to expect; read from the manifest beside the image when None.
+    pub services: Option<Vec<Service>>,
+    /// The Mesos ZooKeeper URL handed to agent-only images.
+    pub zk: String,
+    /// Forced acceleration (None: probe KVM, fall back to TCG).
+    pub accel: Option<Accel>,
+    /// How long to wait for the configured line.
+    pub boot_timeout: Duration,
+    /// How long each service check may keep retrying after that.
+    pub service_timeout: Duration,
+    /// Guest memory in MiB.
+    pub memory_mb: u32,
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The outcome of a verification boot.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The image.
+    pub image: String,
+    /// The acceleration used.
+    pub accel: String,
+    /// Seconds from QEMU start to the configured line.
+    pub boot_to_configured_s: Option<f64>,
+    /// The checks in order.
+    pub checks: Vec<Check>,
+    /// Where the serial log was kept (on failure).
+    pub serial_log: Option<String>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
+    }
+
+    /// The pass/fail table.
+    pub fn table(&self) -> String {
+        let w = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
+        let mut s = format!("{:<w$}  result  detail\n", "check");
+        for c in &self.checks {
+            s += &format!("{:<w$}  {:<6}  {}\n", c.name, if c.ok { "PASS" } else { "FAIL" }, c.detail);
+        }
+        s
+    }
+}
+
+/// The values the configurator reported in its line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Configured {
+    /// Role name.
+    pub role: String,
+    /// Guest IP.
+    pub ip: String,
+    /// ZooKeeper URL.
+    pub zk: String,
+}
+
+/// Parses `mesobake: configured role=… ip=… zk=…`.
+pub fn parse_configured(line: &str) -> Option<Configured> {
+    let rest = &line[line.find("mesobake: configured ")? + "mesobake: configured ".len()..];
+    let get = |k: &str| rest.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}=")).map(String::from));
+    Some(Configured { role: get("role")?, ip: get("ip")?, zk: get("zk")? })
+}
+
+const PORTS: [(Service, u16); 4] =
+    [(Service::Zookeeper, 2181), (Service::Master, 5050), (Service::Marathon, 8080), (Service::Agent, 5051)];
+
+/// Boots the image and checks it.
+pub fn verify(opts: &VerifyOptions) -> Result<Report> {
+    let image = &opts.image;
+    if !image.is_file() {
+        bail!("{}: no such image", image.display());
+    }
+    let info = crate::export::qemu_info(image)?;
+    let format = info["format"].as_str().unwrap_or("raw").to_string();
+    let services = match &opts.services {
+        Some(s) => s.clone(),
+        None => services_from_manifest(image)?,
+    };
+    let tmp = tempfile::Builder::new().prefix("mesobake-verify-").tempdir()?;
+    let seed = match &opts.seed {
+        Some(p) if p.is_dir() => {
+            let iso = tmp.path().join("seed.iso");
+            crate::seed::iso_from_dir(p, &iso)?;
+            Some(iso)
+        }
+        Some(p) => Some(p.clone()),
+        None if !services.contains(&Service::Zookeeper) => {
+            // An agent-only image needs to be told where ZooKeeper is; this is exactly
+            // what an autoscaling group's shared user-data does.
+            let mut s = NodeSeed { instance_id: format!("mesobake-verify-{}", std::process::id()), ..Default::default() };
+            s.node_env.insert("MESOBAKE_ZK".into(), opts.zk.clone());
+            let iso = tmp.path().join("seed.iso");
+            s.write_iso(&iso)?;
+            Some(iso)
+        }
+        None => None,
+    };
+    let mut forwards = Vec::new();
+    for (_, port) in PORTS {
+        forwards.push((qemu::free_port()?, port));
+    }
+    let host_port = |g: u16| forwards.iter().find(|(_, p)| *p == g).map(|(h, _)| *h).expect("forwarded");
+    let spec = VmSpec {
+        disk: image.clone(),
+        disk_format: format,
+        seed,
+        memory_mb: opts.memory_mb,
+        cpus: 1,
+        forwards: forwards.clone(),
+        serial_log: tmp.path().join("serial.log"),
+        extra_args: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut vm = qemu::start_auto(&spec, opts.accel)?;
+    let mut report = Report {
+        image: image.display().to_string(),
+        accel: vm.accel.name().into(),
+        boot_to_configured_s: None,
+        checks: Vec::new(),
+        serial_log: None,
+    };
+    eprintln!("mesobake: booting {} ({}), waiting for the configured line", image.display(), vm.accel.name());
+    let line = vm.wait_for_line(&["mesobake: configured ", "mesobake: configuration FAILED"], opts.boot_timeout);
+    match line.as_ref().ok().and_then(|l| parse_configured(l)) {
+        Some(c) => {
+            report.boot_to_configured_s = Some(started.elapsed().as_secs_f64());
+            report.checks.push(Check {
+                name: "first boot".into(),
+                ok: true,
+                detail: format!("configured role={} ip={} zk={} in {:.0} s", c.role, c.ip, c.zk, started.elapsed().as_secs_f64()),
+            });
+            run_checks(&mut report, &services, &c, host_port, opts.service_timeout);
+        }
+        None => report.checks.push(Check {
+            name: "first boot".into(),
+            ok: false,
+            detail: match line {
+                Ok(l) => l,
+                Err(e) => format!("{e:#}"),
+            },
+        }),
+    }
+    vm.stop();
+    if !report.passed() {
+        let keep = std::env::temp_dir().join(format!(
+            "mesobake-verify-{}-{}.serial.log",
+            image.file_stem().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        report.serial_log = Some(qemu::keep_log(&spec.serial_log, &keep)?.display().to_string());
+    }
+    Ok(report)
+}
+
+fn run_checks(report: &mut Report, services: &[Service], c: &Configured, port: impl Fn(u16) -> u16, timeout: Duration) {
+    let zk_hosts = c.zk.trim_start_matches("zk://").split('/').next().unwrap_or("").split(',').count();
+    let quorum = (zk_hosts / 2 + 1).to_string();
+    for (svc, guest_port) in PORTS {
+        let p = port(guest_port);
+        let runs = services.contains(&svc);
+        let name = format!("{} :{guest_port}", format!("{svc:?}").to_lowercase());
+        let (ok, detail) = if !runs {
+            match not_answering(svc, p) {
+                Ok(()) => (true, "not running, as the role requires".to_string()),
+                Err(e) => (false, format!("{e:#}")),
+            }
+        } else {
+            let r = retry(timeout, || match svc {
+                Service::Zookeeper => {
+                    let out = four_letter(p, "srvr")?;
+                    let mode = out.lines().find(|l| l.starts_with("Mode:")).unwrap_or("").to_string();
+                    if zk_hosts == 1 && mode != "Mode: standalone" {
+                        bail!("srvr says {mode:?}, expected standalone");
+                    }
+                    Ok(format!("srvr: {mode}"))
+                }
+                Service::Master => {
+                    let st = http_json(p, "/state")?;
+                    let flags = &st["flags"];
+                    expect_flag(flags, "zk", &c.zk)?;
+                    expect_flag(flags, "quorum", &quorum)?;
+                    expect_flag(flags, "ip", &c.ip)?;
+                    if flags["work_dir"].as_str().unwrap_or("").is_empty() {
+                        bail!("/state: work_dir is not set");
+                    }
+                    Ok(format!("/state: zk={} quorum={} ip={}", c.zk, quorum, c.ip))
+                }
+                Service::Marathon => {
+                    let info = http_json(p, "/v2/info")?;
+                    let master = info["marathon_config"]["master"].as_str().unwrap_or("");
+                    if master != c.zk {
+                        bail!("/v2/info: master is {master:?}, expected {}", c.zk);
+                    }
+                    Ok(format!("/v2/info: master={master}"))
+                }
+                Service::Agent => {
+                    let st = http_json(p, "/state")?;
+                    let flags = &st["flags"];
+                    expect_flag(flags, "master", &c.zk)?;
+                    expect_flag(flags, "ip", &c.ip)?;
+                    Ok(format!(
+                        "/state: master={} containerizers={}",
+                        c.zk,
+                        flags["containerizers"].as_str().unwrap_or("(default)")
+                    ))
+                }
+            });
+            match r {
+                Ok(d) => (true, d),
+                Err(e) => (false, format!("{e:#}")),
+            }
+        };
+        report.checks.push(Check { name, ok, detail });
+    }
+}
+
+fn expect_flag(flags: &serde_json::Value, name: &str, want: &str) -> Result<()> {
+    let got = flags[name].as_str().unwrap_or("");
+    if got != want {
+        bail!("/state: flag {name} is {got:?}, expected {want:?}");
+    }
+    Ok(())
+}
+
+fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        crate::run::check_interrupted()?;
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() > timeout => return Err(e.context(format!("still failing after {} s", timeout.as_secs()))),
+            Err(_) => std::thread::sleep(Duration::from_secs(3)),
+        }
+    }
+}
+
+/// A forwarded port with nothing listening behind it: QEMU accepts on the host side, then
+/// closes once the guest refuses, so "nothing answers" means no bytes come back.
+fn not_answering(svc: Service, port: u16) -> Result<()> {
+    let reply = match svc {
+        Service::Zookeeper => four_letter(port, "srvr"),
+        _ => http_get(port, "/health").map(|(status, _)| status),
+    };
+    match reply {
+        Ok(r) if !r.is_empty() => bail!("something answers on this port but the role should not run it: {}", r.lines().next().unwrap_or("")),
+        _ => Ok(()),
+    }
+}
+
+fn connect(port: u16) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// Sends a ZooKeeper four-letter word and returns the reply.
+pub fn four_letter(port: u16, word: &str) -> Result<String> {
+    let mut s = connect(port)?;
+    s.write_all(word.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok();
+    if out.is_empty() {
+        bail!("no reply to {word} on port {port}");
+    }
+    Ok(out)
+}
+
+/// A minimal HTTP/1.0 GET: returns the status line and the body.
+pub fn http_get(port: u16, path: &str) -> Result<(String, String)> {
+    let mut s = connect(port)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP reply on port {port} for {path}"))?;
+    let status = head.lines().next().unwrap_or("").to_string();
+    Ok((status, body.to_string()))
+}
+
+fn http_json(port: u16, path: &str) -> Result<serde_json::Value> {
+    let (status, body) = http_get(port, path)?;
+    if !status.contains(" 200") {
+        bail!("GET {path}: {status}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: reply is not JSON"))
+}
+
+fn services_from_manifest(image: &Path) -> Result<Vec<Service>> {
+    let dir = image.parent().unwrap_or(Path::new("."));
+    let file = image.file_name().unwrap_or_default().to_string_lossy();
+    let m = Manifest::load(dir)?;
+    let Some((_, entry)) = m.find_output(&file) else {
+        bail!("{}: no manifest.json beside it lists this image; say which role it is with --role (a profile name)", image.display());
+    };
+    entry
+        .profile
+        .services
+        .iter()
+        .map(|s| serde_json::from_value(serde_json::Value::String(s.clone())).context("reading services from the manifest"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_line_parses() {
+        let c = parse_configured("[   42.1] mesobake: configured role=master-slave ip=10.0.2.15 zk=zk://10.0.2.15:2181/mesos").unwrap();
+        assert_eq!(c.role, "master-slave");
+        assert_eq!(c.ip, "10.0.2.15");
+        assert_eq!(c.zk, "zk://10.0.2.15:2181/mesos");
+        assert!(parse_configured("mesobake: configuration FAILED: no zk").is_none());
+    }
+}
