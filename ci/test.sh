@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need, then runs every tier.
+#   1. unit and CLI tests (no root, no VM)
+#   2. the end-to-end tier (root): bootstraps debian-12, builds master-slave and
+#      slave-only with the stand-in Mesos packages and the real zookeeperd, boots both
+#      under QEMU, and checks failed and interrupted builds leave nothing behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "ci/test.sh needs root (loop devices, mounts, chroot): run it with sudo" >&2
+  exit 1
+fi
+bash ci/setup-host.sh
+cargo build --all-targets
+cargo test --all-targets 2>&1
+MESOBAKE_E2E=1 cargo test --test e2e -- --test-threads=1 --nocapture 2>&1

@@ -1,0 +1,232 @@
+//! End-to-end tier: real mmdebstrap, apt, loop mounts, QEMU and cloud-init.
+//!
+//! Needs root, the host tools from `ci/setup-host.sh`, and `MESOBAKE_E2E=1`; `ci/test.sh`
+//! runs it with `--test-threads=1`. The bootstrapped `debian-12` base is built once and
+//! shared through the cache directory in `target/e2e-cache`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn enabled() -> bool {
+    if std::env::var("MESOBAKE_E2E").as_deref() != Ok("1") {
+        eprintln!("skipped: set MESOBAKE_E2E=1 (needs root, QEMU and the host tools from ci/setup-host.sh)");
+        return false;
+    }
+    assert!(rustix::process::geteuid().is_root(), "MESOBAKE_E2E=1 needs root");
+    true
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn target_dir(name: &str) -> PathBuf {
+    repo().join("target").join(name)
+}
+
+const OFFLINE: &str = "profiles/include/offline-standins.toml";
+
+fn mesobake(args: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("mesobake"));
+    c.current_dir(repo()).env("MESOBAKE_CACHE_DIR", target_dir("e2e-cache")).args(args);
+    c
+}
+
+fn run_ok(mut c: Command, what: &str) -> (String, f64) {
+    let t = Instant::now();
+    let out = c.stderr(Stdio::inherit()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let secs = t.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{what} failed ({}):\n{stdout}", out.status);
+    eprintln!("e2e: {what}: {secs:.1} s");
+    (stdout, secs)
+}
+
+fn standins() {
+    let dest = repo().join("ci/standins/out");
+    let st = Command::new("bash").arg(repo().join("ci/standins/build.sh")).arg(&dest).status().unwrap();
+    assert!(st.success(), "building the stand-in packages failed");
+}
+
+/// Nothing of a build may remain attached: no loop device backed by a file under `dir`,
+/// no mount under it, and no work directory.
+fn assert_nothing_left(dir: &Path) {
+    let loops = mesobake::image::guard::loops_under(dir).unwrap();
+    assert!(loops.is_empty(), "loop devices left behind: {loops:?}");
+    let mounts = mesobake::image::guard::mounts_under(dir).unwrap();
+    assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
+    if dir.exists() {
+        let work: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".mesobake-work-"))
+            .collect();
+        assert!(work.is_empty(), "work directories left behind: {work:?}");
+    }
+}
+
+fn outputs_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".qcow2") || n == "manifest.json").collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn build_and_verify_master_slave_and_slave_only() {
+    if !enabled() {
+        return;
+    }
+    standins();
+    let out = target_dir("e2e-out");
+    let _ = std::fs::remove_dir_all(&out);
+    let out_s = out.to_string_lossy().into_owned();
+    let mut times = Vec::new();
+    for role in ["master-slave", "slave-only"] {
+        let profile = format!("profiles/{role}.toml");
+        let (_, secs) = run_ok(mesobake(&["build", &profile, "--with", OFFLINE, "--out", &out_s, "--timings"]), &format!("build {role}"));
+        times.push((role, secs));
+        assert_nothing_left(&out);
+    }
+
+    // Outputs are real qcow2 images that qemu-img accepts, listed in SHA256SUMS.
+    for role in ["master-slave", "slave-only"] {
+        let img = out.join(format!("{role}.qcow2"));
+        let st = Command::new("qemu-img").arg("check").arg(&img).status().unwrap();
+        assert!(st.success(), "qemu-img check {role}");
+        let info: serde_json::Value = serde_json::from_slice(&Command::new("qemu-img").args(["info", "--output=json"]).arg(&img).output().unwrap().stdout).unwrap();
+        assert_eq!(info["format"], "qcow2");
+        assert_eq!(info["virtual-size"].as_u64().unwrap(), 6 << 30);
+    }
+    let st = Command::new("sha256sum").args(["-c", "SHA256SUMS"]).current_dir(&out).status().unwrap();
+    assert!(st.success(), "sha256sum -c SHA256SUMS");
+
+    // The manifest records the profile, the base digest, every package and the outputs.
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    for role in ["master-slave", "slave-only"] {
+        let e = &m["images"][role];
+        assert_eq!(e["base"]["spec"], "debian-12");
+        assert_eq!(e["base"]["sha256"].as_str().unwrap().len(), 64);
+        assert!(e["packages"]["mesos"].as_str().unwrap().contains("standin"), "{role}: mesos stand-in recorded");
+        assert!(e["packages"]["zookeeperd"].is_string(), "{role}: zookeeperd recorded");
+        assert!(e["packages"]["cloud-init"].is_string());
+        assert_eq!(e["layout"]["agent_service"], "mesos-slave");
+        let o = &e["outputs"][0];
+        let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+        assert!(sums.contains(&format!("{}  {role}.qcow2", o["sha256"].as_str().unwrap())));
+    }
+    assert_eq!(m["images"]["master-slave"]["profile"]["services"], serde_json::json!(["zookeeper", "master", "marathon", "agent"]));
+    assert_eq!(m["images"]["slave-only"]["profile"]["services"], serde_json::json!(["agent"]));
+
+    // Boot both. master-slave has no seed at all and must come up as a one-node cluster;
+    // slave-only gets an autoscaling-style seed (only the ZooKeeper URL) from verify.
+    for role in ["master-slave", "slave-only"] {
+        let img = out.join(format!("{role}.qcow2"));
+        let (stdout, secs) = run_ok(mesobake(&["verify", &img.to_string_lossy(), "--json"]), &format!("verify {role}"));
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let checks = r["checks"].as_array().unwrap();
+        assert!(checks.iter().all(|c| c["ok"] == true), "{role}: {stdout}");
+        let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["first boot", "zookeeper :2181", "master :5050", "marathon :8080", "agent :5051"]);
+        let detail = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap()["detail"].as_str().unwrap().to_string();
+        if role == "master-slave" {
+            assert!(detail("zookeeper :2181").contains("Mode: standalone"));
+            assert!(detail("master :5050").contains("quorum=1"));
+        } else {
+            for n in ["zookeeper :2181", "master :5050", "marathon :8080"] {
+                assert!(detail(n).contains("not running"), "{role} {n}: {}", detail(n));
+            }
+            assert!(detail("agent :5051").contains("containerizers=docker,mesos"));
+        }
+        eprintln!(
+            "e2e: {role}: boot to configured {:.0} s under {} (verify total {secs:.0} s)",
+            r["boot_to_configured_s"].as_f64().unwrap(),
+            r["accel"].as_str().unwrap()
+        );
+    }
+    for (role, secs) in times {
+        eprintln!("e2e: build {role}: {secs:.0} s");
+    }
+}
+
+/// Failures that must stop the build cleanly: nothing published, nothing mounted or
+/// attached, no work directory.
+#[test]
+fn failed_and_interrupted_builds_leave_nothing_behind() {
+    if !enabled() {
+        return;
+    }
+    standins();
+    let out = target_dir("e2e-fail");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let out_s = out.to_string_lossy().into_owned();
+
+    // An apt failure names the package.
+    let bad = out.join("bad-package.toml");
+    std::fs::write(&bad, "[packages]\ninstall = [\"mesos\", \"no-such-package-mesobake\"]\n").unwrap();
+    let o = mesobake(&["build", "profiles/slave-only.toml", "--with", OFFLINE, "--with", &bad.to_string_lossy(), "--out", &out_s]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("apt could not install package no-such-package-mesobake"), "{err}");
+    assert_nothing_left(&out);
+    assert!(outputs_in(&out).is_empty(), "{:?}", outputs_in(&out));
+
+    // A checksum mismatch stops the build with both digests, and nothing enters the cache.
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("base.img"), b"not really an image").unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let body = std::fs::read(served.path().join("base.img")).unwrap();
+    std::thread::spawn(move || {
+        for s in server.incoming().flatten().take(4) {
+            use std::io::{Read, Write};
+            let mut s = s;
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(&body);
+        }
+    });
+    let wrong = "0".repeat(64);
+    let url = format!("http://127.0.0.1:{port}/base.img");
+    let o = mesobake(&["build", "profiles/slave-only.toml", "--with", OFFLINE, "--base", &url, "--base-sha256", &wrong, "--out", &out_s])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    let actual = mesobake::base::cache::sha256_file(&served.path().join("base.img")).unwrap();
+    assert!(err.contains(&wrong) && err.contains(&actual), "both digests must be printed: {err}");
+    let cache = mesobake::base::cache::Cache::open(Some(target_dir("e2e-cache"))).unwrap();
+    assert!(cache.get(&actual).is_none(), "a mismatched download must not enter the cache");
+    assert_nothing_left(&out);
+
+    // Ctrl-C in the middle of package installation.
+    let mut child = mesobake(&["build", "profiles/master-slave.toml", "--with", OFFLINE, "--out", &out_s])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("  | {line}");
+            if line.contains("provision:") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(900)).expect("the build reached the provision stage");
+    std::thread::sleep(Duration::from_secs(8));
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::INT).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(130), "an interrupted build exits 130");
+    assert_nothing_left(&out);
+    assert!(outputs_in(&out).is_empty(), "{:?}", outputs_in(&out));
+}
