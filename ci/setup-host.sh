@@ -17,6 +17,7 @@ pkgs=(
   genisoimage                  # NoCloud seed ISOs (volume label cidata)
   dpkg-dev                     # stand-in test packages and the local .deb repo
   python3 curl ca-certificates zstd
+  busybox posh shellcheck       # the configurator tests run it under several POSIX shells
 )
 if ! dpkg -s "${pkgs[@]}" >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/dev/null; then
   $SUDO apt-get update -qq

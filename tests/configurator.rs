@@ -1,0 +1,1630 @@
+//! End-to-end tests of the first-boot configurator, the POSIX sh script baked
+//! into every image (`src/stage/firstboot/mesobake-configure`).
+//!
+//! Each test builds a scratch guest root that copies a real package layout
+//! (Mesosphere's or AVENTER's Mesos packages, Debian's zookeeper with its
+//! absolute alternatives symlinks, Marathon's /etc/default file), runs the
+//! script against it with `MESOBAKE_ROOT`, and inspects what it wrote, what it
+//! started and what it printed. Every scenario runs under every POSIX shell
+//! found on the machine (`sh`, which is dash on Debian, plus dash, bash
+//! --posix, busybox sh and posh when installed).
+//!
+//! Invariants checked on every single run (see [`Fixture::run`]): stdout is
+//! exactly one status line that agrees with the exit status, and nothing on
+//! the host outside the scratch root was touched.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/stage/firstboot/mesobake-configure"
+);
+const UNIT: &str = include_str!("../src/stage/firstboot/mesobake-configure.service");
+const JOB: &str = include_str!("../src/stage/firstboot/mesobake-configure.upstart.conf");
+
+/// The address and name "detected" on a node unless a test says otherwise.
+const IP: &str = "10.0.2.15";
+const HOST: &str = "node1";
+
+// --- shells -------------------------------------------------------------------
+
+/// A shell to run the script with, as argv prefix.
+#[derive(Clone, Debug)]
+struct Shell(Vec<&'static str>);
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+/// Every POSIX shell available here. `sh` always; dash only when /bin/sh is
+/// something else (on Debian and Ubuntu /bin/sh already is dash).
+fn shells() -> Vec<Shell> {
+    let mut shells = vec![Shell(vec!["sh"])];
+    let sh_is_dash = fs::read_link("/bin/sh")
+        .map(|target| target.ends_with("dash"))
+        .unwrap_or(false);
+    if !sh_is_dash && on_path("dash") {
+        shells.push(Shell(vec!["dash"]));
+    }
+    if on_path("bash") {
+        shells.push(Shell(vec!["bash", "--posix"]));
+    }
+    if on_path("busybox") {
+        shells.push(Shell(vec!["busybox", "sh"]));
+    }
+    if on_path("posh") {
+        shells.push(Shell(vec!["posh"]));
+    }
+    shells
+}
+
+// --- roles and package layouts -------------------------------------------------
+
+/// Which Mesos packages the fixture imitates (mesos-packaging.md §1.1, §1.5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// /etc/default/mesos-{master,slave} pass ZK/MASTER from /etc/mesos/zk;
+    /// the agent is `mesos-slave` with flags in /etc/mesos-slave.
+    Mesosphere,
+    /// No /etc/default files at all; the agent is `mesos-agent` with flags in
+    /// /etc/mesos-agent.
+    Aventer,
+}
+
+impl Layout {
+    fn agent(self) -> &'static str {
+        match self {
+            Layout::Mesosphere => "mesos-slave",
+            Layout::Aventer => "mesos-agent",
+        }
+    }
+}
+
+/// A role profile as the builder bakes it into role.env. `services` names the
+/// agent `AGENT`, which becomes the layout's agent service.
+#[derive(Clone, Copy, Debug)]
+struct Role {
+    name: &'static str,
+    services: &'static str,
+}
+
+const MASTER_SLAVE: Role = Role {
+    name: "master-slave",
+    services: "zookeeper mesos-master marathon AGENT",
+};
+const SLAVE_ONLY: Role = Role {
+    name: "slave-only",
+    services: "AGENT",
+};
+const MASTER: Role = Role {
+    name: "master",
+    services: "zookeeper mesos-master marathon",
+};
+
+const THREE_MASTERS: &str = "MESOBAKE_ZK_SERVERS='3=10.0.0.13 1=10.0.0.11 2=10.0.0.12'\n";
+
+// --- the fixture ------------------------------------------------------------------
+
+/// A scratch guest root plus a work dir (outside the root) for the fake
+/// service command, the fake init tools and their log.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    work: PathBuf,
+    shell: Shell,
+    layout: Layout,
+}
+
+/// How one run of the script is set up.
+#[derive(Clone, Debug)]
+struct Boot {
+    /// `MESOBAKE_DETECT_IP` / `MESOBAKE_DETECT_HOSTNAME`, the test hooks.
+    ip: &'static str,
+    hostname: &'static str,
+    /// Set the detection hooks (true) or let the script run `ip` and
+    /// `hostname`, which resolve to the fakes in the work dir.
+    detect_hooks: bool,
+    /// Go through `MESOBAKE_SERVICE_CMD` (true) or the real init commands,
+    /// which resolve to the fake systemctl/start/service in the work dir.
+    service_cmd: bool,
+    /// Extra environment, e.g. for the fake tools.
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot {
+            ip: IP,
+            hostname: HOST,
+            detect_hooks: true,
+            service_cmd: true,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// What one run did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    /// Lines logged by the fake service command / init tools, in call order.
+    calls: Vec<String>,
+}
+
+impl Run {
+    fn assert_ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "script failed: {self:#?}");
+        self
+    }
+
+    fn assert_failed(&self, reason_part: &str) -> &Self {
+        assert_eq!(self.code, 1, "script should have failed: {self:#?}");
+        assert!(
+            self.stdout.starts_with("mesobake: configuration FAILED: ")
+                && self.stdout.contains(reason_part),
+            "FAILED line should mention {reason_part:?}: {self:#?}"
+        );
+        self
+    }
+
+    /// Services started through `MESOBAKE_SERVICE_CMD`, in order.
+    fn started(&self) -> Vec<&str> {
+        self.calls
+            .iter()
+            .map(|line| line.strip_prefix("start ").unwrap_or(line))
+            .collect()
+    }
+}
+
+/// One entry of a scratch tree, as much as a rerun could change.
+#[derive(Debug, PartialEq)]
+enum Entry {
+    Dir {
+        mtime: (i64, i64),
+        ino: u64,
+    },
+    File {
+        content: String,
+        mode: u32,
+        mtime: (i64, i64),
+        ino: u64,
+    },
+    Link {
+        target: PathBuf,
+    },
+}
+
+type Snapshot = BTreeMap<PathBuf, Entry>;
+
+impl Fixture {
+    /// A guest root with `layout`'s packages installed and `role` baked.
+    fn new(shell: &Shell, layout: Layout, role: Role) -> Fixture {
+        Self::with_init(shell, layout, role, "systemd")
+    }
+
+    fn with_init(shell: &Shell, layout: Layout, role: Role, init: &str) -> Fixture {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path().join("root");
+        let work = tmp.path().join("work");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(work.join("bin")).unwrap();
+        let fx = Fixture {
+            _tmp: tmp,
+            root,
+            work,
+            shell: shell.clone(),
+            layout,
+        };
+        fx.install_packages();
+        fx.install_fake_tools();
+        fx.bake_role(role, init);
+        fx
+    }
+
+    /// The files the packages lay down (mesos-packaging.md §1.1, §1.5, §2.1, §3.1).
+    fn install_packages(&self) {
+        self.write(
+            "/etc/hosts",
+            "127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n\n::1 localhost ip6-localhost ip6-loopback\n",
+        );
+        // Debian's zookeeper: config behind an absolute alternatives chain,
+        // and the data dir's myid linked back into it.
+        self.write(
+            "/etc/zookeeper/conf_example/zoo.cfg",
+            "tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir=/var/lib/zookeeper\nclientPort=2181\n\
+             #server.1=zookeeper1:2888:3888\n#server.2=zookeeper2:2888:3888\n",
+        );
+        self.write(
+            "/etc/zookeeper/conf_example/myid",
+            "replace this text with the cluster-unique zookeeper's instance id (1-255)\n",
+        );
+        self.write(
+            "/etc/zookeeper/conf_example/environment",
+            "ZOOCFG=/etc/zookeeper/conf/zoo.cfg\nZOO_LOG_DIR=/var/log/zookeeper\n",
+        );
+        self.link(
+            "/etc/alternatives/zookeeper-conf",
+            "/etc/zookeeper/conf_example",
+        );
+        self.link("/etc/zookeeper/conf", "/etc/alternatives/zookeeper-conf");
+        self.link("/var/lib/zookeeper/myid", "/etc/zookeeper/conf/myid");
+        // Marathon >= 1.5 ships this one line.
+        self.write("/etc/default/marathon", "MARATHON_MESOS_USER=root\n");
+        match self.layout {
+            Layout::Mesosphere => {
+                self.write("/etc/mesos/zk", "zk://localhost:2181/mesos\n");
+                self.write(
+                    "/etc/default/mesos",
+                    "LOGS=/var/log/mesos\nULIMIT=\"-n 8192\"\n",
+                );
+                self.write(
+                    "/etc/default/mesos-master",
+                    "PORT=5050\nZK=`cat /etc/mesos/zk`\n",
+                );
+                self.write("/etc/default/mesos-slave", "MASTER=`cat /etc/mesos/zk`\n");
+                self.write("/etc/mesos-master/work_dir", "/var/lib/mesos\n");
+                self.write("/etc/mesos-master/quorum", "1\n");
+                self.write("/etc/mesos-slave/work_dir", "/var/lib/mesos\n");
+            }
+            Layout::Aventer => {
+                self.mkdir("/etc/mesos-master");
+                self.mkdir("/etc/mesos-agent");
+            }
+        }
+    }
+
+    /// role.env the way the builder writes it.
+    fn bake_role(&self, role: Role, init: &str) {
+        let agent = self.layout.agent();
+        let services = role.services.replace("AGENT", agent);
+        let (agent_dir, agent_defaults) = if services.contains(agent) {
+            (format!("/etc/{agent}"), format!("/etc/default/{agent}"))
+        } else {
+            (String::new(), String::new())
+        };
+        self.write(
+            "/etc/mesobake/role.env",
+            &format!(
+                "# Baked by mesobake.\nMESOBAKE_ROLE={}\nMESOBAKE_SERVICES='{services}'\n\
+                 MESOBAKE_INIT={init}\nMESOBAKE_AGENT_DIR={agent_dir}\n\
+                 MESOBAKE_AGENT_DEFAULTS={agent_defaults}\nMESOBAKE_CLUSTER=''\n",
+                role.name
+            ),
+        );
+    }
+
+    /// Upstart job files and Marathon's SysV script, as on Ubuntu 14.04.
+    fn install_upstart_jobs(&self) {
+        for job in ["zookeeper", "mesos-master", "mesos-slave"] {
+            self.write(&format!("/etc/init/{job}.conf"), "respawn\n");
+        }
+        self.write("/etc/init.d/marathon", "#!/bin/sh\n");
+    }
+
+    /// The fake service command and init tools. Each logs its argv; `start`
+    /// answers like upstart for jobs listed in FAKE_RUNNING, and every tool
+    /// fails for the service named in FAKE_FAIL. `ip` and `hostname` print
+    /// canned iproute2 output from FAKE_ROUTE, FAKE_ROUTE_GET, FAKE_ADDR and
+    /// FAKE_HOSTNAME instead of looking at the host.
+    fn install_fake_tools(&self) {
+        let log = self.work.join("calls.log");
+        let tool = |name: &str, prefix: &str, body: &str| {
+            let path = self.work.join("bin").join(name);
+            fs::write(
+                &path,
+                format!(
+                    "#!/bin/sh\n\
+                     for arg; do last=$arg; done\n\
+                     echo \"{prefix}$*\" >>'{}'\n\
+                     if [ \"$last\" = \"${{FAKE_FAIL:-}}\" ] || [ \"$1\" = \"${{FAKE_FAIL:-}}\" ]; then echo \"failed: $*\" >&2; exit 1; fi\n\
+                     {body}\n\
+                     exit 0\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let canned = |name: &str, body: &str| {
+            let path = self.work.join("bin").join(name);
+            fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        canned(
+            "ip",
+            "case \"$*\" in\n\
+             '-4 route show default') printf '%b' \"${FAKE_ROUTE:-}\" ;;\n\
+             '-4 route get '*) printf '%b' \"${FAKE_ROUTE_GET:-}\" ;;\n\
+             '-4 -o addr show scope global') printf '%b' \"${FAKE_ADDR:-}\" ;;\n\
+             *) echo \"fake ip: unexpected $*\" >&2; exit 1 ;;\n\
+             esac",
+        );
+        canned("hostname", "echo \"${FAKE_HOSTNAME:-fake-host}\"");
+        tool("service-cmd", "", "");
+        tool("systemctl", "systemctl ", "");
+        tool("service", "service ", "");
+        tool("initctl", "initctl ", "");
+        tool(
+            "start",
+            "start ",
+            "case \" ${FAKE_RUNNING:-} \" in *\" $1 \"*) echo \"start: Job is already running: $1\" >&2; exit 1;; esac\n\
+             echo \"$1 start/running, process 4242\"",
+        );
+    }
+
+    fn guest(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    fn mkdir(&self, path: &str) {
+        fs::create_dir_all(self.guest(path)).unwrap();
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let host = self.guest(path);
+        fs::create_dir_all(host.parent().unwrap()).unwrap();
+        fs::write(host, content).unwrap();
+    }
+
+    fn append(&self, path: &str, content: &str) {
+        let old = fs::read_to_string(self.guest(path)).unwrap_or_default();
+        self.write(path, &(old + content));
+    }
+
+    fn link(&self, path: &str, target: &str) {
+        let host = self.guest(path);
+        fs::create_dir_all(host.parent().unwrap()).unwrap();
+        symlink(target, host).unwrap();
+    }
+
+    fn remove(&self, path: &str) {
+        fs::remove_file(self.guest(path)).unwrap();
+    }
+
+    /// A guest file's content; symlinks are followed by hand, inside the root.
+    fn read(&self, path: &str) -> String {
+        let host = self.resolve(path);
+        fs::read_to_string(&host).unwrap_or_else(|e| panic!("reading {path} ({host:?}): {e}"))
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        fs::symlink_metadata(self.guest(path)).is_ok()
+    }
+
+    /// `path` inside the root with absolute symlinks taken relative to the root
+    /// (the fixture's links point at guest paths, not host ones).
+    fn resolve(&self, path: &str) -> PathBuf {
+        let mut done = PathBuf::from("/");
+        let mut rest: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
+        rest.reverse();
+        let mut hops = 0;
+        while let Some(comp) = rest.pop() {
+            let candidate = done.join(&comp);
+            match fs::read_link(self.guest(candidate.to_str().unwrap())) {
+                Ok(target) => {
+                    hops += 1;
+                    assert!(hops < 40, "symlink loop at {path}");
+                    if target.is_absolute() {
+                        done = PathBuf::from("/");
+                    }
+                    let mut parts: Vec<String> = target
+                        .to_str()
+                        .unwrap()
+                        .split('/')
+                        .filter(|c| !c.is_empty())
+                        .map(String::from)
+                        .collect();
+                    parts.reverse();
+                    rest.extend(parts);
+                }
+                Err(_) => done = candidate,
+            }
+        }
+        self.guest(done.to_str().unwrap())
+    }
+
+    /// Names in a guest directory (dot-files included: a leftover temp file
+    /// must show up).
+    fn names(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.guest(dir))
+            .unwrap_or_else(|e| panic!("listing {dir}: {e}"))
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The Mesos init wrapper turns every regular file in a flag dir into a
+    /// flag, and an unknown or duplicate flag kills Mesos: the dir must hold
+    /// exactly these names.
+    fn assert_flag_dir(&self, dir: &str, expected: &[&str]) {
+        assert_eq!(
+            self.names(dir),
+            expected,
+            "files in {dir} (shell {:?})",
+            self.shell
+        );
+    }
+
+    fn node_env(&self, content: &str) {
+        self.write("/etc/mesobake/node.env", content);
+    }
+
+    fn run(&self) -> Run {
+        self.boot(&Boot::default())
+    }
+
+    fn run_ip(&self, ip: &'static str) -> Run {
+        self.boot(&Boot {
+            ip,
+            ..Boot::default()
+        })
+    }
+
+    /// Run the script once. Checks the invariants every run must keep.
+    fn boot(&self, boot: &Boot) -> Run {
+        let log = self.work.join("calls.log");
+        let _ = fs::remove_file(&log);
+        let host_before = host_witness();
+        let path = format!(
+            "{}:{}",
+            self.work.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new(self.shell.0[0]);
+        cmd.args(&self.shell.0[1..])
+            .arg(SCRIPT)
+            .env_clear()
+            .env("PATH", path)
+            .env("MESOBAKE_ROOT", &self.root)
+            .current_dir(&self.work);
+        if boot.detect_hooks {
+            cmd.env("MESOBAKE_DETECT_IP", boot.ip)
+                .env("MESOBAKE_DETECT_HOSTNAME", boot.hostname);
+        }
+        if boot.service_cmd {
+            cmd.env("MESOBAKE_SERVICE_CMD", self.work.join("bin/service-cmd"));
+        }
+        for (key, value) in &boot.env {
+            cmd.env(key, value);
+        }
+        let out = cmd.output().expect("running the configurator");
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            calls: fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect(),
+        };
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "stdout must be one status line ({:?}): {run:#?}",
+            self.shell
+        );
+        let prefix = if run.code == 0 {
+            "mesobake: configured role="
+        } else {
+            "mesobake: configuration FAILED: "
+        };
+        assert!(
+            lines[0].starts_with(prefix),
+            "status line vs exit status: {run:#?}"
+        );
+        assert_eq!(
+            host_witness(),
+            host_before,
+            "the run touched the host outside its root"
+        );
+        run
+    }
+
+    /// Everything in the root: content, mode, link target, mtime and inode
+    /// (a rename over a file changes the inode even within one clock tick).
+    fn snapshot(&self) -> Snapshot {
+        fn walk(dir: &Path, base: &Path, out: &mut Snapshot) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let key = path.strip_prefix(base).unwrap().to_path_buf();
+                let mtime = (meta.mtime(), meta.mtime_nsec());
+                if meta.file_type().is_symlink() {
+                    out.insert(
+                        key,
+                        Entry::Link {
+                            target: fs::read_link(&path).unwrap(),
+                        },
+                    );
+                } else if meta.is_dir() {
+                    out.insert(
+                        key,
+                        Entry::Dir {
+                            mtime,
+                            ino: meta.ino(),
+                        },
+                    );
+                    walk(&path, base, out);
+                } else {
+                    let content = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+                    out.insert(
+                        key,
+                        Entry::File {
+                            content,
+                            mode: meta.mode(),
+                            mtime,
+                            ino: meta.ino(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut out = Snapshot::new();
+        walk(&self.root, &self.root, &mut out);
+        out
+    }
+
+    /// Set every file and dir mtime in the root to a fixed past time, so any
+    /// write (or temp file created and removed) by the next run shows.
+    fn freeze_times(&self) {
+        fn walk(dir: &Path, when: SystemTime) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                if meta.file_type().is_symlink() {
+                    continue;
+                }
+                if meta.is_dir() {
+                    walk(&path, when);
+                }
+                fs::File::open(&path).unwrap().set_modified(when).unwrap();
+            }
+        }
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        walk(&self.root, when);
+        fs::File::open(&self.root)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    /// Run and assert that the run changed nothing at all in the root.
+    fn assert_run_changes_nothing(&self, boot: &Boot) -> Run {
+        self.freeze_times();
+        let before = self.snapshot();
+        let run = self.boot(boot);
+        let after = self.snapshot();
+        for (path, entry) in &after {
+            assert_eq!(
+                before.get(path),
+                Some(entry),
+                "{path:?} changed ({:?}): {run:#?}",
+                self.shell
+            );
+        }
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "entries appeared or vanished ({:?})",
+            self.shell
+        );
+        run
+    }
+}
+
+/// Size, mtime (s, ns) and inode of a path.
+type Stamp = (u64, i64, i64, u64);
+
+/// Host paths the script would hit if it ever escaped its root: existence,
+/// size, mtime and inode. /etc/hosts exists on every host.
+fn host_witness() -> Vec<(String, Option<Stamp>)> {
+    [
+        "/etc/hosts",
+        "/etc/mesos",
+        "/etc/mesos/zk",
+        "/etc/mesos-master",
+        "/etc/mesos-slave",
+        "/etc/mesos-agent",
+        "/etc/mesobake",
+        "/etc/zookeeper",
+        "/etc/zookeeper/conf_example/myid",
+        "/etc/zookeeper/conf_example/zoo.cfg",
+        "/etc/alternatives/zookeeper-conf",
+        "/etc/default/marathon",
+        "/var/lib/mesobake",
+        "/var/lib/zookeeper",
+    ]
+    .iter()
+    .map(|p| {
+        let meta = fs::symlink_metadata(p).ok();
+        (
+            p.to_string(),
+            meta.map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino())),
+        )
+    })
+    .collect()
+}
+
+fn configured_line(role: &str, ip: &str, zk: &str) -> String {
+    format!("mesobake: configured role={role} ip={ip} zk={zk}\n")
+}
+
+const ZOO_CFG_HEAD: &str =
+    "# Written by mesobake-configure at every boot; edits are overwritten.\n\
+tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir=/var/lib/zookeeper\nclientPort=2181\n\
+4lw.commands.whitelist=srvr,ruok,mntr,stat\nadmin.enableServer=false\n";
+
+// --- scenarios ------------------------------------------------------------------------
+
+#[test]
+fn appliance_without_user_data_is_a_one_node_cluster() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        let run = fx.run();
+        run.assert_ok();
+        let zk = "zk://10.0.2.15:2181/mesos";
+        assert_eq!(run.stdout, configured_line("master-slave", IP, zk));
+        assert_eq!(
+            run.started(),
+            ["zookeeper", "mesos-master", "marathon", "mesos-slave"]
+        );
+
+        assert_eq!(fx.read("/etc/mesos/zk"), format!("{zk}\n"));
+        assert_eq!(fx.read("/etc/mesos-master/ip"), "10.0.2.15\n");
+        assert_eq!(fx.read("/etc/mesos-master/hostname"), "node1\n");
+        assert_eq!(fx.read("/etc/mesos-master/quorum"), "1\n");
+        assert_eq!(fx.read("/etc/mesos-master/work_dir"), "/var/lib/mesos\n");
+        // The defaults pass ZK= and MASTER= already: no zk/master flag file.
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["hostname", "ip", "quorum", "work_dir"],
+        );
+        assert_eq!(fx.read("/etc/mesos-slave/ip"), "10.0.2.15\n");
+        assert_eq!(fx.read("/etc/mesos-slave/hostname"), "node1\n");
+        fx.assert_flag_dir("/etc/mesos-slave", &["hostname", "ip", "work_dir"]);
+
+        // ZooKeeper: written through the alternatives chain, standalone.
+        assert_eq!(fx.read("/etc/zookeeper/conf_example/myid"), "1\n");
+        assert_eq!(fx.read("/var/lib/zookeeper/myid"), "1\n");
+        assert_eq!(fx.read("/etc/zookeeper/conf/zoo.cfg"), ZOO_CFG_HEAD);
+
+        assert_eq!(
+            fx.read("/etc/default/marathon"),
+            "# Written by mesobake-configure at every boot; edits are overwritten.\n\
+             # Baked extra settings come from /etc/mesobake/marathon.env (appended below).\n\
+             MARATHON_MASTER=zk://10.0.2.15:2181/mesos\nMARATHON_ZK=zk://10.0.2.15:2181/marathon\n\
+             MARATHON_HOSTNAME=10.0.2.15\nMARATHON_MESOS_USER=root\nLIBPROCESS_IP=10.0.2.15\n"
+        );
+        assert_eq!(
+            fx.read("/etc/hosts"),
+            "# mesobake begin\n10.0.2.15 node1\n# mesobake end\n127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n\n\
+             ::1 localhost ip6-localhost ip6-loopback\n"
+        );
+        assert_eq!(
+            fx.read("/var/lib/mesobake/configured.env"),
+            "MESOBAKE_ROLE=master-slave\nMESOBAKE_IP=10.0.2.15\nMESOBAKE_HOSTNAME=node1\n\
+             MESOBAKE_ZK=zk://10.0.2.15:2181/mesos\nMESOBAKE_ZK_ID=1\nMESOBAKE_QUORUM=1\n"
+        );
+        // Temp files are dot-files beside their target; none may survive.
+        for dir in [
+            "/etc/mesos",
+            "/etc/default",
+            "/etc/zookeeper/conf_example",
+            "/var/lib/mesobake",
+            "/etc",
+        ] {
+            let leftovers: Vec<String> = fx
+                .names(dir)
+                .into_iter()
+                .filter(|n| n.starts_with(".mesobake"))
+                .collect();
+            assert!(
+                leftovers.is_empty(),
+                "temp files left in {dir}: {leftovers:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn three_masters_from_user_data() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.append("/etc/mesobake/role.env", "MESOBAKE_CLUSTER='lab cluster'\n");
+        fx.node_env(&format!(
+            "# written by cloud-init\nMESOBAKE_IP=10.0.0.12\nMESOBAKE_HOSTNAME=master2\nMESOBAKE_ZK_ID=2\n{THREE_MASTERS}"
+        ));
+        let run = fx.run();
+        run.assert_ok();
+        let zk = "zk://10.0.0.11:2181,10.0.0.12:2181,10.0.0.13:2181/mesos";
+        assert_eq!(run.stdout, configured_line("master-slave", "10.0.0.12", zk));
+        assert_eq!(fx.read("/etc/mesos/zk"), format!("{zk}\n"));
+        assert_eq!(fx.read("/etc/mesos-master/quorum"), "2\n");
+        assert_eq!(fx.read("/etc/mesos-master/ip"), "10.0.0.12\n");
+        assert_eq!(fx.read("/etc/mesos-master/hostname"), "master2\n");
+        assert_eq!(fx.read("/etc/mesos-master/cluster"), "lab cluster\n");
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["cluster", "hostname", "ip", "quorum", "work_dir"],
+        );
+        assert_eq!(fx.read("/etc/zookeeper/conf/myid"), "2\n");
+        assert_eq!(
+            fx.read("/etc/zookeeper/conf/zoo.cfg"),
+            format!(
+                "{ZOO_CFG_HEAD}server.1=10.0.0.11:2888:3888\nserver.2=10.0.0.12:2888:3888\n\
+                 server.3=10.0.0.13:2888:3888\n"
+            )
+        );
+        let marathon = fx.read("/etc/default/marathon");
+        assert!(
+            marathon.contains(&format!("\nMARATHON_MASTER={zk}\n")),
+            "{marathon}"
+        );
+        assert!(
+            marathon.contains(
+                "\nMARATHON_ZK=zk://10.0.0.11:2181,10.0.0.12:2181,10.0.0.13:2181/marathon\n"
+            ),
+            "{marathon}"
+        );
+        assert!(
+            marathon.contains("\nMARATHON_HOSTNAME=10.0.0.12\n"),
+            "{marathon}"
+        );
+        assert!(fx
+            .read("/etc/hosts")
+            .starts_with("# mesobake begin\n10.0.0.12 master2\n# mesobake end\n"));
+        assert!(fx
+            .read("/var/lib/mesobake/configured.env")
+            .contains("MESOBAKE_ZK_ID=2\nMESOBAKE_QUORUM=2\n"));
+    }
+}
+
+#[test]
+fn five_masters_need_a_quorum_of_three_and_an_explicit_quorum_wins() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        let servers = "MESOBAKE_ZK_SERVERS='1=m1 2=m2 3=m3 4=m4 5=m5'\nMESOBAKE_ZK_ID=4\n";
+        fx.node_env(servers);
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/etc/mesos-master/quorum"), "3\n");
+        assert_eq!(
+            fx.read("/etc/mesos/zk"),
+            "zk://m1:2181,m2:2181,m3:2181,m4:2181,m5:2181/mesos\n"
+        );
+        fx.node_env(&format!("{servers}MESOBAKE_QUORUM=2\n"));
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/etc/mesos-master/quorum"), "2\n");
+        assert!(
+            !fx.exists("/etc/mesos-slave/ip"),
+            "a master-only role configures no agent"
+        );
+    }
+}
+
+#[test]
+fn zookeeper_id_is_found_from_the_nodes_own_address() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fx.node_env(THREE_MASTERS);
+        fx.run_ip("10.0.0.13").assert_ok();
+        assert_eq!(fx.read("/etc/zookeeper/conf/myid"), "3\n");
+    }
+}
+
+#[test]
+fn explicit_zk_url_wins_over_the_ensemble() {
+    for sh in shells() {
+        let zk = "zk://zk-a.example:2181,zk-b.example:2181/mesos";
+        let fx = Fixture::new(&sh, Layout::Mesosphere, SLAVE_ONLY);
+        fx.node_env(&format!("MESOBAKE_ZK={zk}\n{THREE_MASTERS}"));
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(run.stdout, configured_line("slave-only", IP, zk));
+        assert_eq!(fx.read("/etc/mesos/zk"), format!("{zk}\n"));
+        assert_eq!(run.started(), ["mesos-slave"]);
+
+        // Marathon follows the explicit URL's hosts too.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.node_env(&format!("MESOBAKE_ZK={zk}\n"));
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/etc/mesos/zk"), format!("{zk}\n"));
+        let marathon = fx.read("/etc/default/marathon");
+        assert!(
+            marathon.contains(&format!("\nMARATHON_MASTER={zk}\n")),
+            "{marathon}"
+        );
+        assert!(
+            marathon.contains("\nMARATHON_ZK=zk://zk-a.example:2181,zk-b.example:2181/marathon\n"),
+            "{marathon}"
+        );
+        // ZooKeeper itself still runs as the one-node default.
+        assert_eq!(fx.read("/etc/zookeeper/conf/myid"), "1\n");
+    }
+}
+
+#[test]
+fn autoscaled_agent_shares_user_data_and_detects_its_address() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, SLAVE_ONLY);
+        fx.node_env("MESOBAKE_ZK='zk://10.0.0.11:2181,10.0.0.12:2181,10.0.0.13:2181/mesos'\n");
+        let run = fx.boot(&Boot {
+            ip: "172.31.7.9",
+            hostname: "ip-172-31-7-9",
+            ..Boot::default()
+        });
+        run.assert_ok();
+        assert_eq!(fx.read("/etc/mesos-slave/ip"), "172.31.7.9\n");
+        assert_eq!(fx.read("/etc/mesos-slave/hostname"), "ip-172-31-7-9\n");
+        fx.assert_flag_dir("/etc/mesos-slave", &["hostname", "ip", "work_dir"]);
+        // A slave-only node gets no master or ZooKeeper config.
+        fx.assert_flag_dir("/etc/mesos-master", &["quorum", "work_dir"]);
+        assert!(fx
+            .read("/etc/zookeeper/conf/myid")
+            .starts_with("replace this text"));
+        assert_eq!(
+            fx.read("/var/lib/mesobake/configured.env").lines().nth(4),
+            Some("MESOBAKE_ZK_ID=")
+        );
+    }
+}
+
+#[test]
+fn agent_without_any_zookeeper_fails_and_changes_nothing() {
+    for sh in shells() {
+        for layout in [Layout::Mesosphere, Layout::Aventer] {
+            let fx = Fixture::new(&sh, layout, SLAVE_ONLY);
+            let run = fx.assert_run_changes_nothing(&Boot::default());
+            run.assert_failed("MESOBAKE_ZK");
+            assert!(run.stdout.contains("MESOBAKE_ZK_SERVERS"), "{run:#?}");
+            assert!(run.calls.is_empty(), "nothing may be started: {run:#?}");
+            // The same with a node.env that sets everything but the ensemble.
+            fx.node_env("MESOBAKE_IP=10.0.0.21\nMESOBAKE_HOSTNAME=agent1\n");
+            let run = fx.assert_run_changes_nothing(&Boot::default());
+            run.assert_failed("MESOBAKE_ZK");
+            assert!(run.calls.is_empty());
+        }
+    }
+}
+
+#[test]
+fn aventer_layout_points_flag_files_at_etc_mesos_zk() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Aventer, MASTER_SLAVE);
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(
+            run.started(),
+            ["zookeeper", "mesos-master", "marathon", "mesos-agent"]
+        );
+        assert_eq!(fx.read("/etc/mesos/zk"), "zk://10.0.2.15:2181/mesos\n");
+        // No /etc/default files: every flag comes from a flag file.
+        assert_eq!(fx.read("/etc/mesos-master/zk"), "file:///etc/mesos/zk\n");
+        assert_eq!(fx.read("/etc/mesos-master/ip"), "10.0.2.15\n");
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["hostname", "ip", "quorum", "work_dir", "zk"],
+        );
+        assert_eq!(fx.read("/etc/mesos-agent/master"), "file:///etc/mesos/zk\n");
+        assert_eq!(fx.read("/etc/mesos-agent/ip"), "10.0.2.15\n");
+        assert_eq!(fx.read("/etc/mesos-agent/work_dir"), "/var/lib/mesos\n");
+        fx.assert_flag_dir(
+            "/etc/mesos-agent",
+            &["hostname", "ip", "master", "work_dir"],
+        );
+        assert!(
+            !fx.exists("/etc/mesos-slave"),
+            "AVENTER has no /etc/mesos-slave"
+        );
+        assert!(
+            !fx.exists("/etc/default/mesos-agent"),
+            "defaults are never created"
+        );
+    }
+}
+
+#[test]
+fn one_mechanism_per_flag_when_defaults_preset_ip_and_cluster() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.append("/etc/mesobake/role.env", "MESOBAKE_CLUSTER=lab\n");
+        fx.run().assert_ok();
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["cluster", "hostname", "ip", "quorum", "work_dir"],
+        );
+        fx.assert_flag_dir("/etc/mesos-slave", &["hostname", "ip", "work_dir"]);
+
+        // An operator moves ip/cluster into the defaults: the files must go,
+        // or Mesos would see --ip twice and exit.
+        fx.append(
+            "/etc/default/mesos-master",
+            "IP=10.0.2.15\nexport CLUSTER=\"lab\"\n",
+        );
+        fx.append("/etc/default/mesos-slave", "  IP=10.0.2.15\n");
+        fx.run().assert_ok();
+        fx.assert_flag_dir("/etc/mesos-master", &["hostname", "quorum", "work_dir"]);
+        fx.assert_flag_dir("/etc/mesos-slave", &["hostname", "work_dir"]);
+
+        // IP= in the shared /etc/default/mesos counts for both daemons;
+        // commented or empty assignments do not.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.append("/etc/default/mesos", "IP=10.0.2.15\n");
+        fx.append("/etc/default/mesos-master", "#CLUSTER=old\nCLUSTER=\n");
+        fx.append("/etc/mesobake/role.env", "MESOBAKE_CLUSTER=lab\n");
+        fx.run().assert_ok();
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["cluster", "hostname", "quorum", "work_dir"],
+        );
+        fx.assert_flag_dir("/etc/mesos-slave", &["hostname", "work_dir"]);
+
+        // A defaults file that drops ZK=/MASTER= gets the flag files instead;
+        // putting them back removes the files again.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.write("/etc/default/mesos-master", "PORT=5050\n");
+        fx.write("/etc/default/mesos-slave", "# nothing\n");
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/etc/mesos-master/zk"), "file:///etc/mesos/zk\n");
+        assert_eq!(fx.read("/etc/mesos-slave/master"), "file:///etc/mesos/zk\n");
+        fx.write(
+            "/etc/default/mesos-master",
+            "PORT=5050\nZK=`cat /etc/mesos/zk`\n",
+        );
+        fx.write("/etc/default/mesos-slave", "MASTER=`cat /etc/mesos/zk`\n");
+        fx.run().assert_ok();
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["hostname", "ip", "quorum", "work_dir"],
+        );
+        fx.assert_flag_dir("/etc/mesos-slave", &["hostname", "ip", "work_dir"]);
+    }
+}
+
+#[test]
+fn cluster_file_follows_the_cluster_name() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Aventer, MASTER);
+        fx.node_env("MESOBAKE_CLUSTER=prod-eu\n");
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/etc/mesos-master/cluster"), "prod-eu\n");
+        fx.remove("/etc/mesobake/node.env");
+        fx.run().assert_ok();
+        assert!(
+            !fx.exists("/etc/mesos-master/cluster"),
+            "no name, no cluster flag"
+        );
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["hostname", "ip", "quorum", "work_dir", "zk"],
+        );
+    }
+}
+
+#[test]
+fn operator_work_dir_is_kept() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.write("/etc/mesos-master/work_dir", "/srv/mesos\n");
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/etc/mesos-master/work_dir"), "/srv/mesos\n");
+    }
+}
+
+#[test]
+fn second_run_changes_nothing() {
+    for sh in shells() {
+        let setups: [(Layout, Role, &str); 4] = [
+            (Layout::Mesosphere, MASTER_SLAVE, ""),
+            (Layout::Aventer, MASTER_SLAVE, "MESOBAKE_CLUSTER=lab\n"),
+            (
+                Layout::Mesosphere,
+                MASTER,
+                "MESOBAKE_ZK_ID=1\nMESOBAKE_IP=10.0.0.11\n",
+            ),
+            (
+                Layout::Aventer,
+                SLAVE_ONLY,
+                "MESOBAKE_ZK=zk://10.0.0.11:2181/mesos\n",
+            ),
+        ];
+        for (layout, role, node_env) in setups {
+            let fx = Fixture::new(&sh, layout, role);
+            let node_env = if role.name == "master" {
+                format!("{node_env}{THREE_MASTERS}")
+            } else {
+                node_env.to_string()
+            };
+            if !node_env.is_empty() {
+                fx.node_env(&node_env);
+            }
+            fx.write("/etc/mesobake/marathon.env", "MARATHON_HTTP_PORT=8080\n");
+            let first = fx.run();
+            first.assert_ok();
+            let second = fx.assert_run_changes_nothing(&Boot::default());
+            second.assert_ok();
+            assert_eq!(first.stdout, second.stdout);
+            assert_eq!(
+                first.calls, second.calls,
+                "services are started on every boot"
+            );
+            assert!(!second.stderr.contains("wrote"), "{second:#?}");
+        }
+    }
+}
+
+#[test]
+fn changed_address_reconfigures_the_appliance() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.append("/etc/hosts", "192.168.1.5 fileserver\n");
+        fx.run_ip("10.0.2.15").assert_ok();
+        let run = fx.boot(&Boot {
+            ip: "10.0.2.16",
+            hostname: "node1b",
+            ..Boot::default()
+        });
+        run.assert_ok();
+        assert_eq!(
+            run.stdout,
+            configured_line("master-slave", "10.0.2.16", "zk://10.0.2.16:2181/mesos")
+        );
+        assert_eq!(fx.read("/etc/mesos/zk"), "zk://10.0.2.16:2181/mesos\n");
+        assert_eq!(fx.read("/etc/mesos-master/ip"), "10.0.2.16\n");
+        assert_eq!(fx.read("/etc/mesos-master/hostname"), "node1b\n");
+        assert_eq!(fx.read("/etc/mesos-slave/ip"), "10.0.2.16\n");
+        assert!(fx
+            .read("/etc/default/marathon")
+            .contains("\nLIBPROCESS_IP=10.0.2.16\n"));
+        assert!(fx
+            .read("/var/lib/mesobake/configured.env")
+            .contains("MESOBAKE_IP=10.0.2.16\n"));
+        // One block, the new one; the other lines stay as they were.
+        assert_eq!(
+            fx.read("/etc/hosts"),
+            "# mesobake begin\n10.0.2.16 node1b\n# mesobake end\n127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n\n\
+             ::1 localhost ip6-localhost ip6-loopback\n192.168.1.5 fileserver\n"
+        );
+    }
+}
+
+#[test]
+fn hosts_block_is_replaced_wherever_it_is() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, SLAVE_ONLY);
+        fx.node_env("MESOBAKE_ZK=zk://10.0.0.11:2181/mesos\n");
+        fx.write(
+            "/etc/hosts",
+            "127.0.0.1 localhost\n# mesobake begin\n10.9.9.9 old\n# mesobake end\n10.1.1.1 db\n",
+        );
+        fx.run().assert_ok();
+        assert_eq!(
+            fx.read("/etc/hosts"),
+            "# mesobake begin\n10.0.2.15 node1\n# mesobake end\n127.0.0.1 localhost\n10.1.1.1 db\n"
+        );
+        // A begin marker without an end is not ours to eat the file with.
+        fx.write(
+            "/etc/hosts",
+            "127.0.0.1 localhost\n# mesobake begin\n10.1.1.1 db\n",
+        );
+        fx.run().assert_ok();
+        assert_eq!(
+            fx.read("/etc/hosts"),
+            "# mesobake begin\n10.0.2.15 node1\n# mesobake end\n127.0.0.1 localhost\n# mesobake begin\n10.1.1.1 db\n"
+        );
+    }
+}
+
+/// Invalid inputs: the FAILED line names the key, and nothing is written or
+/// started.
+#[test]
+fn invalid_ip_duplicate_zk_id_and_other_bad_inputs_write_nothing() {
+    let cases: &[(&str, &str, &str)] = &[
+        // (node.env, detected ip, expected in the FAILED line)
+        ("MESOBAKE_IP=10.0.0.256\n", IP, "MESOBAKE_IP"),
+        ("MESOBAKE_IP=10.0.0\n", IP, "MESOBAKE_IP"),
+        ("MESOBAKE_IP=010.0.0.1\n", IP, "MESOBAKE_IP"),
+        ("MESOBAKE_IP='10.0.0.1 '\n", IP, "MESOBAKE_IP"),
+        ("", "not-an-ip", "MESOBAKE_IP"),
+        ("", "", "MESOBAKE_IP"),
+        ("MESOBAKE_HOSTNAME=bad_name\n", IP, "MESOBAKE_HOSTNAME"),
+        ("MESOBAKE_HOSTNAME=-dash\n", IP, "MESOBAKE_HOSTNAME"),
+        (
+            "MESOBAKE_ZK_SERVERS='1=10.0.0.11 1=10.0.0.12'\nMESOBAKE_ZK_ID=1\n",
+            IP,
+            "MESOBAKE_ZK_SERVERS: ZooKeeper id 1 appears twice",
+        ),
+        (
+            "MESOBAKE_ZK_SERVERS='1=10.0.0.11 2=10.0.0.11'\nMESOBAKE_ZK_ID=1\n",
+            IP,
+            "MESOBAKE_ZK_SERVERS",
+        ),
+        (
+            "MESOBAKE_ZK_SERVERS='0=10.0.0.11'\n",
+            IP,
+            "MESOBAKE_ZK_SERVERS",
+        ),
+        (
+            "MESOBAKE_ZK_SERVERS='256=10.0.0.11'\n",
+            IP,
+            "MESOBAKE_ZK_SERVERS",
+        ),
+        (
+            "MESOBAKE_ZK_SERVERS='10.0.0.11'\n",
+            IP,
+            "MESOBAKE_ZK_SERVERS",
+        ),
+        (
+            "MESOBAKE_ZK_SERVERS='1=10.0.0.300'\n",
+            IP,
+            "MESOBAKE_ZK_SERVERS",
+        ),
+        ("MESOBAKE_ZK_ID=0\n", IP, "MESOBAKE_ZK_ID"),
+        ("MESOBAKE_ZK_ID=256\n", IP, "MESOBAKE_ZK_ID"),
+        ("MESOBAKE_ZK_ID=x\n", IP, "MESOBAKE_ZK_ID"),
+        (THREE_MASTERS, IP, "MESOBAKE_ZK_ID"),
+        (
+            "MESOBAKE_ZK_ID=4\nMESOBAKE_ZK_SERVERS='1=a 2=b 3=c'\n",
+            IP,
+            "MESOBAKE_ZK_ID 4",
+        ),
+        ("MESOBAKE_QUORUM=two\n", IP, "MESOBAKE_QUORUM"),
+        (
+            "MESOBAKE_ZK=http://10.0.0.11:2181/mesos\n",
+            IP,
+            "MESOBAKE_ZK",
+        ),
+        ("MESOBAKE_ZK=zk://10.0.0.11:2181\n", IP, "MESOBAKE_ZK"),
+        ("MESOBAKE_IP\n", IP, "expected KEY=value"),
+    ];
+    for sh in shells() {
+        for (node_env, ip, reason) in cases {
+            let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+            fx.node_env(node_env);
+            let run = fx.assert_run_changes_nothing(&Boot {
+                ip,
+                ..Boot::default()
+            });
+            run.assert_failed(reason);
+            assert!(
+                run.calls.is_empty(),
+                "{node_env:?}: nothing may be started: {run:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn env_files_are_parsed_never_executed() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        let marker = fx.work.join("pwned");
+        for line in [
+            format!("MESOBAKE_HOSTNAME=$(touch {})\n", marker.display()),
+            format!("MESOBAKE_HOSTNAME=`touch {}`\n", marker.display()),
+            format!("MESOBAKE_HOSTNAME=\"$(touch {})\"\n", marker.display()),
+            format!("MESOBAKE_HOSTNAME=a;touch {}\n", marker.display()),
+        ] {
+            fx.node_env(&line);
+            let run = fx.assert_run_changes_nothing(&Boot::default());
+            run.assert_failed("MESOBAKE_HOSTNAME");
+            assert!(!marker.exists(), "{line:?} ran a command");
+        }
+        // Quoting the way shells and the seed generator write it is fine, as
+        // are comments, blank lines, `export`, CRLF line ends and a missing
+        // final newline; unknown keys and baked-only keys are ignored.
+        fx.node_env(
+            "# from user-data\r\n\r\nexport MESOBAKE_HOSTNAME=\"web-1\"\r\n  MESOBAKE_CLUSTER='it'\\''s ours'\r\n\
+             MESOBAKE_SERVICES=mesos-slave\nMESOBAKE_SOMETHING=1\nMESOBAKE_ROOT=/\nMESOBAKE_IP='10.0.0.5'",
+        );
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(
+            run.stdout,
+            configured_line("master-slave", "10.0.0.5", "zk://10.0.0.5:2181/mesos")
+        );
+        assert_eq!(fx.read("/etc/mesos-master/hostname"), "web-1\n");
+        assert_eq!(fx.read("/etc/mesos-master/cluster"), "it's ours\n");
+        assert_eq!(
+            run.started(),
+            ["zookeeper", "mesos-master", "marathon", "mesos-slave"]
+        );
+        assert!(
+            run.stderr.contains("MESOBAKE_SOMETHING"),
+            "unknown keys are reported: {run:#?}"
+        );
+    }
+}
+
+#[test]
+fn configured_env_reads_back_in_sh() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, SLAVE_ONLY);
+        fx.node_env("MESOBAKE_ZK=zk://u:p@10.0.0.11:2181/mesos\n");
+        fx.run().assert_ok();
+        let path = fx.guest("/var/lib/mesobake/configured.env");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(". \"$1\" && printf '%s|%s|%s|%s|%s|%s' \"$MESOBAKE_ROLE\" \"$MESOBAKE_IP\" \"$MESOBAKE_HOSTNAME\" \"$MESOBAKE_ZK\" \"$MESOBAKE_ZK_ID\" \"$MESOBAKE_QUORUM\"")
+            .arg("sh")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "slave-only|10.0.2.15|node1|zk://u:p@10.0.0.11:2181/mesos||"
+        );
+    }
+}
+
+#[test]
+fn zookeeper_writes_stay_inside_the_root() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fx.node_env(&format!("MESOBAKE_ZK_ID=3\n{THREE_MASTERS}"));
+        // `boot` compares host paths like /etc/zookeeper/conf_example/myid
+        // before and after every run; here the writes must also land in the
+        // fixture's conf_example, with the links left as links.
+        let run = fx.run_ip("10.0.0.13");
+        run.assert_ok();
+        let conf = fx.guest("/etc/zookeeper/conf_example");
+        assert_eq!(fs::read_to_string(conf.join("myid")).unwrap(), "3\n");
+        assert!(fs::read_to_string(conf.join("zoo.cfg"))
+            .unwrap()
+            .contains("\nserver.3=10.0.0.13:2888:3888\n"));
+        assert_eq!(
+            fs::read_to_string(conf.join("environment")).unwrap(),
+            "ZOOCFG=/etc/zookeeper/conf/zoo.cfg\nZOO_LOG_DIR=/var/log/zookeeper\n",
+            "other conf files are untouched"
+        );
+        for (link, target) in [
+            ("/etc/zookeeper/conf", "/etc/alternatives/zookeeper-conf"),
+            (
+                "/etc/alternatives/zookeeper-conf",
+                "/etc/zookeeper/conf_example",
+            ),
+            ("/var/lib/zookeeper/myid", "/etc/zookeeper/conf/myid"),
+        ] {
+            let found = fs::read_link(fx.guest(link))
+                .unwrap_or_else(|e| panic!("{link} must stay a symlink: {e}"));
+            assert_eq!(found, Path::new(target), "{link}");
+        }
+        // Nothing may exist in the temp dir outside root/ and work/.
+        let mut top: Vec<String> = fs::read_dir(fx.root.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["root", "work"]);
+        assert_eq!(fx.names("/etc/zookeeper"), ["conf", "conf_example"]);
+    }
+}
+
+#[test]
+fn data_dir_myid_is_written_when_it_is_not_linked_to_conf() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fx.remove("/var/lib/zookeeper/myid");
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/var/lib/zookeeper/myid"), "1\n");
+        assert_eq!(fx.read("/etc/zookeeper/conf/myid"), "1\n");
+        // Without a data dir (no zookeeper package data) nothing is created there.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fs::remove_dir_all(fx.guest("/var/lib/zookeeper")).unwrap();
+        fx.run().assert_ok();
+        assert!(!fx.exists("/var/lib/zookeeper"));
+    }
+}
+
+#[test]
+fn symlink_loops_fail_cleanly() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fs::remove_file(fx.guest("/etc/alternatives/zookeeper-conf")).unwrap();
+        fx.link("/etc/alternatives/zookeeper-conf", "/etc/zookeeper/conf");
+        fx.run().assert_failed("symlink");
+    }
+}
+
+#[test]
+fn marathon_defaults_carry_baked_extras() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.write(
+            "/etc/mesobake/marathon.env",
+            "MARATHON_TASK_LAUNCH_TIMEOUT=600000\nJAVA_OPTS=\"-Xmx512m\"\n",
+        );
+        fx.run().assert_ok();
+        let marathon = fx.read("/etc/default/marathon");
+        assert!(
+            marathon.starts_with("# Written by mesobake-configure"),
+            "{marathon}"
+        );
+        assert!(
+            marathon.ends_with(
+                "LIBPROCESS_IP=10.0.2.15\n# from /etc/mesobake/marathon.env\n\
+                 MARATHON_TASK_LAUNCH_TIMEOUT=600000\nJAVA_OPTS=\"-Xmx512m\"\n"
+            ),
+            "{marathon}"
+        );
+    }
+}
+
+#[test]
+fn service_start_failure_is_reported_after_trying_all() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        let run = fx.boot(&Boot {
+            env: vec![("FAKE_FAIL", "marathon")],
+            ..Boot::default()
+        });
+        run.assert_failed("could not start: marathon");
+        assert_eq!(
+            run.started(),
+            ["zookeeper", "mesos-master", "marathon", "mesos-slave"]
+        );
+        assert!(
+            fx.exists("/etc/mesos-master/ip"),
+            "config is written before services start"
+        );
+    }
+}
+
+#[test]
+fn missing_role_env_fails() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.remove("/etc/mesobake/role.env");
+        let run = fx.assert_run_changes_nothing(&Boot::default());
+        run.assert_failed("/etc/mesobake/role.env");
+        // A role.env with a bad init system is refused as well.
+        let fx = Fixture::with_init(&sh, Layout::Mesosphere, MASTER_SLAVE, "sysv");
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("MESOBAKE_INIT");
+    }
+}
+
+#[test]
+fn address_is_detected_from_the_default_route() {
+    let addr = "2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global dynamic eth0\\       valid_lft 86000sec\\n\
+                3: eth1    inet 192.168.56.10/24 brd 192.168.56.255 scope global eth1\\n";
+    type Env = &'static [(&'static str, &'static str)];
+    let cases: [(&str, Env, &str); 3] = [
+        // systemd-networkd and NetworkManager put the source on the route.
+        (
+            "the route's src",
+            &[(
+                "FAKE_ROUTE",
+                "default via 10.0.2.2 dev eth0 proto dhcp src 10.0.2.15 metric 100\\n",
+            )],
+            "10.0.2.15",
+        ),
+        // ifupdown/dhclient routes carry no src: ask the kernel which source
+        // it uses towards the gateway.
+        (
+            "the source towards the gateway",
+            &[
+                ("FAKE_ROUTE", "default via 192.168.56.1 dev eth1\\n"),
+                (
+                    "FAKE_ROUTE_GET",
+                    "192.168.56.1 dev eth1 src 192.168.56.10 uid 0\\n    cache\\n",
+                ),
+            ],
+            "192.168.56.10",
+        ),
+        // No default route at all (an isolated lab network).
+        ("the first global address", &[], "10.0.2.15"),
+    ];
+    for sh in shells() {
+        for (what, env, expected) in cases {
+            let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+            let mut env = env.to_vec();
+            env.extend([("FAKE_ADDR", addr), ("FAKE_HOSTNAME", "lab-7")]);
+            let run = fx.boot(&Boot {
+                detect_hooks: false,
+                env,
+                ..Boot::default()
+            });
+            run.assert_ok();
+            assert_eq!(
+                fx.read("/etc/mesos-master/ip"),
+                format!("{expected}\n"),
+                "{what}"
+            );
+            assert_eq!(fx.read("/etc/mesos-master/hostname"), "lab-7\n", "{what}");
+        }
+    }
+}
+
+// --- real init commands (through fake tools on PATH) ---------------------------------
+
+#[test]
+fn systemd_starts_units_without_blocking() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        let run = fx.boot(&Boot {
+            service_cmd: false,
+            ..Boot::default()
+        });
+        run.assert_ok();
+        assert_eq!(
+            run.calls,
+            [
+                "systemctl start --no-block zookeeper",
+                "systemctl start --no-block mesos-master",
+                "systemctl start --no-block marathon",
+                "systemctl start --no-block mesos-slave",
+            ]
+        );
+        // Their chatter goes to stderr, never into the status line.
+        let run = fx.boot(&Boot {
+            service_cmd: false,
+            env: vec![("FAKE_FAIL", "marathon")],
+            ..Boot::default()
+        });
+        run.assert_failed("could not start: marathon");
+    }
+}
+
+#[test]
+fn upstart_starts_jobs_and_ignores_already_running() {
+    for sh in shells() {
+        let fx = Fixture::with_init(&sh, Layout::Mesosphere, MASTER_SLAVE, "upstart");
+        fx.install_upstart_jobs();
+        let run = fx.boot(&Boot {
+            service_cmd: false,
+            env: vec![("FAKE_RUNNING", "zookeeper")],
+            ..Boot::default()
+        });
+        run.assert_ok();
+        assert_eq!(
+            run.stdout,
+            configured_line("master-slave", IP, "zk://10.0.2.15:2181/mesos")
+        );
+        // Marathon ships a SysV script on 14.04, not an upstart job.
+        assert_eq!(
+            run.calls,
+            [
+                "start zookeeper",
+                "start mesos-master",
+                "service marathon start",
+                "start mesos-slave"
+            ]
+        );
+        assert!(
+            !run.stdout.contains("start/running"),
+            "job output stays off stdout"
+        );
+        // Any other failure of `start` is a failure.
+        let run = fx.boot(&Boot {
+            service_cmd: false,
+            env: vec![("FAKE_FAIL", "mesos-slave")],
+            ..Boot::default()
+        });
+        run.assert_failed("could not start: mesos-slave");
+        // The environment's MESOBAKE_INIT (set by the unit or job) wins over role.env.
+        let run = fx.boot(&Boot {
+            service_cmd: false,
+            env: vec![("MESOBAKE_INIT", "systemd")],
+            ..Boot::default()
+        });
+        run.assert_ok();
+        assert_eq!(run.calls[0], "systemctl start --no-block zookeeper");
+    }
+}
+
+#[test]
+fn upstart_image_uses_the_same_test_hook() {
+    for sh in shells() {
+        let fx = Fixture::with_init(&sh, Layout::Mesosphere, SLAVE_ONLY, "upstart");
+        fx.install_upstart_jobs();
+        fx.node_env("MESOBAKE_ZK_SERVERS='1=10.0.0.11 2=10.0.0.12 3=10.0.0.13'\n");
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(run.started(), ["mesos-slave"]);
+        assert_eq!(
+            fx.read("/etc/mesos/zk"),
+            "zk://10.0.0.11:2181,10.0.0.12:2181,10.0.0.13:2181/mesos\n"
+        );
+        // ZK_ID is only for nodes that run ZooKeeper.
+        assert!(fx
+            .read("/var/lib/mesobake/configured.env")
+            .contains("MESOBAKE_ZK_ID=\nMESOBAKE_QUORUM=\n"));
+    }
+}
+
+// --- the unit and the job --------------------------------------------------------------
+
+/// The directive lines of a unit or job file, comments dropped.
+fn directives(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+#[test]
+fn systemd_unit_orders_after_cloud_init_without_a_cycle() {
+    let lines = directives(UNIT);
+    for expected in [
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "Wants=network-online.target",
+        "ExecStart=/usr/lib/mesobake/mesobake-configure",
+        "StandardOutput=journal",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(lines.contains(&expected), "unit lacks {expected}");
+    }
+    let after = lines
+        .iter()
+        .find(|l| l.starts_with("After="))
+        .expect("After= line");
+    for unit in [
+        "cloud-init.service",
+        "cloud-config.service",
+        "network-online.target",
+    ] {
+        assert!(
+            after.split(['=', ' ']).any(|u| u == unit),
+            "After= lacks {unit}"
+        );
+    }
+    // cloud-final and cloud-init.target are ordered after multi-user.target:
+    // naming them here would be an ordering cycle (mesos-packaging.md §7.6).
+    for line in &lines {
+        assert!(
+            !line.contains("cloud-final") && !line.contains("cloud-init.target"),
+            "cycle: {line}"
+        );
+    }
+}
+
+#[test]
+fn upstart_job_runs_once_cloud_config_has_stopped() {
+    let lines = directives(JOB);
+    for expected in [
+        "start on stopped cloud-config",
+        "task",
+        "env MESOBAKE_INIT=upstart",
+        "exec /usr/lib/mesobake/mesobake-configure",
+    ] {
+        assert!(lines.contains(&expected), "job lacks {expected}");
+    }
+}
+
+#[test]
+fn script_is_strict_posix_sh() {
+    // The installer sets the mode in the image; here only the text matters.
+    let text = fs::read_to_string(SCRIPT).unwrap();
+    assert!(text.starts_with("#!/bin/sh\n"));
+    assert!(text.contains("\nset -euf"), "strict mode");
+    for shell in shells() {
+        let out = Command::new(shell.0[0])
+            .args(&shell.0[1..])
+            .arg("-n")
+            .arg(SCRIPT)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell:?} -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
