@@ -146,23 +146,45 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
         sha256sums: a.base_sha256sums.or(prof.base_sha256sums.clone()),
         mirror: a.mirror,
     };
-    let formats = crate::export::parse_formats(if a.format.is_empty() { &prof.formats } else { &a.format })?;
+    let formats = crate::export::parse_formats(if a.format.is_empty() {
+        &prof.formats
+    } else {
+        &a.format
+    })?;
     crate::base::check_spec(&prof.base, &base_opts)?;
     if a.dry_run {
         if json {
             println!("{}", serde_json::to_string_pretty(&prof)?);
         } else {
             print!("{}", prof.plan());
-            println!("outputs     {}", formats.iter().map(|f| format!("{}/{}.{}", a.out.display(), prof.name, f.ext())).collect::<Vec<_>>().join(" "));
+            println!(
+                "outputs     {}",
+                formats
+                    .iter()
+                    .map(|f| format!("{}/{}.{}", a.out.display(), prof.name, f.ext()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
         }
         return Ok(0);
     }
-    let outputs = stage::build(BuildRequest { profile: prof, out_dir: a.out.clone(), base_opts, formats, timings: a.timings })?;
+    let outputs = stage::build(BuildRequest {
+        profile: prof,
+        out_dir: a.out.clone(),
+        base_opts,
+        formats,
+        timings: a.timings,
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&outputs)?);
     } else {
         for o in &outputs {
-            println!("{}  {} MiB  sha256:{}", a.out.join(&o.file).display(), o.size >> 20, o.sha256);
+            println!(
+                "{}  {} MiB  sha256:{}",
+                a.out.join(&o.file).display(),
+                o.size >> 20,
+                o.sha256
+            );
         }
     }
     Ok(0)
@@ -178,8 +200,16 @@ fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
     let services: Option<Vec<Service>> = match &a.role {
         None => None,
         Some(r) => {
-            let path = if r.ends_with(".toml") { PathBuf::from(r) } else { PathBuf::from(format!("profiles/{r}.toml")) };
-            Some(profile::load(&path, &[]).with_context(|| format!("loading role {r}"))?.services)
+            let path = if r.ends_with(".toml") {
+                PathBuf::from(r)
+            } else {
+                PathBuf::from(format!("profiles/{r}.toml"))
+            };
+            Some(
+                profile::load(&path, &[])
+                    .with_context(|| format!("loading role {r}"))?
+                    .services,
+            )
         }
     };
     let report = verify::verify(&VerifyOptions {
@@ -199,7 +229,14 @@ fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
         if let Some(l) = &report.serial_log {
             println!("serial log kept at {l}");
         }
-        println!("{}", if report.passed() { "verify: PASS" } else { "verify: FAIL" });
+        println!(
+            "{}",
+            if report.passed() {
+                "verify: PASS"
+            } else {
+                "verify: FAIL"
+            }
+        );
     }
     Ok(if report.passed() { 0 } else { 1 })
 }

@@ -20,7 +20,10 @@ impl Default for Progress {
 impl Progress {
     /// Spinners when stderr is a terminal and `-v` is off (command echo would garble them).
     pub fn new() -> Progress {
-        Progress { tty: std::io::stderr().is_terminal() && !crate::run::verbose(), current: None }
+        Progress {
+            tty: std::io::stderr().is_terminal() && !crate::run::verbose(),
+            current: None,
+        }
     }
 
     /// Announces a stage; the previous one is marked done.
@@ -28,7 +31,10 @@ impl Progress {
         self.finish();
         if self.tty {
             let pb = ProgressBar::new_spinner();
-            pb.set_style(ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix:<10} {msg}").expect("valid template"));
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix:<10} {msg}")
+                    .expect("valid template"),
+            );
             pb.set_prefix(name.to_string());
             pb.set_message(what.to_string());
             pb.enable_steady_tick(Duration::from_millis(120));
@@ -43,6 +49,14 @@ impl Progress {
         match &self.current {
             Some(pb) => pb.set_message(what.to_string()),
             None => eprintln!("mesobake:   {what}"),
+        }
+    }
+
+    /// Runs `f` with the spinner hidden, for steps that draw their own progress bar.
+    pub fn suspend<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.current {
+            Some(pb) => pb.suspend(f),
+            None => f(),
         }
     }
 

@@ -116,13 +116,15 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(it.into_iter().map(|s| s.as_ref().to_owned()));
+        self.args
+            .extend(it.into_iter().map(|s| s.as_ref().to_owned()));
         self
     }
 
     /// Sets one environment variable for the child.
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.envs.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.envs
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -148,7 +150,11 @@ impl Cmd {
     pub fn cmdline(&self) -> String {
         let mut parts = Vec::new();
         for (k, v) in &self.envs {
-            parts.push(format!("{}={}", k.to_string_lossy(), quote(&v.to_string_lossy())));
+            parts.push(format!(
+                "{}={}",
+                k.to_string_lossy(),
+                quote(&v.to_string_lossy())
+            ));
         }
         parts.push(quote(&self.program.to_string_lossy()));
         parts.extend(self.args.iter().map(|a| quote(&a.to_string_lossy())));
@@ -176,7 +182,12 @@ impl Cmd {
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".to_string(),
         };
-        Err(CommandFailed { cmdline: self.cmdline(), status, stderr_tail: tail(&stderr, 20) }.into())
+        Err(CommandFailed {
+            cmdline: self.cmdline(),
+            status,
+            stderr_tail: tail(&stderr, 20),
+        }
+        .into())
     }
 
     /// Runs the command and returns whether it exited 0; only failing to start is an error.
@@ -193,8 +204,16 @@ impl Cmd {
         cmd.args(&self.args)
             .env("LANG", "C.UTF-8")
             .env("LC_ALL", "C.UTF-8")
-            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(if self.inherit_stdout { Stdio::inherit() } else { Stdio::piped() })
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if self.inherit_stdout {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
             .stderr(Stdio::piped());
         for (k, v) in &self.envs {
             cmd.env(k, v);
@@ -204,7 +223,11 @@ impl Cmd {
         }
         let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!("{}: command not found ({})", self.program.to_string_lossy(), self.cmdline())
+                anyhow::anyhow!(
+                    "{}: command not found ({})",
+                    self.program.to_string_lossy(),
+                    self.cmdline()
+                )
             } else {
                 anyhow::anyhow!("starting {}: {e}", self.cmdline())
             }
@@ -255,7 +278,9 @@ impl Cmd {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let stdout = out_reader.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let stdout = out_reader
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         let stderr = err_reader.join().unwrap_or_default();
         Ok((status, stdout, stderr))
     }
@@ -263,7 +288,10 @@ impl Cmd {
 
 /// Shell-quotes one word if it needs it.
 pub fn quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -282,7 +310,10 @@ mod tests {
 
     #[test]
     fn failure_names_command_status_and_stderr() {
-        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo oops >&2; exit 3"])
+            .run()
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("exit status 3"), "{msg}");
         assert!(msg.contains("oops"), "{msg}");
@@ -304,7 +335,11 @@ mod tests {
     #[test]
     fn quoting_round_trips_through_sh() {
         let word = "it's a $test";
-        let out = Cmd::new("sh").arg("-c").arg(format!("printf %s {}", quote(word))).read().unwrap();
+        let out = Cmd::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", quote(word)))
+            .read()
+            .unwrap();
         assert_eq!(out, word);
     }
 }

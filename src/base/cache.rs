@@ -59,7 +59,7 @@ pub struct BlobInfo {
     pub size: u64,
     /// The blob's modification time in nanoseconds since the epoch when it was last
     /// verified. A blob whose mtime moved since has been written to, so it gets re-hashed.
-    pub mtime_ns: u128,
+    pub mtime_ns: u64,
     /// Where the blob came from (a URL), for humans and build manifests.
     pub source: String,
     /// When the blob entered the cache, in seconds since the epoch.
@@ -317,14 +317,15 @@ impl Cache {
     /// Returns `tmp` if it is already in the cache's tmp dir, else a copy of it there.
     fn stage_in_tmp(&self, tmp: &Path) -> Result<PathBuf> {
         let tmp_dir = self.tmp_dir();
-        let parent_is_tmp = match (
+        // Anywhere under tmp/ is on the cache's filesystem, so a rename will do.
+        let under_tmp = match (
             tmp.parent().map(fs::canonicalize),
             fs::canonicalize(&tmp_dir),
         ) {
-            (Some(Ok(a)), Ok(b)) => a == b,
+            (Some(Ok(parent)), Ok(tmp_dir)) => parent.starts_with(tmp_dir),
             _ => false,
         };
-        if parent_is_tmp {
+        if under_tmp {
             return Ok(tmp.to_path_buf());
         }
         let staged = tempfile::Builder::new()
@@ -372,7 +373,8 @@ impl Cache {
     /// reuse it. Independent of [`Cache::lock`].
     pub fn lock_entry(&self, name: &str) -> Result<CacheLock> {
         check_component(name, "lock name")?;
-        lock_file(&self.root.join("locks").join(format!("{name}.lock")), name)
+        let what = format!("the cache entry {name}");
+        lock_file(&self.root.join("locks").join(format!("{name}.lock")), &what)
     }
 
     /// Where the layer of this kind and key lives (`layers/<kind>/<key>/`), whether or not
@@ -509,12 +511,9 @@ pub(crate) fn hash_reader(
     }
 }
 
-fn mtime_ns(meta: &fs::Metadata) -> Option<u128> {
-    meta.modified()
-        .ok()?
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_nanos())
+fn mtime_ns(meta: &fs::Metadata) -> Option<u64> {
+    let since_epoch = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(since_epoch.as_nanos()).ok()
 }
 
 fn set_read_only(path: &Path) -> Result<()> {
@@ -574,7 +573,7 @@ fn lock_file(path: &Path, what: &str) -> Result<CacheLock> {
             }
             Err(e) if is_contended(&e) => {
                 if !announced {
-                    eprintln!("mesobake: waiting for {what}, held by another mesobake process");
+                    eprintln!("mesobake: waiting for {what}, which another mesobake build holds");
                     announced = true;
                 }
                 check_interrupted()?;

@@ -7,8 +7,8 @@
 //!
 //! Local bases (a plain path or a `file://` URL) are verified and then used in place: they
 //! are not copied into the cache, because the file is already on this machine and a copy
-//! would only double the disk use. Nothing downstream may write to the returned path
-//! (cached blobs are read-only for the same reason); the provision stage works on a copy.
+//! would only double the disk use. Callers must treat the returned path as read-only and
+//! build on a copy (cached blobs are made read-only for the same reason).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -39,7 +39,7 @@ pub enum Expected {
 
 /// How download progress is shown on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Progress {
+pub enum ProgressMode {
     /// A progress bar when stderr is a terminal, plain lines otherwise.
     #[default]
     Auto,
@@ -64,7 +64,7 @@ pub struct FetchOptions {
     /// How long one read may stall before the attempt counts as failed.
     pub read_timeout: Duration,
     /// How progress is shown.
-    pub progress: Progress,
+    pub progress: ProgressMode,
 }
 
 impl Default for FetchOptions {
@@ -74,7 +74,7 @@ impl Default for FetchOptions {
             retry_delay: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
-            progress: Progress::Auto,
+            progress: ProgressMode::Auto,
         }
     }
 }
@@ -85,8 +85,8 @@ impl Default for FetchOptions {
 #[error(
     "checksum mismatch for {url}\n  expected sha256: {expected}\n  actual sha256:   {actual}\n\
      The file was not used and nothing was cached. If the file was replaced upstream, \
-     update the expected checksum (or its SHA256SUMS source); otherwise the download or \
-     the mirror is corrupt: try again, or use another mirror."
+     update the expected checksum (or its SHA256SUMS source); otherwise this copy is \
+     corrupt or incomplete: fetch it again, from another mirror if that keeps failing."
 )]
 pub struct ChecksumMismatch {
     /// What was fetched (URL or path).
@@ -540,12 +540,21 @@ fn download_to_partial(
         }
         let delay = opts.retry_delay * attempt;
         attempt += 1;
+        let resume = if part.len > 0 {
+            format!(", resuming at {}", HumanBytes(part.len))
+        } else {
+            String::new()
+        };
         meter.note(&format!(
-            "mesobake: {err:#}; retrying in {}s (attempt {attempt} of {attempts}), resuming at {}",
-            delay.as_secs(),
-            HumanBytes(part.len)
+            "mesobake: {err:#}; retrying in {:.1}s (attempt {attempt} of {attempts}){resume}",
+            delay.as_secs_f64()
         ));
-        sleep_interruptibly(delay)?;
+        sleep_interruptibly(delay).with_context(|| {
+            format!(
+                "downloading {url} (the partial download {} is kept for the next run)",
+                path.display()
+            )
+        })?;
     }
     meter.finish();
     Ok(Downloaded {
@@ -588,14 +597,21 @@ impl Partial {
             .with_context(|| format!("opening the partial download {}", path.display()))?;
         let mut hasher = Sha256::new();
         let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let label = meter.label.clone();
         if existing > 0 {
             meter.note(&format!(
                 "mesobake: {url}: resuming an earlier download, checking the {} already here",
                 HumanBytes(existing)
             ));
+            meter.set_label(format!("checking {label} (partial)"));
+            meter.begin(0, Some(existing));
         }
-        let len = hash_reader(&mut file, &mut hasher, |_| {})
+        let len = hash_reader(&mut file, &mut hasher, |n| meter.update(n))
             .with_context(|| format!("hashing the partial download {}", path.display()))?;
+        if existing > 0 {
+            meter.clear();
+            meter.set_label(label);
+        }
         Ok(Partial {
             file,
             path: path.to_path_buf(),
@@ -769,8 +785,10 @@ fn display_name(url: &str) -> String {
 /// Reports progress as a bar on a terminal or as occasional lines in logs.
 struct Meter {
     label: String,
-    bar: Option<ProgressBar>,
+    want_bar: bool,
     lines: bool,
+    /// Created by [`Meter::begin`], so nothing is drawn before the size is known.
+    bar: Option<ProgressBar>,
     total: Option<u64>,
     started: Instant,
     start_pos: u64,
@@ -782,20 +800,20 @@ struct Meter {
 const LINE_STEP_UNKNOWN: u64 = 64 << 20;
 
 impl Meter {
-    fn new(mode: Progress, label: String) -> Meter {
+    fn new(mode: ProgressMode, label: String) -> Meter {
         use std::io::IsTerminal;
-        let (bar, lines) = match mode {
-            Progress::Quiet => (false, false),
-            Progress::Lines => (false, true),
-            Progress::Bar => (true, false),
-            Progress::Auto if io::stderr().is_terminal() => (true, false),
-            Progress::Auto => (false, true),
+        let (want_bar, lines) = match mode {
+            ProgressMode::Quiet => (false, false),
+            ProgressMode::Lines => (false, true),
+            ProgressMode::Bar => (true, false),
+            ProgressMode::Auto if io::stderr().is_terminal() => (true, false),
+            ProgressMode::Auto => (false, true),
         };
-        let bar = bar.then(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
         Meter {
             label,
-            bar,
+            want_bar,
             lines,
+            bar: None,
             total: None,
             started: Instant::now(),
             start_pos: 0,
@@ -811,7 +829,10 @@ impl Meter {
         self.start_pos = pos;
         self.pos = pos;
         self.next_report = self.next_mark(pos);
-        if let Some(bar) = &self.bar {
+        if self.want_bar {
+            let bar = self.bar.get_or_insert_with(|| {
+                ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+            });
             let style = match total {
                 Some(len) => {
                     bar.set_length(len);
@@ -831,17 +852,18 @@ impl Meter {
             // The rate and ETA should describe this transfer, not count resumed bytes.
             bar.reset_eta();
         } else if self.lines {
-            let of = total
-                .map(|t| format!(" of {}", HumanBytes(t)))
-                .unwrap_or_default();
+            let of = match total {
+                Some(t) => format!("of {}", HumanBytes(t)),
+                None => "of an unknown size".to_string(),
+            };
             if pos > 0 {
                 eprintln!(
-                    "mesobake: {}: resuming at {}{of}",
+                    "mesobake: {}: resuming at {} {of}",
                     self.label,
                     HumanBytes(pos)
                 );
             } else {
-                eprintln!("mesobake: {}: starting{of}", self.label);
+                eprintln!("mesobake: {}: 0% {of}", self.label);
             }
         }
     }
@@ -849,9 +871,9 @@ impl Meter {
     fn next_mark(&self, pos: u64) -> u64 {
         match self.total {
             Some(t) if t > 0 => {
-                let tenth = pos.saturating_mul(10) / t;
-                (tenth + 1).saturating_mul(t) / 10
-                    + u64::from((tenth + 1).saturating_mul(t) % 10 != 0)
+                // The first byte count at or past the next whole tenth of the total.
+                let next_tenth = (pos.saturating_mul(10) / t).saturating_add(1);
+                next_tenth.saturating_mul(t).div_ceil(10)
             }
             _ => (pos / LINE_STEP_UNKNOWN + 1) * LINE_STEP_UNKNOWN,
         }
@@ -878,24 +900,30 @@ impl Meter {
         }
     }
 
+    /// Renames what is being reported on, for a phase such as re-hashing a partial file.
+    fn set_label(&mut self, label: String) {
+        self.label = label;
+    }
+
     /// Prints a message without tearing the bar.
     fn note(&self, msg: &str) {
         match &self.bar {
             Some(bar) if !bar.is_hidden() => bar.println(msg),
-            _ if self.bar.is_some() || self.lines => eprintln!("{msg}"),
-            _ => {
-                if verbose() {
-                    eprintln!("{msg}");
-                }
-            }
+            _ if self.want_bar || self.lines || verbose() => eprintln!("{msg}"),
+            _ => {}
+        }
+    }
+
+    /// Removes the bar of a finished phase without the closing line.
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 
     fn finish(&mut self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-        if self.bar.is_some() || self.lines {
+        self.clear();
+        if self.want_bar || self.lines {
             eprintln!(
                 "mesobake: {}: done, {} in {:.1}s",
                 self.label,
@@ -905,8 +933,8 @@ impl Meter {
         }
     }
 
-    fn abandon(&self) {
-        if let Some(bar) = &self.bar {
+    fn abandon(&mut self) {
+        if let Some(bar) = self.bar.take() {
             bar.abandon();
         }
     }
@@ -1016,7 +1044,7 @@ mod tests {
 
     #[test]
     fn line_marks_step_by_tenths() {
-        let mut m = Meter::new(Progress::Quiet, "x".into());
+        let mut m = Meter::new(ProgressMode::Quiet, "x".into());
         m.total = Some(1000);
         assert_eq!(m.next_mark(0), 100);
         assert_eq!(m.next_mark(150), 200);
@@ -1034,7 +1062,7 @@ mod tests {
         fs::write(&img, b"local image").unwrap();
         let good = hex::encode(Sha256::digest(b"local image"));
         let opts = FetchOptions {
-            progress: Progress::Quiet,
+            progress: ProgressMode::Quiet,
             ..FetchOptions::default()
         };
 

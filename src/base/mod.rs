@@ -168,8 +168,10 @@ pub fn obtain(spec: &str, opts: &BaseOptions, cache: &Cache) -> Result<BaseImage
     check_spec(spec, opts)?;
     if let Some(nb) = named(spec) {
         let path = match nb.source {
-            Source::Download { url, sums } => fetch::fetch(cache, url, &Expected::SumsUrl(sums.to_string()))
-                .with_context(|| format!("getting base {}", nb.name))?,
+            Source::Download { url, sums } => {
+                fetch::fetch(cache, url, &Expected::SumsUrl(sums.to_string()))
+                    .with_context(|| format!("getting base {}", nb.name))?
+            }
             Source::Bootstrap => bootstrap::bootstrap(cache, nb, opts.mirror.as_deref())
                 .with_context(|| format!("bootstrapping base {}", nb.name))?,
         };
@@ -188,19 +190,37 @@ pub fn obtain(spec: &str, opts: &BaseOptions, cache: &Cache) -> Result<BaseImage
             (None, Some(s)) => Expected::SumsUrl(s.clone()),
             (None, None) => unreachable!("check_spec requires one"),
         };
-        let path = fetch::fetch(cache, spec, &expected).with_context(|| format!("getting base {spec}"))?;
+        let path =
+            fetch::fetch(cache, spec, &expected).with_context(|| format!("getting base {spec}"))?;
         let sha256 = digest_of_cached(&path)?;
-        return Ok(BaseImage { spec: spec.into(), path, sha256, family: None, codename: None });
+        return Ok(BaseImage {
+            spec: spec.into(),
+            path,
+            sha256,
+            family: None,
+            codename: None,
+        });
     }
     let path = PathBuf::from(spec);
-    let sha256 = cache::sha256_file(&path).with_context(|| format!("hashing base {}", path.display()))?;
+    let sha256 =
+        cache::sha256_file(&path).with_context(|| format!("hashing base {}", path.display()))?;
     if let Some(want) = &opts.sha256 {
         let want = cache::normalize_sha256(want)?;
         if want != sha256 {
-            bail!(fetch::ChecksumMismatch { url: spec.into(), expected: want, actual: sha256 });
+            bail!(fetch::ChecksumMismatch {
+                url: spec.into(),
+                expected: want,
+                actual: sha256
+            });
         }
     }
-    Ok(BaseImage { spec: spec.into(), path, sha256, family: None, codename: None })
+    Ok(BaseImage {
+        spec: spec.into(),
+        path,
+        sha256,
+        family: None,
+        codename: None,
+    })
 }
 
 /// Cached blobs are named by their digest; a bootstrapped base's layer records it.
@@ -238,19 +258,32 @@ mod tests {
 
     #[test]
     fn unknown_base_lists_the_names() {
-        let e = check_spec("ubuntu-99.04", &BaseOptions::default()).unwrap_err().to_string();
-        assert!(e.contains("ubuntu-24.04") && e.contains("debian-12") && e.contains("ubuntu-99.04"), "{e}");
+        let e = check_spec("ubuntu-99.04", &BaseOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ubuntu-24.04") && e.contains("debian-12") && e.contains("ubuntu-99.04"),
+            "{e}"
+        );
     }
 
     #[test]
     fn url_base_needs_a_checksum() {
-        let e = check_spec("https://example.invalid/x.img", &BaseOptions::default()).unwrap_err().to_string();
+        let e = check_spec("https://example.invalid/x.img", &BaseOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sha256"), "{e}");
     }
 
     #[test]
     fn os_release_fills_family_and_codename() {
-        let mut b = BaseImage { spec: "x".into(), path: "x".into(), sha256: String::new(), family: None, codename: None };
+        let mut b = BaseImage {
+            spec: "x".into(),
+            path: "x".into(),
+            sha256: String::new(),
+            family: None,
+            codename: None,
+        };
         detect_release(&mut b, "ID=ubuntu\nVERSION_CODENAME=jammy\n");
         assert_eq!(b.family, Some(Family::Ubuntu));
         assert_eq!(b.codename.as_deref(), Some("jammy"));

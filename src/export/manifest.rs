@@ -81,9 +81,17 @@ impl Entry {
         Entry {
             profile: ProfileRecord {
                 name: p.name.clone(),
-                services: p.services.iter().map(|s| format!("{s:?}").to_lowercase()).collect(),
+                services: p
+                    .services
+                    .iter()
+                    .map(|s| format!("{s:?}").to_lowercase())
+                    .collect(),
                 sha256: combined,
-                files: p.sources.iter().map(|(f, d)| (f.display().to_string(), d.clone())).collect(),
+                files: p
+                    .sources
+                    .iter()
+                    .map(|(f, d)| (f.display().to_string(), d.clone()))
+                    .collect(),
             },
             base: BaseRecord {
                 spec: ctx.base.spec.clone(),
@@ -104,7 +112,9 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let p = dir.join("manifest.json");
         let mut m = match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", p.display()))?,
+            Ok(b) => {
+                serde_json::from_slice(&b).with_context(|| format!("reading {}", p.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
         };
@@ -114,7 +124,9 @@ impl Manifest {
 
     /// Finds the image record that lists `file` among its outputs.
     pub fn find_output(&self, file: &str) -> Option<(&String, &Entry)> {
-        self.images.iter().find(|(_, e)| e.outputs.iter().any(|o| o.file == file))
+        self.images
+            .iter()
+            .find(|(_, e)| e.outputs.iter().any(|o| o.file == file))
     }
 }
 
@@ -146,9 +158,22 @@ mod tests {
     fn sums_keep_other_images_and_replace_ours() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a.qcow2"), "a").unwrap();
-        std::fs::write(d.path().join("SHA256SUMS"), "11  a.qcow2\n22  gone.qcow2\n33  b.qcow2\n").unwrap();
+        std::fs::write(
+            d.path().join("SHA256SUMS"),
+            "11  a.qcow2\n22  gone.qcow2\n33  b.qcow2\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("b.qcow2"), "b").unwrap();
-        let new = [Output { file: "b.qcow2".into(), format: Format::Qcow2, virtual_size: 1, size: 1, sha256: "44".into() }];
-        assert_eq!(sha256sums(d.path(), &new).unwrap(), "11  a.qcow2\n44  b.qcow2\n");
+        let new = [Output {
+            file: "b.qcow2".into(),
+            format: Format::Qcow2,
+            virtual_size: 1,
+            size: 1,
+            sha256: "44".into(),
+        }];
+        assert_eq!(
+            sha256sums(d.path(), &new).unwrap(),
+            "11  a.qcow2\n44  b.qcow2\n"
+        );
     }
 }

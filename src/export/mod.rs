@@ -64,14 +64,22 @@ impl Format {
             // -c compresses; -W and -m let it use every core, which halves export time.
             cmd = cmd.args(["-c", "-W", "-m", "16"]);
         }
-        cmd.arg(disk).arg(dest).run().with_context(|| format!("converting to {}", self.ext()))
+        cmd.arg(disk)
+            .arg(dest)
+            .run()
+            .with_context(|| format!("converting to {}", self.ext()))
     }
 }
 
 /// Parses a comma-separated format list.
 pub fn parse_formats(list: &[String]) -> Result<Vec<Format>> {
     let mut v = Vec::new();
-    for item in list.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+    for item in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let f: Format = item.parse()?;
         if !v.contains(&f) {
             v.push(f);
@@ -126,7 +134,13 @@ pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Ve
         f.convert(disk, &dest)?;
         let size = std::fs::metadata(&dest)?.len();
         let sha256 = sha256_file(&dest)?;
-        outputs.push(Output { file, format: f, virtual_size, size, sha256 });
+        outputs.push(Output {
+            file,
+            format: f,
+            virtual_size,
+            size,
+            sha256,
+        });
     }
     let out_dir = ctx.req.out_dir.clone();
     // Two builds into the same directory take turns updating SHA256SUMS and the manifest.
@@ -150,7 +164,10 @@ pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Ve
         publish(&staging.join(&o.file), &out_dir.join(&o.file))?;
     }
     publish(&staging.join("SHA256SUMS"), &out_dir.join("SHA256SUMS"))?;
-    publish(&staging.join("manifest.json"), &out_dir.join("manifest.json"))?;
+    publish(
+        &staging.join("manifest.json"),
+        &out_dir.join("manifest.json"),
+    )?;
     Ok(outputs)
 }
 
@@ -162,7 +179,10 @@ fn publish(from: &Path, to: &PathBuf) -> Result<()> {
 
 /// `qemu-img info` of a disk, as JSON.
 pub fn qemu_info(path: &Path) -> Result<serde_json::Value> {
-    let out = Cmd::new("qemu-img").args(["info", "--output=json"]).arg(path).read()?;
+    let out = Cmd::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .read()?;
     serde_json::from_str(&out).context("parsing qemu-img info")
 }
 
@@ -172,7 +192,13 @@ mod tests {
 
     #[test]
     fn formats_parse_from_lists() {
-        assert_eq!(parse_formats(&["qcow2,raw".into(), "qcow2".into()]).unwrap(), vec![Format::Qcow2, Format::Raw]);
-        assert!(format!("{:#}", parse_formats(&["vmdk9".into()]).unwrap_err()).contains("unknown output format \"vmdk9\""));
+        assert_eq!(
+            parse_formats(&["qcow2,raw".into(), "qcow2".into()]).unwrap(),
+            vec![Format::Qcow2, Format::Raw]
+        );
+        assert!(
+            format!("{:#}", parse_formats(&["vmdk9".into()]).unwrap_err())
+                .contains("unknown output format \"vmdk9\"")
+        );
     }
 }

@@ -106,7 +106,10 @@ pub fn partitions(image: &Path) -> Result<Vec<Partition>> {
         });
     }
     if out.is_empty() {
-        bail!("{} has no partitions: expected a cloud image (GPT with a root partition)", image.display());
+        bail!(
+            "{} has no partitions: expected a cloud image (GPT with a root partition)",
+            image.display()
+        );
     }
     Ok(out)
 }
@@ -115,8 +118,13 @@ pub fn partitions(image: &Path) -> Result<Vec<Partition>> {
 /// filesystem. Cloud images differ here (Ubuntu's root is partition 1, others number it
 /// last), so the table decides, not a fixed number.
 pub fn root_partition(parts: &[Partition]) -> Result<&Partition> {
-    let linux_fs = |p: &&Partition| matches!(p.fs.as_str(), "ext4" | "ext3" | "ext2" | "xfs" | "btrfs");
-    if let Some(p) = parts.iter().filter(linux_fs).find(|p| p.type_id == GPT_ROOT_X86_64) {
+    let linux_fs =
+        |p: &&Partition| matches!(p.fs.as_str(), "ext4" | "ext3" | "ext2" | "xfs" | "btrfs");
+    if let Some(p) = parts
+        .iter()
+        .filter(linux_fs)
+        .find(|p| p.type_id == GPT_ROOT_X86_64)
+    {
         return Ok(p);
     }
     parts
@@ -144,9 +152,19 @@ pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
         .filter(|l| !l.is_empty())
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3).then(|| FstabEntry { spec: f[0].into(), target: f[1].into(), fs: f[2].into() })
+            (f.len() >= 3).then(|| FstabEntry {
+                spec: f[0].into(),
+                target: f[1].into(),
+                fs: f[2].into(),
+            })
         })
-        .filter(|e| e.target.starts_with('/') && !matches!(e.fs.as_str(), "swap" | "proc" | "sysfs" | "tmpfs" | "devpts" | "none"))
+        .filter(|e| {
+            e.target.starts_with('/')
+                && !matches!(
+                    e.fs.as_str(),
+                    "swap" | "proc" | "sysfs" | "tmpfs" | "devpts" | "none"
+                )
+        })
         .collect()
 }
 
@@ -180,9 +198,15 @@ impl AttachedImage {
         let parts = partitions(image)?;
         let root_part = root_partition(&parts)?.clone();
         let mut mounts = Mounts::default();
-        std::fs::create_dir_all(mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
-        let root_dev = mounts.push_loop(LoopDevice::attach(image, root_part.offset, Some(root_part.size), false)?);
-        mounts.push_mount(Mount::mount(&root_dev, mountpoint, &["-t", &root_part.fs])?);
+        std::fs::create_dir_all(mountpoint)
+            .with_context(|| format!("creating {}", mountpoint.display()))?;
+        let root_dev = mounts.push_loop(LoopDevice::attach(
+            image,
+            root_part.offset,
+            Some(root_part.size),
+            false,
+        )?);
+        mounts.push_mount(Mount::new(&root_dev, mountpoint, &["-t", &root_part.fs])?);
         let root = ImageRoot::open(mountpoint)?;
         let fstab = root.read_to_string("etc/fstab").unwrap_or_default();
         let mut skipped = Vec::new();
@@ -194,7 +218,10 @@ impl AttachedImage {
                 continue;
             }
             let Some(p) = find_by_spec(&parts, &e.spec) else {
-                skipped.push(format!("{} ({}: no matching partition in the image)", e.target, e.spec));
+                skipped.push(format!(
+                    "{} ({}: no matching partition in the image)",
+                    e.target, e.spec
+                ));
                 continue;
             };
             if p.fs == "vfat" || e.fs == "vfat" {
@@ -205,9 +232,14 @@ impl AttachedImage {
             }
             let target = root.mkdir_all(e.target.trim_start_matches('/'), 0o755)?;
             let dev = mounts.push_loop(LoopDevice::attach(image, p.offset, Some(p.size), false)?);
-            mounts.push_mount(Mount::mount(&dev, &target, &["-t", &p.fs])?);
+            mounts.push_mount(Mount::new(&dev, &target, &["-t", &p.fs])?);
         }
-        Ok(AttachedImage { root, root_dev, skipped, mounts })
+        Ok(AttachedImage {
+            root,
+            root_dev,
+            skipped,
+            mounts,
+        })
     }
 
     /// The mounted root directory on the host.
@@ -219,7 +251,10 @@ impl AttachedImage {
     pub fn trim(&self) -> Result<()> {
         Cmd::new("sync").run()?;
         for p in self.mounts.mount_targets() {
-            Cmd::new("fstrim").arg(&p).run().with_context(|| format!("trimming free space in {}", p.display()))?;
+            Cmd::new("fstrim")
+                .arg(&p)
+                .run()
+                .with_context(|| format!("trimming free space in {}", p.display()))?;
         }
         Ok(())
     }
@@ -237,7 +272,8 @@ impl AttachedImage {
         ] {
             let target = self.root.mkdir_all(dir, 0o755)?;
             debug_assert!(target.starts_with(&r));
-            self.mounts.push_mount(Mount::mount(Path::new(src), &target, opts)?);
+            self.mounts
+                .push_mount(Mount::new(Path::new(src), &target, opts)?);
         }
         Ok(before)
     }
@@ -259,7 +295,10 @@ pub fn chroot(root: &Path, argv: &[&str]) -> Cmd {
         .arg(root)
         .args(argv)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
 }
 
 #[cfg(test)]
@@ -270,7 +309,10 @@ mod tests {
     fn fstab_parsing_skips_comments_swap_and_pseudo() {
         let t = "# comment\nLABEL=cloudimg-rootfs / ext4 discard,errors=remount-ro 0 1\nLABEL=BOOT /boot ext4 defaults 0 2\nLABEL=UEFI /boot/efi vfat umask=0077 0 1\n/swap.img none swap sw 0 0\nproc /proc proc defaults 0 0\n";
         let e = parse_fstab(t);
-        assert_eq!(e.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), ["/", "/boot", "/boot/efi"]);
+        assert_eq!(
+            e.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+            ["/", "/boot", "/boot/efi"]
+        );
     }
 
     fn part(n: u32, fs: &str, size: u64, ty: &str, uuid: &str, label: &str) -> Partition {
@@ -289,9 +331,30 @@ mod tests {
     #[test]
     fn root_is_the_typed_root_or_the_largest_linux_fs() {
         let parts = vec![
-            part(1, "ext4", 10, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "a", "root"),
-            part(15, "vfat", 100, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "b", "UEFI"),
-            part(16, "ext4", 5, "BC13C2FF-59E6-4262-A352-B275FD6F7172", "c", "BOOT"),
+            part(
+                1,
+                "ext4",
+                10,
+                "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+                "a",
+                "root",
+            ),
+            part(
+                15,
+                "vfat",
+                100,
+                "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+                "b",
+                "UEFI",
+            ),
+            part(
+                16,
+                "ext4",
+                5,
+                "BC13C2FF-59E6-4262-A352-B275FD6F7172",
+                "c",
+                "BOOT",
+            ),
         ];
         assert_eq!(root_partition(&parts).unwrap().number, 1);
         let mut typed = parts.clone();

@@ -19,15 +19,25 @@ pub struct LoopDevice {
 
 impl LoopDevice {
     /// Attaches `file` from `offset` for `size` bytes (the whole file when `size` is None).
-    pub fn attach(file: &Path, offset: u64, size: Option<u64>, read_only: bool) -> Result<LoopDevice> {
-        let mut cmd = Cmd::new("losetup").args(["--find", "--show", "--offset"]).arg(offset.to_string());
+    pub fn attach(
+        file: &Path,
+        offset: u64,
+        size: Option<u64>,
+        read_only: bool,
+    ) -> Result<LoopDevice> {
+        let mut cmd = Cmd::new("losetup")
+            .args(["--find", "--show", "--offset"])
+            .arg(offset.to_string());
         if let Some(s) = size {
             cmd = cmd.arg("--sizelimit").arg(s.to_string());
         }
         if read_only {
             cmd = cmd.arg("--read-only");
         }
-        let out = cmd.arg(file).read().with_context(|| format!("attaching {} to a loop device", file.display()))?;
+        let out = cmd
+            .arg(file)
+            .read()
+            .with_context(|| format!("attaching {} to a loop device", file.display()))?;
         let dev = PathBuf::from(out.trim());
         Ok(LoopDevice { dev: Some(dev) })
     }
@@ -76,14 +86,16 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts `source` on `target` with `mount` arguments `opts` (e.g. `["-t", "proc"]`).
-    pub fn mount(source: &Path, target: &Path, opts: &[&str]) -> Result<Mount> {
+    pub fn new(source: &Path, target: &Path, opts: &[&str]) -> Result<Mount> {
         Cmd::new("mount")
             .args(opts)
             .arg(source)
             .arg(target)
             .run()
             .with_context(|| format!("mounting {} on {}", source.display(), target.display()))?;
-        Ok(Mount { target: Some(target.to_owned()) })
+        Ok(Mount {
+            target: Some(target.to_owned()),
+        })
     }
 
     /// Where it is mounted.
@@ -111,7 +123,8 @@ fn unmount(target: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250 * (attempt + 1)));
     }
-    Err(last.expect("at least one attempt")).with_context(|| format!("unmounting {}", target.display()))
+    Err(last.expect("at least one attempt"))
+        .with_context(|| format!("unmounting {}", target.display()))
 }
 
 /// Teardown after Ctrl-C must still run its commands, which the runner would otherwise
@@ -208,7 +221,8 @@ impl Drop for Mounts {
 
 /// Mount points at or under `dir`, from /proc/self/mountinfo (deepest first).
 pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     let mut out: Vec<PathBuf> = info
         .lines()
@@ -228,7 +242,9 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or(""), 8) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or(""), 8)
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -252,7 +268,10 @@ pub fn remove_work_dir(dir: &Path) -> Result<()> {
         anyhow::bail!(
             "not removing {}: still mounted under it: {}",
             dir.display(),
-            live.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            live.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
@@ -260,7 +279,9 @@ pub fn remove_work_dir(dir: &Path) -> Result<()> {
 
 /// Loop devices whose backing file is at or under `dir` (from `losetup --json`).
 pub fn loops_under(dir: &Path) -> Result<Vec<String>> {
-    let out = Cmd::new("losetup").args(["--json", "--list", "-O", "NAME,BACK-FILE"]).read()?;
+    let out = Cmd::new("losetup")
+        .args(["--json", "--list", "-O", "NAME,BACK-FILE"])
+        .read()?;
     if out.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -290,6 +311,8 @@ mod tests {
 
     #[test]
     fn proc_is_found_as_a_mount() {
-        assert!(mounts_under(Path::new("/proc")).unwrap().contains(&PathBuf::from("/proc")));
+        assert!(mounts_under(Path::new("/proc"))
+            .unwrap()
+            .contains(&PathBuf::from("/proc")));
     }
 }

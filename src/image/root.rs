@@ -44,9 +44,16 @@ fn resolve_flags() -> ResolveFlags {
 impl ImageRoot {
     /// Opens `path` as an image root.
     pub fn open(path: &Path) -> Result<ImageRoot> {
-        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .with_context(|| format!("opening image root {}", path.display()))?;
-        Ok(ImageRoot { path: path.to_owned(), fd })
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening image root {}", path.display()))?;
+        Ok(ImageRoot {
+            path: path.to_owned(),
+            fd,
+        })
     }
 
     /// The root directory on the host.
@@ -55,8 +62,18 @@ impl ImageRoot {
     }
 
     fn open_in(&self, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-        let rel: &Path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-        rustix::fs::openat2(&self.fd, rel, flags | OFlags::CLOEXEC, Mode::empty(), resolve_flags())
+        let rel: &Path = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        rustix::fs::openat2(
+            &self.fd,
+            rel,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        )
     }
 
     /// The host path of an open descriptor (what the kernel resolved to).
@@ -68,22 +85,29 @@ impl ImageRoot {
     /// Resolves an existing in-image path to its host path.
     pub fn resolve(&self, rel: &str) -> Result<PathBuf> {
         let r = clean(rel)?;
-        let fd = self.open_in(&r, OFlags::PATH).with_context(|| format!("resolving /{} in the image", r.display()))?;
+        let fd = self
+            .open_in(&r, OFlags::PATH)
+            .with_context(|| format!("resolving /{} in the image", r.display()))?;
         Self::host_path(&fd)
     }
 
     /// Whether an in-image path exists (following links inside the image).
     pub fn exists(&self, rel: &str) -> bool {
-        clean(rel).map(|r| self.open_in(&r, OFlags::PATH).is_ok()).unwrap_or(false)
+        clean(rel)
+            .map(|r| self.open_in(&r, OFlags::PATH).is_ok())
+            .unwrap_or(false)
     }
 
     /// Reads an in-image file.
     pub fn read_to_string(&self, rel: &str) -> Result<String> {
         let r = clean(rel)?;
-        let fd = self.open_in(&r, OFlags::RDONLY).with_context(|| format!("opening /{} in the image", r.display()))?;
+        let fd = self
+            .open_in(&r, OFlags::RDONLY)
+            .with_context(|| format!("opening /{} in the image", r.display()))?;
         let mut f = std::fs::File::from(fd);
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut f, &mut s).with_context(|| format!("reading /{} in the image", r.display()))?;
+        std::io::Read::read_to_string(&mut f, &mut s)
+            .with_context(|| format!("reading /{} in the image", r.display()))?;
         Ok(s)
     }
 
@@ -114,12 +138,19 @@ impl ImageRoot {
                                 self.mkdir_fd(&real, mode)?;
                             }
                         }
-                        Err(e) => return Err(e).with_context(|| format!("creating /{} in the image", cur.display())),
+                        Err(e) => {
+                            return Err(e).with_context(|| {
+                                format!("creating /{} in the image", cur.display())
+                            })
+                        }
                     }
                     self.open_in(&cur, OFlags::PATH | OFlags::DIRECTORY)
                         .with_context(|| format!("opening /{} in the image", cur.display()))?
                 }
-                Err(e) => return Err(e).with_context(|| format!("opening /{} in the image", cur.display())),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("opening /{} in the image", cur.display()))
+                }
             };
         }
         Ok(dir)
@@ -140,10 +171,17 @@ impl ImageRoot {
             Mode::from_raw_mode(mode),
         )
         .with_context(|| format!("creating /{} in the image", r.display()))?;
-        rustix::fs::fchown(&fd, Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::ROOT)).ok();
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).with_context(|| format!("setting the mode of /{}", r.display()))?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::ROOT),
+            Some(rustix::fs::Gid::ROOT),
+        )
+        .ok();
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+            .with_context(|| format!("setting the mode of /{}", r.display()))?;
         let mut f = std::fs::File::from(fd);
-        f.write_all(data).with_context(|| format!("writing /{} in the image", r.display()))?;
+        f.write_all(data)
+            .with_context(|| format!("writing /{} in the image", r.display()))?;
         f.flush()?;
         drop(f);
         rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, name)
@@ -155,7 +193,10 @@ impl ImageRoot {
     /// (recursively), so that the write goes to the link's target inside the image.
     fn follow_final_link(&self, r: &Path, depth: u32) -> Result<PathBuf> {
         if depth > 40 {
-            bail!("/{}: too many levels of symbolic links in the image", r.display());
+            bail!(
+                "/{}: too many levels of symbolic links in the image",
+                r.display()
+            );
         }
         let (parent, name) = split(r)?;
         let Ok(dir) = self.open_in(parent, OFlags::PATH | OFlags::DIRECTORY) else {
@@ -171,7 +212,10 @@ impl ImageRoot {
                     lexical_in_root(Path::new(""), target)
                 } else {
                     let parent_host = Self::host_path(&dir)?;
-                    let parent_rel = parent_host.strip_prefix(&self.path).unwrap_or(Path::new("")).to_owned();
+                    let parent_rel = parent_host
+                        .strip_prefix(&self.path)
+                        .unwrap_or(Path::new(""))
+                        .to_owned();
                     lexical_in_root(&parent_rel, target)
                 };
                 self.follow_final_link(&next, depth + 1)
@@ -187,9 +231,12 @@ impl ImageRoot {
         let dir = self.mkdir_fd(parent, 0o755)?;
         match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(e).with_context(|| format!("replacing /{} in the image", r.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("replacing /{} in the image", r.display()))
+            }
         }
-        rustix::fs::symlinkat(target, &dir, name).with_context(|| format!("creating link /{} in the image", r.display()))
+        rustix::fs::symlinkat(target, &dir, name)
+            .with_context(|| format!("creating link /{} in the image", r.display()))
     }
 
     /// Removes a file or symlink inside the image; a missing file is fine.
@@ -236,7 +283,9 @@ impl ImageRoot {
 }
 
 fn split(r: &Path) -> Result<(&Path, &OsStr)> {
-    let name = r.file_name().ok_or_else(|| anyhow::anyhow!("/{}: not a file path", r.display()))?;
+    let name = r
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("/{}: not a file path", r.display()))?;
     Ok((r.parent().unwrap_or(Path::new("")), name))
 }
 
@@ -267,10 +316,23 @@ mod tests {
         let root = d.path();
         std::fs::create_dir_all(root.join("etc/zookeeper/conf_example")).unwrap();
         std::fs::create_dir_all(root.join("etc/alternatives")).unwrap();
-        symlink("/etc/zookeeper/conf_example", root.join("etc/alternatives/zookeeper-conf")).unwrap();
-        symlink("/etc/alternatives/zookeeper-conf", root.join("etc/zookeeper/conf")).unwrap();
+        symlink(
+            "/etc/zookeeper/conf_example",
+            root.join("etc/alternatives/zookeeper-conf"),
+        )
+        .unwrap();
+        symlink(
+            "/etc/alternatives/zookeeper-conf",
+            root.join("etc/zookeeper/conf"),
+        )
+        .unwrap();
         let ir = ImageRoot::open(root).unwrap();
-        ir.write("etc/zookeeper/conf/zoo.cfg", b"dataDir=/var/lib/zookeeper\n", 0o644).unwrap();
+        ir.write(
+            "etc/zookeeper/conf/zoo.cfg",
+            b"dataDir=/var/lib/zookeeper\n",
+            0o644,
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read_to_string(root.join("etc/zookeeper/conf_example/zoo.cfg")).unwrap(),
             "dataDir=/var/lib/zookeeper\n"
@@ -286,14 +348,22 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).unwrap();
         // Both an absolute link and a ../ climb point at a real host directory.
         symlink(outside.path(), root.join("etc/abs")).unwrap();
-        symlink("../../../../../../../../..".to_string() + &outside.path().to_string_lossy(), root.join("etc/rel")).unwrap();
+        symlink(
+            "../../../../../../../../..".to_string() + &outside.path().to_string_lossy(),
+            root.join("etc/rel"),
+        )
+        .unwrap();
         let ir = ImageRoot::open(&root).unwrap();
         ir.write("etc/abs/x", b"1", 0o644).unwrap();
         ir.write("etc/rel/y", b"2", 0o644).unwrap();
         // A final-component link to a host file is also followed inside the root.
         symlink(outside.path().join("z"), root.join("etc/z")).unwrap();
         ir.write("etc/z", b"3", 0o644).unwrap();
-        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing may land outside the root");
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "nothing may land outside the root"
+        );
         let inside = root.join(outside.path().strip_prefix("/").unwrap());
         assert_eq!(std::fs::read_to_string(inside.join("x")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(inside.join("y")).unwrap(), "2");
@@ -312,10 +382,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let ir = ImageRoot::open(d.path()).unwrap();
-        ir.write("usr/lib/mesobake/run", b"#!/bin/sh\n", 0o755).unwrap();
+        ir.write("usr/lib/mesobake/run", b"#!/bin/sh\n", 0o755)
+            .unwrap();
         let m = std::fs::metadata(d.path().join("usr/lib/mesobake/run")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o755);
-        assert_eq!(ir.read_to_string("usr/lib/mesobake/run").unwrap(), "#!/bin/sh\n");
+        assert_eq!(
+            ir.read_to_string("usr/lib/mesobake/run").unwrap(),
+            "#!/bin/sh\n"
+        );
         assert!(ir.exists("usr/lib/mesobake"));
     }
 }

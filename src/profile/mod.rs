@@ -69,11 +69,17 @@ fn collect(path: &Path, out: &mut Vec<Loaded>, stack: &mut Vec<PathBuf>) -> Resu
             path: path.to_owned(),
             message: format!(
                 "include cycle: {}",
-                stack.iter().chain([&canon]).map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> ")
+                stack
+                    .iter()
+                    .chain([&canon])
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
             ),
         });
     }
-    let text = std::fs::read_to_string(&canon).with_context(|| format!("reading profile {}", path.display()))?;
+    let text = std::fs::read_to_string(&canon)
+        .with_context(|| format!("reading profile {}", path.display()))?;
     // Parse against the schema first: that is what gives file, line and key for any
     // unknown or mistyped setting.
     let parsed: ProfileFile = toml::from_str(&text).map_err(|e| ProfileError {
@@ -85,11 +91,16 @@ fn collect(path: &Path, out: &mut Vec<Loaded>, stack: &mut Vec<PathBuf>) -> Resu
     stack.push(canon.clone());
     for inc in parsed.include.unwrap_or_default() {
         let inc_path = canon.parent().unwrap_or(Path::new("/")).join(&inc);
-        collect(&inc_path, out, stack).with_context(|| format!("included from {}", path.display()))?;
+        collect(&inc_path, out, stack)
+            .with_context(|| format!("included from {}", path.display()))?;
     }
     stack.pop();
     let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
-    out.push(Loaded { path: canon, sha256, table });
+    out.push(Loaded {
+        path: canon,
+        sha256,
+        table,
+    });
     Ok(())
 }
 
@@ -123,7 +134,9 @@ fn absolutize_paths(table: &mut toml::Table, dir: &Path) {
     if let Some(toml::Value::Table(base)) = table.get_mut("base") {
         if let Some(v @ toml::Value::String(_)) = base.get_mut("name") {
             // Only a path-looking base is a path; "debian-12" is a name.
-            if v.as_str().is_some_and(|s| s.starts_with("./") || s.starts_with("../") || s.contains('/') && !s.contains("://")) {
+            if v.as_str().is_some_and(|s| {
+                s.starts_with("./") || s.starts_with("../") || s.contains('/') && !s.contains("://")
+            }) {
                 fix(v);
             }
         }
@@ -145,7 +158,8 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 /// The profiles shipped in a directory, with their one-line descriptions.
 pub fn list(dir: &Path) -> Result<Vec<(String, PathBuf, String)>> {
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("listing profiles in {}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("listing profiles in {}", dir.display()))?;
     for e in entries {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "toml") {
@@ -159,7 +173,10 @@ pub fn list(dir: &Path) -> Result<Vec<(String, PathBuf, String)>> {
 
 /// Renders flag maps for the plan.
 pub(crate) fn fmt_map(m: &BTreeMap<String, String>) -> String {
-    m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

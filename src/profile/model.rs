@@ -135,7 +135,12 @@ pub enum Service {
 
 impl Service {
     /// Every service, in start order.
-    pub const ALL: [Service; 4] = [Service::Zookeeper, Service::Master, Service::Marathon, Service::Agent];
+    pub const ALL: [Service; 4] = [
+        Service::Zookeeper,
+        Service::Master,
+        Service::Marathon,
+        Service::Agent,
+    ];
 }
 
 /// A fully resolved, validated profile.
@@ -184,7 +189,12 @@ pub struct Profile {
 const NODE_FLAGS: &[&str] = &["ip", "hostname", "quorum", "zk", "master", "cluster"];
 
 impl Profile {
-    pub(crate) fn resolve(name: String, path: &Path, f: ProfileFile, sources: Vec<(PathBuf, String)>) -> Result<Profile> {
+    pub(crate) fn resolve(
+        name: String,
+        path: &Path,
+        f: ProfileFile,
+        sources: Vec<(PathBuf, String)>,
+    ) -> Result<Profile> {
         let here = path.display();
         let role = f.role.unwrap_or_default();
         let mut services = role.services.unwrap_or_default();
@@ -213,19 +223,30 @@ impl Profile {
             bail!("{here}: [packages] install is empty: list the Mesos, Marathon and ZooKeeper packages");
         }
         for p in &packages {
-            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c)) {
+            if p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
+            {
                 bail!("{here}: [packages] install: {p:?} is not a package name");
             }
         }
         let mesos = f.mesos.unwrap_or_default();
         let master_flags = mesos.master_flags.unwrap_or_default();
         let agent_flags = mesos.agent_flags.unwrap_or_default();
-        for (table, flags) in [("master-flags", &master_flags), ("agent-flags", &agent_flags)] {
+        for (table, flags) in [
+            ("master-flags", &master_flags),
+            ("agent-flags", &agent_flags),
+        ] {
             for k in flags.keys() {
                 if NODE_FLAGS.contains(&k.as_str()) {
                     bail!("{here}: [mesos] {table}: {k:?} is set per node at first boot; remove it from the profile (setting it twice would give Mesos a duplicate flag)");
                 }
-                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '?' || c == '-') {
+                if k.is_empty()
+                    || !k
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '?' || c == '-')
+                {
                     bail!("{here}: [mesos] {table}: {k:?} is not a Mesos flag name");
                 }
             }
@@ -235,7 +256,14 @@ impl Profile {
             if !k.starts_with("MARATHON_") && !k.starts_with("LIBPROCESS_") && k != "JAVA_OPTS" {
                 bail!("{here}: [marathon] env: {k:?} must start with MARATHON_ or LIBPROCESS_");
             }
-            if ["MARATHON_MASTER", "MARATHON_ZK", "MARATHON_HOSTNAME", "LIBPROCESS_IP"].contains(&k.as_str()) {
+            if [
+                "MARATHON_MASTER",
+                "MARATHON_ZK",
+                "MARATHON_HOSTNAME",
+                "LIBPROCESS_IP",
+            ]
+            .contains(&k.as_str())
+            {
                 bail!("{here}: [marathon] env: {k} is set per node at first boot; remove it");
             }
         }
@@ -247,7 +275,10 @@ impl Profile {
                 }
             }
         }
-        let formats = f.output.and_then(|o| o.formats).unwrap_or_else(|| vec!["qcow2".into()]);
+        let formats = f
+            .output
+            .and_then(|o| o.formats)
+            .unwrap_or_else(|| vec!["qcow2".into()]);
         Ok(Profile {
             name,
             path: path.to_owned(),
@@ -259,12 +290,22 @@ impl Profile {
             disk_size,
             apt_sources,
             packages,
-            debs: pk.debs.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
+            debs: pk
+                .debs
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
             cluster: mesos.cluster.unwrap_or_else(|| "mesobake".into()),
             master_flags,
             agent_flags,
             marathon_env,
-            overlays: f.overlays.unwrap_or_default().into_iter().map(PathBuf::from).collect(),
+            overlays: f
+                .overlays
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
             formats,
             sources,
         })
@@ -278,14 +319,24 @@ impl Profile {
     /// A human-readable plan for `--dry-run`.
     pub fn plan(&self) -> String {
         let mut s = String::new();
-        let svc: Vec<_> = self.services.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
+        let svc: Vec<_> = self
+            .services
+            .iter()
+            .map(|s| format!("{s:?}").to_lowercase())
+            .collect();
         s += &format!("profile     {} ({})\n", self.name, self.path.display());
         s += &format!("description {}\n", self.description);
         s += &format!("services    {}\n", svc.join(" "));
         s += &format!("base        {}\n", self.base);
         s += &format!("disk size   {} MiB\n", self.disk_size >> 20);
         for a in &self.apt_sources {
-            s += &format!("apt source  {} {} {} (key {})\n", a.name, a.uri, a.suites.join(","), a.key);
+            s += &format!(
+                "apt source  {} {} {} (key {})\n",
+                a.name,
+                a.uri,
+                a.suites.join(","),
+                a.key
+            );
         }
         s += &format!("packages    {}\n", self.packages.join(" "));
         for d in &self.debs {
@@ -317,6 +368,9 @@ pub fn parse_size(s: &str) -> Result<u64> {
         Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("{s:?} is not a size like 6G or 512M"))?;
-    n.checked_mul(mult).ok_or_else(|| anyhow::anyhow!("{s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a size like 6G or 512M"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("{s:?} is too large"))
 }

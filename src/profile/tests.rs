@@ -20,11 +20,18 @@ debs = ["debs"]
 fn include_merges_and_paths_are_relative_to_their_file() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "inc/common.toml", COMMON);
-    let p = write(d.path(), "p.toml", "include = [\"inc/common.toml\"]\n[role]\nservices = [\"agent\"]\n");
+    let p = write(
+        d.path(),
+        "p.toml",
+        "include = [\"inc/common.toml\"]\n[role]\nservices = [\"agent\"]\n",
+    );
     let prof = load(&p, &[]).unwrap();
     assert_eq!(prof.base, "debian-12");
     assert_eq!(prof.services, vec![Service::Agent]);
-    assert_eq!(prof.debs, vec![d.path().canonicalize().unwrap().join("inc/debs")]);
+    assert_eq!(
+        prof.debs,
+        vec![d.path().canonicalize().unwrap().join("inc/debs")]
+    );
     assert_eq!(prof.sources.len(), 2);
 }
 
@@ -44,7 +51,11 @@ fn later_files_win_and_with_files_layer_last() {
 #[test]
 fn unknown_key_names_file_line_and_key() {
     let d = tempfile::tempdir().unwrap();
-    let p = write(d.path(), "bad.toml", "description = \"x\"\n[role]\nservices = [\"agent\"]\nservise = 1\n");
+    let p = write(
+        d.path(),
+        "bad.toml",
+        "description = \"x\"\n[role]\nservices = [\"agent\"]\nservise = 1\n",
+    );
     let msg = format!("{:#}", load(&p, &[]).unwrap_err());
     assert!(msg.contains("bad.toml"), "{msg}");
     assert!(msg.contains("line 4"), "{msg}");
@@ -57,7 +68,10 @@ fn unknown_key_in_an_include_names_the_include() {
     write(d.path(), "inc.toml", "[packages]\ninstal = [\"x\"]\n");
     let p = write(d.path(), "p.toml", "include = [\"inc.toml\"]\n");
     let msg = format!("{:#}", load(&p, &[]).unwrap_err());
-    assert!(msg.contains("inc.toml") && msg.contains("line 2") && msg.contains("instal"), "{msg}");
+    assert!(
+        msg.contains("inc.toml") && msg.contains("line 2") && msg.contains("instal"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -65,7 +79,11 @@ fn malformed_toml_and_wrong_types_are_reported() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "p.toml", "[role\n");
     assert!(format!("{:#}", load(&p, &[]).unwrap_err()).contains("line 1"));
-    let p = write(d.path(), "q.toml", "[role]\nservices = [\"agent\", \"dancer\"]\n");
+    let p = write(
+        d.path(),
+        "q.toml",
+        "[role]\nservices = [\"agent\", \"dancer\"]\n",
+    );
     let msg = format!("{:#}", load(&p, &[]).unwrap_err());
     assert!(msg.contains("q.toml") && msg.contains("dancer"), "{msg}");
 }
@@ -85,12 +103,22 @@ fn semantic_errors_name_the_key() {
     let cases = [
         ("[role]\nservices = [\"master\"]\n", "without zookeeper"),
         ("[role]\nservices = []\n", "services is empty"),
-        ("[role]\nservices = [\"agent\"]\n[mesos.agent-flags]\nip = \"1.2.3.4\"\n", "set per node"),
-        ("[role]\nservices = [\"agent\"]\n[base]\ndisk-size = \"lots\"\n", "disk-size"),
+        (
+            "[role]\nservices = [\"agent\"]\n[mesos.agent-flags]\nip = \"1.2.3.4\"\n",
+            "set per node",
+        ),
+        (
+            "[role]\nservices = [\"agent\"]\n[base]\ndisk-size = \"lots\"\n",
+            "disk-size",
+        ),
         ("[role]\nservices = [\"agent\", \"agent\"]\n", "twice"),
     ];
     for (body, want) in cases {
-        let p = write(d.path(), "p.toml", &format!("include = [\"common.toml\"]\n{body}"));
+        let p = write(
+            d.path(),
+            "p.toml",
+            &format!("include = [\"common.toml\"]\n{body}"),
+        );
         let msg = format!("{:#}", load(&p, &[]).unwrap_err());
         assert!(msg.contains(want), "{body}: {msg}");
     }
@@ -105,7 +133,11 @@ fn shipped_profiles_load() {
     let so = load(&dir.join("slave-only.toml"), &[]).unwrap();
     assert_eq!(so.services, vec![Service::Agent]);
     assert_eq!(so.agent_flags["containerizers"], "docker,mesos");
-    let off = load(&dir.join("master-slave.toml"), &[dir.join("include/offline-standins.toml")]).unwrap();
+    let off = load(
+        &dir.join("master-slave.toml"),
+        &[dir.join("include/offline-standins.toml")],
+    )
+    .unwrap();
     assert_eq!(off.base, "debian-12");
     assert!(off.apt_sources.is_empty());
     assert!(off.packages.contains(&"mesos".to_string()));

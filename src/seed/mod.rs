@@ -83,7 +83,9 @@ impl NodeSeed {
     /// Writes a NoCloud ISO at `iso` (files staged in a temp dir beside it).
     pub fn write_iso(&self, iso: &Path) -> Result<()> {
         let parent = iso.parent().unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new().prefix(".seed-").tempdir_in(parent)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".seed-")
+            .tempdir_in(parent)?;
         self.write_dir(tmp.path())?;
         iso_from_dir(tmp.path(), iso)
     }
@@ -93,7 +95,10 @@ impl NodeSeed {
 pub fn iso_from_dir(dir: &Path, iso: &Path) -> Result<()> {
     for f in ["user-data", "meta-data"] {
         if !dir.join(f).is_file() {
-            anyhow::bail!("seed directory {} has no {f}: NoCloud needs both user-data and meta-data", dir.display());
+            anyhow::bail!(
+                "seed directory {} has no {f}: NoCloud needs both user-data and meta-data",
+                dir.display()
+            );
         }
     }
     let mut files = vec!["user-data", "meta-data"];
@@ -116,14 +121,24 @@ mod tests {
 
     #[test]
     fn user_data_carries_node_env_quoted() {
-        let mut s = NodeSeed { instance_id: "i-1".into(), hostname: "a1".into(), ..Default::default() };
-        s.node_env.insert("MESOBAKE_ZK".into(), "zk://10.0.0.1:2181/mesos".into());
+        let mut s = NodeSeed {
+            instance_id: "i-1".into(),
+            hostname: "a1".into(),
+            ..Default::default()
+        };
+        s.node_env
+            .insert("MESOBAKE_ZK".into(), "zk://10.0.0.1:2181/mesos".into());
         s.node_env.insert("MESOBAKE_CLUSTER".into(), "it's".into());
         let ud = s.user_data();
         assert!(ud.starts_with("#cloud-config\n"));
         assert!(ud.contains("path: /etc/mesobake/node.env"));
-        assert!(s.node_env_text().contains("MESOBAKE_ZK='zk://10.0.0.1:2181/mesos'\n"));
+        assert!(s
+            .node_env_text()
+            .contains("MESOBAKE_ZK='zk://10.0.0.1:2181/mesos'\n"));
         assert!(s.node_env_text().contains(r"MESOBAKE_CLUSTER='it'\''s'"));
-        assert_eq!(s.meta_data(), "instance-id: \"i-1\"\nlocal-hostname: \"a1\"\n");
+        assert_eq!(
+            s.meta_data(),
+            "instance-id: \"i-1\"\nlocal-hostname: \"a1\"\n"
+        );
     }
 }

@@ -47,7 +47,10 @@ pub fn run(ctx: &mut BuildContext, img: &mut AttachedImage) -> Result<Layout> {
 /// refused.
 pub fn apply_overlay(root: &ImageRoot, dir: &Path) -> Result<()> {
     if !dir.is_dir() {
-        bail!("overlay {}: no such directory (listed in the profile's overlays)", dir.display());
+        bail!(
+            "overlay {}: no such directory (listed in the profile's overlays)",
+            dir.display()
+        );
     }
     walk(root, dir, dir)
 }
@@ -59,15 +62,26 @@ fn walk(root: &ImageRoot, top: &Path, dir: &Path) -> Result<()> {
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let src = e.path();
-        let rel = src.strip_prefix(top).expect("walked from top").to_string_lossy().into_owned();
+        let rel = src
+            .strip_prefix(top)
+            .expect("walked from top")
+            .to_string_lossy()
+            .into_owned();
         let meta = std::fs::symlink_metadata(&src)?;
         let mode = meta.permissions().mode() & 0o7777;
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&src)?;
             let depth = Path::new(&rel).components().count() - 1;
-            let ups = target.components().take_while(|c| matches!(c, std::path::Component::ParentDir)).count();
+            let ups = target
+                .components()
+                .take_while(|c| matches!(c, std::path::Component::ParentDir))
+                .count();
             if target.is_relative() && ups > depth {
-                bail!("overlay {}: symlink {rel} -> {} points outside the image root", top.display(), target.display());
+                bail!(
+                    "overlay {}: symlink {rel} -> {} points outside the image root",
+                    top.display(),
+                    target.display()
+                );
             }
             root.symlink(&target, &rel)?;
         } else if meta.is_dir() {
@@ -77,7 +91,10 @@ fn walk(root: &ImageRoot, top: &Path, dir: &Path) -> Result<()> {
             let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
             root.write(&rel, &data, mode)?;
         } else {
-            bail!("overlay {}: {rel} is not a file, directory or symlink", top.display());
+            bail!(
+                "overlay {}: {rel} is not a file, directory or symlink",
+                top.display()
+            );
         }
     }
     Ok(())
@@ -96,8 +113,22 @@ pub fn role_env(profile: &Profile, layout: &Layout) -> String {
     s += &kv("MESOBAKE_SERVICES", &layout.role_units(profile).join(" "));
     s += &kv("MESOBAKE_INIT", layout.init.as_str());
     let agent = profile.runs(Service::Agent);
-    s += &kv("MESOBAKE_AGENT_DIR", if agent { layout.agent_dir.as_deref().unwrap_or("") } else { "" });
-    s += &kv("MESOBAKE_AGENT_DEFAULTS", if agent { layout.agent_defaults.as_deref().unwrap_or("") } else { "" });
+    s += &kv(
+        "MESOBAKE_AGENT_DIR",
+        if agent {
+            layout.agent_dir.as_deref().unwrap_or("")
+        } else {
+            ""
+        },
+    );
+    s += &kv(
+        "MESOBAKE_AGENT_DEFAULTS",
+        if agent {
+            layout.agent_defaults.as_deref().unwrap_or("")
+        } else {
+            ""
+        },
+    );
     s += &kv("MESOBAKE_CLUSTER", &profile.cluster);
     s
 }
@@ -114,15 +145,27 @@ pub fn zoo_cfg() -> String {
 }
 
 fn write_role_files(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Result<()> {
-    root.write("etc/mesobake/role.env", role_env(profile, layout).as_bytes(), 0o644)?;
+    root.write(
+        "etc/mesobake/role.env",
+        role_env(profile, layout).as_bytes(),
+        0o644,
+    )?;
     root.write(CONFIGURATOR_PATH, CONFIGURATOR.as_bytes(), 0o755)?;
     if profile.runs(Service::Master) {
         for (k, v) in &profile.master_flags {
-            root.write(&format!("etc/mesos-master/{k}"), format!("{v}\n").as_bytes(), 0o644)?;
+            root.write(
+                &format!("etc/mesos-master/{k}"),
+                format!("{v}\n").as_bytes(),
+                0o644,
+            )?;
         }
     }
     if profile.runs(Service::Agent) {
-        let dir = layout.agent_dir.as_deref().expect("check_role ensured an agent").trim_start_matches('/');
+        let dir = layout
+            .agent_dir
+            .as_deref()
+            .expect("check_role ensured an agent")
+            .trim_start_matches('/');
         for (k, v) in &profile.agent_flags {
             root.write(&format!("{dir}/{k}"), format!("{v}\n").as_bytes(), 0o644)?;
         }
@@ -131,7 +174,9 @@ fn write_role_files(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Res
         root.write("etc/zookeeper/conf/zoo.cfg", zoo_cfg().as_bytes(), 0o644)?;
     }
     if profile.runs(Service::Marathon) {
-        let mut env = String::from("# Baked by mesobake from the profile; node settings are added at boot.\n");
+        let mut env = String::from(
+            "# Baked by mesobake from the profile; node settings are added at boot.\n",
+        );
         for (k, v) in &profile.marathon_env {
             env += &format!("{k}={v}\n");
         }
@@ -186,20 +231,36 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
     for (action, unit) in plan_overrides(profile, layout) {
         match action {
             "disable+order" => {
-                chroot(r, &["systemctl", "disable", &unit]).run().with_context(|| format!("disabling {unit}"))?;
-                root.write(&format!("etc/systemd/system/{unit}.service.d/mesobake.conf"), systemd_dropin().as_bytes(), 0o644)?;
+                chroot(r, &["systemctl", "disable", &unit])
+                    .run()
+                    .with_context(|| format!("disabling {unit}"))?;
+                root.write(
+                    &format!("etc/systemd/system/{unit}.service.d/mesobake.conf"),
+                    systemd_dropin().as_bytes(),
+                    0o644,
+                )?;
             }
             "mask" => {
                 chroot(r, &["systemctl", "disable", &unit]).run().ok();
-                chroot(r, &["systemctl", "mask", &unit]).run().with_context(|| format!("masking {unit}"))?;
+                chroot(r, &["systemctl", "mask", &unit])
+                    .run()
+                    .with_context(|| format!("masking {unit}"))?;
             }
-            "manual" => root.write(&format!("etc/init/{unit}.override"), upstart_override().as_bytes(), 0o644)?,
+            "manual" => root.write(
+                &format!("etc/init/{unit}.override"),
+                upstart_override().as_bytes(),
+                0o644,
+            )?,
             _ => unreachable!("plan_overrides returns known actions"),
         }
     }
     match layout.init {
         Init::Systemd => {
-            root.write("etc/systemd/system/mesobake-configure.service", CONFIGURATOR_UNIT.as_bytes(), 0o644)?;
+            root.write(
+                "etc/systemd/system/mesobake-configure.service",
+                CONFIGURATOR_UNIT.as_bytes(),
+                0o644,
+            )?;
             chroot(r, &["systemctl", "enable", "mesobake-configure.service"]).run()?;
             // Host keys are removed from the image; make sshd create its own if
             // cloud-init did not (Debian's ssh unit does not).
@@ -212,7 +273,11 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
             }
         }
         Init::Upstart => {
-            root.write("etc/init/mesobake-configure.conf", CONFIGURATOR_JOB.as_bytes(), 0o644)?;
+            root.write(
+                "etc/init/mesobake-configure.conf",
+                CONFIGURATOR_JOB.as_bytes(),
+                0o644,
+            )?;
         }
     }
     Ok(())
@@ -260,7 +325,10 @@ mod tests {
         );
         let env = role_env(&p, &layout(Init::Systemd, "mesos-slave"));
         assert!(env.contains("MESOBAKE_SERVICES='mesos-slave'\n"), "{env}");
-        assert!(env.contains("MESOBAKE_AGENT_DIR='/etc/mesos-slave'\n"), "{env}");
+        assert!(
+            env.contains("MESOBAKE_AGENT_DIR='/etc/mesos-slave'\n"),
+            "{env}"
+        );
     }
 
     #[test]
@@ -271,23 +339,42 @@ mod tests {
         assert_eq!(plan.len(), 4);
         assert_eq!(upstart_override(), "manual\n");
         let env = role_env(&p, &layout(Init::Upstart, "mesos-slave"));
-        assert!(env.contains("MESOBAKE_SERVICES='zookeeper mesos-master marathon'\n"), "{env}");
+        assert!(
+            env.contains("MESOBAKE_SERVICES='zookeeper mesos-master marathon'\n"),
+            "{env}"
+        );
         assert!(env.contains("MESOBAKE_INIT='upstart'\n"));
         assert!(env.contains("MESOBAKE_AGENT_DIR=''\n"));
     }
 
     #[test]
     fn aventer_agent_name_flows_into_role_env() {
-        let p = profile(&[Service::Zookeeper, Service::Master, Service::Marathon, Service::Agent]);
+        let p = profile(&[
+            Service::Zookeeper,
+            Service::Master,
+            Service::Marathon,
+            Service::Agent,
+        ]);
         let env = role_env(&p, &layout(Init::Systemd, "mesos-agent"));
-        assert!(env.contains("MESOBAKE_SERVICES='zookeeper mesos-master marathon mesos-agent'\n"), "{env}");
-        assert!(env.contains("MESOBAKE_AGENT_DEFAULTS='/etc/default/mesos-agent'\n"), "{env}");
+        assert!(
+            env.contains("MESOBAKE_SERVICES='zookeeper mesos-master marathon mesos-agent'\n"),
+            "{env}"
+        );
+        assert!(
+            env.contains("MESOBAKE_AGENT_DEFAULTS='/etc/default/mesos-agent'\n"),
+            "{env}"
+        );
     }
 
     #[test]
     fn zoo_cfg_is_complete() {
         let z = zoo_cfg();
-        for line in ["dataDir=/var/lib/zookeeper", "clientPort=2181", "admin.enableServer=false", "4lw.commands.whitelist=srvr,ruok,mntr,stat"] {
+        for line in [
+            "dataDir=/var/lib/zookeeper",
+            "clientPort=2181",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=srvr,ruok,mntr,stat",
+        ] {
             assert!(z.lines().any(|l| l == line), "missing {line}");
         }
     }
@@ -298,22 +385,37 @@ mod tests {
         let ov = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(ov.path().join("usr/local/bin")).unwrap();
         std::fs::write(ov.path().join("usr/local/bin/tool"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(ov.path().join("usr/local/bin/tool"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(
+            ov.path().join("usr/local/bin/tool"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         let ir = ImageRoot::open(root.path()).unwrap();
         apply_overlay(&ir, ov.path()).unwrap();
         let m = std::fs::metadata(root.path().join("usr/local/bin/tool")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o750);
 
-        std::os::unix::fs::symlink("../../../../etc/shadow", ov.path().join("usr/local/bin/evil")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../etc/shadow",
+            ov.path().join("usr/local/bin/evil"),
+        )
+        .unwrap();
         let e = apply_overlay(&ir, ov.path()).unwrap_err();
-        assert!(format!("{e:#}").contains("points outside the image root"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("points outside the image root"),
+            "{e:#}"
+        );
     }
 
     #[test]
     fn shipped_overlay_applies() {
         let root = tempfile::tempdir().unwrap();
         let ir = ImageRoot::open(root.path()).unwrap();
-        apply_overlay(&ir, &Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays/common")).unwrap();
+        apply_overlay(
+            &ir,
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays/common"),
+        )
+        .unwrap();
         let m = std::fs::metadata(root.path().join("usr/local/bin/mesobake-status")).unwrap();
         assert_eq!(m.permissions().mode() & 0o111, 0o111);
     }

@@ -18,28 +18,44 @@ pub fn run(ctx: &mut BuildContext, img: &mut AttachedImage) -> Result<()> {
         let cleaned = chroot(root.path(), &["cloud-init", "clean", "--logs"]).succeeds()?;
         if !cleaned {
             // cloud-init before 17.2 (Ubuntu 14.04) has no `clean`: do what it would.
-            for d in ["var/lib/cloud/instances", "var/lib/cloud/instance", "var/lib/cloud/data", "var/lib/cloud/sem"] {
+            for d in [
+                "var/lib/cloud/instances",
+                "var/lib/cloud/instance",
+                "var/lib/cloud/data",
+                "var/lib/cloud/sem",
+            ] {
                 remove_tree(root, d)?;
             }
         }
     }
     remove_tree(root, "var/lib/cloud/instances")?;
     root.remove_file("var/lib/cloud/instance")?;
-    ctx.progress.step("machine identity, host keys, history, seeds");
+    ctx.progress
+        .step("machine identity, host keys, history, seeds");
     // Empty, not "uninitialized": "uninitialized" makes systemd treat the boot as a
     // first boot and apply presets, which would re-enable the services this build
     // disabled or masked on purpose. Empty still gets a fresh id at every first boot.
     root.write("etc/machine-id", b"", 0o444)?;
-    if std::fs::symlink_metadata(root.path().join("var/lib/dbus/machine-id")).is_ok_and(|m| m.is_file()) {
+    if std::fs::symlink_metadata(root.path().join("var/lib/dbus/machine-id"))
+        .is_ok_and(|m| m.is_file())
+    {
         root.remove_file("var/lib/dbus/machine-id")?;
     }
     remove_matching(root, "etc/ssh", |n| n.starts_with("ssh_host_"))?;
-    for f in ["root/.bash_history", "var/lib/systemd/random-seed", "var/lib/urandom/random-seed", "var/lib/dhcp/dhclient.leases"] {
+    for f in [
+        "root/.bash_history",
+        "var/lib/systemd/random-seed",
+        "var/lib/urandom/random-seed",
+        "var/lib/dhcp/dhclient.leases",
+    ] {
         root.remove_file(f)?;
     }
     if let Ok(home) = root.resolve("home") {
         for e in std::fs::read_dir(home)?.flatten() {
-            root.remove_file(&format!("home/{}/.bash_history", e.file_name().to_string_lossy()))?;
+            root.remove_file(&format!(
+                "home/{}/.bash_history",
+                e.file_name().to_string_lossy()
+            ))?;
         }
     }
     ctx.progress.step("apt lists, logs, temp files");
@@ -63,8 +79,13 @@ fn remove_tree(root: &ImageRoot, rel: &str) -> Result<()> {
 }
 
 fn remove_matching(root: &ImageRoot, dir: &str, pred: impl Fn(&str) -> bool) -> Result<()> {
-    let Ok(host) = root.resolve(dir) else { return Ok(()) };
-    for e in std::fs::read_dir(&host).with_context(|| format!("listing /{dir}"))?.flatten() {
+    let Ok(host) = root.resolve(dir) else {
+        return Ok(());
+    };
+    for e in std::fs::read_dir(&host)
+        .with_context(|| format!("listing /{dir}"))?
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if pred(&name) && e.file_type().is_ok_and(|t| !t.is_dir()) {
             root.remove_file(&format!("{dir}/{name}"))?;
@@ -76,7 +97,9 @@ fn remove_matching(root: &ImageRoot, dir: &str, pred: impl Fn(&str) -> bool) -> 
 /// Empties log files (keeping them, since some daemons expect them to exist) and drops
 /// rotated ones.
 fn clear_logs(root: &ImageRoot) -> Result<()> {
-    let Ok(host) = root.resolve("var/log") else { return Ok(()) };
+    let Ok(host) = root.resolve("var/log") else {
+        return Ok(());
+    };
     if !crate::image::guard::mounts_under(&host)?.is_empty() {
         anyhow::bail!("not clearing /var/log: something is mounted under it");
     }
@@ -91,11 +114,21 @@ fn clear_dir(dir: &Path) -> Result<()> {
         if ft.is_dir() {
             clear_dir(&p)?;
         } else if ft.is_file() {
-            let rotated = name.ends_with(".gz") || name.contains(".journal") || name.ends_with(".old") || name.rsplit('.').next().is_some_and(|s| s.parse::<u32>().is_ok());
+            let rotated = name.ends_with(".gz")
+                || name.contains(".journal")
+                || name.ends_with(".old")
+                || name
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|s| s.parse::<u32>().is_ok());
             if rotated {
                 std::fs::remove_file(&p)?;
             } else {
-                std::fs::OpenOptions::new().write(true).truncate(true).open(&p).with_context(|| format!("emptying {}", p.display()))?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&p)
+                    .with_context(|| format!("emptying {}", p.display()))?;
             }
         }
     }

@@ -46,13 +46,21 @@ pub struct Layout {
     pub installed: Vec<(Service, String)>,
 }
 
-const UNIT_DIRS: &[&str] = &["etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"];
+const UNIT_DIRS: &[&str] = &[
+    "etc/systemd/system",
+    "lib/systemd/system",
+    "usr/lib/systemd/system",
+];
 
 /// Whether an init script, unit or upstart job called `name` exists in the image.
 fn has_service(root: &ImageRoot, init: Init, name: &str) -> bool {
     let sysv = root.exists(&format!("etc/init.d/{name}"));
     match init {
-        Init::Systemd => sysv || UNIT_DIRS.iter().any(|d| root.exists(&format!("{d}/{name}.service"))),
+        Init::Systemd => {
+            sysv || UNIT_DIRS
+                .iter()
+                .any(|d| root.exists(&format!("{d}/{name}.service")))
+        }
         Init::Upstart => sysv || root.exists(&format!("etc/init/{name}.conf")),
     }
 }
@@ -60,10 +68,14 @@ fn has_service(root: &ImageRoot, init: Init, name: &str) -> bool {
 /// Detects the init system from /sbin/init and what is installed.
 pub fn detect_init(root: &ImageRoot) -> Init {
     let init_target = std::fs::read_link(root.path().join("sbin/init")).ok();
-    let init_is_systemd = init_target.as_ref().is_some_and(|t| t.to_string_lossy().contains("systemd"));
-    if !init_is_systemd && root.exists("sbin/initctl") && root.exists("etc/init") && !root.exists("lib/systemd/systemd") {
-        Init::Upstart
-    } else if !init_is_systemd && root.exists("sbin/upstart") {
+    let init_is_systemd = init_target
+        .as_ref()
+        .is_some_and(|t| t.to_string_lossy().contains("systemd"));
+    let upstart_init = (root.exists("sbin/initctl")
+        && root.exists("etc/init")
+        && !root.exists("lib/systemd/systemd"))
+        || root.exists("sbin/upstart");
+    if !init_is_systemd && upstart_init {
         Init::Upstart
     } else {
         Init::Systemd
@@ -74,9 +86,17 @@ pub fn detect_init(root: &ImageRoot) -> Init {
 pub fn detect(root: &ImageRoot) -> Layout {
     let init = detect_init(root);
     let (agent_service, agent_dir, agent_defaults) = if has_service(root, init, "mesos-agent") {
-        (Some("mesos-agent"), Some("/etc/mesos-agent"), Some("/etc/default/mesos-agent"))
+        (
+            Some("mesos-agent"),
+            Some("/etc/mesos-agent"),
+            Some("/etc/default/mesos-agent"),
+        )
     } else if has_service(root, init, "mesos-slave") {
-        (Some("mesos-slave"), Some("/etc/mesos-slave"), Some("/etc/default/mesos-slave"))
+        (
+            Some("mesos-slave"),
+            Some("/etc/mesos-slave"),
+            Some("/etc/default/mesos-slave"),
+        )
     } else {
         (None, None, None)
     };
@@ -106,7 +126,10 @@ pub fn detect(root: &ImageRoot) -> Layout {
 impl Layout {
     /// The installed unit or job name of a service.
     pub fn unit(&self, s: Service) -> Option<&str> {
-        self.installed.iter().find(|(x, _)| *x == s).map(|(_, n)| n.as_str())
+        self.installed
+            .iter()
+            .find(|(x, _)| *x == s)
+            .map(|(_, n)| n.as_str())
     }
 
     /// Fails unless every service the role runs is installed, naming what is missing.

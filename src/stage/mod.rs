@@ -53,7 +53,12 @@ pub struct BuildContext {
 
 impl BuildContext {
     /// Runs one named stage, timing it and giving its errors context.
-    pub fn stage<T>(&mut self, name: &'static str, what: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    pub fn stage<T>(
+        &mut self,
+        name: &'static str,
+        what: &str,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
         crate::run::check_interrupted()?;
         self.progress.stage(name, what);
         let t = Instant::now();
@@ -129,7 +134,8 @@ pub fn build(req: BuildRequest) -> Result<Vec<export::Output>> {
     for f in &req.formats {
         f.check_tools()?;
     }
-    std::fs::create_dir_all(&req.out_dir).with_context(|| format!("creating {}", req.out_dir.display()))?;
+    std::fs::create_dir_all(&req.out_dir)
+        .with_context(|| format!("creating {}", req.out_dir.display()))?;
     let cache = Cache::open(None)?;
     let progress = Progress::new();
     let work = tempfile::Builder::new()
@@ -139,7 +145,13 @@ pub fn build(req: BuildRequest) -> Result<Vec<export::Output>> {
         .keep();
     let started = Instant::now();
     let mut ctx = BuildContext {
-        base: BaseImage { spec: String::new(), path: PathBuf::new(), sha256: String::new(), family: None, codename: None },
+        base: BaseImage {
+            spec: String::new(),
+            path: PathBuf::new(),
+            sha256: String::new(),
+            family: None,
+            codename: None,
+        },
         req,
         work: work.clone(),
         cache,
@@ -156,32 +168,61 @@ pub fn build(req: BuildRequest) -> Result<Vec<export::Output>> {
         for (name, d) in &ctx.timings {
             eprintln!("timing {name:<10} {:>7.1} s", d.as_secs_f64());
         }
-        eprintln!("timing {:<10} {:>7.1} s", "total", started.elapsed().as_secs_f64());
+        eprintln!(
+            "timing {:<10} {:>7.1} s",
+            "total",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(outputs)
 }
 
 fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
     let spec = ctx.req.profile.base.clone();
-    ctx.base = ctx.stage("base", &format!("getting base {spec}"), |c| base::obtain(&spec, &c.req.base_opts, &c.cache))?;
+    ctx.base = ctx.stage("base", &format!("getting base {spec}"), |c| {
+        c.progress
+            .suspend(|| base::obtain(&spec, &c.req.base_opts, &c.cache))
+    })?;
     let disk = ctx.work.join("disk.raw");
-    ctx.stage("disk", "preparing a working copy of the base disk", |c| prepare_disk(c, &disk))?;
+    ctx.stage("disk", "preparing a working copy of the base disk", |c| {
+        prepare_disk(c, &disk)
+    })?;
     let mnt = ctx.work.join("root");
     let mut img = AttachedImage::attach(&disk, &mnt).context("attaching the image")?;
     let inner = (|| -> Result<export::BuildFacts> {
         let name = ctx.req.profile.name.clone();
-        let os_release = img.root.read_to_string("etc/os-release").unwrap_or_default();
+        let os_release = img
+            .root
+            .read_to_string("etc/os-release")
+            .unwrap_or_default();
         base::detect_release(&mut ctx.base, &os_release);
-        let report = ctx.stage("provision", &format!("installing packages into {name}"), |c| provision::run(c, &mut img))?;
-        let layout = ctx.stage("configure", &format!("configuring {name}"), |c| configure::run(c, &mut img))?;
-        ctx.stage("finalize", &format!("cleaning {name} for distribution"), |c| finalize::run(c, &mut img))?;
-        Ok(export::BuildFacts { packages: report.packages, debs: report.debs, layout, skipped_mounts: img.skipped.clone() })
+        let report = ctx.stage(
+            "provision",
+            &format!("installing packages into {name}"),
+            |c| provision::run(c, &mut img),
+        )?;
+        let layout = ctx.stage("configure", &format!("configuring {name}"), |c| {
+            configure::run(c, &mut img)
+        })?;
+        ctx.stage(
+            "finalize",
+            &format!("cleaning {name} for distribution"),
+            |c| finalize::run(c, &mut img),
+        )?;
+        Ok(export::BuildFacts {
+            packages: report.packages,
+            debs: report.debs,
+            layout,
+            skipped_mounts: img.skipped.clone(),
+        })
     })();
     // Unmount before anything else happens to the disk, success or not.
     let closed = img.close();
     let facts = inner?;
     closed.context("unmounting the image")?;
-    ctx.stage("export", "writing outputs", |c| export::run(c, &disk, &facts))
+    ctx.stage("export", "writing outputs", |c| {
+        export::run(c, &disk, &facts)
+    })
 }
 
 /// Copies the base into a raw working disk and grows it to the profile's size.
@@ -199,10 +240,17 @@ fn prepare_disk(ctx: &mut BuildContext, disk: &Path) -> Result<()> {
         f.set_len(want)?;
         drop(f);
         // Move the GPT backup header to the new end, then grow the root partition.
-        Cmd::new("sgdisk").arg("-e").arg(disk).run().context("moving the GPT backup header")?;
+        Cmd::new("sgdisk")
+            .arg("-e")
+            .arg(disk)
+            .run()
+            .context("moving the GPT backup header")?;
         let parts = crate::image::disk::partitions(disk)?;
         let root = crate::image::disk::root_partition(&parts)?.clone();
-        let grow = Cmd::new("growpart").arg(disk).arg(root.number.to_string()).output();
+        let grow = Cmd::new("growpart")
+            .arg(disk)
+            .arg(root.number.to_string())
+            .output();
         if let Err(e) = grow {
             // growpart exits 1 with NOCHANGE when the partition can't grow (not the last one).
             if !format!("{e:#}").contains("NOCHANGE") {

@@ -32,25 +32,39 @@ pub fn run(ctx: &mut BuildContext, img: &mut AttachedImage) -> Result<ProvisionR
     let mark = img.mount_chroot_fs()?;
     let prepared = prepare(ctx, &img.root);
     let installed = prepared.and_then(|debs| {
-        ctx.progress.step(&format!("apt-get install {}", ctx.req.profile.packages.join(" ")));
+        ctx.progress.step(&format!(
+            "apt-get install {}",
+            ctx.req.profile.packages.join(" ")
+        ));
         install(ctx, &img.root)?;
         Ok(debs)
     });
     // Undo the temporary changes whether or not apt succeeded, then unmount /proc & co.
     let undone = undo(&img.root);
-    let packages = installed.as_ref().ok().map(|_| installed_packages(img.root.path()));
+    let packages = installed
+        .as_ref()
+        .ok()
+        .map(|_| installed_packages(img.root.path()));
     let unmounted = img.unmount_chroot_fs(mark);
     let debs = installed?;
     undone?;
     unmounted?;
-    Ok(ProvisionReport { packages: packages.transpose()?.unwrap_or_default(), debs })
+    Ok(ProvisionReport {
+        packages: packages.transpose()?.unwrap_or_default(),
+        debs,
+    })
 }
 
 fn prepare(ctx: &mut BuildContext, root: &ImageRoot) -> Result<Vec<(String, String)>> {
     // The chroot resolves names with the host's resolver for the duration of apt.
-    if root.exists("etc/resolv.conf") || std::fs::symlink_metadata(root.path().join("etc/resolv.conf")).is_ok() {
-        std::fs::rename(root.path().join("etc/resolv.conf"), root.path().join(RESOLV_BACKUP))
-            .context("setting aside the image's resolv.conf")?;
+    if root.exists("etc/resolv.conf")
+        || std::fs::symlink_metadata(root.path().join("etc/resolv.conf")).is_ok()
+    {
+        std::fs::rename(
+            root.path().join("etc/resolv.conf"),
+            root.path().join(RESOLV_BACKUP),
+        )
+        .context("setting aside the image's resolv.conf")?;
     }
     let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     root.write("etc/resolv.conf", &host_resolv, 0o644)?;
@@ -96,9 +110,16 @@ fn write_source(root: &ImageRoot, src: &AptSource, codename: &str) -> Result<()>
     let uri = sub(&src.uri);
     let mut text = String::from("# Written by mesobake from the profile.\n");
     for suite in src.suites.iter().map(|s| sub(s)) {
-        text += &format!("deb [signed-by=/{keyfile}] {uri} {suite} {}\n", src.components.join(" "));
+        text += &format!(
+            "deb [signed-by=/{keyfile}] {uri} {suite} {}\n",
+            src.components.join(" ")
+        );
     }
-    root.write(&format!("etc/apt/sources.list.d/mesobake-{}.list", src.name), text.as_bytes(), 0o644)
+    root.write(
+        &format!("etc/apt/sources.list.d/mesobake-{}.list", src.name),
+        text.as_bytes(),
+        0o644,
+    )
 }
 
 /// Copies local .debs into a flat repository inside the image, so apt installs them by
@@ -113,14 +134,20 @@ fn stage_local_debs(root: &ImageRoot, sources: &[PathBuf]) -> Result<Vec<(String
                 .filter(|p| p.extension().is_some_and(|x| x == "deb"))
                 .collect();
             if found.is_empty() {
-                bail!("{}: no .deb files in this directory (listed in [packages] debs)", s.display());
+                bail!(
+                    "{}: no .deb files in this directory (listed in [packages] debs)",
+                    s.display()
+                );
             }
             found.sort();
             files.extend(found);
         } else if s.is_file() {
             files.push(s.clone());
         } else {
-            bail!("{}: no such .deb file or directory (listed in [packages] debs)", s.display());
+            bail!(
+                "{}: no such .deb file or directory (listed in [packages] debs)",
+                s.display()
+            );
         }
     }
     if files.is_empty() {
@@ -129,9 +156,16 @@ fn stage_local_debs(root: &ImageRoot, sources: &[PathBuf]) -> Result<Vec<(String
     let repo = root.mkdir_all(LOCAL_REPO, 0o755)?;
     let mut out = Vec::new();
     for f in &files {
-        let name = f.file_name().expect("a file").to_string_lossy().into_owned();
+        let name = f
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
         let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        out.push((name.clone(), hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))));
+        out.push((
+            name.clone(),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)),
+        ));
         root.write(&format!("{LOCAL_REPO}/{name}"), &data, 0o644)?;
     }
     let index = Cmd::new("dpkg-scanpackages")
@@ -141,21 +175,35 @@ fn stage_local_debs(root: &ImageRoot, sources: &[PathBuf]) -> Result<Vec<(String
         .context("indexing the local .deb files")?;
     root.write(&format!("{LOCAL_REPO}/Packages"), &index, 0o644)?;
     // trusted=yes covers only this repository of files the user handed us.
-    root.write(LOCAL_LIST, format!("deb [trusted=yes] file:/{LOCAL_REPO} ./\n").as_bytes(), 0o644)?;
+    root.write(
+        LOCAL_LIST,
+        format!("deb [trusted=yes] file:/{LOCAL_REPO} ./\n").as_bytes(),
+        0o644,
+    )?;
     Ok(out)
 }
 
 fn install(ctx: &BuildContext, root: &ImageRoot) -> Result<()> {
     let r = root.path();
     let apt = |args: &[&str]| {
-        let mut argv = vec!["apt-get", "-y", "-q", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"];
+        let mut argv = vec![
+            "apt-get",
+            "-y",
+            "-q",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+        ];
         argv.extend_from_slice(args);
         chroot(r, &argv)
     };
     apt(&["update"]).run().map_err(|e| explain_apt(e, &[]))?;
     let mut args = vec!["install", "--no-install-recommends"];
     args.extend(ctx.req.profile.packages.iter().map(String::as_str));
-    apt(&args).run().map_err(|e| explain_apt(e, &ctx.req.profile.packages))?;
+    apt(&args)
+        .run()
+        .map_err(|e| explain_apt(e, &ctx.req.profile.packages))?;
     // Keep downloaded .debs out of the image: they would only be trimmed later.
     apt(&["clean"]).run()?;
     Ok(())
@@ -163,13 +211,23 @@ fn install(ctx: &BuildContext, root: &ImageRoot) -> Result<()> {
 
 /// Turns an apt failure into one that names the package, when apt said which.
 fn explain_apt(e: anyhow::Error, wanted: &[String]) -> anyhow::Error {
-    let Some(cf) = e.downcast_ref::<CommandFailed>() else { return e };
+    let Some(cf) = e.downcast_ref::<CommandFailed>() else {
+        return e;
+    };
     let tail = cf.stderr_tail.clone();
     let culprit = tail.lines().find_map(|l| {
-        for pat in ["Unable to locate package ", "Package '", "dpkg: error processing package ", "has no installation candidate"] {
+        for pat in [
+            "Unable to locate package ",
+            "Package '",
+            "dpkg: error processing package ",
+            "has no installation candidate",
+        ] {
             if let Some(i) = l.find(pat) {
                 let rest = &l[i + pat.len()..];
-                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || "+-.:".contains(*c)).collect();
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "+-.:".contains(*c))
+                    .collect();
                 if !name.is_empty() {
                     return Some(name);
                 }
@@ -178,12 +236,22 @@ fn explain_apt(e: anyhow::Error, wanted: &[String]) -> anyhow::Error {
                 }
             }
         }
-        l.contains("Depends:").then(|| l.split_whitespace().next().unwrap_or("").trim_end_matches(':').to_string())
+        l.contains("Depends:").then(|| {
+            l.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches(':')
+                .to_string()
+        })
     });
     match culprit {
         Some(p) if !p.is_empty() => e.context(format!(
             "apt could not install package {p}{}",
-            if wanted.contains(&p) { "" } else { " (a dependency)" }
+            if wanted.contains(&p) {
+                ""
+            } else {
+                " (a dependency)"
+            }
         )),
         _ => e.context("apt-get failed"),
     }
@@ -199,7 +267,8 @@ fn undo(root: &ImageRoot) -> Result<()> {
     root.remove_file("etc/resolv.conf")?;
     let backup = root.path().join(RESOLV_BACKUP);
     if std::fs::symlink_metadata(&backup).is_ok() {
-        std::fs::rename(&backup, root.path().join("etc/resolv.conf")).context("restoring the image's resolv.conf")?;
+        std::fs::rename(&backup, root.path().join("etc/resolv.conf"))
+            .context("restoring the image's resolv.conf")?;
     }
     Ok(())
 }
@@ -207,8 +276,15 @@ fn undo(root: &ImageRoot) -> Result<()> {
 /// Every installed package and version, from dpkg's database inside the image.
 pub fn installed_packages(root: &Path) -> Result<Vec<(String, String)>> {
     let out = Cmd::new("dpkg-query")
-        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
-        .args(["-W", "-f", "${binary:Package}\t${Version}\t${db:Status-Abbrev}\n"])
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args([
+            "-W",
+            "-f",
+            "${binary:Package}\t${Version}\t${db:Status-Abbrev}\n",
+        ])
         .read()
         .context("listing installed packages")?;
     let mut v: Vec<(String, String)> = out
@@ -216,7 +292,8 @@ pub fn installed_packages(root: &Path) -> Result<Vec<(String, String)>> {
         .filter_map(|l| {
             let mut f = l.split('\t');
             let (n, ver, st) = (f.next()?, f.next()?, f.next().unwrap_or(""));
-            st.starts_with("ii").then(|| (n.to_string(), ver.to_string()))
+            st.starts_with("ii")
+                .then(|| (n.to_string(), ver.to_string()))
         })
         .collect();
     v.sort();
@@ -228,19 +305,35 @@ mod tests {
     use super::*;
 
     fn failed(tail: &str) -> anyhow::Error {
-        CommandFailed { cmdline: "chroot r apt-get install x".into(), status: "exit status 100".into(), stderr_tail: tail.into() }
-            .into()
+        CommandFailed {
+            cmdline: "chroot r apt-get install x".into(),
+            status: "exit status 100".into(),
+            stderr_tail: tail.into(),
+        }
+        .into()
     }
 
     #[test]
     fn apt_errors_name_the_package() {
         let wanted = vec!["mesos".to_string(), "nosuchpkg".to_string()];
         let e = explain_apt(failed("E: Unable to locate package nosuchpkg"), &wanted);
-        assert!(format!("{e:#}").starts_with("apt could not install package nosuchpkg:"), "{e:#}");
-        let e = explain_apt(failed("E: Package 'mesos' has no installation candidate"), &wanted);
+        assert!(
+            format!("{e:#}").starts_with("apt could not install package nosuchpkg:"),
+            "{e:#}"
+        );
+        let e = explain_apt(
+            failed("E: Package 'mesos' has no installation candidate"),
+            &wanted,
+        );
         assert!(format!("{e:#}").contains("package mesos"), "{e:#}");
-        let e = explain_apt(failed("dpkg: error processing package libfoo1 (--configure):"), &wanted);
-        assert!(format!("{e:#}").contains("package libfoo1 (a dependency)"), "{e:#}");
+        let e = explain_apt(
+            failed("dpkg: error processing package libfoo1 (--configure):"),
+            &wanted,
+        );
+        assert!(
+            format!("{e:#}").contains("package libfoo1 (a dependency)"),
+            "{e:#}"
+        );
     }
 
     #[test]
@@ -258,11 +351,16 @@ mod tests {
             key: key.to_string_lossy().into(),
         };
         write_source(&root, &src, "bookworm").unwrap();
-        let list = root.read_to_string("etc/apt/sources.list.d/mesobake-aventer.list").unwrap();
+        let list = root
+            .read_to_string("etc/apt/sources.list.d/mesobake-aventer.list")
+            .unwrap();
         assert!(
             list.contains("deb [signed-by=/etc/apt/keyrings/mesobake-aventer.gpg] http://repo.example/Debian/ bookworm main"),
             "{list}"
         );
-        assert_eq!(std::fs::read(d.path().join("etc/apt/keyrings/mesobake-aventer.gpg")).unwrap(), b"\x99binarykey");
+        assert_eq!(
+            std::fs::read(d.path().join("etc/apt/keyrings/mesobake-aventer.gpg")).unwrap(),
+            b"\x99binarykey"
+        );
     }
 }

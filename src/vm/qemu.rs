@@ -81,16 +81,25 @@ pub fn free_port() -> Result<u16> {
 fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(accel.args());
-    c.args(["-m", &spec.memory_mb.to_string(), "-smp", &spec.cpus.to_string()]);
+    c.args([
+        "-m",
+        &spec.memory_mb.to_string(),
+        "-smp",
+        &spec.cpus.to_string(),
+    ]);
     c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
-    c.arg("-serial").arg(format!("file:{}", spec.serial_log.display()));
+    c.arg("-serial")
+        .arg(format!("file:{}", spec.serial_log.display()));
     c.arg("-drive").arg(format!(
         "file={},if=virtio,format={},snapshot=on",
         spec.disk.display(),
         spec.disk_format
     ));
     if let Some(seed) = &spec.seed {
-        c.arg("-drive").arg(format!("file={},if=virtio,format=raw,readonly=on", seed.display()));
+        c.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            seed.display()
+        ));
     }
     let mut netdev = String::from("user,id=n0,restrict=on");
     for (h, g) in &spec.forwards {
@@ -98,14 +107,17 @@ fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
     }
     c.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
     c.args(&spec.extra_args);
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     c
 }
 
 impl Vm {
     /// Starts QEMU with `accel`.
     pub fn start(spec: &VmSpec, accel: Accel) -> Result<Vm> {
-        File::create(&spec.serial_log).with_context(|| format!("creating {}", spec.serial_log.display()))?;
+        File::create(&spec.serial_log)
+            .with_context(|| format!("creating {}", spec.serial_log.display()))?;
         let cmd = qemu_command(spec, accel);
         if crate::run::verbose() {
             let argv: Vec<String> = std::iter::once(cmd.get_program())
@@ -115,8 +127,14 @@ impl Vm {
             eprintln!("+ {}", argv.join(" "));
         }
         let mut cmd = cmd;
-        let child = cmd.spawn().context("starting qemu-system-x86_64 (package qemu-system-x86)")?;
-        Ok(Vm { child: Some(child), serial_log: spec.serial_log.clone(), accel })
+        let child = cmd
+            .spawn()
+            .context("starting qemu-system-x86_64 (package qemu-system-x86)")?;
+        Ok(Vm {
+            child: Some(child),
+            serial_log: spec.serial_log.clone(),
+            accel,
+        })
     }
 
     /// The QEMU process id.
@@ -126,7 +144,9 @@ impl Vm {
 
     /// Whether QEMU is still running; if it exited, the error says how, with its stderr.
     pub fn check_running(&mut self) -> Result<()> {
-        let Some(c) = self.child.as_mut() else { bail!("QEMU was stopped") };
+        let Some(c) = self.child.as_mut() else {
+            bail!("QEMU was stopped")
+        };
         if let Some(st) = c.try_wait()? {
             let mut err = String::new();
             if let Some(mut e) = c.stderr.take() {
@@ -139,7 +159,9 @@ impl Vm {
 
     /// The serial output so far.
     pub fn serial(&self) -> String {
-        std::fs::read(&self.serial_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(&self.serial_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Waits until a serial line contains one of `needles`; returns that line.
@@ -153,7 +175,11 @@ impl Vm {
             }
             self.check_running()?;
             if start.elapsed() > timeout {
-                bail!("timed out after {} s waiting for {:?} on the serial console", timeout.as_secs(), needles);
+                bail!(
+                    "timed out after {} s waiting for {:?} on the serial console",
+                    timeout.as_secs(),
+                    needles
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -181,7 +207,12 @@ pub fn start_auto(spec: &VmSpec, forced: Option<Accel>) -> Result<Vm> {
     if let Some(a) = forced {
         return Vm::start(spec, a);
     }
-    if File::options().read(true).write(true).open("/dev/kvm").is_ok() {
+    if File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+    {
         let mut vm = Vm::start(spec, Accel::Kvm)?;
         match vm.wait_for_line(&["Linux version"], Duration::from_secs(20)) {
             Ok(_) => return Ok(vm),
@@ -196,6 +227,7 @@ pub fn start_auto(spec: &VmSpec, forced: Option<Accel>) -> Result<Vm> {
 
 /// Keeps a failed run's serial log: copies it next to `dest_dir` and returns the path.
 pub fn keep_log(log: &Path, dest: &Path) -> Result<PathBuf> {
-    std::fs::copy(log, dest).with_context(|| format!("keeping the serial log at {}", dest.display()))?;
+    std::fs::copy(log, dest)
+        .with_context(|| format!("keeping the serial log at {}", dest.display()))?;
     Ok(dest.to_owned())
 }

@@ -72,7 +72,12 @@ impl Report {
         let w = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
         let mut s = format!("{:<w$}  result  detail\n", "check");
         for c in &self.checks {
-            s += &format!("{:<w$}  {:<6}  {}\n", c.name, if c.ok { "PASS" } else { "FAIL" }, c.detail);
+            s += &format!(
+                "{:<w$}  {:<6}  {}\n",
+                c.name,
+                if c.ok { "PASS" } else { "FAIL" },
+                c.detail
+            );
         }
         s
     }
@@ -92,12 +97,23 @@ pub struct Configured {
 /// Parses `mesobake: configured role=… ip=… zk=…`.
 pub fn parse_configured(line: &str) -> Option<Configured> {
     let rest = &line[line.find("mesobake: configured ")? + "mesobake: configured ".len()..];
-    let get = |k: &str| rest.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}=")).map(String::from));
-    Some(Configured { role: get("role")?, ip: get("ip")?, zk: get("zk")? })
+    let get = |k: &str| {
+        rest.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")).map(String::from))
+    };
+    Some(Configured {
+        role: get("role")?,
+        ip: get("ip")?,
+        zk: get("zk")?,
+    })
 }
 
-const PORTS: [(Service, u16); 4] =
-    [(Service::Zookeeper, 2181), (Service::Master, 5050), (Service::Marathon, 8080), (Service::Agent, 5051)];
+const PORTS: [(Service, u16); 4] = [
+    (Service::Zookeeper, 2181),
+    (Service::Master, 5050),
+    (Service::Marathon, 8080),
+    (Service::Agent, 5051),
+];
 
 /// Boots the image and checks it.
 pub fn verify(opts: &VerifyOptions) -> Result<Report> {
@@ -111,7 +127,9 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         Some(s) => s.clone(),
         None => services_from_manifest(image)?,
     };
-    let tmp = tempfile::Builder::new().prefix("mesobake-verify-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("mesobake-verify-")
+        .tempdir()?;
     let seed = match &opts.seed {
         Some(p) if p.is_dir() => {
             let iso = tmp.path().join("seed.iso");
@@ -122,7 +140,10 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         None if !services.contains(&Service::Zookeeper) => {
             // An agent-only image needs to be told where ZooKeeper is; this is exactly
             // what an autoscaling group's shared user-data does.
-            let mut s = NodeSeed { instance_id: format!("mesobake-verify-{}", std::process::id()), ..Default::default() };
+            let mut s = NodeSeed {
+                instance_id: format!("mesobake-verify-{}", std::process::id()),
+                ..Default::default()
+            };
             s.node_env.insert("MESOBAKE_ZK".into(), opts.zk.clone());
             let iso = tmp.path().join("seed.iso");
             s.write_iso(&iso)?;
@@ -134,7 +155,13 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     for (_, port) in PORTS {
         forwards.push((qemu::free_port()?, port));
     }
-    let host_port = |g: u16| forwards.iter().find(|(_, p)| *p == g).map(|(h, _)| *h).expect("forwarded");
+    let host_port = |g: u16| {
+        forwards
+            .iter()
+            .find(|(_, p)| *p == g)
+            .map(|(h, _)| *h)
+            .expect("forwarded")
+    };
     let spec = VmSpec {
         disk: image.clone(),
         disk_format: format,
@@ -154,15 +181,28 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         checks: Vec::new(),
         serial_log: None,
     };
-    eprintln!("mesobake: booting {} ({}), waiting for the configured line", image.display(), vm.accel.name());
-    let line = vm.wait_for_line(&["mesobake: configured ", "mesobake: configuration FAILED"], opts.boot_timeout);
+    eprintln!(
+        "mesobake: booting {} ({}), waiting for the configured line",
+        image.display(),
+        vm.accel.name()
+    );
+    let line = vm.wait_for_line(
+        &["mesobake: configured ", "mesobake: configuration FAILED"],
+        opts.boot_timeout,
+    );
     match line.as_ref().ok().and_then(|l| parse_configured(l)) {
         Some(c) => {
             report.boot_to_configured_s = Some(started.elapsed().as_secs_f64());
             report.checks.push(Check {
                 name: "first boot".into(),
                 ok: true,
-                detail: format!("configured role={} ip={} zk={} in {:.0} s", c.role, c.ip, c.zk, started.elapsed().as_secs_f64()),
+                detail: format!(
+                    "configured role={} ip={} zk={} in {:.0} s",
+                    c.role,
+                    c.ip,
+                    c.zk,
+                    started.elapsed().as_secs_f64()
+                ),
             });
             run_checks(&mut report, &services, &c, host_port, opts.service_timeout);
         }
@@ -182,13 +222,29 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
             image.file_stem().unwrap_or_default().to_string_lossy(),
             std::process::id()
         ));
-        report.serial_log = Some(qemu::keep_log(&spec.serial_log, &keep)?.display().to_string());
+        report.serial_log = Some(
+            qemu::keep_log(&spec.serial_log, &keep)?
+                .display()
+                .to_string(),
+        );
     }
     Ok(report)
 }
 
-fn run_checks(report: &mut Report, services: &[Service], c: &Configured, port: impl Fn(u16) -> u16, timeout: Duration) {
-    let zk_hosts = c.zk.trim_start_matches("zk://").split('/').next().unwrap_or("").split(',').count();
+fn run_checks(
+    report: &mut Report,
+    services: &[Service],
+    c: &Configured,
+    port: impl Fn(u16) -> u16,
+    timeout: Duration,
+) {
+    let zk_hosts =
+        c.zk.trim_start_matches("zk://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .count();
     let quorum = (zk_hosts / 2 + 1).to_string();
     for (svc, guest_port) in PORTS {
         let p = port(guest_port);
@@ -203,7 +259,11 @@ fn run_checks(report: &mut Report, services: &[Service], c: &Configured, port: i
             let r = retry(timeout, || match svc {
                 Service::Zookeeper => {
                     let out = four_letter(p, "srvr")?;
-                    let mode = out.lines().find(|l| l.starts_with("Mode:")).unwrap_or("").to_string();
+                    let mode = out
+                        .lines()
+                        .find(|l| l.starts_with("Mode:"))
+                        .unwrap_or("")
+                        .to_string();
                     if zk_hosts == 1 && mode != "Mode: standalone" {
                         bail!("srvr says {mode:?}, expected standalone");
                     }
@@ -263,7 +323,9 @@ fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         crate::run::check_interrupted()?;
         match f() {
             Ok(v) => return Ok(v),
-            Err(e) if start.elapsed() > timeout => return Err(e.context(format!("still failing after {} s", timeout.as_secs()))),
+            Err(e) if start.elapsed() > timeout => {
+                return Err(e.context(format!("still failing after {} s", timeout.as_secs())))
+            }
             Err(_) => std::thread::sleep(Duration::from_secs(3)),
         }
     }
@@ -277,7 +339,10 @@ fn not_answering(svc: Service, port: u16) -> Result<()> {
         _ => http_get(port, "/health").map(|(status, _)| status),
     };
     match reply {
-        Ok(r) if !r.is_empty() => bail!("something answers on this port but the role should not run it: {}", r.lines().next().unwrap_or("")),
+        Ok(r) if !r.is_empty() => bail!(
+            "something answers on this port but the role should not run it: {}",
+            r.lines().next().unwrap_or("")
+        ),
         _ => Ok(()),
     }
 }
@@ -304,11 +369,16 @@ pub fn four_letter(port: u16, word: &str) -> Result<String> {
 /// A minimal HTTP/1.0 GET: returns the status line and the body.
 pub fn http_get(port: u16, path: &str) -> Result<(String, String)> {
     let mut s = connect(port)?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).ok();
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP reply on port {port} for {path}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP reply on port {port} for {path}"))?;
     let status = head.lines().next().unwrap_or("").to_string();
     Ok((status, body.to_string()))
 }
@@ -332,7 +402,10 @@ fn services_from_manifest(image: &Path) -> Result<Vec<Service>> {
         .profile
         .services
         .iter()
-        .map(|s| serde_json::from_value(serde_json::Value::String(s.clone())).context("reading services from the manifest"))
+        .map(|s| {
+            serde_json::from_value(serde_json::Value::String(s.clone()))
+                .context("reading services from the manifest")
+        })
         .collect()
 }
 
