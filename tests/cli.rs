@@ -24,7 +24,10 @@ fn profiles_lists_the_three_roles_with_descriptions() {
         .arg("profiles")
         .assert()
         .success()
-        .stdout(predicate::str::contains("master-slave").and(predicate::str::contains("one-node cluster")))
+        .stdout(
+            predicate::str::contains("master-slave")
+                .and(predicate::str::contains("one-node cluster")),
+        )
         .stdout(predicate::str::contains("slave-only").and(predicate::str::contains("agent only")))
         .stdout(predicate::str::contains("master "));
     let out = mesobake().args(["profiles", "--json"]).output().unwrap();
@@ -41,23 +44,44 @@ fn dry_run_prints_the_plan_and_does_nothing() {
         .arg(&o)
         .assert()
         .success()
-        .stdout(predicate::str::contains("services    zookeeper master marathon"))
+        .stdout(predicate::str::contains(
+            "services    zookeeper master marathon",
+        ))
         .stdout(predicate::str::contains("base        ubuntu-24.04"))
         .stdout(predicate::str::contains("aventer-mesos"));
-    assert!(!o.exists(), "a dry run must not create the output directory");
+    assert!(
+        !o.exists(),
+        "a dry run must not create the output directory"
+    );
     mesobake()
-        .args(["build", "profiles/slave-only.toml", "--dry-run", "--with", "profiles/include/offline-standins.toml"])
+        .args([
+            "build",
+            "profiles/slave-only.toml",
+            "--dry-run",
+            "--with",
+            "profiles/include/offline-standins.toml",
+        ])
         .assert()
         .success()
         .stdout(predicate::str::contains("base        debian-12"))
-        .stdout(predicate::str::contains("agent       containerizers=docker,mesos executor_registration_timeout=5mins"));
+        .stdout(predicate::str::contains(
+            "agent       containerizers=docker,mesos executor_registration_timeout=5mins",
+        ));
 }
 
 #[test]
 fn unknown_profile_key_names_file_line_and_key() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("bad.toml");
-    std::fs::write(&p, "include = [\"".to_string() + &repo().join("profiles/include/common.toml").to_string_lossy() + "\"]\n[role]\nservices = [\"agent\"]\ncontainerisers = \"docker\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "include = [\"".to_string()
+            + &repo()
+                .join("profiles/include/common.toml")
+                .to_string_lossy()
+            + "\"]\n[role]\nservices = [\"agent\"]\ncontainerisers = \"docker\"\n",
+    )
+    .unwrap();
     mesobake()
         .arg("build")
         .arg(&p)
@@ -72,17 +96,31 @@ fn unknown_profile_key_names_file_line_and_key() {
 #[test]
 fn missing_base_is_a_clear_error() {
     mesobake()
-        .args(["build", "profiles/master.toml", "--dry-run", "--base", "/nonexistent/base.qcow2"])
+        .args([
+            "build",
+            "profiles/master.toml",
+            "--dry-run",
+            "--base",
+            "/nonexistent/base.qcow2",
+        ])
         .assert()
         .failure()
-        .stderr(predicate::str::contains("base \"/nonexistent/base.qcow2\" not found"))
+        .stderr(predicate::str::contains(
+            "base \"/nonexistent/base.qcow2\" not found",
+        ))
         .stderr(predicate::str::contains("debian-12"));
 }
 
 #[test]
 fn unknown_format_is_refused() {
     mesobake()
-        .args(["build", "profiles/master.toml", "--dry-run", "--format", "qcow3"])
+        .args([
+            "build",
+            "profiles/master.toml",
+            "--dry-run",
+            "--format",
+            "qcow3",
+        ])
         .assert()
         .failure()
         .stderr(predicate::str::contains("unknown output format \"qcow3\""));
@@ -92,21 +130,38 @@ fn unknown_format_is_refused() {
 #[test]
 fn not_root_is_refused_before_any_work() {
     let out = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(out.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let bin = assert_cmd::cargo::cargo_bin("mesobake");
     let is_root = rustix::process::geteuid().is_root();
     let mut c = if is_root {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
         c
     } else {
         Command::new(&bin)
     };
     c.current_dir(repo())
-        .args(["build", "profiles/master.toml", "--with", "profiles/include/offline-standins.toml", "--out"])
+        .args([
+            "build",
+            "profiles/master.toml",
+            "--with",
+            "profiles/include/offline-standins.toml",
+            "--out",
+        ])
         .arg(out.path());
-    c.assert().failure().stderr(predicate::str::contains("must run as root"));
-    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing may be written");
+    c.assert()
+        .failure()
+        .stderr(predicate::str::contains("must run as root"));
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "nothing may be written"
+    );
 }
 
 /// A PATH holding every build tool but one: the error names the tool and its package.
@@ -117,7 +172,10 @@ fn missing_host_tool_names_the_package() {
         return;
     }
     let bin_dir = tempfile::tempdir().unwrap();
-    for (tool, _) in mesobake::stage::BUILD_TOOLS.iter().chain(mesobake::stage::BOOTSTRAP_TOOLS) {
+    for (tool, _) in mesobake::stage::BUILD_TOOLS
+        .iter()
+        .chain(mesobake::stage::BOOTSTRAP_TOOLS)
+    {
         if *tool == "sgdisk" {
             continue;
         }
@@ -128,24 +186,38 @@ fn missing_host_tool_names_the_package() {
     let out = tempfile::tempdir().unwrap();
     mesobake()
         .env("PATH", bin_dir.path())
-        .args(["build", "profiles/master.toml", "--with", "profiles/include/offline-standins.toml", "--out"])
+        .args([
+            "build",
+            "profiles/master.toml",
+            "--with",
+            "profiles/include/offline-standins.toml",
+            "--out",
+        ])
         .arg(out.path())
         .assert()
         .failure()
-        .stderr(predicate::str::contains("missing host tool: sgdisk (package gdisk)"))
+        .stderr(predicate::str::contains(
+            "missing host tool: sgdisk (package gdisk)",
+        ))
         .stderr(predicate::str::contains("apt-get install gdisk"));
-    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing may be written");
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "nothing may be written"
+    );
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(tool)).find(|p| Path::new(p).is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| Path::new(p).is_file())
 }
 
 #[test]
 fn help_lists_the_commands() {
-    mesobake()
-        .arg("--help")
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("profiles").and(predicate::str::contains("build")).and(predicate::str::contains("verify")));
+    mesobake().arg("--help").assert().success().stdout(
+        predicate::str::contains("profiles")
+            .and(predicate::str::contains("build"))
+            .and(predicate::str::contains("verify")),
+    );
 }

@@ -14,7 +14,10 @@ fn enabled() -> bool {
         eprintln!("skipped: set MESOBAKE_E2E=1 (needs root, QEMU and the host tools from ci/setup-host.sh)");
         return false;
     }
-    assert!(rustix::process::geteuid().is_root(), "MESOBAKE_E2E=1 needs root");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "MESOBAKE_E2E=1 needs root"
+    );
     true
 }
 
@@ -30,23 +33,36 @@ const OFFLINE: &str = "profiles/include/offline-standins.toml";
 
 fn mesobake(args: &[&str]) -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("mesobake"));
-    c.current_dir(repo()).env("MESOBAKE_CACHE_DIR", target_dir("e2e-cache")).args(args);
+    c.current_dir(repo())
+        .env("MESOBAKE_CACHE_DIR", target_dir("e2e-cache"))
+        .args(args);
     c
 }
 
 fn run_ok(mut c: Command, what: &str) -> (String, f64) {
     let t = Instant::now();
-    let out = c.stderr(Stdio::inherit()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = c
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let secs = t.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{what} failed ({}):\n{stdout}", out.status);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}",
+        out.status
+    );
     eprintln!("e2e: {what}: {secs:.1} s");
     (stdout, secs)
 }
 
 fn standins() {
     let dest = repo().join("ci/standins/out");
-    let st = Command::new("bash").arg(repo().join("ci/standins/build.sh")).arg(&dest).status().unwrap();
+    let st = Command::new("bash")
+        .arg(repo().join("ci/standins/build.sh"))
+        .arg(&dest)
+        .status()
+        .unwrap();
     assert!(st.success(), "building the stand-in packages failed");
 }
 
@@ -70,7 +86,12 @@ fn assert_nothing_left(dir: &Path) {
 
 fn outputs_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".qcow2") || n == "manifest.json").collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".qcow2") || n == "manifest.json")
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -88,7 +109,18 @@ fn build_and_verify_master_slave_and_slave_only() {
     let mut times = Vec::new();
     for role in ["master-slave", "slave-only"] {
         let profile = format!("profiles/{role}.toml");
-        let (_, secs) = run_ok(mesobake(&["build", &profile, "--with", OFFLINE, "--out", &out_s, "--timings"]), &format!("build {role}"));
+        let (_, secs) = run_ok(
+            mesobake(&[
+                "build",
+                &profile,
+                "--with",
+                OFFLINE,
+                "--out",
+                &out_s,
+                "--timings",
+            ]),
+            &format!("build {role}"),
+        );
         times.push((role, secs));
         assert_nothing_left(&out);
     }
@@ -96,49 +128,99 @@ fn build_and_verify_master_slave_and_slave_only() {
     // Outputs are real qcow2 images that qemu-img accepts, listed in SHA256SUMS.
     for role in ["master-slave", "slave-only"] {
         let img = out.join(format!("{role}.qcow2"));
-        let st = Command::new("qemu-img").arg("check").arg(&img).status().unwrap();
+        let st = Command::new("qemu-img")
+            .arg("check")
+            .arg(&img)
+            .status()
+            .unwrap();
         assert!(st.success(), "qemu-img check {role}");
-        let info: serde_json::Value = serde_json::from_slice(&Command::new("qemu-img").args(["info", "--output=json"]).arg(&img).output().unwrap().stdout).unwrap();
+        let info: serde_json::Value = serde_json::from_slice(
+            &Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(&img)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
         assert_eq!(info["format"], "qcow2");
         assert_eq!(info["virtual-size"].as_u64().unwrap(), 6 << 30);
     }
-    let st = Command::new("sha256sum").args(["-c", "SHA256SUMS"]).current_dir(&out).status().unwrap();
+    let st = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(&out)
+        .status()
+        .unwrap();
     assert!(st.success(), "sha256sum -c SHA256SUMS");
 
     // The manifest records the profile, the base digest, every package and the outputs.
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     for role in ["master-slave", "slave-only"] {
         let e = &m["images"][role];
         assert_eq!(e["base"]["spec"], "debian-12");
         assert_eq!(e["base"]["sha256"].as_str().unwrap().len(), 64);
-        assert!(e["packages"]["mesos"].as_str().unwrap().contains("standin"), "{role}: mesos stand-in recorded");
-        assert!(e["packages"]["zookeeperd"].is_string(), "{role}: zookeeperd recorded");
+        assert!(
+            e["packages"]["mesos"].as_str().unwrap().contains("standin"),
+            "{role}: mesos stand-in recorded"
+        );
+        assert!(
+            e["packages"]["zookeeperd"].is_string(),
+            "{role}: zookeeperd recorded"
+        );
         assert!(e["packages"]["cloud-init"].is_string());
         assert_eq!(e["layout"]["agent_service"], "mesos-slave");
         let o = &e["outputs"][0];
         let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
         assert!(sums.contains(&format!("{}  {role}.qcow2", o["sha256"].as_str().unwrap())));
     }
-    assert_eq!(m["images"]["master-slave"]["profile"]["services"], serde_json::json!(["zookeeper", "master", "marathon", "agent"]));
-    assert_eq!(m["images"]["slave-only"]["profile"]["services"], serde_json::json!(["agent"]));
+    assert_eq!(
+        m["images"]["master-slave"]["profile"]["services"],
+        serde_json::json!(["zookeeper", "master", "marathon", "agent"])
+    );
+    assert_eq!(
+        m["images"]["slave-only"]["profile"]["services"],
+        serde_json::json!(["agent"])
+    );
 
     // Boot both. master-slave has no seed at all and must come up as a one-node cluster;
     // slave-only gets an autoscaling-style seed (only the ZooKeeper URL) from verify.
     for role in ["master-slave", "slave-only"] {
         let img = out.join(format!("{role}.qcow2"));
-        let (stdout, secs) = run_ok(mesobake(&["verify", &img.to_string_lossy(), "--json"]), &format!("verify {role}"));
+        let (stdout, secs) = run_ok(
+            mesobake(&["verify", &img.to_string_lossy(), "--json"]),
+            &format!("verify {role}"),
+        );
         let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let checks = r["checks"].as_array().unwrap();
         assert!(checks.iter().all(|c| c["ok"] == true), "{role}: {stdout}");
         let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["first boot", "zookeeper :2181", "master :5050", "marathon :8080", "agent :5051"]);
-        let detail = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap()["detail"].as_str().unwrap().to_string();
+        assert_eq!(
+            names,
+            [
+                "first boot",
+                "zookeeper :2181",
+                "master :5050",
+                "marathon :8080",
+                "agent :5051"
+            ]
+        );
+        let detail = |n: &str| {
+            checks.iter().find(|c| c["name"] == n).unwrap()["detail"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
         if role == "master-slave" {
             assert!(detail("zookeeper :2181").contains("Mode: standalone"));
             assert!(detail("master :5050").contains("quorum=1"));
         } else {
             for n in ["zookeeper :2181", "master :5050", "marathon :8080"] {
-                assert!(detail(n).contains("not running"), "{role} {n}: {}", detail(n));
+                assert!(
+                    detail(n).contains("not running"),
+                    "{role} {n}: {}",
+                    detail(n)
+                );
             }
             assert!(detail("agent :5051").contains("containerizers=docker,mesos"));
         }
@@ -168,11 +250,29 @@ fn failed_and_interrupted_builds_leave_nothing_behind() {
 
     // An apt failure names the package.
     let bad = out.join("bad-package.toml");
-    std::fs::write(&bad, "[packages]\ninstall = [\"mesos\", \"no-such-package-mesobake\"]\n").unwrap();
-    let o = mesobake(&["build", "profiles/slave-only.toml", "--with", OFFLINE, "--with", &bad.to_string_lossy(), "--out", &out_s]).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[packages]\ninstall = [\"mesos\", \"no-such-package-mesobake\"]\n",
+    )
+    .unwrap();
+    let o = mesobake(&[
+        "build",
+        "profiles/slave-only.toml",
+        "--with",
+        OFFLINE,
+        "--with",
+        &bad.to_string_lossy(),
+        "--out",
+        &out_s,
+    ])
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("apt could not install package no-such-package-mesobake"), "{err}");
+    assert!(
+        err.contains("apt could not install package no-such-package-mesobake"),
+        "{err}"
+    );
     assert_nothing_left(&out);
     assert!(outputs_in(&out).is_empty(), "{:?}", outputs_in(&out));
 
@@ -188,29 +288,57 @@ fn failed_and_interrupted_builds_leave_nothing_behind() {
             let mut s = s;
             let mut buf = [0u8; 2048];
             let _ = s.read(&mut buf);
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = s.write_all(&body);
         }
     });
     let wrong = "0".repeat(64);
     let url = format!("http://127.0.0.1:{port}/base.img");
-    let o = mesobake(&["build", "profiles/slave-only.toml", "--with", OFFLINE, "--base", &url, "--base-sha256", &wrong, "--out", &out_s])
-        .output()
-        .unwrap();
+    let o = mesobake(&[
+        "build",
+        "profiles/slave-only.toml",
+        "--with",
+        OFFLINE,
+        "--base",
+        &url,
+        "--base-sha256",
+        &wrong,
+        "--out",
+        &out_s,
+    ])
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     let actual = mesobake::base::cache::sha256_file(&served.path().join("base.img")).unwrap();
-    assert!(err.contains(&wrong) && err.contains(&actual), "both digests must be printed: {err}");
+    assert!(
+        err.contains(&wrong) && err.contains(&actual),
+        "both digests must be printed: {err}"
+    );
     let cache = mesobake::base::cache::Cache::open(Some(target_dir("e2e-cache"))).unwrap();
-    assert!(cache.get(&actual).is_none(), "a mismatched download must not enter the cache");
+    assert!(
+        cache.get(&actual).is_none(),
+        "a mismatched download must not enter the cache"
+    );
     assert_nothing_left(&out);
 
     // Ctrl-C in the middle of package installation.
-    let mut child = mesobake(&["build", "profiles/master-slave.toml", "--with", OFFLINE, "--out", &out_s])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = mesobake(&[
+        "build",
+        "profiles/master-slave.toml",
+        "--with",
+        OFFLINE,
+        "--out",
+        &out_s,
+    ])
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
     let pid = child.id();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -222,9 +350,14 @@ fn failed_and_interrupted_builds_leave_nothing_behind() {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(900)).expect("the build reached the provision stage");
+    rx.recv_timeout(Duration::from_secs(900))
+        .expect("the build reached the provision stage");
     std::thread::sleep(Duration::from_secs(8));
-    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::INT).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(130), "an interrupted build exits 130");
     assert_nothing_left(&out);
