@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""TEST STAND-IN for Marathon 1.10, built for mesobake's test suite.
+
+This is NOT Marathon. It stands in for /usr/share/marathon/bin/marathon in the
+marathon stand-in package, because no real Marathon package can be downloaded
+where the tests run. It schedules nothing. It copies what an image baker can
+get wrong:
+
+* configuration like Marathon >= 1.5: every MARATHON_<NAME> environment
+  variable (systemd's EnvironmentFile=/etc/default/marathon) becomes
+  `--<name> <value>`, or a bare `--<name>` when the value is empty;
+  MARATHON_APP_* variables are ignored (mesosphere.marathon.Main.envToArgs);
+  those arguments come before the command line's;
+* option parsing strict like scallop: an unknown option, an option given twice
+  (for instance once as MARATHON_MASTER and once as --master), an argument left
+  over, a bad number or a missing --master stop the process with
+  `[scallop] Error: ...` and exit status 1;
+* the HTTP endpoints a deployment check uses: /ping, /v2/info, /v2/leader.
+
+Like the Mesos stand-in, it keeps to Python 3.4 syntax so that it runs in every
+guest image mesobake targets.
+"""
+
+import datetime
+import getpass
+import http.server
+import json
+import os
+import re
+import socket
+import socketserver
+import sys
+
+VERSION = "1.10.17"
+
+# Option kinds: "string" and "int" take exactly one argument; "flag" takes
+# none; "toggle" is scallop's toggle(), spelt --NAME or --disable_NAME.
+# Columns: name, kind, default, section of /v2/info it is reported in.
+OPTIONS = [
+    ("master", "string", None, "marathon_config"),
+    ("hostname", "string", socket.gethostname(), "marathon_config"),
+    ("mesos_user", "string", getpass.getuser(), "marathon_config"),
+    ("mesos_role", "string", None, "marathon_config"),
+    ("framework_name", "string", "marathon", "marathon_config"),
+    ("webui_url", "string", None, "marathon_config"),
+    ("mesos_leader_ui_url", "string", None, "marathon_config"),
+    ("task_launch_timeout", "int", 300000, "marathon_config"),
+    ("task_launch_confirm_timeout", "int", 300000, "marathon_config"),
+    ("task_reservation_timeout", "int", 20000, "marathon_config"),
+    ("failover_timeout", "int", 604800, "marathon_config"),
+    ("checkpoint", "toggle", True, "marathon_config"),
+    ("ha", "toggle", True, "marathon_config"),
+    ("executor", "string", "//cmd", "marathon_config"),
+    ("local_port_min", "int", 10000, "marathon_config"),
+    ("local_port_max", "int", 20000, "marathon_config"),
+    ("access_control_allow_origin", "string", None, "marathon_config"),
+    ("env_vars_prefix", "string", None, "marathon_config"),
+    ("enable_features", "string", None, "marathon_config"),
+    ("deprecated_features", "string", None, "marathon_config"),
+    ("default_accepted_resource_roles", "string", None, "marathon_config"),
+    ("default_network_name", "string", None, "marathon_config"),
+    ("mesos_bridge_name", "string", "mesos-bridge", "marathon_config"),
+    ("max_instances_per_offer", "int", 5, "marathon_config"),
+    ("min_revive_offers_interval", "int", 5000, "marathon_config"),
+    ("revive_offers_repetitions", "int", 3, "marathon_config"),
+    ("decline_offer_duration", "int", 120000, "marathon_config"),
+    ("offer_matching_timeout", "int", 3000, "marathon_config"),
+    ("launch_tokens", "int", 100, "marathon_config"),
+    ("launch_token_refresh_interval", "int", 30000, "marathon_config"),
+    ("reconciliation_initial_delay", "int", 15000, "marathon_config"),
+    ("reconciliation_interval", "int", 600000, "marathon_config"),
+    ("scale_apps_initial_delay", "int", 15000, "marathon_config"),
+    ("scale_apps_interval", "int", 300000, "marathon_config"),
+    ("leader_proxy_connection_timeout", "int", 5000, "marathon_config"),
+    ("leader_proxy_read_timeout", "int", 10000, "marathon_config"),
+    ("on_elected_prepare_timeout", "int", 180000, "marathon_config"),
+    ("mesos_heartbeat_interval", "int", 15000, "marathon_config"),
+    ("mesos_heartbeat_failure_threshold", "int", 5, "marathon_config"),
+    ("mesos_authentication", "toggle", False, "marathon_config"),
+    ("mesos_authentication_principal", "string", None, "marathon_config"),
+    ("mesos_authentication_secret_file", "string", None, "marathon_config"),
+    ("mesos_authentication_secret", "string", None, "marathon_config"),
+    ("task_lost_expunge_initial_delay", "int", 300000, "marathon_config"),
+    ("task_lost_expunge_interval", "int", 30000, "marathon_config"),
+    ("kill_chunk_size", "int", 100, "marathon_config"),
+    ("kill_retry_timeout", "int", 10000, "marathon_config"),
+    ("max_running_deployments", "int", 100, "marathon_config"),
+    ("draining_seconds", "int", 0, "marathon_config"),
+    ("gpu_scheduling_behavior", "string", "undefined", "marathon_config"),
+    ("backup_location", "string", None, None),
+    ("plugin_dir", "string", None, None),
+    ("plugin_conf", "string", None, None),
+    ("logging_level", "string", None, None),
+    ("logstash", "string", None, None),
+    ("metrics_name_prefix", "string", "marathon", None),
+    ("metrics_prometheus", "toggle", True, None),
+    ("metrics_statsd", "toggle", False, None),
+    ("metrics_statsd_host", "string", None, None),
+    ("metrics_statsd_port", "int", None, None),
+    ("zk", "string", "zk://localhost:2181/marathon", "zookeeper_config"),
+    ("zk_timeout", "int", 10000, "zookeeper_config"),
+    ("zk_session_timeout", "int", 10000, "zookeeper_config"),
+    ("zk_connection_timeout", "int", 10000, "zookeeper_config"),
+    ("zk_max_versions", "int", 50, "zookeeper_config"),
+    ("zk_max_node_size", "int", 1024000, "zookeeper_config"),
+    ("zk_compression", "toggle", True, "zookeeper_config"),
+    ("zk_compression_threshold", "int", 65536, "zookeeper_config"),
+    ("http_port", "int", 8080, "http_config"),
+    ("https_port", "int", 8443, "http_config"),
+    ("http_address", "string", None, None),
+    ("https_address", "string", None, None),
+    ("disable_http", "flag", False, None),
+    ("http_compression", "toggle", True, None),
+    ("http_credentials", "string", None, None),
+    ("http_realm", "string", "Mesosphere", None),
+    ("http_max_concurrent_requests", "int", None, None),
+    ("assets_path", "string", None, "http_config"),
+    ("ssl_keystore_path", "string", None, None),
+    ("ssl_keystore_password", "string", None, None),
+    ("event_stream_max_outstanding_messages", "int", 50, None),
+]
+
+REQUIRED = ("master",)
+
+# marathon ZookeeperConf.ZkUrlPattern: zk://[user:pass@]host[:port][,...]/path
+ZK_URL = re.compile(
+    r"^zk://(?:[^:@]+:[^:@]+@)?[A-Za-z0-9.-]+(?::\d+)?(?:,[A-Za-z0-9.-]+(?::\d+)?)*(/.+)$")
+
+
+class ScallopError(Exception):
+    pass
+
+
+def env_to_args(environ):
+    """mesosphere.marathon.Main.envToArgs()."""
+    args = []
+    for key in sorted(environ):
+        value = environ[key]
+        if key.startswith("MARATHON_APP_"):
+            # Marathon passes these to the apps it launches; a Marathon started
+            # by Marathon must not take them for options.
+            continue
+        if key.startswith("MARATHON_"):
+            args.append("--" + key[len("MARATHON_"):].lower())
+            if value != "":
+                args.append(value)
+    return args
+
+
+def option_table():
+    """Maps every spelling (--ha, --disable_ha, ...) to (option, value for toggles)."""
+    spellings = {}
+    for name, kind, _, _ in OPTIONS:
+        spellings[name] = (name, True)
+        if kind == "toggle":
+            spellings["disable_" + name] = (name, False)
+    return spellings
+
+
+def parse(args):
+    """Scallop's parse: groups `--name [args...]`, then checks, in its order."""
+    spellings = option_table()
+    kinds = dict((name, kind) for name, kind, _, _ in OPTIONS)
+    groups = []  # (spelling, [args]) in the order given
+    leading = []  # words before the first option
+    for word in args:
+        if word == "--":
+            break
+        if word.startswith("--") and len(word) > 2:
+            spelling, eq, value = word[2:].partition("=")
+            groups.append((spelling, [value] if eq else []))
+        elif word.startswith("-") and len(word) > 1 and not re.match(r"^-\d", word):
+            # Marathon defines no short options.
+            raise ScallopError("Unknown option '%s'" % word[1:2])
+        elif groups:
+            groups[-1][1].append(word)
+        else:
+            leading.append(word)
+
+    for spelling, _ in groups:
+        if spelling not in spellings:
+            raise ScallopError("Unknown option '%s'" % spelling)
+
+    # Flags and toggles take no argument: what follows them is left over, and
+    # Marathon has no trailing arguments to take it.
+    excess = list(leading)
+    by_option = {}
+    for spelling, words in groups:
+        name, positive = spellings[spelling]
+        if kinds[name] in ("flag", "toggle"):
+            excess.extend(words)
+            words = []
+        by_option.setdefault(name, []).append((spelling, positive, words))
+    if excess:
+        raise ScallopError("Excess arguments provided: '%s'" % " ".join(excess))
+
+    values = {}
+    for name, kind, default, _ in OPTIONS:
+        given = by_option.get(name)
+        if not given:
+            if name in REQUIRED:
+                raise ScallopError("Required option '%s' not found" % name)
+            values[name] = default
+            continue
+        words = [word for _, _, group in given for word in group]
+        if kind in ("flag", "toggle"):
+            if len(given) > 1:
+                raise ScallopError("Bad arguments for option '%s': '' - too many "
+                                   "arguments for flag option" % name)
+            values[name] = given[0][1]
+            continue
+        if len(given) != 1 or len(words) != 1:
+            # Covers an option given twice: once from MARATHON_<NAME> and
+            # once on the command line, which the Marathon docs forbid.
+            raise ScallopError("Bad arguments for option '%s': '%s' - you should "
+                               "provide exactly one argument for this option"
+                               % (name, " ".join(words)))
+        if kind == "int":
+            if not re.match(r"^-?\d+$", words[0]):
+                raise ScallopError("Bad arguments for option '%s': '%s' - wrong "
+                                   "arguments format" % (name, words[0]))
+            values[name] = int(words[0])
+        else:
+            values[name] = words[0]
+
+    if not ZK_URL.match(values["zk"]):
+        raise ScallopError("Validation failure for 'zk' option parameters: %s" % values["zk"])
+    return values
+
+
+def log(level, message, logger="mesosphere.marathon.Main$"):
+    # Marathon's logback pattern: [date] LEVEL message (logger:thread).
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+    sys.stdout.write("[%s] %-5s %s (%s:main)\n" % (stamp, level, message, logger))
+    sys.stdout.flush()
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def info_document(values):
+    document = {
+        "standin": True,
+        "name": "marathon",
+        "version": VERSION,
+        "buildref": "standin",
+        "elected": True,
+        "leader": "%s:%d" % (values["hostname"], values["http_port"]),
+        # The stand-in never registers with a Mesos master.
+        "frameworkId": None,
+        "event_subscriber": None,
+        "marathon_config": {},
+        "zookeeper_config": {},
+        "http_config": {},
+    }
+    for name, _, _, section in OPTIONS:
+        if section is not None:
+            document[section][name] = values[name]
+    return document
+
+
+def make_handler(values):
+    leader = "%s:%d" % (values["hostname"], values["http_port"])
+    info = json.dumps(info_document(values), sort_keys=True).encode()
+    routes = {
+        "/ping": (200, "text/plain; charset=utf-8", b"pong"),
+        "/v2/info": (200, "application/json", info),
+        "/v2/leader": (200, "application/json", json.dumps({"leader": leader}).encode()),
+        "/v2/apps": (200, "application/json", b'{"apps": []}'),
+        "/metrics": (200, "application/json", b'{"standin": true}'),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "marathon-standin/" + VERSION
+
+        def do_GET(self):
+            path = self.path.split("?", 1)[0].rstrip("/")
+            status, content_type, body = routes.get(
+                path, (404, "application/json", b'{"message": "not found"}'))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def main(argv, environ):
+    args = env_to_args(environ) + argv[1:]
+    # Not something Marathon prints: it lets a test VM's journal show exactly
+    # what the environment file and the unit passed.
+    sys.stderr.write("marathon-standin: argv: %s\n" % json.dumps(args))
+    sys.stderr.flush()
+    try:
+        values = parse(args)
+    except ScallopError as error:
+        sys.stderr.write("[scallop] Error: %s\n" % error)
+        return 1
+    log("INFO", "Starting Marathon %s/standin with %s" % (VERSION, " ".join(args)))
+    if values["disable_http"]:
+        log("ERROR", "The Marathon stand-in serves plain HTTP only; "
+                     "--disable_http is not supported")
+        return 1
+    address = values["http_address"] or "0.0.0.0"
+    try:
+        server = _Server((address, values["http_port"]), make_handler(values))
+    except OSError as error:
+        log("ERROR", "Failed to bind to %s:%d: %s" % (
+            address, values["http_port"], os.strerror(error.errno) if error.errno else error))
+        return 1
+    log("INFO", "Started HTTP server on %s:%d" % (address, values["http_port"]),
+        "mesosphere.marathon.api.HttpModule")
+    log("INFO", "Elected as leader: %s:%d" % (values["hostname"], values["http_port"]),
+        "mesosphere.marathon.core.election.ElectionServiceImpl")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv, os.environ))

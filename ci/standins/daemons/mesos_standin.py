@@ -1,0 +1,1162 @@
+#!/usr/bin/env python3
+"""TEST STAND-IN for the Apache Mesos 1.11 master and agent binaries.
+
+This is NOT Apache Mesos. mesobake's test suite installs it in place of
+/usr/sbin/mesos-master and /usr/sbin/mesos-agent (or /usr/bin/... for the
+AVENTER layout) because no real Mesos package can be downloaded where the tests
+run. It does no scheduling at all. What it copies from the real binaries is the
+part an image baker can get wrong:
+
+* flag loading exactly like stout's FlagsBase::load(): only `--name=value`,
+  `--name`, `--no-name`; `MESOS_*` environment variables merged in only for
+  names not given on the command line; a flag given twice, an unknown
+  command-line flag, a bad value or a missing required flag stops the process
+  with stout's wording and exit status 1;
+* the start-up checks of src/master/main.cpp and src/slave/main.cpp that turn a
+  bad configuration into an immediate exit (--work_dir and --quorum for the
+  replicated log, --master for the agent, the docker CLI for
+  --containerizers=docker, binding --ip:--port, ...), in the same order;
+* the HTTP endpoints a deployment check looks at (/health, /state, /flags,
+  /redirect, also under /master/ and /slave(1)/), with the flags the process
+  ended up with, so a test can assert what the init wrapper passed.
+
+It records its whole argv on stderr at start-up, so the journal of a test VM
+shows what the wrapper built.
+
+The syntax is kept to Python 3.4 (no f-strings, no subprocess.run) because the
+stand-in is installed into guest images of every release mesobake targets,
+down to Ubuntu 14.04.
+"""
+
+import datetime
+import getpass
+import http.server
+import json
+import os
+import re
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+
+VERSION = "1.11.0"
+BUILD_DATE = "2020-11-24 00:00:00"  # 1.11.0 was released in November 2020.
+DOCKER_MIN_VERSION = (1, 8, 0)  # src/docker/docker.cpp: "1.8.0 or newer".
+
+
+class FlagError(Exception):
+    """A flag could not be loaded; the message is stout's."""
+
+
+class Exit(Exception):
+    """Ends the process like stout's EXIT(EXIT_FAILURE) or glog's LOG(FATAL)."""
+
+    def __init__(self, message, level="E"):
+        Exception.__init__(self, message)
+        self.message = message
+        self.level = level
+
+
+# ---------------------------------------------------------------------------
+# Flag values: parsing and stringification like stout.
+# ---------------------------------------------------------------------------
+
+_NANOS = {
+    "ns": 1,
+    "us": 1000,
+    "ms": 1000 ** 2,
+    "secs": 1000 ** 3,
+    "mins": 60 * 1000 ** 3,
+    "hrs": 3600 * 1000 ** 3,
+    "days": 86400 * 1000 ** 3,
+    "weeks": 7 * 86400 * 1000 ** 3,
+}
+
+
+def _numify_double(text):
+    if not re.match(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", text):
+        raise FlagError("Failed to convert '%s' to number" % text)
+    return float(text)
+
+
+def parse_duration(text):
+    """stout Duration::parse(): digits and dots, then exactly one known unit."""
+    index = 0
+    while index < len(text):
+        if text[index].isdigit() or text[index] == ".":
+            index += 1
+            continue
+        value = _numify_double(text[:index])
+        unit = text[index:]
+        if unit not in _NANOS:
+            raise FlagError(
+                "Unknown duration unit '%s'; supported units are 'ns', 'us', "
+                "'ms', 'secs', 'mins', 'hrs', 'days', and 'weeks'" % unit)
+        return int(value * _NANOS[unit])
+    raise FlagError("Invalid duration '%s'" % text)
+
+
+def format_duration(nanos):
+    """stout operator<<(Duration): the unit of the duration's size bucket, or
+    the next smaller one when only that one gives a whole number."""
+    magnitude = abs(nanos)
+    sign = "-" if nanos < 0 else ""
+    # (bucket limit, unit used inside the bucket, next smaller unit)
+    buckets = [
+        ("ms", "us", "ns"), ("secs", "ms", "us"), ("mins", "secs", "ms"),
+        ("hrs", "mins", "secs"), ("days", "hrs", "mins"), ("weeks", "days", "hrs"),
+    ]
+    if magnitude < _NANOS["us"]:
+        return "%s%dns" % (sign, magnitude)
+    unit, smaller = "weeks", "days"
+    for limit, bucket_unit, bucket_smaller in buckets:
+        if magnitude < _NANOS[limit]:
+            unit, smaller = bucket_unit, bucket_smaller
+            break
+    if magnitude % _NANOS[unit] != 0 and magnitude % _NANOS[smaller] == 0:
+        unit = smaller
+    return "%s%.15g%s" % (sign, magnitude / _NANOS[unit], unit)
+
+
+def parse_bool(text):
+    """stout parse<bool>()."""
+    if text in ("true", "1"):
+        return "true"
+    if text in ("false", "0"):
+        return "false"
+    raise FlagError("Expecting a boolean (e.g., true or false)")
+
+
+def _parse_integer(text, low, high):
+    # stout's generic parse<T>() reads with an istringstream and insists on
+    # reaching the end of the string: leading blanks pass, anything after the
+    # digits does not.
+    if not re.match(r"^\s*[+-]?\d+$", text):
+        raise FlagError("Failed to convert into required type")
+    value = int(text)
+    if value < low or value > high:
+        raise FlagError("Failed to convert into required type")
+    return str(value)
+
+
+def _parse_bytes(text):
+    match = re.match(r"^(\d+(\.\d+)?)(B|KB|MB|GB|TB)$", text.strip())
+    if not match:
+        raise FlagError("Invalid bytes '%s'" % text)
+    return text.strip()
+
+
+def _parse_json(text):
+    try:
+        json.loads(text)
+    except ValueError as error:
+        raise FlagError(str(error))
+    return text
+
+
+# Kinds of flag value. Each entry: (parse function returning the stringified
+# value, whether a `file://` value is read first like stout's fetch<T>()).
+KINDS = {
+    "string": (lambda text: text, True),
+    # flags::SecurePathOrValue (--zk, --master): the file is read, but the flag
+    # keeps printing as the file:// path so /flags does not leak its contents.
+    "secure": (lambda text: text, True),
+    # Path flags are never fetched (stout's fetch<Path> specialisation).
+    "path": (lambda text: text, False),
+    "bool": (parse_bool, False),
+    "int": (lambda text: _parse_integer(text, -2 ** 31, 2 ** 31 - 1), True),
+    "uint16": (lambda text: _parse_integer(text, 0, 65535), True),
+    "double": (lambda text: "%.15g" % _numify_double(text), True),
+    "duration": (lambda text: format_duration(parse_duration(text)), True),
+    "bytes": (_parse_bytes, True),
+    "json": (_parse_json, True),
+}
+
+
+class Flag(object):
+    """One flag definition, mirroring stout's flags::Flag."""
+
+    def __init__(self, name, kind="string", default=None, alias=None,
+                 required=False, validate=None):
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.alias = alias
+        self.required = required
+        self.validate = validate
+
+    @property
+    def boolean(self):
+        return self.kind == "bool"
+
+
+def _validate_quorum(value):
+    if value is not None and int(value) <= 0:
+        return "Flag 'quorum' must be a positive integer, got '%s'" % value
+    return None
+
+
+def _validate_logging_level(value):
+    # src/logging/flags.cpp.
+    if value not in ("INFO", "WARNING", "ERROR"):
+        return ("'%s' is not a valid logging level. Possible values for "
+                "'logging_level' flag are: 'INFO', 'WARNING', 'ERROR'." % value)
+    return None
+
+
+def _default_launcher():
+    # src/slave/flags.cpp: LinuxLauncher::available() ? "linux" : "posix";
+    # the Linux launcher needs root and a cgroup hierarchy.
+    if os.geteuid() == 0 and os.path.isdir("/sys/fs/cgroup"):
+        return "linux"
+    return "posix"
+
+
+# Flags shared by master and agent: docs/configuration/master-and-agent.md.
+COMMON_FLAGS = [
+    Flag("advertise_ip"),
+    Flag("advertise_port"),
+    Flag("authenticate_http_readonly", "bool", "false"),
+    Flag("authenticate_http_readwrite", "bool", "false"),
+    Flag("domain", "json"),
+    Flag("external_log_file", "path"),
+    Flag("firewall_rules", "json"),
+    Flag("help", "bool", "false"),
+    Flag("hooks"),
+    Flag("hostname"),
+    Flag("hostname_lookup", "bool", "true"),
+    Flag("http_authenticators", default="basic"),
+    Flag("initialize_driver_logging", "bool", "true"),
+    Flag("ip"),
+    Flag("ip_discovery_command"),
+    Flag("log_dir"),
+    Flag("logbufsecs", "int", "0"),
+    Flag("logging_level", default="INFO", validate=_validate_logging_level),
+    Flag("memory_profiling", "bool", "false"),
+    Flag("modules", "json"),
+    Flag("modules_dir"),
+    Flag("quiet", "bool", "false"),
+    Flag("version", "bool", "false"),
+    Flag("zk_session_timeout", "duration", "10secs"),
+]
+
+# docs/configuration/master.md (src/master/flags.cpp), Mesos 1.11.
+MASTER_FLAGS = COMMON_FLAGS + [
+    Flag("port", "uint16", "5050"),
+    Flag("acls", "json"),
+    Flag("agent_ping_timeout", "duration", "15secs", alias="slave_ping_timeout"),
+    Flag("agent_removal_rate_limit", alias="slave_removal_rate_limit"),
+    Flag("agent_reregister_timeout", "duration", "10mins",
+         alias="slave_reregister_timeout"),
+    Flag("allocation_interval", "duration", "1secs"),
+    Flag("allocator", default="hierarchical"),
+    Flag("authenticate_agents", "bool", "false", alias="authenticate_slaves"),
+    Flag("authenticate_frameworks", "bool", "false", alias="authenticate"),
+    Flag("authenticate_http_frameworks", "bool", "false"),
+    Flag("authenticators", default="crammd5"),
+    Flag("authorizers", default="local"),
+    Flag("cluster"),
+    Flag("credentials", "path"),
+    Flag("fair_sharing_excluded_resource_names"),
+    Flag("filter_gpu_resources", "bool", "true"),
+    Flag("framework_sorter", default="drf"),
+    Flag("http_framework_authenticators"),
+    Flag("log_auto_initialize", "bool", "true"),
+    Flag("master_contender"),
+    Flag("master_detector"),
+    Flag("max_agent_ping_timeouts", "int", "5", alias="max_slave_ping_timeouts"),
+    Flag("max_completed_frameworks", "int", "50"),
+    Flag("max_completed_tasks_per_framework", "int", "1000"),
+    Flag("max_operator_event_stream_subscribers", "int", "1000"),
+    Flag("max_unreachable_tasks_per_framework", "int", "1000"),
+    Flag("min_allocatable_resources", default="cpus:0.01|mem:32"),
+    Flag("offer_timeout", "duration"),
+    Flag("publish_per_framework_metrics", "bool", "true"),
+    Flag("quorum", "int", validate=_validate_quorum),
+    Flag("rate_limits", "json"),
+    Flag("recovery_agent_removal_limit", default="100%",
+         alias="recovery_slave_removal_limit"),
+    Flag("registry", default="replicated_log"),
+    Flag("registry_fetch_timeout", "duration", "1mins"),
+    Flag("registry_gc_interval", "duration", "15mins"),
+    Flag("registry_max_agent_age", "duration", "2weeks"),
+    Flag("registry_max_agent_count", "int", "102400"),
+    Flag("registry_store_timeout", "duration", "20secs"),
+    Flag("registry_strict", "bool", "false"),
+    Flag("require_agent_domain", "bool", "false"),
+    Flag("role_sorter", default="drf"),
+    Flag("roles"),
+    Flag("root_submissions", "bool", "true"),
+    Flag("webui_dir", default="/usr/share/mesos/webui"),
+    Flag("weights"),
+    Flag("whitelist", "path"),
+    Flag("work_dir"),
+    Flag("zk", "secure"),
+]
+
+# docs/configuration/agent.md (src/slave/flags.cpp), Mesos 1.11. work_dir is a
+# plain std::string without a default there, which makes stout require it.
+AGENT_FLAGS = COMMON_FLAGS + [
+    Flag("port", "uint16", "5051"),
+    Flag("acls", "json"),
+    Flag("agent_subsystems", alias="slave_subsystems"),
+    Flag("appc_simple_discovery_uri_prefix", default="http://"),
+    Flag("appc_store_dir", default="/tmp/mesos/store/appc"),
+    Flag("attributes"),
+    Flag("authenticate_http_executors", "bool", "false"),
+    Flag("authenticatee", default="crammd5"),
+    Flag("authentication_backoff_factor", "duration", "1secs"),
+    Flag("authentication_timeout_max", "duration", "1mins"),
+    Flag("authentication_timeout_min", "duration", "5secs"),
+    Flag("authorizer", default="local"),
+    Flag("cgroups_cpu_enable_pids_and_tids_count", "bool", "false"),
+    Flag("cgroups_destroy_timeout", "duration", "1mins"),
+    Flag("cgroups_enable_cfs", "bool", "false"),
+    Flag("cgroups_hierarchy", default="/sys/fs/cgroup"),
+    Flag("cgroups_limit_swap", "bool", "false"),
+    Flag("cgroups_root", default="mesos"),
+    Flag("check_agent_port_range_only", "bool", "false"),
+    Flag("container_disk_watch_interval", "duration", "15secs"),
+    Flag("container_logger"),
+    Flag("containerizers", default="mesos"),
+    Flag("credential", "path"),
+    Flag("csi_plugin_config_dir"),
+    Flag("default_container_dns", "json"),
+    Flag("default_container_info", "json"),
+    Flag("default_role", default="*"),
+    Flag("disk_profile_adaptor"),
+    Flag("disk_watch_interval", "duration", "1mins"),
+    Flag("docker", default="docker"),
+    Flag("docker_config", "json"),
+    Flag("docker_ignore_runtime", "bool", "false"),
+    Flag("docker_kill_orphans", "bool", "true"),
+    Flag("docker_mesos_image"),
+    Flag("docker_registry", default="https://registry-1.docker.io"),
+    Flag("docker_remove_delay", "duration", "6hrs"),
+    Flag("docker_socket", default="/var/run/docker.sock"),
+    Flag("docker_stop_timeout", "duration", "0ns"),
+    Flag("docker_store_dir", default="/tmp/mesos/store/docker"),
+    Flag("docker_volume_checkpoint_dir",
+         default="/var/run/mesos/isolators/docker/volume"),
+    Flag("docker_volume_chown", "bool", "false"),
+    Flag("enforce_container_disk_quota", "bool", "false"),
+    Flag("enforce_container_ports", "bool", "false"),
+    Flag("executor_environment_variables", "json"),
+    Flag("executor_registration_timeout", "duration", "1mins"),
+    Flag("executor_reregistration_timeout", "duration", "2secs"),
+    Flag("executor_shutdown_grace_period", "duration", "5secs"),
+    Flag("fetcher_cache_dir", default="/tmp/mesos/fetch"),
+    Flag("fetcher_cache_size", "bytes", "2GB"),
+    Flag("fetcher_stall_timeout", "duration", "1mins"),
+    Flag("frameworks_home"),
+    Flag("gc_delay", "duration", "1weeks"),
+    Flag("gc_disk_headroom", "double", "0.1"),
+    Flag("gc_non_executor_container_sandboxes", "bool", "false"),
+    Flag("hadoop_home"),
+    Flag("host_path_volume_force_creation"),
+    Flag("http_credentials", "path"),
+    Flag("http_executor_domain_sockets", "bool", "false"),
+    Flag("http_heartbeat_interval", "duration", "30secs"),
+    Flag("image_gc_config", "json"),
+    Flag("image_providers"),
+    Flag("image_provisioner_backend"),
+    Flag("ip6"),
+    Flag("ip6_discovery_command"),
+    Flag("isolation", default="posix/cpu,posix/mem"),
+    Flag("launcher", default=_default_launcher()),
+    Flag("launcher_dir", default="/usr/libexec/mesos"),
+    Flag("master", "secure"),
+    Flag("master_detector"),
+    Flag("max_completed_executors_per_framework", "int", "150"),
+    Flag("network_cni_config_dir"),
+    Flag("network_cni_metrics", "bool", "true"),
+    Flag("network_cni_plugins_dir"),
+    Flag("network_cni_root_dir_persist", "bool", "false"),
+    Flag("nvidia_gpu_devices"),
+    Flag("oversubscribed_resources_interval", "duration", "15secs"),
+    Flag("perf_duration", "duration", "10secs"),
+    Flag("perf_events"),
+    Flag("perf_interval", "duration", "60secs"),
+    Flag("qos_controller"),
+    Flag("qos_correction_interval_min", "duration", "0ns"),
+    Flag("reconfiguration_policy", default="equal"),
+    Flag("recover", default="reconnect"),
+    Flag("recovery_timeout", "duration", "15mins"),
+    Flag("registration_backoff_factor", "duration", "1secs"),
+    Flag("resource_estimator"),
+    Flag("resource_provider_config_dir"),
+    Flag("resources"),
+    Flag("revocable_cpu_low_priority", "bool", "true"),
+    Flag("runtime_dir", default="/var/run/mesos"),
+    Flag("sandbox_directory", default="/mnt/mesos/sandbox"),
+    Flag("secret_resolver"),
+    Flag("strict", "bool", "true"),
+    Flag("switch_user", "bool", "true"),
+    Flag("systemd_enable_support", "bool", "true"),
+    Flag("systemd_runtime_directory", default="/run/systemd/system"),
+    Flag("volume_gid_range"),
+    Flag("work_dir", required=True),
+    Flag("xfs_kill_containers", "bool", "false"),
+    Flag("xfs_project_range", default="[5000-10000]"),
+]
+
+
+class LoadedFlags(object):
+    """The outcome of FlagsBase::load(): values by canonical name."""
+
+    def __init__(self, definitions):
+        self.definitions = dict((flag.name, flag) for flag in definitions)
+        self.aliases = dict((flag.alias, flag.name) for flag in definitions if flag.alias)
+        self.loaded_name = {}  # canonical name -> the name it was loaded under
+        self.values = {}  # canonical name -> stringified value
+        self.raw = {}  # canonical name -> value as used (file:// contents read)
+        self.warnings = []
+        for flag in definitions:
+            if flag.default is not None:
+                self.values[flag.name] = KINDS[flag.kind][0](flag.default)
+                self.raw[flag.name] = self.values[flag.name]
+
+    def get(self, name):
+        return self.raw.get(name)
+
+    def given(self, name):
+        return name in self.loaded_name
+
+    def true(self, name):
+        return self.raw.get(name) == "true"
+
+    def as_json(self):
+        """What /flags shows: every flag with a value, under its effective name."""
+        result = {}
+        for name, value in self.values.items():
+            result[self.loaded_name.get(name, name)] = value
+        return result
+
+    def startup_line(self):
+        """stout operator<<(FlagsBase): --name="value" in name order."""
+        return " ".join(
+            '--%s="%s"' % (self.loaded_name.get(name, name), self.values[name])
+            for name in sorted(self.values))
+
+
+def command_line_values(argv):
+    """Reads argv like stout's load(prefix, argc, argv): only `--` words count.
+
+    A word that does not start with `--` is skipped, so `--port 5050` loads
+    `port` without a value (an error for a non-boolean flag) and drops `5050`.
+    """
+    values = []
+    for word in argv:
+        arg = word.strip(" \t\n\r")
+        if arg == "--":
+            break
+        if not arg.startswith("--"):
+            continue
+        eq = arg.find("=")
+        if eq < 0:
+            name, value = arg[2:], None
+        else:
+            name, value = arg[2:eq], arg[eq + 1:]
+        values.append((name.lower(), value))
+    return values
+
+
+def environment_values(flags, environ, prefix="MESOS_"):
+    """stout's FlagsBase::extract(): only names of known flags are taken.
+
+    Unknown MESOS_* variables (MESOS_NATIVE_JAVA_LIBRARY, ...) are ignored.
+    """
+    values = {}
+    for key, value in environ.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):].lower()
+        flag_name = name[3:] if name.startswith("no-") else name
+        if flag_name in flags.definitions or flag_name in flags.aliases:
+            values[name] = value
+    return values
+
+
+def load_flags(definitions, argv, environ):
+    """stout FlagsBase::load(values, unknowns=false, duplicates=false, prefix)."""
+    flags = LoadedFlags(definitions)
+    values = command_line_values(argv)
+    given = set(name for name, _ in values)
+    for name, value in environment_values(flags, environ).items():
+        if name not in given:
+            values.append((name, value))
+    # stout keeps the values in a Multimap, i.e. a std::multimap: walked in
+    # name order, same-name entries in insertion order (sort() is stable).
+    values.sort(key=lambda item: item[0])
+
+    for name, value in values:
+        negated = name.startswith("no-")
+        flag_name = name[3:] if negated else name
+        canonical = flags.aliases.get(flag_name, flag_name)
+        flag = flags.definitions.get(canonical)
+        if flag is None:
+            raise FlagError("Failed to load unknown flag '%s'%s" % (
+                flag_name, " via '%s'" % name if negated else ""))
+        if canonical in flags.loaded_name:
+            raise FlagError("Flag '%s' is already loaded via name '%s'" % (
+                flag_name, flags.loaded_name[canonical]))
+        if not flag.boolean:
+            if negated:
+                raise FlagError("Failed to load non-boolean flag '%s' via '%s'"
+                                % (flag_name, name))
+            if value is None:
+                raise FlagError("Failed to load non-boolean flag '%s': Missing value"
+                                % flag_name)
+            text = value
+        elif value is None or value == "":
+            text = "false" if negated else "true"
+        elif not negated:
+            text = value
+        else:
+            raise FlagError("Failed to load boolean flag '%s' via '%s' with value '%s'"
+                            % (flag_name, name, value))
+        try:
+            shown, used = _load_value(flag, text)
+        except FlagError as error:
+            raise FlagError("Failed to load flag '%s': Failed to load value '%s': %s"
+                            % (flag_name, text, error))
+        flags.values[canonical] = shown
+        flags.raw[canonical] = used
+        flags.loaded_name[canonical] = flag_name
+        if flag_name != canonical:
+            flags.warnings.append("Loaded deprecated flag '%s'" % flag_name)
+
+    for name in sorted(flags.definitions):
+        flag = flags.definitions[name]
+        if flag.required and name not in flags.loaded_name:
+            raise FlagError("Flag '%s' is required, but it was not provided" % name)
+        if flag.validate is not None and name in flags.raw:
+            message = flag.validate(flags.raw[name])
+            if message is not None:
+                raise FlagError(message)
+    return flags
+
+
+def _load_value(flag, text):
+    """Returns (value shown by /flags, value the process uses)."""
+    parse, fetch = KINDS[flag.kind]
+    if fetch and text.startswith("file://"):
+        path = text[len("file://"):]
+        try:
+            with open(path) as handle:
+                contents = handle.read()
+        except (IOError, OSError) as error:
+            raise FlagError("Error reading file '%s': %s" % (path, error.strerror))
+        used = parse(contents)
+        return (text if flag.kind == "secure" else used), used
+    used = parse(text)
+    return used, used
+
+
+# ---------------------------------------------------------------------------
+# Logging like glog, plus the stand-in's own argv record.
+# ---------------------------------------------------------------------------
+
+class Log(object):
+    LEVELS = {"I": 0, "W": 1, "E": 2, "F": 3}
+    THRESHOLDS = {"INFO": 0, "WARNING": 1, "ERROR": 2}
+
+    def __init__(self, program):
+        self.program = program
+        self.level = 0
+        self.quiet = False
+        self.file = None
+        self.lock = threading.Lock()
+
+    def initialize(self, flags):
+        """src/logging/logging.cpp: the log dir is created, or the process exits."""
+        self.level = self.THRESHOLDS[flags.get("logging_level")]
+        self.quiet = flags.true("quiet")
+        log_dir = flags.get("log_dir")
+        if log_dir is None:
+            return
+        try:
+            os.makedirs(log_dir, exist_ok=True)
+            now = datetime.datetime.now()
+            name = "%s.%s.%s.log.INFO.%s.%d" % (
+                self.program, socket.gethostname(), getpass.getuser(),
+                now.strftime("%Y%m%d-%H%M%S"), os.getpid())
+            self.file = open(os.path.join(log_dir, name), "a")
+            # glog keeps <program>.INFO pointing at the newest file.
+            link = os.path.join(log_dir, self.program + ".INFO")
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(name, link)
+        except OSError as error:
+            raise Exit("Could not initialize logging: Failed to create log "
+                       "directory '%s': %s" % (log_dir, error.strerror))
+
+    def line(self, level, message):
+        now = datetime.datetime.now()
+        caller = sys._getframe(2)
+        text = "%s%s %s %5d %s:%d] %s\n" % (
+            level, now.strftime("%m%d"), now.strftime("%H:%M:%S.%f"),
+            os.getpid(),
+            os.path.basename(caller.f_code.co_filename), caller.f_lineno, message)
+        with self.lock:
+            if self.LEVELS[level] >= self.level and not self.quiet:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            if self.file is not None and self.LEVELS[level] >= self.level:
+                self.file.write(text)
+                self.file.flush()
+
+    def info(self, message):
+        self.line("I", message)
+
+    def warning(self, message):
+        self.line("W", message)
+
+    def error(self, message):
+        self.line("E", message)
+
+    def exit(self, error):
+        """The last line before exiting: EXIT(EXIT_FAILURE) or LOG(FATAL)."""
+        if error.level == "F":
+            self.line("F", error.message)
+        else:
+            self.line("E", "EXIT with status 1: " + error.message)
+
+
+def record_argv(program, argv):
+    # Not something Mesos prints: it is there so that a test VM's journal shows
+    # exactly which flags the init wrapper passed. Always written, whatever
+    # --logging_level or --quiet say.
+    sys.stderr.write("mesos-standin: %s argv: %s\n" % (program, json.dumps(argv)))
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------
+# Checks that real Mesos makes before it serves.
+# ---------------------------------------------------------------------------
+
+def parse_ipv4(text, variable):
+    """libprocess: net::IP::parse(LIBPROCESS_IP, AF_INET) or LOG(FATAL)."""
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        raise Exit("Parsing %s=%s failed: Failed to parse IP address '%s'"
+                   % (variable, text, text), level="F")
+    return text
+
+
+def check_advertise(flags):
+    if flags.get("advertise_ip") is not None:
+        parse_ipv4(flags.get("advertise_ip"), "LIBPROCESS_ADVERTISE_IP")
+    port = flags.get("advertise_port")
+    if port is not None:
+        if not re.match(r"^\d+$", port.strip()) or int(port) > 65535:
+            raise Exit("LIBPROCESS_ADVERTISE_PORT=%s is not a valid port" % port, level="F")
+
+
+def resolve_ip(flags):
+    """The --ip / --ip_discovery_command handling of main.cpp."""
+    if flags.get("ip_discovery_command") is not None and flags.get("ip") is not None:
+        raise Exit("Only one of `--ip` or `--ip_discovery_command` should be specified")
+    if flags.get("ip_discovery_command") is not None:
+        command = flags.get("ip_discovery_command")
+        process = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise Exit("Failed to execute '%s': exited with status %d: %s"
+                       % (command, process.returncode, err.decode(errors="replace").strip()))
+        return parse_ipv4(out.decode().strip(), "LIBPROCESS_IP")
+    if flags.get("ip") is not None:
+        return parse_ipv4(flags.get("ip"), "LIBPROCESS_IP")
+    return None
+
+
+def parse_zk_url(url):
+    """zookeeper::URL::parse(): zk://[auth@]host:port[,host:port...]/path."""
+    url = url.strip()
+    if not url.startswith("zk://"):
+        raise Exit("Error parsing ZooKeeper URL: Expecting 'zk://' at the beginning of the URL")
+    rest = url[len("zk://"):]
+    slash = rest.find("/")
+    if slash <= 0:
+        raise Exit("Error parsing ZooKeeper URL: Expecting servers and a path in '%s'" % url)
+    return rest[:slash], rest[slash:]
+
+
+class Bound(object):
+    """The listening socket, opened where libprocess would bind it."""
+
+    def __init__(self, server, ip, port):
+        self.server = server
+        self.ip = ip
+        self.port = port
+
+
+def bind(ip, port, handler):
+    """process::initialize(): a failed bind is LOG(FATAL) in libprocess."""
+    bind_ip = ip if ip is not None else "0.0.0.0"
+    try:
+        server = _Server((bind_ip, port), handler)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise Exit("Failed to initialize: Failed to bind on %s:%d: %s: %s [%d]"
+                   % (bind_ip, port, reason, reason, error.errno or 0), level="F")
+    port = server.server_address[1]
+    if ip is None:
+        # Bound to every address: libprocess advertises the host name's address.
+        try:
+            ip = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            ip = "127.0.0.1"
+    return Bound(server, ip, port)
+
+
+def advertised(flags, bound):
+    ip = flags.get("advertise_ip") or bound.ip
+    port = int(flags.get("advertise_port") or bound.port)
+    return ip, port
+
+
+def resolve_hostname(flags, ip):
+    """Master::initialize() / Slave::initialize(): --hostname, else a lookup."""
+    if flags.get("hostname") is not None:
+        return flags.get("hostname")
+    if not flags.true("hostname_lookup"):
+        return ip
+    try:
+        # stout net::getHostname(): getnameinfo() without NI_NAMEREQD, so an
+        # address without a name comes back as the address itself.
+        return socket.getnameinfo((ip, 0), 0)[0]
+    except OSError as error:
+        raise Exit("Failed to get hostname: %s" % error)
+
+
+def make_dir(path, what):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise Exit("Failed to create %s '%s': %s" % (what, path, error.strerror))
+
+
+def check_docker(flags):
+    """DockerContainerizer::create() -> Docker::create(validate=true), as in
+    src/docker/docker.cpp: an absolute socket path, then `docker --version`
+    must run and report 1.8.0 or newer. (The real one also wants a cgroup v1
+    `cpu` hierarchy mounted; the stand-in does not check that, see README.md.)
+    """
+    docker = flags.get("docker")
+    socket_path = flags.get("docker_socket")
+    prefix = "Could not create DockerContainerizer: Failed to create docker: "
+    if not os.path.isabs(socket_path):
+        raise Exit(prefix + "Invalid Docker socket path: " + socket_path)
+    # Mesos runs this through the shell, so a docker CLI that cannot be found
+    # shows up as exit status 127.
+    command = "%s -H unix://%s --version" % (docker, socket_path)
+    try:
+        process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, _ = process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise Exit(prefix + "Timed out getting docker version")
+    if process.returncode != 0:
+        raise Exit(prefix + "Failed to get docker version: Failed to execute '%s': "
+                   "exited with status %d" % (command, process.returncode))
+    # Docker::__version(): the last word before the first comma, at most three
+    # dot-separated components ("Docker version 20.10.24+dfsg1, build ...").
+    words = out.decode(errors="replace").split(",")[0].split(" ")
+    text = ".".join(words[-1].strip().split(".")[:3])
+    match = re.match(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?([-+].*)?$", text)
+    if not match:
+        raise Exit(prefix + "Failed to get docker version: Failed to parse docker "
+                   "version: Invalid version '%s'" % text)
+    found = tuple(int(part or 0) for part in match.groups()[:3])
+    if found < DOCKER_MIN_VERSION:
+        raise Exit(prefix + "Insufficient version '%s' of Docker. Please upgrade to "
+                   ">=' %s'" % ("%d.%d.%d" % found, ".".join(map(str, DOCKER_MIN_VERSION))))
+
+
+def check_containerizers(flags):
+    """Containerizer::create(): every listed containerizer must come up."""
+    for kind in [item for item in flags.get("containerizers").split(",") if item]:
+        try:
+            if kind == "docker":
+                check_docker(flags)
+            elif kind != "mesos":
+                raise Exit("Unknown or unsupported containerizer: %s" % kind)
+        except Exit as error:
+            raise Exit("Failed to create a containerizer: " + error.message)
+
+
+def check_master_detector(flags):
+    """MasterDetector::create(--master): a ZooKeeper URL, a file, or host:port."""
+    master = flags.get("master")
+    if master.startswith("zk://"):
+        try:
+            parse_zk_url(master)
+        except Exit as error:
+            raise Exit("Failed to create a master detector: " + error.message)
+        return
+    if not re.match(r"^(master@)?[^:/\s]+:\d+$", master.strip()):
+        raise Exit("Failed to create a master detector: Failed to parse '%s'" % master)
+
+
+def _parse_value(text):
+    """Attribute/resource values: a scalar is a number, ranges and sets stay text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_attributes(text):
+    attributes = {}
+    for item in [part for part in (text or "").split(";") if part.strip()]:
+        if ":" not in item:
+            raise Exit("Invalid attribute key:value pair '%s'" % item, level="F")
+        key, value = item.split(":", 1)
+        attributes[key.strip()] = _parse_value(value.strip())
+    return attributes
+
+
+def detect_resources(work_dir):
+    """Roughly Containerizer::resources(): what the agent offers by default."""
+    mem_mb = 1024.0
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) / 1024.0
+                    mem_mb = total - (1024.0 if total >= 2048 else total / 2)
+    except (IOError, OSError):
+        pass
+    disk_mb = 1024.0
+    try:
+        stat = os.statvfs(work_dir)
+        total = stat.f_blocks * stat.f_frsize / 1024.0 / 1024.0
+        disk_mb = total - (10240.0 if total >= 20480 else total / 2)
+    except OSError:
+        pass
+    return {"cpus": float(os.cpu_count() or 1), "mem": float(round(mem_mb)),
+            "disk": float(round(disk_mb)), "gpus": 0.0, "ports": "[31000-32000]"}
+
+
+def parse_resources(text, detected):
+    resources = dict(detected)
+    if not text:
+        return resources
+    if text.strip().startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError as error:
+            raise Exit("Failed to determine agent resources: %s" % error)
+        for item in items:
+            if "scalar" in item:
+                resources[item["name"]] = float(item["scalar"]["value"])
+            else:
+                resources[item["name"]] = json.dumps(item.get("ranges") or item.get("set"))
+        return resources
+    for item in [part for part in text.split(";") if part.strip()]:
+        match = re.match(r"^\s*([A-Za-z_][\w.-]*)(\([^)]*\))?\s*:\s*(.+?)\s*$", item)
+        if not match:
+            raise Exit("Failed to determine agent resources: Bad value for "
+                       "resource '%s'" % item)
+        resources[match.group(1)] = _parse_value(match.group(3))
+    return resources
+
+
+# ---------------------------------------------------------------------------
+# HTTP.
+# ---------------------------------------------------------------------------
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    # libprocess sets SO_REUSEADDR on its listening socket as well.
+    allow_reuse_address = True
+
+
+def make_handler(routes):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "mesos-standin/" + VERSION
+
+        def do_GET(self):
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            route = routes.get(path.rstrip("/") or "/")
+            if route is None:
+                self.respond(404, "text/plain; charset=utf-8", b"")
+                return
+            status, content_type, body, headers = route()
+            self.respond(status, content_type, body, headers)
+
+        def respond(self, status, content_type, body, headers=None):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            # Mesos does not log every GET either; keep the journal readable.
+            pass
+
+    return Handler
+
+
+def json_response(document):
+    return 200, "application/json", json.dumps(document, sort_keys=True).encode(), None
+
+
+def health_response():
+    return 200, "text/plain; charset=utf-8", b"", None
+
+
+# ---------------------------------------------------------------------------
+# The two programs.
+# ---------------------------------------------------------------------------
+
+def usage(program, definitions):
+    lines = ["Usage: %s [options]" % program, ""]
+    for flag in sorted(definitions, key=lambda f: f.name):
+        names = [flag.name] + ([flag.alias] if flag.alias else [])
+        if flag.boolean:
+            lines.append("  " + ", ".join("--[no-]" + name for name in names))
+        else:
+            lines.append("  " + ", ".join("--%s=VALUE" % name for name in names))
+    return "\n".join(lines)
+
+
+def run_master(program, argv, environ):
+    try:
+        flags = load_flags(MASTER_FLAGS, argv, environ)
+    except FlagError as error:
+        flags = None
+        load_error = str(error)
+    else:
+        load_error = None
+    if flags is not None and flags.true("help"):
+        print(usage(program, MASTER_FLAGS))
+        return 0
+    if flags is not None and flags.true("version"):
+        print("mesos %s" % VERSION)
+        return 0
+    if load_error is not None:
+        sys.stderr.write("%s\n\nSee `mesos-master --help` for a list of supported flags.\n"
+                         % load_error)
+        return 1
+
+    log = Log(program)
+    state = {}
+
+    def serve():
+        return json_response(state["document"])
+
+    def flags_json():
+        return json_response({"flags": flags.as_json()})
+
+    def redirect():
+        return 307, "text/plain; charset=utf-8", b"", {
+            "Location": "//%s:%d" % (state["hostname"], state["port"])}
+
+    routes = {}
+    for prefix in ("", "/master"):
+        routes[prefix + "/health"] = health_response
+        routes[prefix + "/state"] = serve
+        routes[prefix + "/flags"] = flags_json
+        routes[prefix + "/redirect"] = redirect
+    routes["/version"] = lambda: json_response(
+        {"version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE, "standin": True})
+
+    try:
+        log.initialize(flags)
+        for warning in flags.warnings:
+            log.warning(warning)
+        ip = resolve_ip(flags)
+        check_advertise(flags)
+        if flags.get("zk") is None and (
+                (flags.get("master_contender") is None) != (flags.get("master_detector") is None)):
+            raise Exit("Both --master_contender and --master_detector should be "
+                       "specified or omitted.")
+        if flags.get("zk") is not None and (
+                flags.get("master_contender") is not None or flags.get("master_detector") is not None):
+            raise Exit("Only one of --zk or the --master_contender/--master_detector "
+                       "pair should be specified.")
+        log.info("Build: %s by standin" % BUILD_DATE)
+        log.info("Version: %s" % VERSION)
+        bound = bind(ip, int(flags.get("port")), make_handler(routes))
+
+        registry = flags.get("registry")
+        if registry in ("replicated_log", "log_storage"):
+            if flags.get("work_dir") is None:
+                raise Exit("--work_dir needed for replicated log based registry")
+            make_dir(flags.get("work_dir"), "work directory")
+            if flags.get("zk") is not None:
+                if flags.get("quorum") is None:
+                    raise Exit("Need to specify --quorum for replicated log based "
+                               "registry when using ZooKeeper")
+                parse_zk_url(flags.get("zk"))
+        elif registry != "in_memory":
+            raise Exit("'%s' is not a supported option for registry persistence" % registry)
+        if flags.true("registry_strict"):
+            raise Exit("Support for '--registry_strict' has been removed")
+
+        ip, port = advertised(flags, bound)
+        hostname = resolve_hostname(flags, ip)
+    except Exit as error:
+        log.exit(error)
+        return 1
+
+    master_id = str(uuid.uuid4())
+    pid = "master@%s:%d" % (ip, port)
+    now = time.time()
+    leader_info = {
+        "id": master_id, "pid": pid, "port": port, "hostname": hostname,
+        "address": {"hostname": hostname, "ip": ip, "port": port},
+        "version": VERSION,
+    }
+    document = {
+        "standin": True,
+        "version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE,
+        "build_user": "standin", "start_time": now, "elected_time": now,
+        "id": master_id, "pid": pid, "hostname": hostname,
+        # There is no ZooKeeper election in the stand-in: every master claims
+        # to lead, which a multi-master test has to keep in mind.
+        "leader": pid, "leader_info": leader_info,
+        "activated_slaves": 0, "deactivated_slaves": 0, "unreachable_slaves": 0,
+        "flags": flags.as_json(),
+        "slaves": [], "frameworks": [], "completed_frameworks": [],
+        "orphan_tasks": [], "unregistered_frameworks": [],
+    }
+    for optional in ("cluster", "log_dir", "external_log_file"):
+        if flags.get(optional) is not None:
+            document[optional] = flags.get(optional)
+    state.update(document=document, hostname=hostname, port=port)
+
+    log.info("Master %s (%s) started on %s:%d" % (master_id, hostname, ip, port))
+    log.info("Flags at startup: " + flags.startup_line())
+    log.info("Elected as the leading master!")
+    bound.server.serve_forever()
+    return 0
+
+
+def run_agent(program, argv, environ):
+    try:
+        flags = load_flags(AGENT_FLAGS, argv, environ)
+    except FlagError as error:
+        flags = None
+        load_error = str(error)
+    else:
+        load_error = None
+    if flags is not None and flags.true("help"):
+        print(usage(program, AGENT_FLAGS))
+        return 0
+    if flags is not None and flags.true("version"):
+        print("mesos %s" % VERSION)
+        return 0
+    if load_error is not None:
+        sys.stderr.write("%s\n\nSee `mesos-agent --help` for a list of supported flags.\n"
+                         % load_error)
+        return 1
+
+    log = Log(program)
+    state = {}
+
+    def serve():
+        return json_response(state["document"])
+
+    def flags_json():
+        return json_response({"flags": flags.as_json()})
+
+    routes = {}
+    # The agent's libprocess ID is still slave(1), and it is the delegate.
+    for prefix in ("", "/slave(1)"):
+        routes[prefix + "/health"] = health_response
+        routes[prefix + "/state"] = serve
+        routes[prefix + "/flags"] = flags_json
+    routes["/version"] = lambda: json_response(
+        {"version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE, "standin": True})
+
+    try:
+        log.initialize(flags)
+        for warning in flags.warnings:
+            log.warning(warning)
+        if flags.get("master") is None and flags.get("master_detector") is None:
+            raise Exit("Missing required option `--master` or `--master_detector`")
+        if flags.get("master") is not None and flags.get("master_detector") is not None:
+            raise Exit("Only one of `--master` or `--master_detector` should be specified")
+        ip = resolve_ip(flags)
+        if flags.get("ip6_discovery_command") is not None and flags.get("ip6") is not None:
+            raise Exit("Only one of `--ip6` or `--ip6_discovery_command` should be specified")
+        check_advertise(flags)
+        log.info("Build: %s by standin" % BUILD_DATE)
+        log.info("Version: %s" % VERSION)
+        bound = bind(ip, int(flags.get("port")), make_handler(routes))
+        if flags.true("systemd_enable_support") and os.path.isdir("/run/systemd/system"):
+            log.info("Initializing systemd state")
+        check_containerizers(flags)
+        if flags.get("master") is not None:
+            check_master_detector(flags)
+        make_dir(flags.get("work_dir"), "agent work directory")
+        attributes = parse_attributes(flags.get("attributes"))
+        resources = parse_resources(flags.get("resources"),
+                                    detect_resources(flags.get("work_dir")))
+        ip, port = advertised(flags, bound)
+        hostname = resolve_hostname(flags, ip)
+    except Exit as error:
+        log.exit(error)
+        return 1
+
+    pid = "slave(1)@%s:%d" % (ip, port)
+    document = {
+        "standin": True,
+        "version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE,
+        "build_user": "standin", "start_time": time.time(),
+        # No master is ever reached, so the agent never gets an ID.
+        "id": "", "pid": pid, "hostname": hostname,
+        "resources": resources, "attributes": attributes,
+        "flags": flags.as_json(),
+        "frameworks": [], "completed_frameworks": [],
+    }
+    for optional in ("log_dir", "external_log_file"):
+        if flags.get(optional) is not None:
+            document[optional] = flags.get(optional)
+    state.update(document=document)
+
+    log.info("Agent started on 1)@%s:%d" % (ip, port))
+    log.info("Flags at startup: " + flags.startup_line())
+    log.info("Agent resources: " + ";".join(
+        "%s:%s" % (key, resources[key]) for key in sorted(resources)))
+    bound.server.serve_forever()
+    return 0
+
+
+PROGRAMS = {
+    "mesos-master": run_master,
+    "mesos-agent": run_agent,
+    # Mesos 1.x installs sbin/mesos-slave as a symlink to mesos-agent.
+    "mesos-slave": run_agent,
+}
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] not in PROGRAMS:
+        sys.stderr.write("usage: %s {%s} [flags...]\n"
+                         % (argv[0], "|".join(sorted(PROGRAMS))))
+        return 2
+    program = argv[1]
+    record_argv(program, argv[2:])
+    try:
+        return PROGRAMS[program](program, argv[2:], os.environ)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

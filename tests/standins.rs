@@ -1,0 +1,1561 @@
+//! Tests of the stand-in Mesos and Marathon packages in `ci/standins/`.
+//!
+//! The end-to-end tests install those packages in place of the real ones, so
+//! they are only worth something if they behave like the real ones where
+//! mesobake can get things wrong: the file layout and conffiles, the init
+//! wrapper turning files into flags, and daemons that refuse bad flags the way
+//! Mesos and Marathon do. Each test builds the packages with `build.sh` into its
+//! own temporary directory, runs the daemons from the extracted packages on
+//! 127.0.0.1 with a free port, and kills every process it started (the whole
+//! process group, so the wrapper's logger children go too).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const MESOS_DEB: &str = "mesos_1.11.0-0.1.standin_all.deb";
+const AVENTER_DEB: &str = "aventer-mesos_1.11.0-0.1.standin_all.deb";
+const MARATHON_DEB: &str = "marathon_1.10.17-0.1.standin_all.deb";
+
+/// How long a daemon may take to answer HTTP, or to exit when it should.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------
+// Helpers: building and reading the packages.
+// ---------------------------------------------------------------------------
+
+fn standins_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/standins")
+}
+
+/// The three packages, freshly built into a temporary directory.
+struct Packages {
+    dir: TempDir,
+}
+
+impl Packages {
+    fn build() -> Packages {
+        let dir = tempfile::tempdir().expect("temp dir");
+        build_into(dir.path());
+        Packages { dir }
+    }
+
+    fn deb(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Extracts one package with `dpkg-deb -x` into a new temporary root.
+    fn extract(&self, name: &str) -> TempDir {
+        let root = tempfile::tempdir().expect("temp dir");
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(self.deb(name))
+            .arg(root.path())
+            .status()
+            .expect("running dpkg-deb -x");
+        assert!(status.success(), "dpkg-deb -x {name} failed");
+        root
+    }
+}
+
+fn build_into(out: &Path) {
+    let output = Command::new("bash")
+        .arg(standins_dir().join("build.sh"))
+        .arg(out)
+        .output()
+        .expect("running ci/standins/build.sh");
+    assert!(
+        output.status.success(),
+        "build.sh failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn dpkg_deb(args: &[&str], deb: &Path) -> String {
+    let output = Command::new("dpkg-deb")
+        .args(args)
+        .arg(deb)
+        .output()
+        .expect("running dpkg-deb");
+    assert!(
+        output.status.success(),
+        "dpkg-deb {args:?} {} failed: {}",
+        deb.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("dpkg-deb printed UTF-8")
+}
+
+/// A control field, read with `dpkg-deb -f`.
+fn field(deb: &Path, name: &str) -> String {
+    dpkg_deb(&["-f"], deb)
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A member of the control archive (`conffiles`, `postinst`...), or None.
+fn control_member(deb: &Path, member: &str) -> Option<String> {
+    let output = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(deb)
+        .arg(member)
+        .output()
+        .expect("running dpkg-deb -I");
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// One entry of `dpkg-deb -c`.
+#[derive(Debug)]
+struct Entry {
+    mode: String,
+    owner: String,
+    path: String,
+    link: Option<String>,
+}
+
+fn contents(deb: &Path) -> Vec<Entry> {
+    dpkg_deb(&["-c"], deb)
+        .lines()
+        .map(|line| {
+            // drwxr-xr-x root/root 0 2020-11-24 00:00 ./etc/ [-> target]
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert!(words.len() >= 6, "unexpected dpkg-deb -c line: {line}");
+            Entry {
+                mode: words[0].to_string(),
+                owner: words[1].to_string(),
+                path: words[5].trim_start_matches('.').to_string(),
+                link: (words.len() == 8 && words[6] == "->").then(|| words[7].to_string()),
+            }
+        })
+        .collect()
+}
+
+/// The non-directory paths of a package.
+fn files(entries: &[Entry]) -> BTreeSet<String> {
+    entries
+        .iter()
+        .filter(|e| !e.mode.starts_with('d'))
+        .map(|e| e.path.clone())
+        .collect()
+}
+
+fn entry<'a>(entries: &'a [Entry], path: &str) -> &'a Entry {
+    entries
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("{path} is not in the package"))
+}
+
+fn read(root: &Path, path: &str) -> String {
+    fs::read_to_string(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// The `Key=Value` lines of a systemd unit, as `Section.Key=Value`.
+fn unit_lines(text: &str) -> BTreeSet<String> {
+    let mut section = String::new();
+    let mut lines = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.trim_matches(|c| c == '[' || c == ']').to_string();
+        } else if !line.is_empty() && !line.starts_with('#') {
+            lines.insert(format!("{section}.{line}"));
+        }
+    }
+    lines
+}
+
+fn assert_unit(text: &str, expected: &[&str]) {
+    let actual = unit_lines(text);
+    let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+    assert_eq!(actual, expected, "unit file:\n{text}");
+}
+
+// ---------------------------------------------------------------------------
+// Helpers: processes and HTTP.
+// ---------------------------------------------------------------------------
+
+/// The real python3 binary. pyenv-style shims need PATH, and some tests run the
+/// daemon with a PATH that deliberately lacks things.
+fn python3() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let output = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed to run the stand-in daemons");
+        assert!(output.status.success(), "python3 does not run");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    })
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process in its own process group, with stdout and stderr in files.
+/// Dropping it kills the whole group and reaps the child.
+struct Proc {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Proc {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself; it is a failure if it keeps running.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!(
+                    "process did not exit\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `GET path` until it answers, failing if the process exits first.
+    fn wait_http(&mut self, port: u16, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited ({status}) instead of serving\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            if let Ok(response) = http_get(port, path) {
+                return response;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon never answered {path}\nstderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        // The group, not just the child: the init wrapper leaves logger(1)
+        // processes behind it. kill(1) rather than a syscall crate keeps this
+        // file to std; an already-gone group is fine.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command that is expected to exit by itself; returns its status,
+/// stdout and stderr.
+fn run_to_exit(cmd: Command, dir: &Path, name: &str) -> (ExitStatus, String, String) {
+    let mut proc = Proc::spawn(cmd, dir, name);
+    let status = proc.wait_exit();
+    (status, proc.stdout(), proc.stderr())
+}
+
+/// A minimal HTTP/1.0 GET to 127.0.0.1: status code and body.
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn get_json(port: u16, path: &str) -> Value {
+    let (status, body) = http_get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// A command running the extracted Mesos stand-in as PROGRAM (mesos-master,
+/// mesos-agent), with a clean environment so no stray MESOS_* gets in.
+fn mesos(root: &Path, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python3());
+    cmd.arg(root.join("usr/lib/mesos-standin/standin.py"))
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd
+}
+
+fn marathon(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python3());
+    cmd.arg(root.join("usr/share/marathon/lib/marathon_standin.py"))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd
+}
+
+fn write_executable(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Packaging.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn build_is_reproducible() {
+    let first = Packages::build();
+    let second = tempfile::tempdir().unwrap();
+    build_into(second.path());
+    for deb in [MESOS_DEB, AVENTER_DEB, MARATHON_DEB] {
+        let a = fs::read(first.deb(deb)).unwrap();
+        let b = fs::read(second.path().join(deb)).unwrap();
+        assert!(a == b, "{deb} differs between two builds");
+    }
+}
+
+#[test]
+fn mesosphere_package_layout() {
+    let packages = Packages::build();
+    let deb = packages.deb(MESOS_DEB);
+    assert_eq!(field(&deb, "Package"), "mesos");
+    assert_eq!(field(&deb, "Version"), "1.11.0-0.1.standin");
+    assert_eq!(field(&deb, "Architecture"), "all");
+    assert_eq!(field(&deb, "Depends"), "python3");
+    assert!(field(&deb, "Description").contains("TEST STAND-IN"));
+    assert!(field(&deb, "Description").contains("NOT Apache Mesos"));
+
+    let entries = contents(&deb);
+    assert!(
+        entries.iter().all(|e| e.owner == "root/root"),
+        "{entries:?}"
+    );
+    let expected: BTreeSet<String> = [
+        "/etc/default/mesos",
+        "/etc/default/mesos-master",
+        "/etc/default/mesos-slave",
+        "/etc/init/mesos-master.conf",
+        "/etc/init/mesos-slave.conf",
+        "/etc/mesos/zk",
+        "/etc/mesos-master/quorum",
+        "/etc/mesos-master/work_dir",
+        "/etc/mesos-slave/work_dir",
+        "/lib/systemd/system/mesos-master.service",
+        "/lib/systemd/system/mesos-slave.service",
+        "/usr/bin/mesos-init-wrapper",
+        "/usr/lib/mesos-standin/standin.py",
+        "/usr/sbin/mesos-agent",
+        "/usr/sbin/mesos-master",
+        "/usr/sbin/mesos-slave",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(files(&entries), expected);
+    assert_eq!(
+        entry(&entries, "/usr/sbin/mesos-slave").link.as_deref(),
+        Some("mesos-agent")
+    );
+    for dir in ["/var/lib/mesos/", "/var/log/mesos/"] {
+        assert!(entry(&entries, dir).mode.starts_with('d'));
+    }
+    for exe in [
+        "/usr/bin/mesos-init-wrapper",
+        "/usr/sbin/mesos-master",
+        "/usr/sbin/mesos-agent",
+    ] {
+        assert_eq!(entry(&entries, exe).mode, "-rwxr-xr-x", "{exe}");
+    }
+    assert!(
+        !entries.iter().any(|e| e.path.contains("mesos-agent/")),
+        "no /etc/mesos-agent here"
+    );
+
+    // fpm's --config-files etc/: everything under /etc is a conffile.
+    let conffiles: BTreeSet<String> = control_member(&deb, "conffiles")
+        .expect("conffiles")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let etc: BTreeSet<String> = expected
+        .iter()
+        .filter(|p| p.starts_with("/etc/"))
+        .cloned()
+        .collect();
+    assert_eq!(conffiles, etc);
+
+    let root = packages.extract(MESOS_DEB);
+    let root = root.path();
+    assert_eq!(read(root, "/etc/mesos/zk"), "zk://localhost:2181/mesos\n");
+    assert_eq!(
+        read(root, "/etc/default/mesos"),
+        "LOGS=/var/log/mesos\nULIMIT=\"-n 8192\"\n"
+    );
+    assert_eq!(
+        read(root, "/etc/default/mesos-master"),
+        "PORT=5050\nZK=`cat /etc/mesos/zk`\n"
+    );
+    assert_eq!(
+        read(root, "/etc/default/mesos-slave"),
+        "MASTER=`cat /etc/mesos/zk`\n"
+    );
+    assert_eq!(read(root, "/etc/mesos-master/work_dir"), "/var/lib/mesos\n");
+    assert_eq!(read(root, "/etc/mesos-master/quorum"), "1\n");
+    assert_eq!(read(root, "/etc/mesos-slave/work_dir"), "/var/lib/mesos\n");
+
+    let common = [
+        "Unit.After=network.target",
+        "Unit.Wants=network.target",
+        "Service.Restart=always",
+        "Service.RestartSec=20",
+        "Service.LimitNOFILE=16384",
+        "Install.WantedBy=multi-user.target",
+    ];
+    let mut master: Vec<&str> = common.to_vec();
+    master.extend([
+        "Unit.Description=Mesos Master",
+        "Service.ExecStart=/usr/bin/mesos-init-wrapper master",
+    ]);
+    assert_unit(
+        &read(root, "/lib/systemd/system/mesos-master.service"),
+        &master,
+    );
+    let mut slave: Vec<&str> = common.to_vec();
+    slave.extend([
+        "Unit.Description=Mesos Slave",
+        "Service.ExecStart=/usr/bin/mesos-init-wrapper slave",
+        "Service.KillMode=process",
+        "Service.CPUAccounting=true",
+        "Service.MemoryAccounting=true",
+    ]);
+    assert_unit(
+        &read(root, "/lib/systemd/system/mesos-slave.service"),
+        &slave,
+    );
+
+    for role in ["master", "slave"] {
+        let job = read(root, &format!("/etc/init/mesos-{role}.conf"));
+        for line in [
+            "start on stopped rc RUNLEVEL=[2345]".to_string(),
+            "respawn".to_string(),
+            format!("exec /usr/bin/mesos-init-wrapper {role}"),
+        ] {
+            assert!(
+                job.lines().any(|l| l.trim() == line),
+                "{role} job lacks {line:?}:\n{job}"
+            );
+        }
+    }
+
+    let postinst = control_member(&deb, "postinst").expect("postinst");
+    assert!(
+        postinst.contains("systemctl enable mesos-master mesos-slave"),
+        "{postinst}"
+    );
+    let code: Vec<&str> = postinst
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        !code
+            .iter()
+            .any(|l| l.contains("start") || l.contains("invoke-rc.d") || l.contains("service ")),
+        "the postinst must not start anything:\n{postinst}"
+    );
+}
+
+#[test]
+fn aventer_package_layout() {
+    let packages = Packages::build();
+    let deb = packages.deb(AVENTER_DEB);
+    assert_eq!(field(&deb, "Package"), "aventer-mesos");
+    assert_eq!(field(&deb, "Version"), "1.11.0-0.1.standin");
+    assert_eq!(field(&deb, "Conflicts"), "mesos");
+    assert_eq!(field(&deb, "Depends"), "python3");
+    assert!(field(&deb, "Description").contains("TEST STAND-IN"));
+
+    let entries = contents(&deb);
+    let expected: BTreeSet<String> = [
+        "/lib/systemd/system/mesos-agent.service",
+        "/lib/systemd/system/mesos-master.service",
+        "/usr/bin/mesos-agent",
+        "/usr/bin/mesos-init-wrapper",
+        "/usr/bin/mesos-master",
+        "/usr/lib/mesos-standin/standin.py",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Also: no /etc at all (no defaults, no /etc/mesos/zk), no mesos-slave link.
+    assert_eq!(files(&entries), expected);
+    assert!(
+        !entries.iter().any(|e| e.path.starts_with("/etc")),
+        "{entries:?}"
+    );
+    assert!(control_member(&deb, "conffiles").is_none());
+    for script in ["preinst", "postinst", "prerm", "postrm"] {
+        assert!(
+            control_member(&deb, script).is_none(),
+            "AVENTER ships no {script}"
+        );
+    }
+
+    let root = packages.extract(AVENTER_DEB);
+    let root = root.path();
+    let common = [
+        "Unit.After=network.target",
+        "Unit.Wants=network.target",
+        "Service.Restart=always",
+        "Service.RestartSec=20",
+        "Service.LimitNOFILE=16384",
+        "Install.WantedBy=multi-user.target",
+    ];
+    let mut master: Vec<&str> = common.to_vec();
+    master.extend([
+        "Unit.Description=ClusterD Master",
+        "Service.ExecStart=/usr/bin/mesos-init-wrapper master",
+    ]);
+    assert_unit(
+        &read(root, "/lib/systemd/system/mesos-master.service"),
+        &master,
+    );
+    let mut agent: Vec<&str> = common.to_vec();
+    agent.extend([
+        "Unit.Description=ClusterD Agent",
+        "Service.ExecStart=/usr/bin/mesos-init-wrapper agent",
+        "Service.KillMode=process",
+        "Service.CPUAccounting=true",
+        "Service.MemoryAccounting=true",
+        "Service.Delegate=true",
+    ]);
+    assert_unit(
+        &read(root, "/lib/systemd/system/mesos-agent.service"),
+        &agent,
+    );
+    // The daemon is shared with the Mesosphere package, byte for byte.
+    let mesosphere = packages.extract(MESOS_DEB);
+    assert_eq!(
+        read(root, "/usr/lib/mesos-standin/standin.py"),
+        read(mesosphere.path(), "/usr/lib/mesos-standin/standin.py")
+    );
+}
+
+#[test]
+fn marathon_package_layout() {
+    let packages = Packages::build();
+    let deb = packages.deb(MARATHON_DEB);
+    assert_eq!(field(&deb, "Package"), "marathon");
+    assert_eq!(field(&deb, "Version"), "1.10.17-0.1.standin");
+    assert_eq!(field(&deb, "Depends"), "python3");
+    assert_eq!(field(&deb, "Pre-Depends"), "passwd");
+    assert!(field(&deb, "Description").contains("TEST STAND-IN"));
+
+    let entries = contents(&deb);
+    let expected: BTreeSet<String> = [
+        "/etc/default/marathon",
+        "/lib/systemd/system/marathon.service",
+        "/usr/bin/marathon",
+        "/usr/share/marathon/bin/marathon",
+        "/usr/share/marathon/lib/marathon_standin.py",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(files(&entries), expected);
+    assert_eq!(
+        entry(&entries, "/usr/bin/marathon").link.as_deref(),
+        Some("../share/marathon/bin/marathon")
+    );
+    assert_eq!(
+        control_member(&deb, "conffiles").expect("conffiles").trim(),
+        "/etc/default/marathon"
+    );
+
+    let root = packages.extract(MARATHON_DEB);
+    let root = root.path();
+    let defaults = read(root, "/etc/default/marathon");
+    assert!(
+        defaults.lines().any(|l| l == "MARATHON_MESOS_USER=root"),
+        "{defaults}"
+    );
+    assert!(
+        defaults.lines().any(|l| l.starts_with("#JAVA_OPTS=")),
+        "{defaults}"
+    );
+    let unit = read(root, "/lib/systemd/system/marathon.service");
+    let lines = unit_lines(&unit);
+    for line in [
+        "Unit.Requires=network.target",
+        "Service.Type=simple",
+        "Service.WorkingDirectory=/usr/share/marathon",
+        "Service.EnvironmentFile=/etc/default/marathon",
+        "Service.ExecStart=/usr/share/marathon/bin/marathon",
+        "Service.Restart=always",
+        "Service.RestartSec=60",
+        "Service.User=marathon",
+        "Service.ExecStartPre=/bin/mkdir -p /run/marathon",
+        "Service.PermissionsStartOnly=true",
+        "Service.LimitNOFILE=1024",
+        "Install.WantedBy=multi-user.target",
+    ] {
+        assert!(
+            lines.contains(line),
+            "marathon.service lacks {line}:\n{unit}"
+        );
+    }
+    let postinst = control_member(&deb, "postinst").expect("postinst");
+    assert!(
+        postinst.contains("systemctl enable marathon.service"),
+        "{postinst}"
+    );
+    assert!(control_member(&deb, "preinst")
+        .expect("preinst")
+        .contains("useradd --system"));
+}
+
+/// Runs a maintainer script with fake systemctl/getent/groupadd/useradd that
+/// record their arguments, and returns what was called.
+fn run_maintainer_script(deb: &Path, script: &str, arg: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control");
+    let status = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(deb)
+        .arg(&control)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bin = dir.path().join("bin");
+    let calls = dir.path().join("calls");
+    for tool in ["systemctl", "groupadd", "useradd"] {
+        write_executable(
+            &bin.join(tool),
+            &format!("#!/bin/sh\necho \"{tool} $*\" >>'{}'\n", calls.display()),
+        );
+    }
+    // getent: nothing exists yet.
+    write_executable(
+        &bin.join("getent"),
+        &format!(
+            "#!/bin/sh\necho \"getent $*\" >>'{}'\nexit 2\n",
+            calls.display()
+        ),
+    );
+    let output = Command::new("/bin/sh")
+        .arg(control.join(script))
+        .arg(arg)
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn maintainer_scripts_enable_without_starting() {
+    let packages = Packages::build();
+    let calls = run_maintainer_script(&packages.deb(MESOS_DEB), "postinst", "configure");
+    // daemon-reload only runs under a booted systemd, which a build host or a
+    // chroot is not; either way the services are enabled and never started.
+    let calls: Vec<&String> = calls
+        .iter()
+        .filter(|c| *c != "systemctl daemon-reload")
+        .collect();
+    assert_eq!(calls, ["systemctl enable mesos-master mesos-slave"]);
+
+    let calls = run_maintainer_script(&packages.deb(MARATHON_DEB), "postinst", "configure");
+    let calls: Vec<&String> = calls
+        .iter()
+        .filter(|c| *c != "systemctl daemon-reload")
+        .collect();
+    assert_eq!(calls, ["systemctl enable marathon.service"]);
+
+    let calls = run_maintainer_script(&packages.deb(MARATHON_DEB), "preinst", "install");
+    assert!(
+        calls.contains(&"groupadd --system marathon".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("useradd --system") && c.ends_with(" marathon")),
+        "{calls:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The Mesos daemon.
+// ---------------------------------------------------------------------------
+
+/// Arguments, environment, and what stderr must say.
+type FailureCase<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
+#[test]
+fn master_flag_errors_are_fatal_like_stout() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let root = root.path();
+    let logs = tempfile::tempdir().unwrap();
+    let work = logs.path().join("work");
+    let work_dir = format!("--work_dir={}", work.display());
+
+    let cases: Vec<FailureCase> = vec![
+        (
+            vec!["--ip=127.0.0.1", "--ip=127.0.0.1"],
+            vec![],
+            "Flag 'ip' is already loaded via name 'ip'",
+        ),
+        (
+            vec!["--foo=bar"],
+            vec![],
+            "Failed to load unknown flag 'foo'",
+        ),
+        (
+            vec!["--no-foo"],
+            vec![],
+            "Failed to load unknown flag 'foo' via 'no-foo'",
+        ),
+        // stout only knows --name=value: `--port 5050` leaves port without value.
+        (
+            vec!["--port", "5050"],
+            vec![],
+            "Failed to load non-boolean flag 'port': Missing value",
+        ),
+        (
+            vec!["--port=http"],
+            vec![],
+            "Failed to load flag 'port': Failed to load value 'http'",
+        ),
+        (
+            vec!["--quorum=0", &work_dir],
+            vec![],
+            "Flag 'quorum' must be a positive integer",
+        ),
+        (
+            vec!["--quorum=two", &work_dir],
+            vec![],
+            "Failed to load flag 'quorum'",
+        ),
+        (
+            vec!["--no-hostname_lookup=false"],
+            vec![],
+            "Failed to load boolean flag 'hostname_lookup'",
+        ),
+        (
+            vec![],
+            vec![("MESOS_ZK_SESSION_TIMEOUT", "10sec")],
+            "Unknown duration unit 'sec'",
+        ),
+        // A name given on the command line and in the environment is not a
+        // duplicate, but a negated one is a different name to stout.
+        (
+            vec!["--no-hostname_lookup"],
+            vec![("MESOS_HOSTNAME_LOOKUP", "true")],
+            "Flag 'hostname_lookup' is already loaded via name",
+        ),
+        (
+            vec!["--zk=zk://127.0.0.1:2181/mesos", &work_dir],
+            vec![],
+            "Need to specify --quorum for replicated log based registry when using ZooKeeper",
+        ),
+        (
+            vec!["--zk=zk://127.0.0.1:2181/mesos", "--quorum=1"],
+            vec![],
+            "--work_dir needed for replicated log based registry",
+        ),
+        (
+            vec!["--ip=10.0.0", &work_dir],
+            vec![],
+            "Parsing LIBPROCESS_IP=10.0.0 failed",
+        ),
+        (
+            vec!["--logging_level=DEBUG"],
+            vec![],
+            "'DEBUG' is not a valid logging level",
+        ),
+    ];
+    for (index, (args, env, expected)) in cases.into_iter().enumerate() {
+        let mut cmd = mesos(root, "mesos-master", &args);
+        // Any bind would use a free port, so only the expected error can stop it.
+        cmd.env("MESOS_PORT", free_port().to_string())
+            .env("MESOS_IP", "127.0.0.1");
+        for (key, value) in &env {
+            cmd.env(key, value);
+        }
+        let (status, _, stderr) = run_to_exit(cmd, logs.path(), &format!("case{index}"));
+        assert_eq!(status.code(), Some(1), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?} {env:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+
+    // The load errors are printed the way master/main.cpp prints them.
+    let (_, _, stderr) = run_to_exit(
+        mesos(root, "mesos-master", &["--foo=bar"]),
+        logs.path(),
+        "usage",
+    );
+    assert!(stderr.contains("Failed to load unknown flag 'foo'\n\nSee `mesos-master --help` for a list of supported flags."));
+}
+
+#[test]
+fn master_binding_a_foreign_ip_fails() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let logs = tempfile::tempdir().unwrap();
+    // TEST-NET-1 is never a local address: like Mesos, no bind, no master.
+    let port = format!("--port={}", free_port());
+    let work = format!("--work_dir={}", logs.path().join("work").display());
+    let cmd = mesos(
+        root.path(),
+        "mesos-master",
+        &["--ip=192.0.2.1", &port, &work],
+    );
+    let (status, _, stderr) = run_to_exit(cmd, logs.path(), "master");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Failed to initialize: Failed to bind on 192.0.2.1:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn master_serves_the_flags_it_loaded() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let work = dir.path().join("work");
+    let log_dir = dir.path().join("log");
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        "--zk=zk://127.0.0.1:2181/mesos".to_string(),
+        "--quorum=1".to_string(),
+        format!("--work_dir={}", work.display()),
+        format!("--log_dir={}", log_dir.display()),
+        "--cluster=from-command-line".to_string(),
+        "--no-hostname_lookup".to_string(),
+        "--slave_ping_timeout=30secs".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root.path(), "mesos-master", &args);
+    cmd.env("MESOS_CLUSTER", "from-environment") // loses to the command line
+        .env("MESOS_logbufsecs", "5") // lower-case names work too
+        .env("MESOS_REGISTRY_FETCH_TIMEOUT", "120secs")
+        .env("MESOS_NATIVE_JAVA_LIBRARY", "/usr/lib/libmesos.so"); // not a flag: ignored
+    let mut master = Proc::spawn(cmd, dir.path(), "master");
+
+    let (status, body) = master.wait_http(port, "/health");
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(http_get(port, "/master/health").unwrap().0, 200);
+
+    let state = get_json(port, "/master/state");
+    assert_eq!(state["version"], "1.11.0");
+    assert_eq!(state["standin"], true);
+    assert_eq!(state["cluster"], "from-command-line");
+    assert_eq!(
+        state["hostname"], "127.0.0.1",
+        "--no-hostname_lookup reports the IP"
+    );
+    assert_eq!(state["pid"], format!("master@127.0.0.1:{port}"));
+    let flags = &state["flags"];
+    assert_eq!(flags["zk"], "zk://127.0.0.1:2181/mesos");
+    assert_eq!(flags["quorum"], "1");
+    assert_eq!(flags["port"], port.to_string());
+    assert_eq!(flags["work_dir"], work.display().to_string());
+    assert_eq!(flags["cluster"], "from-command-line");
+    assert_eq!(flags["logbufsecs"], "5");
+    assert_eq!(flags["hostname_lookup"], "false");
+    // Durations print like stout's: 120secs is 2mins.
+    assert_eq!(flags["registry_fetch_timeout"], "2mins");
+    // A deprecated alias shows under the name it was loaded by.
+    assert_eq!(flags["slave_ping_timeout"], "30secs");
+    assert!(flags.get("native_java_library").is_none());
+    // Defaults are listed too, as in real Mesos.
+    assert_eq!(flags["registry"], "replicated_log");
+
+    assert_eq!(get_json(port, "/state")["flags"], state["flags"]);
+    assert_eq!(get_json(port, "/flags")["flags"], state["flags"]);
+    assert_eq!(get_json(port, "/master/flags")["flags"], state["flags"]);
+    assert_eq!(http_get(port, "/master/redirect").unwrap().0, 307);
+    assert_eq!(http_get(port, "/nope").unwrap().0, 404);
+
+    // The replicated log's work dir is created, and glog's files go to --log_dir.
+    assert!(work.is_dir());
+    let info = fs::read_to_string(log_dir.join("mesos-master.INFO")).expect("mesos-master.INFO");
+    assert!(info.contains("Flags at startup: "), "{info}");
+    // The argv is recorded for the journal.
+    assert!(master
+        .stderr()
+        .contains("mesos-standin: mesos-master argv: [\"--ip=127.0.0.1\""));
+}
+
+#[test]
+fn agent_needs_master_and_work_dir() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let dir = tempfile::tempdir().unwrap();
+    let work = format!("--work_dir={}", dir.path().join("work").display());
+    let port = format!("--port={}", free_port());
+
+    let cmd = mesos(
+        root.path(),
+        "mesos-agent",
+        &["--master=127.0.0.1:5050", &port],
+    );
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "no-work-dir");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("Flag 'work_dir' is required, but it was not provided"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("See `mesos-agent --help`"), "{stderr}");
+
+    let cmd = mesos(root.path(), "mesos-agent", &[&work, &port]);
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "no-master");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("Missing required option `--master` or `--master_detector`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn agent_docker_containerizer_needs_the_docker_cli() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty-bin");
+    fs::create_dir(&empty).unwrap();
+    let port = free_port();
+    let args = [
+        "--master=zk://127.0.0.1:2181/mesos".to_string(),
+        format!("--work_dir={}", dir.path().join("work").display()),
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        "--containerizers=docker,mesos".to_string(),
+        "--no-systemd_enable_support".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // No docker on PATH: the agent exits like Mesos.
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env("PATH", &empty);
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "no-docker");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "Failed to create a containerizer: Could not create DockerContainerizer: \
+             Failed to create docker: Failed to get docker version: Failed to execute \
+             'docker -H unix:///var/run/docker.sock --version': exited with status 127"
+        ),
+        "{stderr}"
+    );
+
+    // A docker CLI that is too old for Mesos.
+    let old = dir.path().join("old-bin");
+    write_executable(
+        &old.join("docker"),
+        "#!/bin/sh\necho 'Docker version 1.7.1, build 786b29d'\n",
+    );
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", old.display()));
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "old-docker");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Insufficient version '1.7.1' of Docker. Please upgrade to >=' 1.8.0'"),
+        "{stderr}"
+    );
+
+    // A recent one: the agent comes up and reports the flags and attributes.
+    let new = dir.path().join("new-bin");
+    write_executable(
+        &new.join("docker"),
+        "#!/bin/sh\necho 'Docker version 20.10.24, build 297e128'\n",
+    );
+    let mut args = args.clone();
+    args.push("--attributes=rack:r1;level:3");
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", new.display()))
+        .env("MESOS_EXECUTOR_REGISTRATION_TIMEOUT", "5mins");
+    let mut agent = Proc::spawn(cmd, dir.path(), "agent");
+    assert_eq!(agent.wait_http(port, "/slave(1)/health").0, 200);
+    let state = get_json(port, "/slave(1)/state");
+    assert_eq!(state["standin"], true);
+    assert_eq!(state["version"], "1.11.0");
+    assert_eq!(state["pid"], format!("slave(1)@127.0.0.1:{port}"));
+    assert_eq!(state["flags"]["containerizers"], "docker,mesos");
+    assert_eq!(state["flags"]["executor_registration_timeout"], "5mins");
+    assert_eq!(state["flags"]["systemd_enable_support"], "false");
+    assert_eq!(state["attributes"]["rack"], "r1");
+    assert_eq!(state["attributes"]["level"], 3.0);
+    assert_eq!(get_json(port, "/state")["flags"], state["flags"]);
+    assert_eq!(get_json(port, "/flags")["flags"], state["flags"]);
+}
+
+// ---------------------------------------------------------------------------
+// The Marathon daemon.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn marathon_reads_the_environment_like_marathon() {
+    let packages = Packages::build();
+    let root = packages.extract(MARATHON_DEB);
+    let dir = tempfile::tempdir().unwrap();
+
+    // --master is required.
+    let (status, _, stderr) = run_to_exit(marathon(root.path(), &[]), dir.path(), "no-master");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("[scallop] Error: Required option 'master' not found"),
+        "{stderr}"
+    );
+
+    // The same option from the environment and the command line is an error.
+    let mut cmd = marathon(root.path(), &["--master", "zk://127.0.0.1:2181/mesos"]);
+    cmd.env("MARATHON_MASTER", "zk://127.0.0.1:2181/mesos");
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "twice");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("[scallop] Error: Bad arguments for option 'master'"),
+        "{stderr}"
+    );
+
+    // Unknown options are fatal, including ones that come from MARATHON_*.
+    let mut cmd = marathon(root.path(), &["--master=zk://127.0.0.1:2181/mesos"]);
+    cmd.env("MARATHON_HOME", "/opt/marathon");
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "unknown");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("[scallop] Error: Unknown option 'home'"),
+        "{stderr}"
+    );
+
+    // A toggle takes no value: MARATHON_HA=true leaves `true` over.
+    let mut cmd = marathon(root.path(), &["--master=zk://127.0.0.1:2181/mesos"]);
+    cmd.env("MARATHON_HA", "true");
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "toggle");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("[scallop] Error: Excess arguments provided: 'true'"),
+        "{stderr}"
+    );
+
+    // What /etc/default/marathon would hold, through systemd's EnvironmentFile.
+    let port = free_port();
+    let mut cmd = marathon(root.path(), &[]);
+    cmd.env(
+        "MARATHON_MASTER",
+        "zk://10.0.0.11:2181,10.0.0.12:2181/mesos",
+    )
+    .env("MARATHON_ZK", "zk://10.0.0.11:2181,10.0.0.12:2181/marathon")
+    .env("MARATHON_HOSTNAME", "marathon.test")
+    .env("MARATHON_MESOS_USER", "root")
+    .env("MARATHON_HTTP_ADDRESS", "127.0.0.1")
+    .env("MARATHON_HTTP_PORT", port.to_string())
+    .env("MARATHON_DISABLE_HA", "") // empty: a bare flag
+    .env("MARATHON_APP_ID", "/ignored"); // set by Marathon for its apps
+    let mut daemon = Proc::spawn(cmd, dir.path(), "marathon");
+    assert_eq!(daemon.wait_http(port, "/ping"), (200, "pong".to_string()));
+    let info = get_json(port, "/v2/info");
+    assert_eq!(info["standin"], true);
+    assert_eq!(info["name"], "marathon");
+    assert_eq!(info["version"], "1.10.17");
+    assert_eq!(info["frameworkId"], Value::Null);
+    assert_eq!(
+        info["marathon_config"]["master"],
+        "zk://10.0.0.11:2181,10.0.0.12:2181/mesos"
+    );
+    assert_eq!(info["marathon_config"]["hostname"], "marathon.test");
+    assert_eq!(info["marathon_config"]["mesos_user"], "root");
+    assert_eq!(info["marathon_config"]["ha"], false);
+    assert_eq!(
+        info["zookeeper_config"]["zk"],
+        "zk://10.0.0.11:2181,10.0.0.12:2181/marathon"
+    );
+    assert_eq!(info["http_config"]["http_port"], port);
+    assert_eq!(
+        get_json(port, "/v2/leader")["leader"],
+        format!("marathon.test:{port}")
+    );
+    assert!(daemon.stderr().contains("marathon-standin: argv: "));
+}
+
+// ---------------------------------------------------------------------------
+// The init wrappers, run against fixture config trees.
+//
+// The wrappers read absolute paths (/etc/default/mesos, /etc/mesos-master/...)
+// and exec absolute paths (/usr/sbin/mesos-master). Each run happens in a
+// private mount namespace in which read-only overlays put the extracted
+// package, with the test's edits, over /etc and /usr; nothing on the host
+// changes, and the namespace goes away with the process.
+// ---------------------------------------------------------------------------
+
+/// Why the wrapper tests cannot run here, if they cannot.
+fn namespace_unsupported() -> Option<String> {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    REASON
+        .get_or_init(|| {
+            let uid = Command::new("id").arg("-u").output().map(|o| o.stdout).unwrap_or_default();
+            if String::from_utf8_lossy(&uid).trim() != "0" {
+                return Some("not root: mount namespaces and overlay mounts need it".into());
+            }
+            if !Path::new("/usr/bin/python3").exists() {
+                return Some("/usr/bin/python3, which the packaged launchers run, is missing".into());
+            }
+            let probe = match tempfile::tempdir() {
+                Ok(dir) => dir,
+                Err(e) => return Some(format!("no temporary directory: {e}")),
+            };
+            let lower = probe.path().join("etc");
+            if let Err(e) = fs::create_dir_all(lower.join("mesobake-probe")) {
+                return Some(format!("cannot create the probe directory: {e}"));
+            }
+            let script = "mount -t overlay overlay -o \"lowerdir=$1:/etc\" /etc && test -d /etc/mesobake-probe";
+            match Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "/bin/sh", "-c", script, "probe"])
+                .arg(&lower)
+                .output()
+            {
+                Ok(out) if out.status.success() => None,
+                Ok(out) => Some(format!(
+                    "cannot overlay /etc in a mount namespace: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => Some(format!("cannot run unshare: {e}")),
+            }
+        })
+        .clone()
+}
+
+macro_rules! require_namespaces {
+    () => {
+        if let Some(reason) = namespace_unsupported() {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+/// An extracted package that the test edits, then runs the wrapper against.
+struct Fixture {
+    _packages: Packages,
+    root: TempDir,
+    scratch: TempDir,
+}
+
+impl Fixture {
+    fn new(deb: &str) -> Fixture {
+        let packages = Packages::build();
+        let root = packages.extract(deb);
+        Fixture {
+            _packages: packages,
+            root,
+            scratch: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes an /etc file of the fixture (path relative to /etc).
+    fn etc(&self, path: &str, contents: &str) -> &Fixture {
+        let file = self.root.path().join("etc").join(path);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(file, contents).unwrap();
+        self
+    }
+
+    fn remove_etc(&self, path: &str) {
+        fs::remove_file(self.root.path().join("etc").join(path)).unwrap();
+    }
+
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// `mesos-init-wrapper ARGS` as the installed package would run it.
+    /// PATH_DIR, if given, comes first in PATH (a fake logger).
+    fn wrapper(&self, args: &[&str], path_dir: Option<&Path>) -> Command {
+        let script = "set -euo pipefail\n\
+                      root=$1; shift\n\
+                      mount -t overlay overlay -o \"lowerdir=$root/etc:/etc\" /etc\n\
+                      mount -t overlay overlay -o \"lowerdir=$root/usr:/usr\" /usr\n\
+                      exec /usr/bin/mesos-init-wrapper \"$@\"";
+        let mut path = String::new();
+        if let Some(dir) = path_dir {
+            path = format!("{}:", dir.display());
+        }
+        path.push_str("/usr/sbin:/usr/bin:/sbin:/bin");
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/bash",
+            "-c",
+            script,
+            "standin-ns",
+        ])
+        .arg(self.root.path())
+        .args(args)
+        .env_clear()
+        .env("PATH", path);
+        cmd
+    }
+
+    fn spawn(&self, args: &[&str], path_dir: Option<&Path>, name: &str) -> Proc {
+        Proc::spawn(self.wrapper(args, path_dir), self.scratch.path(), name)
+    }
+
+    fn run_to_exit(&self, args: &[&str], name: &str) -> (ExitStatus, String, String) {
+        run_to_exit(self.wrapper(args, None), self.scratch.path(), name)
+    }
+
+    /// Points the package's master config at the scratch dir and a free port,
+    /// and turns off logger(1); returns the port. The Mesosphere package's
+    /// PORT=5050 would clash with the port file and its LOGS=/var/log/mesos
+    /// would write to the host, so its defaults files are rewritten too.
+    fn local_master(&self, dir: &str) -> u16 {
+        let port = free_port();
+        if self.root.path().join("etc/default/mesos").exists() {
+            self.etc(
+                "default/mesos",
+                &format!(
+                    "LOGS={}\nULIMIT=\"-n 8192\"\n",
+                    self.scratch("log").display()
+                ),
+            )
+            .etc("default/mesos-master", "ZK=`cat /etc/mesos/zk`\n");
+        }
+        self.etc(&format!("{dir}/ip"), "127.0.0.1\n")
+            .etc(&format!("{dir}/port"), &format!("{port}\n"))
+            .etc(
+                &format!("{dir}/work_dir"),
+                &format!("{}\n", self.scratch("master-work").display()),
+            )
+            .etc(&format!("{dir}/?no-logger"), "");
+        port
+    }
+}
+
+#[test]
+fn wrapper_turns_master_files_into_flags() {
+    require_namespaces!();
+    let fx = Fixture::new(MESOS_DEB);
+    let port = fx.local_master("mesos-master");
+    fx.etc("mesos/zk", "zk://10.0.0.11:2181,10.0.0.12:2181/mesos\n")
+        // The package's PORT=5050 would clash with the port file; clear it.
+        .etc(
+            "default/mesos-master",
+            "ZK=`cat /etc/mesos/zk`\nCLUSTER=wrapped\n",
+        )
+        .etc(
+            "default/mesos",
+            &format!(
+                "LOGS={}\nULIMIT=\"-n 8192\"\nMESOS_REGISTRY_STORE_TIMEOUT=30secs\n",
+                fx.scratch("log").display()
+            ),
+        )
+        .etc("mesos-master/quorum", "2\n\n")
+        .etc("mesos-master/?no-hostname_lookup", "")
+        .etc(
+            "mesos-master/.hidden_flag",
+            "dotfiles are skipped by the glob\n",
+        )
+        .etc("mesos-master/subdir/ignored", "directories are skipped\n");
+    let mut master = fx.spawn(&["master"], None, "master");
+    master.wait_http(port, "/master/health");
+    let flags = &get_json(port, "/master/state")["flags"];
+    assert_eq!(flags["zk"], "zk://10.0.0.11:2181,10.0.0.12:2181/mesos");
+    assert_eq!(flags["quorum"], "2", "trailing newlines are stripped");
+    assert_eq!(flags["cluster"], "wrapped");
+    assert_eq!(flags["ip"], "127.0.0.1");
+    assert_eq!(flags["port"], port.to_string());
+    assert_eq!(flags["log_dir"], fx.scratch("log").display().to_string());
+    assert_eq!(flags["hostname_lookup"], "false");
+    assert_eq!(
+        flags["work_dir"],
+        fx.scratch("master-work").display().to_string()
+    );
+    // Exported by allexport, loaded by the daemon from MESOS_*.
+    assert_eq!(flags["registry_store_timeout"], "30secs");
+    assert!(flags.get("hidden_flag").is_none() && flags.get("subdir").is_none());
+    // --no-logger is taken out before the daemon sees it.
+    let stderr = master.stderr();
+    assert!(!stderr.contains("--no-logger"), "{stderr}");
+    assert!(
+        stderr.contains("mesos-standin: mesos-master argv: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wrapper_joins_slave_attributes_and_logs_through_logger() {
+    require_namespaces!();
+    let fx = Fixture::new(MESOS_DEB);
+    let port = free_port();
+    fx.etc("mesos/zk", "zk://127.0.0.1:2181/mesos\n")
+        .etc("mesos-slave/ip", "127.0.0.1\n")
+        .etc("mesos-slave/port", &format!("{port}\n"))
+        .etc(
+            "mesos-slave/work_dir",
+            &format!("{}\n", fx.scratch("agent-work").display()),
+        )
+        .etc("mesos-slave/containerizers", "mesos\n")
+        .etc("mesos-slave/?no-switch_user", "")
+        .etc("mesos-slave/?no-systemd_enable_support", "")
+        .etc("mesos-slave/attributes/rack", "r1\n")
+        .etc("mesos-slave/attributes/zone", "z1\n")
+        .etc("mesos-slave/attributes/empty", "")
+        .etc("mesos-slave/resources/cpus", "2\n")
+        .etc("mesos-slave/resources/mem", "512\n")
+        .etc(
+            "default/mesos",
+            &format!("LOGS={}\nULIMIT=\"-n 8192\"\n", fx.scratch("log").display()),
+        );
+    // A logger(1) that records its arguments and what it is sent.
+    let bin = fx.scratch("bin");
+    let logged = fx.scratch("logger.log");
+    write_executable(
+        &bin.join("logger"),
+        &format!(
+            "#!/bin/sh\n{{ echo \"logger $*\"; cat; }} >>'{}'\n",
+            logged.display()
+        ),
+    );
+    let mut slave = fx.spawn(&["slave"], Some(&bin), "slave");
+    slave.wait_http(port, "/slave(1)/health");
+    let state = get_json(port, "/slave(1)/state");
+    let flags = &state["flags"];
+    assert_eq!(flags["master"], "zk://127.0.0.1:2181/mesos");
+    assert_eq!(
+        flags["attributes"], "rack:r1;zone:z1",
+        "empty files are skipped"
+    );
+    assert_eq!(flags["resources"], "cpus:2;mem:512");
+    assert_eq!(flags["switch_user"], "false");
+    assert_eq!(flags["log_dir"], fx.scratch("log").display().to_string());
+    assert_eq!(state["resources"]["cpus"], 2.0);
+
+    // stdout went to user.info and stderr to user.err, tagged mesos-slave[PID].
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        let text = fs::read_to_string(&logged).unwrap_or_default();
+        if text.contains("Flags at startup") {
+            assert!(
+                text.contains("logger -p user.info -t mesos-slave["),
+                "{text}"
+            );
+            assert!(
+                text.contains("logger -p user.err -t mesos-slave["),
+                "{text}"
+            );
+            assert!(text.contains("mesos-standin: mesos-slave argv: "), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing logged through logger:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn wrapper_passes_stray_files_on_and_mesos_refuses_them() {
+    require_namespaces!();
+    let fx = Fixture::new(MESOS_DEB);
+    fx.local_master("mesos-master");
+    // An editor backup next to the real file.
+    fx.etc("mesos-master/quorum~", "1\n");
+    let (status, _, stderr) = fx.run_to_exit(&["master"], "backup");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Failed to load unknown flag 'quorum~'"),
+        "{stderr}"
+    );
+
+    // Mesosphere's wrapper does not skip dpkg leftovers either.
+    fx.remove_etc("mesos-master/quorum~");
+    fx.etc("mesos-master/zk.dpkg-dist", "zk://localhost:2181/mesos\n");
+    let (status, _, stderr) = fx.run_to_exit(&["master"], "dpkg-dist");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Failed to load unknown flag 'zk.dpkg-dist'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wrapper_ip_variable_and_ip_file_make_a_duplicate() {
+    require_namespaces!();
+    let fx = Fixture::new(MESOS_DEB);
+    fx.local_master("mesos-master");
+    fx.etc(
+        "default/mesos-master",
+        "ZK=`cat /etc/mesos/zk`\nIP=127.0.0.1\n",
+    );
+    let (status, _, stderr) = fx.run_to_exit(&["master"], "duplicate");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Flag 'ip' is already loaded via name 'ip'"),
+        "{stderr}"
+    );
+
+    // PORT=5050 from the package's defaults plus a port file: the same story.
+    fx.etc(
+        "default/mesos-master",
+        "ZK=`cat /etc/mesos/zk`\nPORT=5050\n",
+    );
+    let (status, _, stderr) = fx.run_to_exit(&["master"], "port");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Flag 'port' is already loaded via name 'port'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wrapper_rejects_an_unknown_role() {
+    require_namespaces!();
+    let fx = Fixture::new(MESOS_DEB);
+    // Mesosphere's wrapper predates the rename: `agent` is not a role there.
+    let (status, _, stderr) = fx.run_to_exit(&["agent"], "agent");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("Please use `master' or `slave'."),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn aventer_wrapper_reads_agent_dirs_and_skips_dpkg_files() {
+    require_namespaces!();
+    let fx = Fixture::new(AVENTER_DEB);
+    // AVENTER ships no /etc at all: the tool writes everything, defaults files
+    // are optional.
+    let port = fx.local_master("mesos-master");
+    fx.etc("mesos-master/zk", "zk://127.0.0.1:2181/mesos\n")
+        .etc("mesos-master/quorum", "1\n")
+        .etc("mesos-master/quorum.dpkg-dist", "3\n")
+        .etc("mesos-master/zk.rpmnew", "zk://elsewhere:2181/mesos\n");
+    let mut master = fx.spawn(&["master"], None, "master");
+    master.wait_http(port, "/master/health");
+    let flags = &get_json(port, "/flags")["flags"];
+    assert_eq!(flags["zk"], "zk://127.0.0.1:2181/mesos");
+    assert_eq!(flags["quorum"], "1");
+    drop(master);
+
+    // Unlike Mesosphere's glob, find(1) does not skip dotfiles.
+    fx.etc("mesos-master/.quorum.swp", "x\n");
+    let (status, _, stderr) = fx.run_to_exit(&["master"], "dotfile");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Failed to load unknown flag '.quorum.swp'"),
+        "{stderr}"
+    );
+
+    // The agent: /etc/default/mesos-agent and /etc/mesos-agent/, /usr/bin/mesos-agent.
+    let port = free_port();
+    fx.etc("default/mesos-agent", "MASTER=zk://127.0.0.1:2181/mesos\n")
+        .etc("mesos-agent/ip", "127.0.0.1\n")
+        .etc("mesos-agent/port", &format!("{port}\n"))
+        .etc(
+            "mesos-agent/work_dir",
+            &format!("{}\n", fx.scratch("agent-work").display()),
+        )
+        .etc("mesos-agent/?no-logger", "")
+        .etc("mesos-agent/?no-systemd_enable_support", "")
+        .etc("mesos-agent/attributes/rack", "r2\n")
+        .etc("mesos-agent/attributes/os.dpkg-dist", "old\n");
+    let mut agent = fx.spawn(&["agent"], None, "agent");
+    agent.wait_http(port, "/slave(1)/health");
+    let flags = &get_json(port, "/slave(1)/flags")["flags"];
+    assert_eq!(flags["master"], "zk://127.0.0.1:2181/mesos");
+    assert_eq!(flags["attributes"], "rack:r2");
+    assert!(
+        agent.stderr().contains("mesos-standin: mesos-agent argv: "),
+        "{}",
+        agent.stderr()
+    );
+}
