@@ -272,8 +272,7 @@ impl Cmd {
                 break st;
             }
             if interrupt_pending() {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop_child(&mut child);
                 bail!(Interrupted);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -284,6 +283,22 @@ impl Cmd {
         let stderr = err_reader.join().unwrap_or_default();
         Ok((status, stdout, stderr))
     }
+}
+
+/// Asks a child to stop (SIGTERM) so it can clean up after itself (mmdebstrap unmounts
+/// its chroot, apt releases its locks), and kills it if it has not exited in 30 s.
+fn stop_child(child: &mut std::process::Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    for _ in 0..300 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Shell-quotes one word if it needs it.
