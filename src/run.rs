@@ -77,7 +77,7 @@ pub struct CommandFailed {
     pub cmdline: String,
     /// "exit status 1", "killed by signal 9", ...
     pub status: String,
-    /// The last lines of the command's stderr.
+    /// The last lines of the command's output (stdout's tail, then stderr's).
     pub stderr_tail: String,
 }
 
@@ -182,12 +182,13 @@ impl Cmd {
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".to_string(),
         };
-        Err(CommandFailed {
-            cmdline: self.cmdline(),
-            status,
-            stderr_tail: tail(&stderr, 20),
+        // Some tools (dpkg under apt) report the real error on stdout; show both tails.
+        let mut stderr_tail = tail(&stderr, 20);
+        if !self.inherit_stdout && !stdout.is_empty() {
+            let out_tail = tail(&stdout, 12);
+            stderr_tail = format!("{out_tail}\n{stderr_tail}").trim().to_string();
         }
-        .into())
+        Err(CommandFailed { cmdline: self.cmdline(), status, stderr_tail }.into())
     }
 
     /// Runs the command and returns whether it exited 0; only failing to start is an error.
@@ -221,6 +222,7 @@ impl Cmd {
         if let Some(d) = &self.dir {
             cmd.current_dir(d);
         }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 anyhow::anyhow!(
@@ -285,17 +287,23 @@ impl Cmd {
     }
 }
 
-/// Asks a child to stop (SIGTERM) so it can clean up after itself (mmdebstrap unmounts
-/// its chroot, apt releases its locks), and kills it if it has not exited in 30 s.
+/// Stops a child and everything it started. Each child runs in its own process group
+/// (so a terminal's Ctrl-C reaches only mesobake, which decides the order of teardown);
+/// the group first gets SIGINT, as from a terminal, so tools like mmdebstrap and apt
+/// can clean up, then SIGKILL if the leader has not exited in 30 s.
 fn stop_child(child: &mut std::process::Child) {
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let group = rustix::process::Pid::from_raw(child.id() as i32);
+    if let Some(g) = group {
+        let _ = rustix::process::kill_process_group(g, rustix::process::Signal::INT);
     }
     for _ in 0..300 {
         if let Ok(Some(_)) = child.try_wait() {
-            return;
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(g) = group {
+        let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -285,7 +285,10 @@ impl AttachedImage {
 
     /// Unmounts everything and detaches the loop devices, reporting failures.
     pub fn close(self) -> Result<()> {
-        self.mounts.close()
+        let AttachedImage { root, mounts, .. } = self;
+        // The root's directory descriptor would keep the mount busy.
+        drop(root);
+        mounts.close()
     }
 }
 

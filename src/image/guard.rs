@@ -256,6 +256,18 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Unmounts everything mounted at or under `dir`, deepest first. For mounts that a tool
+/// made inside our private work directory and left behind when it was stopped
+/// (mmdebstrap's /proc, /sys and /dev in its chroot).
+pub fn unmount_all_under(dir: &Path) -> Result<()> {
+    crate::run::with_interrupt_suspended(|| {
+        for m in mounts_under(dir)? {
+            unmount(&m)?;
+        }
+        Ok(())
+    })
+}
+
 /// Removes a work directory, but never through a mount: if anything is still mounted
 /// under it, it refuses rather than delete files in a mounted image or a bind-mounted
 /// host directory.

@@ -217,9 +217,12 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
         })
     })();
     // Unmount before anything else happens to the disk, success or not.
-    let closed = img.close();
-    let facts = inner?;
-    closed.context("unmounting the image")?;
+    let closed = img.close().context("unmounting the image");
+    let facts = match (inner, closed) {
+        (Ok(f), Ok(())) => f,
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
+        (Err(e), Err(c)) => return Err(e.context(format!("and then: {c:#}"))),
+    };
     ctx.stage("export", "writing outputs", |c| {
         export::run(c, &disk, &facts)
     })

@@ -33,6 +33,9 @@ echo "manage_etc_hosts: true" > "$R/etc/cloud/cloud.cfg.d/01_cloudimg.cfg"
 if [ -n "${MESOBAKE_APT_SOURCES:-}" ]; then
   printf '%s\n' "$MESOBAKE_APT_SOURCES" > "$R/etc/apt/sources.list"
 fi
+# Man pages are excluded (dpkg path-exclude) to keep the base small, but Java's
+# postinst registers man-page alternatives and fails if the directories are missing.
+for i in 1 2 3 4 5 6 7 8; do mkdir -p "$R/usr/share/man/man$i"; done
 # Networking: cloud-init renders ENI into /etc/network/interfaces.d/50-cloud-init.
 grep -q '^source /etc/network/interfaces.d/\*' "$R/etc/network/interfaces" 2>/dev/null || {
   cat > "$R/etc/network/interfaces" <<H

@@ -143,8 +143,10 @@ pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<
         std::fs::write(layer.join(super::cache::LAYER_MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
         cache.publish_dir(&layer, "base", &key)
     });
-    // The scratch tree held mmdebstrap's chroot: remove it only if nothing is mounted.
-    let cleaned = guard::remove_work_dir(&tmp);
+    // The scratch tree held mmdebstrap's chroot. A stopped mmdebstrap can leave its
+    // /proc, /sys and /dev mounts there; unmount those, then remove the tree (which
+    // refuses if anything is still mounted).
+    let cleaned = guard::unmount_all_under(&tmp).and_then(|()| guard::remove_work_dir(&tmp));
     let dir = result?;
     cleaned?;
     Ok(dir.join("disk.qcow2"))
