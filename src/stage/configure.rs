@@ -262,12 +262,14 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
                 0o644,
             )?;
             chroot(r, &["systemctl", "enable", "mesobake-configure.service"]).run()?;
-            // Host keys are removed from the image; make sshd create its own if
-            // cloud-init did not (Debian's ssh unit does not).
+            // Host keys are removed from the image. If cloud-init does not run (or is
+            // too old to make them), sshd makes its own. Drop-in ExecStartPre lines are
+            // appended after the unit's `sshd -t`, which fails without keys, so the list
+            // is reset. Same file name as the bootstrapped base's drop-in: one, not two.
             if root.exists("lib/systemd/system/ssh.service") {
                 root.write(
-                    "etc/systemd/system/ssh.service.d/mesobake-hostkeys.conf",
-                    b"# Written by mesobake: the image ships without host keys.\n[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n",
+                    "etc/systemd/system/ssh.service.d/10-hostkeys.conf",
+                    b"# Written by mesobake: the image ships without SSH host keys.\n[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
                     0o644,
                 )?;
             }
