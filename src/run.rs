@@ -188,7 +188,12 @@ impl Cmd {
             let out_tail = tail(&stdout, 12);
             stderr_tail = format!("{out_tail}\n{stderr_tail}").trim().to_string();
         }
-        Err(CommandFailed { cmdline: self.cmdline(), status, stderr_tail }.into())
+        Err(CommandFailed {
+            cmdline: self.cmdline(),
+            status,
+            stderr_tail,
+        }
+        .into())
     }
 
     /// Runs the command and returns whether it exited 0; only failing to start is an error.

@@ -110,7 +110,9 @@ fn absolutize_paths(table: &mut toml::Table, dir: &Path) {
     let fix = |v: &mut toml::Value| {
         if let toml::Value::String(s) = v {
             if !s.contains("://") && !Path::new(s.as_str()).is_absolute() {
-                *s = dir.join(&*s).to_string_lossy().into_owned();
+                *s = lexical_normalize(&dir.join(&*s))
+                    .to_string_lossy()
+                    .into_owned();
             }
         }
     };
@@ -141,6 +143,27 @@ fn absolutize_paths(table: &mut toml::Table, dir: &Path) {
             }
         }
     }
+}
+
+/// Removes `.` and `name/..` pairs without touching the filesystem, so paths in plans and
+/// errors read as the user would write them.
+fn lexical_normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir
+                if matches!(
+                    out.components().next_back(),
+                    Some(std::path::Component::Normal(_))
+                ) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Later tables merge into earlier ones key by key; any other value replaces.

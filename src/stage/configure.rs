@@ -199,6 +199,15 @@ fn write_role_files(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Res
     Ok(())
 }
 
+/// Whether the role's agent uses the docker containerizer, so the Docker daemon must run.
+pub fn wants_docker(profile: &Profile) -> bool {
+    profile.runs(Service::Agent)
+        && profile
+            .agent_flags
+            .get("containerizers")
+            .is_some_and(|c| c.split(',').any(|x| x.trim() == "docker"))
+}
+
 /// The upstart override that keeps a job from starting at boot.
 pub fn upstart_override() -> &'static str {
     "manual\n"
@@ -252,6 +261,17 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
                 0o644,
             )?,
             _ => unreachable!("plan_overrides returns known actions"),
+        }
+    }
+    if layout.init == Init::Systemd && !wants_docker(profile) {
+        // The shared package set brings Docker to every role; only agents with the docker
+        // containerizer need the daemon running (it costs boot time and memory).
+        for unit in ["docker.service", "docker.socket"] {
+            if root.exists(&format!("lib/systemd/system/{unit}")) {
+                chroot(r, &["systemctl", "disable", unit])
+                    .run()
+                    .with_context(|| format!("disabling {unit}"))?;
+            }
         }
     }
     match layout.init {
@@ -331,6 +351,20 @@ mod tests {
             env.contains("MESOBAKE_AGENT_DIR='/etc/mesos-slave'\n"),
             "{env}"
         );
+    }
+
+    #[test]
+    fn docker_runs_only_for_the_docker_containerizer() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        assert!(wants_docker(
+            &crate::profile::load(&dir.join("slave-only.toml"), &[]).unwrap()
+        ));
+        assert!(!wants_docker(
+            &crate::profile::load(&dir.join("master-slave.toml"), &[]).unwrap()
+        ));
+        assert!(!wants_docker(
+            &crate::profile::load(&dir.join("master.toml"), &[]).unwrap()
+        ));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod configure;
 pub mod finalize;
+pub mod layer;
 pub mod layout;
 pub mod provision;
 
@@ -183,31 +184,60 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
         c.progress
             .suspend(|| base::obtain(&spec, &c.req.base_opts, &c.cache))
     })?;
+    let name = ctx.req.profile.name.clone();
     let disk = ctx.work.join("disk.raw");
-    ctx.stage("disk", "preparing a working copy of the base disk", |c| {
-        prepare_disk(c, &disk)
-    })?;
     let mnt = ctx.work.join("root");
-    let mut img = AttachedImage::attach(&disk, &mnt).context("attaching the image")?;
-    let inner = (|| -> Result<export::BuildFacts> {
-        let name = ctx.req.profile.name.clone();
-        let os_release = img
-            .root
-            .read_to_string("etc/os-release")
-            .unwrap_or_default();
-        base::detect_release(&mut ctx.base, &os_release);
-        let report = ctx.stage(
-            "provision",
-            &format!("installing packages into {name}"),
-            |c| provision::run(c, &mut img),
-        )?;
+    let inputs = layer::inputs(ctx)?;
+    let key = layer::key(&inputs);
+    // One build at a time makes a given layer; the others wait and then reuse it.
+    let lock = ctx.cache.lock_entry(&format!("{}-{key}", layer::KIND))?;
+    let report = match layer::lookup(&ctx.cache, &key)? {
+        Some((layer_disk, m)) => {
+            ctx.stage(
+                "disk",
+                &format!("using the cached provisioned layer {}", &key[..12]),
+                |_| raw_copy(&layer_disk, &disk),
+            )?;
+            provision::ProvisionReport {
+                packages: m.packages,
+                debs: m.debs,
+            }
+        }
+        None => {
+            if crate::run::verbose() {
+                eprintln!(
+                    "mesobake: provisioned layer {} missed: {}",
+                    &key[..12],
+                    layer::explain_miss(&ctx.cache, &inputs)
+                );
+            }
+            ctx.stage("disk", "preparing a working copy of the base disk", |c| {
+                prepare_disk(c, &disk)
+            })?;
+            let report = with_image(&disk, &mnt, |img| {
+                detect_release(ctx, img);
+                ctx.stage(
+                    "provision",
+                    &format!("installing packages into {name}"),
+                    |c| provision::run(c, img),
+                )
+            })?;
+            ctx.stage("layer", "saving the provisioned layer", |c| {
+                layer::save(&c.cache, &disk, &key, inputs, &report)
+            })?;
+            report
+        }
+    };
+    drop(lock);
+    let facts = with_image(&disk, &mnt, |img| {
+        detect_release(ctx, img);
         let layout = ctx.stage("configure", &format!("configuring {name}"), |c| {
-            configure::run(c, &mut img)
+            configure::run(c, img)
         })?;
         ctx.stage(
             "finalize",
             &format!("cleaning {name} for distribution"),
-            |c| finalize::run(c, &mut img),
+            |c| finalize::run(c, img),
         )?;
         Ok(export::BuildFacts {
             packages: report.packages,
@@ -215,17 +245,46 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
             layout,
             skipped_mounts: img.skipped.clone(),
         })
-    })();
-    // Unmount before anything else happens to the disk, success or not.
-    let closed = img.close().context("unmounting the image");
-    let facts = match (inner, closed) {
-        (Ok(f), Ok(())) => f,
-        (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
-        (Err(e), Err(c)) => return Err(e.context(format!("and then: {c:#}"))),
-    };
+    })?;
     ctx.stage("export", "writing outputs", |c| {
         export::run(c, &disk, &facts)
     })
+}
+
+/// Fills in the base's family and codename from the image when they are not known.
+fn detect_release(ctx: &mut BuildContext, img: &AttachedImage) {
+    let os_release = img
+        .root
+        .read_to_string("etc/os-release")
+        .unwrap_or_default();
+    base::detect_release(&mut ctx.base, &os_release);
+}
+
+/// Attaches the disk, runs `f`, and always unmounts before returning, reporting both
+/// errors if `f` and the unmount fail.
+fn with_image<T>(
+    disk: &Path,
+    mnt: &Path,
+    f: impl FnOnce(&mut AttachedImage) -> Result<T>,
+) -> Result<T> {
+    let mut img = AttachedImage::attach(disk, mnt).context("attaching the image")?;
+    let inner = f(&mut img);
+    let closed = img.close().context("unmounting the image");
+    match (inner, closed) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+        (Err(e), Err(c)) => Err(e.context(format!("and then: {c:#}"))),
+    }
+}
+
+/// Unpacks a cached layer into the raw working disk.
+fn raw_copy(from: &Path, disk: &Path) -> Result<()> {
+    Cmd::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(from)
+        .arg(disk)
+        .run()
+        .context("unpacking the provisioned layer")
 }
 
 /// Copies the base into a raw working disk and grows it to the profile's size.

@@ -78,7 +78,14 @@ struct Ids {
 
 fn guid_from(seed: &str) -> String {
     let h = hex::encode(Sha256::digest(seed.as_bytes()));
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 impl Ids {
@@ -99,7 +106,15 @@ impl Ids {
 /// The cache key of a bootstrapped base: every input that shapes it.
 pub fn key(nb: &NamedBase, mirror: Option<&str>) -> String {
     let mut h = Sha256::new();
-    for part in [RECIPE, nb.name, nb.codename, mirror.unwrap_or(""), ESSENTIAL_HOOK, CUSTOMIZE_HOOK, &PACKAGES.join(",")] {
+    for part in [
+        RECIPE,
+        nb.name,
+        nb.codename,
+        mirror.unwrap_or(""),
+        ESSENTIAL_HOOK,
+        CUSTOMIZE_HOOK,
+        &PACKAGES.join(","),
+    ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -115,12 +130,18 @@ pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<
         let disk = dir.join("disk.qcow2");
         if disk.is_file() {
             if crate::run::verbose() {
-                eprintln!("mesobake: base {} found in the cache ({})", nb.name, dir.display());
+                eprintln!(
+                    "mesobake: base {} found in the cache ({})",
+                    nb.name,
+                    dir.display()
+                );
             }
             return Ok(disk);
         }
     }
-    let tmp = cache.tmp_dir().join(format!("bootstrap-{}-{}", &key[..12], std::process::id()));
+    let tmp = cache
+        .tmp_dir()
+        .join(format!("bootstrap-{}-{}", &key[..12], std::process::id()));
     let _ = guard::remove_work_dir(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let built = build(nb, mirror, &key, &tmp);
@@ -140,7 +161,10 @@ pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<
             "key": key,
             "sha256": super::cache::sha256_file(&layer.join("disk.qcow2"))?,
         });
-        std::fs::write(layer.join(super::cache::LAYER_MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
+        std::fs::write(
+            layer.join(super::cache::LAYER_MANIFEST),
+            serde_json::to_vec_pretty(&manifest)?,
+        )?;
         cache.publish_dir(&layer, "base", &key)
     });
     // The scratch tree held mmdebstrap's chroot. A stopped mmdebstrap can leave its
@@ -158,7 +182,12 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
     std::fs::write(tmp.join("essential-hook.sh"), ESSENTIAL_HOOK)?;
     std::fs::write(tmp.join("customize-hook.sh"), CUSTOMIZE_HOOK)?;
     let sources = mirror
-        .map(|m| format!("deb {m} {c} main\ndeb {m} {c}-updates main", c = nb.codename))
+        .map(|m| {
+            format!(
+                "deb {m} {c} main\ndeb {m} {c}-updates main",
+                c = nb.codename
+            )
+        })
         .unwrap_or_default();
     let mut cmd = Cmd::new("mmdebstrap")
         .args(["--mode=root", "--variant=minbase", "--components=main"])
@@ -171,8 +200,14 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
             "--dpkgopt=path-exclude=/usr/share/locale/*",
             "--dpkgopt=path-include=/usr/share/locale/locale.alias",
         ])
-        .arg(format!("--essential-hook=sh {} \"$1\"", tmp.join("essential-hook.sh").display()))
-        .arg(format!("--customize-hook=sh {} \"$1\"", tmp.join("customize-hook.sh").display()))
+        .arg(format!(
+            "--essential-hook=sh {} \"$1\"",
+            tmp.join("essential-hook.sh").display()
+        ))
+        .arg(format!(
+            "--customize-hook=sh {} \"$1\"",
+            tmp.join("customize-hook.sh").display()
+        ))
         .env("MESOBAKE_ROOT_UUID", &ids.root_uuid)
         .env("MESOBAKE_ESP_UUID", &ids.esp_uuid)
         .env("MESOBAKE_WORK", tmp)
@@ -182,8 +217,12 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
     if let Some(m) = mirror {
         cmd = cmd.arg(m);
     }
-    eprintln!("mesobake:   mmdebstrap {} (this takes a minute or two)", nb.codename);
-    cmd.run().with_context(|| format!("bootstrapping {} with mmdebstrap", nb.codename))?;
+    eprintln!(
+        "mesobake:   mmdebstrap {} (this takes a minute or two)",
+        nb.codename
+    );
+    cmd.run()
+        .with_context(|| format!("bootstrapping {} with mmdebstrap", nb.codename))?;
 
     let disk = tmp.join("disk.raw");
     File::create(&disk)?.set_len(DISK_SIZE)?;
@@ -213,22 +252,48 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
     }
     sg.arg(&disk).run().context("writing the partition table")?;
     let parts = crate::image::disk::partitions(&disk)?;
-    let part = |n: u32| parts.iter().find(|p| p.number == n).cloned().ok_or_else(|| anyhow::anyhow!("partition {n} missing"));
+    let part = |n: u32| {
+        parts
+            .iter()
+            .find(|p| p.number == n)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("partition {n} missing"))
+    };
     let (bios, esp, rootp) = (part(14)?, part(15)?, part(1)?);
 
     // ESP: a FAT file with grub's EFI image, never mounted.
     let esp_img = tmp.join("esp.img");
     Cmd::new("mkfs.vfat")
-        .args(["-C", "-F", "32", "-S", "512", "-s", "1", "-i", &ids.esp_serial, "-n", "EFI"])
+        .args([
+            "-C",
+            "-F",
+            "32",
+            "-S",
+            "512",
+            "-s",
+            "1",
+            "-i",
+            &ids.esp_serial,
+            "-n",
+            "EFI",
+        ])
         .arg(&esp_img)
         .arg((esp.size / 1024).to_string())
         .run()
         .context("making the ESP")?;
     let img = esp_img.to_string_lossy().into_owned();
-    Cmd::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &img, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"]).run()?;
+    Cmd::new("mmd")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &img, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"])
+        .run()?;
     let efi = tmp.join("grubx64.efi");
     for dest in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/debian/grubx64.efi"] {
-        Cmd::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &img]).arg(&efi).arg(dest).run()?;
+        Cmd::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &img])
+            .arg(&efi)
+            .arg(dest)
+            .run()?;
     }
     copy_into(&esp_img, &disk, esp.offset)?;
 
@@ -245,10 +310,20 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
         .arg(format!("{}k", rootp.size / 1024))
         .run()
         .context("making the root filesystem")?;
-    Cmd::new("e2fsck").arg("-fn").arg(&root_img).run().context("checking the new root filesystem")?;
+    Cmd::new("e2fsck")
+        .arg("-fn")
+        .arg(&root_img)
+        .run()
+        .context("checking the new root filesystem")?;
     copy_into(&root_img, &disk, rootp.offset)?;
 
-    install_bios_grub(&disk, bios.offset / 512, bios.size / 512, &tmp.join("boot.img"), &tmp.join("core.img"))?;
+    install_bios_grub(
+        &disk,
+        bios.offset / 512,
+        bios.size / 512,
+        &tmp.join("boot.img"),
+        &tmp.join("core.img"),
+    )?;
     let check = Cmd::new("sgdisk").arg("-v").arg(&disk).read()?;
     if !check.contains("No problems found") {
         bail!("the new partition table does not verify:\n{check}");
@@ -299,11 +374,23 @@ fn read_full(r: &mut File, buf: &mut [u8]) -> Result<usize> {
 /// BIOS boot partition: `core.img` into that partition, with its first sector's
 /// blocklist pointing at the rest of it, and `boot.img`'s code into the protective MBR
 /// (keeping the MBR's partition table), pointed at `core.img`.
-pub fn install_bios_grub(disk: &Path, part_lba: u64, part_sectors: u64, boot_img: &Path, core_img: &Path) -> Result<()> {
-    let boot = std::fs::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
-    let mut core = std::fs::read(core_img).with_context(|| format!("reading {}", core_img.display()))?;
+pub fn install_bios_grub(
+    disk: &Path,
+    part_lba: u64,
+    part_sectors: u64,
+    boot_img: &Path,
+    core_img: &Path,
+) -> Result<()> {
+    let boot =
+        std::fs::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
+    let mut core =
+        std::fs::read(core_img).with_context(|| format!("reading {}", core_img.display()))?;
     if boot.len() != 512 {
-        bail!("{} is {} bytes, expected 512", boot_img.display(), boot.len());
+        bail!(
+            "{} is {} bytes, expected 512",
+            boot_img.display(),
+            boot.len()
+        );
     }
     let sectors = core.len().div_ceil(512) as u64;
     if sectors > part_sectors {
@@ -313,11 +400,20 @@ pub fn install_bios_grub(disk: &Path, part_lba: u64, part_sectors: u64, boot_img
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
     // grub-mkimage leaves diskboot's blocklist for the classic MBR gap: start 2,
     // length sectors-1, load segment 0x820. Only the start moves.
-    if u64_at(&core, 0x1f4) != 2 || u64::from(u16_at(&core, 0x1fc)) != sectors - 1 || u16_at(&core, 0x1fe) != 0x820 {
-        bail!("{}: unexpected diskboot blocklist; is it an i386-pc core.img?", core_img.display());
+    if u64_at(&core, 0x1f4) != 2
+        || u64::from(u16_at(&core, 0x1fc)) != sectors - 1
+        || u16_at(&core, 0x1fe) != 0x820
+    {
+        bail!(
+            "{}: unexpected diskboot blocklist; is it an i386-pc core.img?",
+            core_img.display()
+        );
     }
     core[0x1f4..0x1fc].copy_from_slice(&(part_lba + 1).to_le_bytes());
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(disk)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)?;
     f.seek(SeekFrom::Start(part_lba * 512))?;
     f.write_all(&core)?;
     let mut mbr = [0u8; 512];
@@ -368,18 +464,38 @@ mod tests {
         core[0x1fc..0x1fe].copy_from_slice(&2u16.to_le_bytes());
         core[0x1fe..0x200].copy_from_slice(&0x820u16.to_le_bytes());
         std::fs::write(d.path().join("core.img"), &core).unwrap();
-        install_bios_grub(&disk, 2048, 6144, &d.path().join("boot.img"), &d.path().join("core.img")).unwrap();
+        install_bios_grub(
+            &disk,
+            2048,
+            6144,
+            &d.path().join("boot.img"),
+            &d.path().join("core.img"),
+        )
+        .unwrap();
         let out = std::fs::read(&disk).unwrap();
         assert_eq!(&out[..3], &boot[..3]);
         assert_eq!(&out[3..0x5a], &mbr[3..0x5a], "BPB area kept");
         assert_eq!(&out[0x1b8..512], &mbr[0x1b8..512], "partition table kept");
-        assert_eq!(u64::from_le_bytes(out[0x5c..0x64].try_into().unwrap()), 2048);
+        assert_eq!(
+            u64::from_le_bytes(out[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
         assert_eq!(out[0x64], 0xff);
         let c = &out[2048 * 512..2048 * 512 + 3 * 512];
-        assert_eq!(u64::from_le_bytes(c[0x1f4..0x1fc].try_into().unwrap()), 2049);
+        assert_eq!(
+            u64::from_le_bytes(c[0x1f4..0x1fc].try_into().unwrap()),
+            2049
+        );
         assert_eq!(&c[0x200..], &core[0x200..]);
         // A core.img that is not grub's is refused.
         std::fs::write(d.path().join("core.img"), vec![0u8; 1024]).unwrap();
-        assert!(install_bios_grub(&disk, 2048, 6144, &d.path().join("boot.img"), &d.path().join("core.img")).is_err());
+        assert!(install_bios_grub(
+            &disk,
+            2048,
+            6144,
+            &d.path().join("boot.img"),
+            &d.path().join("core.img")
+        )
+        .is_err());
     }
 }
