@@ -40,6 +40,12 @@ pub enum Cmd {
     Build(BuildArgs),
     /// Boot an image under QEMU and check that it configures itself and runs its role.
     Verify(VerifyArgs),
+    /// Inspect and prune the cache of bases and provisioned layers.
+    Cache {
+        /// What to do.
+        #[command(subcommand)]
+        action: CacheAction,
+    },
 }
 
 /// `mesobake build`.
@@ -75,6 +81,25 @@ pub struct BuildArgs {
     /// Print how long each stage took.
     #[arg(long)]
     pub timings: bool,
+}
+
+/// `mesobake cache ...`.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// List entries: kind, key, size, last use.
+    Ls,
+    /// Remove old entries: all but the N most recently used of each kind, and/or the
+    /// least recently used until the cache is under a size.
+    Gc {
+        /// Keep this many entries of each kind.
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Keep the cache under this size (e.g. 20G).
+        #[arg(long)]
+        max_size: Option<String>,
+    },
+    /// Remove everything.
+    Clear,
 }
 
 /// `mesobake verify`.
@@ -114,6 +139,7 @@ pub fn main(cli: Cli) -> Result<i32> {
         Cmd::Profiles { dir } => profiles(&dir, cli.json),
         Cmd::Build(a) => build(a, cli.json),
         Cmd::Verify(a) => verify_cmd(a, cli.json),
+        Cmd::Cache { action } => cache_cmd(action, cli.json),
     }
 }
 
@@ -239,4 +265,26 @@ fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
         );
     }
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+fn cache_cmd(action: CacheAction, json: bool) -> Result<i32> {
+    use crate::base::gc;
+    let cache = crate::base::cache::Cache::open(None)?;
+    let entries = match action {
+        CacheAction::Ls => gc::list(&cache)?,
+        CacheAction::Gc { keep, max_size } => {
+            let max = max_size
+                .as_deref()
+                .map(crate::profile::parse_size)
+                .transpose()?;
+            gc::gc(&cache, keep, max)?
+        }
+        CacheAction::Clear => gc::clear(&cache)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        print!("{}", gc::table(&entries));
+    }
+    Ok(0)
 }

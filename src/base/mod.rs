@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod cache;
 pub mod fetch;
+pub mod gc;
 
 use std::path::{Path, PathBuf};
 

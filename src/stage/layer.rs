@@ -131,7 +131,10 @@ pub fn lookup(cache: &Cache, key: &str) -> Result<Option<(PathBuf, LayerManifest
         return Ok(None);
     };
     match check(&dir, key) {
-        Ok(m) => Ok(Some((dir.join("disk.qcow2"), m))),
+        Ok(m) => {
+            crate::base::gc::touch(&dir);
+            Ok(Some((dir.join("disk.qcow2"), m)))
+        }
         Err(e) => {
             eprintln!(
                 "mesobake: cached layer {KIND}/{} is damaged ({e:#}); rebuilding it",

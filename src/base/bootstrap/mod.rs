@@ -129,6 +129,7 @@ pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<
     if let Some(dir) = cache.layer_get("base", &key) {
         let disk = dir.join("disk.qcow2");
         if disk.is_file() {
+            super::gc::touch(&dir);
             if crate::run::verbose() {
                 eprintln!(
                     "mesobake: base {} found in the cache ({})",
