@@ -326,12 +326,22 @@ fn failed_and_interrupted_builds_leave_nothing_behind() {
     );
     assert_nothing_left(&out);
 
-    // Ctrl-C in the middle of package installation.
+    // Ctrl-C in the middle of package installation. An extra package gives a package
+    // set no cached layer has, so the build really runs apt.
+    let extra = out.join("extra-package.toml");
+    std::fs::write(
+        &extra,
+        "[packages]\ninstall = [\"mesos\", \"marathon\", \"zookeeperd\", \"docker.io\", \"jq\"]\n",
+    )
+    .unwrap();
+    let extra_s = extra.to_string_lossy().into_owned();
     let mut child = mesobake(&[
         "build",
         "profiles/master-slave.toml",
         "--with",
         OFFLINE,
+        "--with",
+        &extra_s,
         "--out",
         &out_s,
     ])
