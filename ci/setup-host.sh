@@ -15,9 +15,15 @@ pkgs=(
   dosfstools mtools            # the ESP is built as a file, never mounted
   grub-pc-bin grub-efi-amd64-bin grub2-common  # boot loaders written from the host
   genisoimage                  # NoCloud seed ISOs (volume label cidata)
+  gpg                          # --sign: detached signature of SHA256SUMS; check verifies it
+  virt-v2v                     # e2e_formats: an independent OVF consumer (virt-v2v -i ova)
   dpkg-dev                     # stand-in test packages and the local .deb repo
   python3 curl ca-certificates zstd
   busybox posh shellcheck       # the configurator tests run it under several POSIX shells
+  # tests/seed.rs checks seeds with Debian's cloud-init unpacked from its .deb
+  # (ci/cloud-init-schema.sh), never installed: only its python libraries are.
+  python3-yaml python3-jsonschema python3-jinja2 python3-configobj python3-jsonpatch
+  python3-netifaces python3-oauthlib python3-requests python3-serial
 )
 if ! dpkg -s "${pkgs[@]}" >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/dev/null; then
   $SUDO apt-get update -qq

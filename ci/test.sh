@@ -4,6 +4,8 @@
 #   2. the end-to-end tier (root): bootstraps debian-12, builds master-slave and
 #      slave-only with the stand-in Mesos packages and the real zookeeperd, boots both
 #      under QEMU, and checks failed and interrupted builds leave nothing behind.
+#      e2e_formats builds master-slave in every output format, runs mesobake check,
+#      re-checks the OVA with tar and sha256sum, and boots the VMDK taken from the OVA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -13,4 +15,4 @@ fi
 bash ci/setup-host.sh
 cargo build --all-targets
 cargo test --all-targets 2>&1
-MESOBAKE_E2E=1 cargo test --test e2e -- --test-threads=1 --nocapture 2>&1
+MESOBAKE_E2E=1 cargo test --test e2e --test e2e_formats --test e2e_lab -- --test-threads=1 --nocapture 2>&1

@@ -40,6 +40,16 @@ pub enum Cmd {
     Build(BuildArgs),
     /// Boot an image under QEMU and check that it configures itself and runs its role.
     Verify(VerifyArgs),
+    /// Write every node's cloud-init seeds from a cluster.toml (NoCloud ISO, EC2 user-data).
+    Seed(SeedArgs),
+    /// Run a whole cluster from a cluster.toml locally under QEMU: up, status, down.
+    Lab {
+        /// What to do.
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Re-verify an output directory: digests, signature, qemu-img check, OVA structure.
+    Check(CheckArgs),
     /// Inspect and prune the cache of bases and provisioned layers.
     Cache {
         /// What to do.
@@ -69,9 +79,16 @@ pub struct BuildArgs {
     /// Extra profile files layered on top, last wins (e.g. profiles/include/offline-standins.toml).
     #[arg(long = "with", value_name = "FILE")]
     pub with: Vec<PathBuf>,
-    /// Output formats, comma-separated (qcow2, raw); overrides [output] formats.
+    /// Output formats, comma-separated (qcow2, raw, vmdk, vdi, vhdx, vhd, vhd-fixed, ova,
+    /// ec2); overrides [output] formats.
     #[arg(long)]
     pub format: Vec<String>,
+    /// Sign SHA256SUMS with this GnuPG key (detached, armoured: SHA256SUMS.asc).
+    #[arg(long, value_name = "KEYID")]
+    pub sign: Option<String>,
+    /// The digest of the OVA's .mf: sha256, or sha1 for old hosts.
+    #[arg(long, value_name = "sha256|sha1", default_value = "sha256")]
+    pub ova_digest: crate::export::ova::MfDigest,
     /// Output directory.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -131,6 +148,13 @@ pub struct VerifyArgs {
     pub memory: u32,
 }
 
+/// `mesobake check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The output directory (with SHA256SUMS, and manifest.json when mesobake wrote it).
+    pub dir: PathBuf,
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
     crate::run::set_verbose(cli.verbose);
@@ -139,6 +163,9 @@ pub fn main(cli: Cli) -> Result<i32> {
         Cmd::Profiles { dir } => profiles(&dir, cli.json),
         Cmd::Build(a) => build(a, cli.json),
         Cmd::Verify(a) => verify_cmd(a, cli.json),
+        Cmd::Seed(a) => seed_cmd(a, cli.json),
+        Cmd::Lab { action } => lab_cmd(action, cli.json),
+        Cmd::Check(a) => check_cmd(a, cli.json),
         Cmd::Cache { action } => cache_cmd(action, cli.json),
     }
 }
@@ -200,6 +227,10 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
         base_opts,
         formats,
         timings: a.timings,
+        export: crate::export::ExportOptions {
+            sign: a.sign,
+            ova_digest: a.ova_digest,
+        },
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&outputs)?);
@@ -287,4 +318,179 @@ fn cache_cmd(action: CacheAction, json: bool) -> Result<i32> {
         print!("{}", gc::table(&entries));
     }
     Ok(0)
+}
+
+fn check_cmd(a: CheckArgs, json: bool) -> Result<i32> {
+    let report = crate::export::check::check_dir(&a.dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+        println!(
+            "{}",
+            if report.passed() {
+                "check: PASS"
+            } else {
+                "check: FAIL"
+            }
+        );
+    }
+    Ok(if report.passed() { 0 } else { 1 })
+}
+
+/// `mesobake seed`.
+#[derive(Debug, clap::Args)]
+pub struct SeedArgs {
+    /// The cluster topology.
+    pub cluster: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "seeds")]
+    pub out: PathBuf,
+    /// Where the roles' profiles are (`<role>.toml`).
+    #[arg(long, default_value = "profiles")]
+    pub profiles: PathBuf,
+}
+
+/// `mesobake lab` actions.
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Boot every node (and `lab-count` instances of each group) on a private network.
+    Up {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// Directory holding `<role>.qcow2` images from `mesobake build`.
+        #[arg(long, default_value = "out")]
+        images: PathBuf,
+        /// Where the roles' profiles are.
+        #[arg(long, default_value = "profiles")]
+        profiles: PathBuf,
+        /// Memory per VM in MiB (default: [lab] memory, else 1536).
+        #[arg(long)]
+        memory: Option<u32>,
+        /// vCPUs per VM (default: [lab] cpus, else 1).
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// kvm, tcg, or auto (probe KVM briefly, fall back to TCG).
+        #[arg(long, default_value = "auto")]
+        accel: String,
+        /// Seconds to wait for the ZooKeeper quorum and every node's configured line.
+        #[arg(long, default_value_t = 1200)]
+        timeout: u64,
+        /// Return once the VMs are started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show each node: role, ip, running, configured, each service's health, ports.
+    Status {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// Where the roles' profiles are.
+        #[arg(long, default_value = "profiles")]
+        profiles: PathBuf,
+    },
+    /// Stop exactly the QEMU processes `lab up` started.
+    Down {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// Where the roles' profiles are.
+        #[arg(long, default_value = "profiles")]
+        profiles: PathBuf,
+    },
+}
+
+fn load_cluster(
+    path: &std::path::Path,
+    profiles: &std::path::Path,
+) -> Result<crate::cluster::Cluster> {
+    let c = crate::cluster::load(path, profiles)?;
+    for w in &c.warnings {
+        eprintln!("mesobake: warning: {w}");
+    }
+    Ok(c)
+}
+
+fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
+    let c = load_cluster(&a.cluster, &a.profiles)?;
+    let out = c.write_seeds(&a.out)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for o in &out {
+            println!(
+                "{:<12} {:<14} {:<15} {:<17} {}",
+                o.name,
+                o.role,
+                o.ip.as_deref().unwrap_or("dhcp"),
+                o.mac.as_deref().unwrap_or("(any)"),
+                o.files
+                    .iter()
+                    .map(|f| a.out.join(f).display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
+    use crate::vm::lab;
+    match action {
+        LabAction::Up {
+            cluster,
+            images,
+            profiles,
+            memory,
+            cpus,
+            accel,
+            timeout,
+            no_wait,
+        } => {
+            let c = load_cluster(&cluster, &profiles)?;
+            let accel = match accel.as_str() {
+                "auto" => None,
+                "kvm" => Some(Accel::Kvm),
+                "tcg" => Some(Accel::Tcg),
+                other => bail!("--accel {other}: use kvm, tcg or auto"),
+            };
+            let state = lab::up(
+                &c,
+                &lab::UpOptions {
+                    images,
+                    memory_mb: memory.or(c.lab.memory).unwrap_or(lab::DEFAULT_MEMORY_MB),
+                    cpus: cpus.or(c.lab.cpus).unwrap_or(lab::DEFAULT_CPUS),
+                    accel,
+                    wait: (!no_wait).then(|| Duration::from_secs(timeout)),
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state)?);
+            } else {
+                print!("{}", lab::status_table(&lab::status(&c)?));
+            }
+            Ok(0)
+        }
+        LabAction::Status { cluster, profiles } => {
+            let c = load_cluster(&cluster, &profiles)?;
+            let rows = lab::status(&c)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", lab::status_table(&rows));
+            }
+            Ok(0)
+        }
+        LabAction::Down { cluster, profiles } => {
+            let c = load_cluster(&cluster, &profiles)?;
+            let stopped = lab::down(&c)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stopped)?);
+            } else if stopped.is_empty() {
+                println!("nothing was running");
+            } else {
+                println!("stopped {}", stopped.join(" "));
+            }
+            Ok(0)
+        }
+    }
 }

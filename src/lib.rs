@@ -4,6 +4,7 @@
 //! finalize) -> `export`; `vm` boots the result to verify it.
 pub mod base;
 pub mod cli;
+pub mod cluster;
 pub mod export;
 pub mod image;
 pub mod profile;

@@ -89,7 +89,11 @@ pub struct Cmd {
     dir: Option<std::path::PathBuf>,
     stdin: Option<Vec<u8>>,
     inherit_stdout: bool,
+    watch: Option<StdoutWatch>,
 }
+
+/// A callback that sees the child's stdout as it arrives (progress output).
+type StdoutWatch = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 impl Cmd {
     /// A command running `program`.
@@ -101,6 +105,7 @@ impl Cmd {
             dir: None,
             stdin: None,
             inherit_stdout: false,
+            watch: None,
         }
     }
 
@@ -143,6 +148,13 @@ impl Cmd {
     /// Lets the child's stdout through to ours (for commands whose output the user reads).
     pub fn show_output(mut self) -> Self {
         self.inherit_stdout = true;
+        self
+    }
+
+    /// Calls `f` with each chunk of stdout as it arrives, for tools that report progress
+    /// there (`qemu-img convert -p`); the output is still collected as usual.
+    pub fn watch_stdout(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.watch = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -248,10 +260,22 @@ impl Cmd {
             });
         }
         // Drain both pipes on threads so a chatty child never blocks on a full pipe.
+        let watch = self.watch.clone();
         let out_reader = child.stdout.take().map(|mut o| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                let _ = o.read_to_end(&mut buf);
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match o.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if let Some(w) = &watch {
+                                w(&chunk[..n]);
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                    }
+                }
                 buf
             })
         });

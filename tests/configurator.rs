@@ -1628,3 +1628,252 @@ fn script_is_strict_posix_sh() {
         );
     }
 }
+
+// --- cluster extras (mesobake seed) -------------------------------------------------
+
+/// node.env for master m2 of a 3-master cluster, as `mesobake seed` writes it.
+const CLUSTER_M2: &str = "MESOBAKE_CLUSTER='lab'\nMESOBAKE_HOSTNAME='m2'\nMESOBAKE_IP='10.77.0.12'\n\
+MESOBAKE_HOSTS='10.77.0.11=m1 10.77.0.12=m2 10.77.0.13=m3 10.77.0.21=a1'\nMESOBAKE_QUORUM='2'\n\
+MESOBAKE_ZK='zk://m1:2181,m2:2181,m3:2181/mesos'\nMESOBAKE_ZK_ID='2'\nMESOBAKE_ZK_SERVERS='1=m1 2=m2 3=m3'\n";
+
+#[test]
+fn cluster_master_gets_hosts_for_every_node_and_named_servers() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fx.node_env(CLUSTER_M2);
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(
+            run.stdout,
+            configured_line("master", "10.77.0.12", "zk://m1:2181,m2:2181,m3:2181/mesos")
+        );
+        assert!(
+            fx.read("/etc/hosts").starts_with(
+                "# mesobake begin\n10.77.0.12 m2\n10.77.0.11 m1\n10.77.0.13 m3\n10.77.0.21 a1\n# mesobake end\n127.0.0.1"
+            ),
+            "{}",
+            fx.read("/etc/hosts")
+        );
+        assert_eq!(fx.read("/etc/mesos-master/quorum"), "2\n");
+        assert_eq!(fx.read("/etc/zookeeper/conf/myid"), "2\n");
+        assert!(fx
+            .read("/etc/zookeeper/conf/zoo.cfg")
+            .ends_with("server.1=m1:2888:3888\nserver.2=m2:2888:3888\nserver.3=m3:2888:3888\n"));
+        fx.assert_run_changes_nothing(&Boot::default()).assert_ok();
+    }
+}
+
+#[test]
+fn attributes_resources_and_extra_flags_become_files_and_follow_changes() {
+    for sh in shells() {
+        for layout in [Layout::Mesosphere, Layout::Aventer] {
+            let fx = Fixture::new(&sh, layout, MASTER_SLAVE);
+            let dir = format!("/etc/{}", layout.agent());
+            fx.node_env(
+                "MESOBAKE_ATTRIBUTES='rack:r1;zone:eu-1a'\nMESOBAKE_RESOURCES='cpus:2;ports:[31000-32000]'\n\
+                 MESOBAKE_MASTER_FLAGS='max_agent_ping_timeouts=5'\nMESOBAKE_AGENT_FLAGS='?no-switch_user;isolation=posix/cpu,posix/mem'\n",
+            );
+            fx.run().assert_ok();
+            assert_eq!(fx.read(&format!("{dir}/attributes/rack")), "r1\n");
+            assert_eq!(fx.read(&format!("{dir}/attributes/zone")), "eu-1a\n");
+            assert_eq!(
+                fx.read(&format!("{dir}/resources/ports")),
+                "[31000-32000]\n"
+            );
+            assert_eq!(fx.read("/etc/mesos-master/max_agent_ping_timeouts"), "5\n");
+            assert!(fx.exists(&format!("{dir}/?no-switch_user")));
+            assert_eq!(
+                fx.read(&format!("{dir}/isolation")),
+                "posix/cpu,posix/mem\n"
+            );
+            fx.assert_run_changes_nothing(&Boot::default()).assert_ok();
+            // Dropped from the seed: the files go on the next boot, the others stay.
+            fx.node_env("MESOBAKE_ATTRIBUTES='rack:r2'\n");
+            fx.run().assert_ok();
+            assert_eq!(fx.names(&format!("{dir}/attributes")), ["rack"]);
+            assert_eq!(fx.read(&format!("{dir}/attributes/rack")), "r2\n");
+            assert!(!fx.exists(&format!("{dir}/resources/cpus")));
+            assert!(!fx.exists("/etc/mesos-master/max_agent_ping_timeouts"));
+            assert!(!fx.exists(&format!("{dir}/?no-switch_user")));
+            assert_eq!(
+                fx.read("/var/lib/mesobake/node-files"),
+                format!("{dir}/attributes/rack\n")
+            );
+            fx.node_env("");
+            fx.run().assert_ok();
+            assert!(!fx.exists("/var/lib/mesobake/node-files"));
+            assert!(!fx.exists(&format!("{dir}/attributes/rack")));
+        }
+    }
+}
+
+#[test]
+fn extra_flags_never_duplicate_a_flag() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        let cases = [
+            // Owned by the configurator.
+            (
+                "MESOBAKE_AGENT_FLAGS='ip=1.2.3.4'\n",
+                "--ip is written by mesobake-configure",
+            ),
+            (
+                "MESOBAKE_MASTER_FLAGS='?no-hostname'\n",
+                "--hostname is written by mesobake-configure",
+            ),
+            (
+                "MESOBAKE_AGENT_FLAGS='attributes=a:b'\n",
+                "--attributes is written",
+            ),
+            // Passed by the wrapper from /etc/default/mesos-master (PORT=5050).
+            (
+                "MESOBAKE_MASTER_FLAGS='port=5051'\n",
+                "--port is already passed from PORT",
+            ),
+            (
+                "MESOBAKE_AGENT_FLAGS='log_dir=/tmp'\n",
+                "--log_dir is already passed from LOGS",
+            ),
+            // Baked by the image (profile or package).
+            (
+                "MESOBAKE_MASTER_FLAGS='work_dir=/srv'\n",
+                "/etc/mesos-master/work_dir already exists in the image",
+            ),
+            // Twice in one list, bad names and values.
+            ("MESOBAKE_AGENT_FLAGS='a=1;a=2'\n", "'a' is given twice"),
+            ("MESOBAKE_AGENT_FLAGS='../x=1'\n", "is not a flag name"),
+            ("MESOBAKE_ATTRIBUTES='.hidden:1'\n", "is not a valid name"),
+            ("MESOBAKE_ATTRIBUTES='rack'\n", "is not key:value"),
+        ];
+        for (env, why) in cases {
+            fx.node_env(env);
+            fx.assert_run_changes_nothing(&Boot::default())
+                .assert_failed(why);
+        }
+        // A role without the daemon refuses its flags and attributes.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fx.node_env(&format!(
+            "{THREE_MASTERS}MESOBAKE_ZK_ID=1\nMESOBAKE_ATTRIBUTES='rack:r1'\n"
+        ));
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("MESOBAKE_ATTRIBUTES is set but role master runs no Mesos agent");
+        let fx = Fixture::new(&sh, Layout::Mesosphere, SLAVE_ONLY);
+        fx.node_env("MESOBAKE_ZK=zk://m1:2181/mesos\nMESOBAKE_MASTER_FLAGS='a=1'\n");
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("runs no Mesos master");
+    }
+}
+
+#[test]
+fn bad_hosts_entries_are_refused() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, SLAVE_ONLY);
+        for (hosts, why) in [
+            ("10.0.0.1", "is not ip=name"),
+            ("10.0.0.256=m1", "is not an IPv4 address"),
+            ("10.0.0.1=-m1", "is not a valid host name"),
+        ] {
+            fx.node_env(&format!(
+                "MESOBAKE_ZK=zk://m1:2181/mesos\nMESOBAKE_HOSTS='{hosts}'\n"
+            ));
+            fx.assert_run_changes_nothing(&Boot::default())
+                .assert_failed(why);
+        }
+    }
+}
+
+/// The autoscaling case: one user-data, two instances, two addresses. The node.env comes
+/// from the user-data `mesobake seed` wrote for a group.
+#[test]
+fn one_group_user_data_configures_two_agents_with_their_own_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(
+        &topo,
+        "name = \"lab\"\n[network]\ncidr = \"10.77.0.0/24\"\n\
+         [[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"10.77.0.11\"\n\
+         [[group]]\nname = \"workers\"\nrole = \"slave-only\"\nattributes = { pool = \"batch\" }\n",
+    )
+    .unwrap();
+    let out = dir.path().join("seeds");
+    let st = Command::new(env!("CARGO_BIN_EXE_mesobake"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("seed")
+        .arg(&topo)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ud = fs::read_to_string(out.join("workers.user-data")).unwrap();
+    // write_files content is one JSON-quoted (hence YAML double-quoted) string.
+    let content = ud
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("content: "))
+        .expect("write_files content");
+    let node_env: String = serde_json::from_str(content).unwrap();
+    assert!(!node_env.contains("MESOBAKE_IP"), "{node_env}");
+    for sh in shells() {
+        let mut seen = Vec::new();
+        for (ip, host) in [
+            ("10.77.0.201", "ip-10-77-0-201"),
+            ("10.77.0.202", "ip-10-77-0-202"),
+        ] {
+            let fx = Fixture::new(&sh, Layout::Mesosphere, SLAVE_ONLY);
+            fx.node_env(&node_env);
+            let run = fx.boot(&Boot {
+                ip,
+                hostname: host,
+                ..Boot::default()
+            });
+            run.assert_ok();
+            assert_eq!(
+                run.stdout,
+                configured_line("slave-only", ip, "zk://m1:2181/mesos")
+            );
+            assert_eq!(fx.read("/etc/mesos-slave/ip"), format!("{ip}\n"));
+            assert_eq!(fx.read("/etc/mesos-slave/hostname"), format!("{host}\n"));
+            assert_eq!(fx.read("/etc/mesos-slave/attributes/pool"), "batch\n");
+            assert!(fx.read("/etc/hosts").contains("\n10.77.0.11 m1\n"));
+            seen.push(fx.read("/etc/mesos-slave/ip"));
+        }
+        assert_ne!(seen[0], seen[1]);
+    }
+}
+
+/// 14.04-style images: upstart jobs, with the unused roles' jobs disabled by `manual`
+/// overrides that the build wrote. A cluster master starts its jobs through upstart and
+/// leaves the overrides alone.
+#[test]
+fn upstart_cluster_master_starts_jobs_and_keeps_overrides() {
+    for sh in shells() {
+        let fx = Fixture::with_init(&sh, Layout::Mesosphere, MASTER, "upstart");
+        fx.install_upstart_jobs();
+        fx.write("/etc/init/mesos-slave.override", "manual\n");
+        fx.node_env(&format!(
+            "{CLUSTER_M2}MESOBAKE_MASTER_FLAGS='max_agent_ping_timeouts=5'\n"
+        ));
+        let run = fx.boot(&Boot {
+            service_cmd: false,
+            ..Boot::default()
+        });
+        run.assert_ok();
+        assert_eq!(
+            run.calls,
+            [
+                "start zookeeper",
+                "start mesos-master",
+                "service marathon start"
+            ]
+        );
+        assert_eq!(fx.read("/etc/init/mesos-slave.override"), "manual\n");
+        assert_eq!(fx.read("/etc/mesos-master/quorum"), "2\n");
+        assert_eq!(fx.read("/etc/mesos-master/max_agent_ping_timeouts"), "5\n");
+        let again = fx.assert_run_changes_nothing(&Boot {
+            service_cmd: false,
+            ..Boot::default()
+        });
+        again.assert_ok();
+        assert_eq!(again.calls, run.calls);
+    }
+}

@@ -107,6 +107,35 @@ impl Entry {
     }
 }
 
+/// A fingerprint of everything that went into the disk: the profile files, the base
+/// digest, every installed package version and the local .deb digests. Output headers
+/// that need an id (VMDK CID, VDI and VHD UUIDs) derive it from this, so two builds from
+/// the same pinned inputs agree without hashing the multi-GiB disk itself.
+pub fn input_fingerprint(ctx: &BuildContext, facts: &BuildFacts) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut put = |k: &str, v: &str| {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([b'\n']);
+    };
+    put("name", &ctx.req.profile.name);
+    for (f, d) in &ctx.req.profile.sources {
+        put(&f.display().to_string(), d);
+    }
+    put("base", &ctx.base.sha256);
+    let pkgs: BTreeMap<_, _> = facts.packages.iter().cloned().collect();
+    for (p, v) in pkgs {
+        put(&p, &v);
+    }
+    let debs: BTreeMap<_, _> = facts.debs.iter().cloned().collect();
+    for (p, d) in debs {
+        put(&p, &d);
+    }
+    hex::encode(h.finalize())
+}
+
 impl Manifest {
     /// Reads the manifest in `dir`, or an empty one.
     pub fn load(dir: &Path) -> Result<Manifest> {
@@ -167,6 +196,7 @@ mod tests {
         let new = [Output {
             file: "b.qcow2".into(),
             format: Format::Qcow2,
+            kind: crate::export::OutputKind::Disk,
             virtual_size: 1,
             size: 1,
             sha256: "44".into(),

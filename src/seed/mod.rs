@@ -1,5 +1,10 @@
 //! cloud-init seeds: a node's `user-data`, `meta-data` and `network-config`, written as a
-//! NoCloud ISO (volume label `cidata`) for KVM and VirtualBox.
+//! NoCloud ISO (volume label `cidata`) for KVM and VirtualBox, and as plain EC2 user-data.
+//!
+//! network-config is version 2 restricted to what Debian 12's cloud-init 22.4 renders
+//! with its ENI renderer: interfaces matched by MAC (22.4 looks the name up by MAC, so no
+//! `set-name` and no rename), `addresses`, `gateway4` rather than `routes` (22.4 does not
+//! know `to: default`) and `nameservers`.
 //!
 //! Node settings travel as `/etc/mesobake/node.env`, written by cloud-init's
 //! `write_files`; the first-boot configurator reads that file.
@@ -22,8 +27,24 @@ pub struct NodeSeed {
     pub node_env: BTreeMap<String, String>,
     /// SSH public keys for the default user.
     pub ssh_keys: Vec<String>,
-    /// A network-config (v2) document, if any.
-    pub network_config: Option<String>,
+    /// Interfaces for network-config (v2); none means no network-config file, so
+    /// cloud-init's fallback (DHCP on the first NIC) applies.
+    pub network: Vec<NetIface>,
+}
+
+/// One ethernet of a network-config, matched by MAC.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetIface {
+    /// The v2 id (a label; the interface is found by MAC).
+    pub id: String,
+    /// Its MAC address.
+    pub mac: String,
+    /// A static `address/prefix`; None means DHCP.
+    pub address: Option<String>,
+    /// The default gateway.
+    pub gateway: Option<String>,
+    /// Name servers.
+    pub dns: Vec<String>,
 }
 
 /// Quotes a YAML scalar as a double-quoted string (JSON strings are valid YAML).
@@ -60,6 +81,51 @@ impl NodeSeed {
         s
     }
 
+    /// The network-config (v2) document, if the seed configures any interface.
+    pub fn network_config(&self) -> Option<String> {
+        if self.network.is_empty() {
+            return None;
+        }
+        let mut s = String::from("version: 2\nethernets:\n");
+        for i in &self.network {
+            s += &format!(
+                "  {}:\n    match:\n      macaddress: {}\n",
+                i.id,
+                yq(&i.mac)
+            );
+            match &i.address {
+                Some(a) => {
+                    s += &format!("    dhcp4: false\n    addresses: [{}]\n", yq(a));
+                    if let Some(g) = &i.gateway {
+                        // gateway4, not routes: 22.4's ENI renderer turns a route into
+                        // `post-up route add` (net-tools, absent from cloud images) but
+                        // gateway4 into ifupdown's own `gateway` line.
+                        s += &format!("    gateway4: {}\n", yq(g));
+                    }
+                }
+                None => s += "    dhcp4: true\n",
+            }
+            if !i.dns.is_empty() {
+                let d: Vec<String> = i.dns.iter().map(|d| yq(d)).collect();
+                s += &format!("    nameservers:\n      addresses: [{}]\n", d.join(", "));
+            }
+        }
+        Some(s)
+    }
+
+    /// A short digest of everything the seed says: part of instance ids, so that a changed
+    /// seed is a new instance to cloud-init and its per-instance modules run again.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let all = format!(
+            "{}\0{}\0{}",
+            self.user_data(),
+            self.hostname,
+            self.network_config().unwrap_or_default()
+        );
+        hex::encode(&Sha256::digest(all.as_bytes())[..4])
+    }
+
     /// The NoCloud meta-data.
     pub fn meta_data(&self) -> String {
         let mut s = format!("instance-id: {}\n", yq(&self.instance_id));
@@ -74,7 +140,7 @@ impl NodeSeed {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("user-data"), self.user_data())?;
         std::fs::write(dir.join("meta-data"), self.meta_data())?;
-        if let Some(n) = &self.network_config {
+        if let Some(n) = self.network_config() {
             std::fs::write(dir.join("network-config"), n)?;
         }
         Ok(())
@@ -101,6 +167,8 @@ pub fn iso_from_dir(dir: &Path, iso: &Path) -> Result<()> {
             );
         }
     }
+    // genisoimage runs inside `dir`, so a relative output path would land there.
+    let iso = &std::path::absolute(iso)?;
     let mut files = vec!["user-data", "meta-data"];
     if dir.join("network-config").is_file() {
         files.push("network-config");

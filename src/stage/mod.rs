@@ -32,6 +32,8 @@ pub struct BuildRequest {
     pub base_opts: BaseOptions,
     /// Output formats.
     pub formats: Vec<Format>,
+    /// Signing and OVA options for export.
+    pub export: export::ExportOptions,
     /// Print per-stage timings at the end.
     pub timings: bool,
 }
@@ -135,6 +137,7 @@ pub fn build(req: BuildRequest) -> Result<Vec<export::Output>> {
     for f in &req.formats {
         f.check_tools()?;
     }
+    req.export.check_tools()?;
     std::fs::create_dir_all(&req.out_dir)
         .with_context(|| format!("creating {}", req.out_dir.display()))?;
     let cache = Cache::open(None)?;
@@ -196,7 +199,7 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
             ctx.stage(
                 "disk",
                 &format!("using the cached provisioned layer {}", &key[..12]),
-                |_| raw_copy(&layer_disk, &disk),
+                |_| raw_copy(&layer_disk, &disk).context("unpacking the provisioned layer"),
             )?;
             provision::ProvisionReport {
                 packages: m.packages,
@@ -277,24 +280,18 @@ fn with_image<T>(
     }
 }
 
-/// Unpacks a cached layer into the raw working disk.
+/// Unpacks a base or cached layer (any qemu-img format) into the raw working disk.
 fn raw_copy(from: &Path, disk: &Path) -> Result<()> {
     Cmd::new("qemu-img")
         .args(["convert", "-O", "raw"])
         .arg(from)
         .arg(disk)
         .run()
-        .context("unpacking the provisioned layer")
 }
 
 /// Copies the base into a raw working disk and grows it to the profile's size.
 fn prepare_disk(ctx: &mut BuildContext, disk: &Path) -> Result<()> {
-    Cmd::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&ctx.base.path)
-        .arg(disk)
-        .run()
-        .context("converting the base to a raw working disk")?;
+    raw_copy(&ctx.base.path, disk).context("converting the base to a raw working disk")?;
     let size = std::fs::metadata(disk)?.len();
     let want = ctx.req.profile.disk_size;
     if want > size {

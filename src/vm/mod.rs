@@ -1,3 +1,4 @@
-//! Booting images under QEMU: the launcher and `verify`.
+//! Booting images under QEMU: the launcher, `verify` and the local cluster `lab`.
+pub mod lab;
 pub mod qemu;
 pub mod verify;

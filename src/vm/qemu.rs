@@ -61,6 +61,14 @@ pub struct VmSpec {
     pub serial_log: PathBuf,
     /// Extra network devices (lab: a private socket network between VMs).
     pub extra_args: Vec<String>,
+    /// The guest address `forwards` go to (None: QEMU's default, the DHCP address
+    /// 10.0.2.15). The lab forwards to a node's cluster address, where Mesos binds.
+    pub forward_to: Option<String>,
+    /// The MAC of the user-networking NIC (None: QEMU's default).
+    pub nic0_mac: Option<String>,
+    /// Where QEMU's stderr goes; None keeps it in a pipe for [`Vm::check_running`]. A VM
+    /// that outlives mesobake (the lab) needs a file: a closed pipe would kill it.
+    pub stderr_log: Option<PathBuf>,
 }
 
 /// A running QEMU process.
@@ -102,14 +110,24 @@ fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
         ));
     }
     let mut netdev = String::from("user,id=n0,restrict=on");
+    let to = spec.forward_to.as_deref().unwrap_or("");
     for (h, g) in &spec.forwards {
-        netdev += &format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}");
+        netdev += &format!(",hostfwd=tcp:127.0.0.1:{h}-{to}:{g}");
     }
-    c.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
+    let mut dev = String::from("virtio-net-pci,netdev=n0");
+    if let Some(m) = &spec.nic0_mac {
+        dev += &format!(",mac={m}");
+    }
+    c.args(["-netdev", &netdev, "-device", &dev]);
     c.args(&spec.extra_args);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    match spec.stderr_log.as_ref().and_then(|p| File::create(p).ok()) {
+        Some(f) => c.stderr(Stdio::from(f)),
+        None => c.stderr(Stdio::piped()),
+    };
+    // Its own process group: a terminal's Ctrl-C goes to mesobake, which decides what
+    // stops (verify's guard kills its VM; a lab's VMs keep running until `lab down`).
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     c
 }
 
@@ -183,6 +201,12 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Lets QEMU run on after this guard is gone (the lab tracks it by PID from here on);
+    /// returns its PID.
+    pub fn detach(mut self) -> Option<u32> {
+        self.child.take().map(|c| c.id())
     }
 
     /// Stops QEMU by PID and waits for it.

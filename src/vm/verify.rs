@@ -171,6 +171,9 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         forwards: forwards.clone(),
         serial_log: tmp.path().join("serial.log"),
         extra_args: Vec::new(),
+        forward_to: None,
+        nic0_mac: None,
+        stderr_log: None,
     };
     let started = Instant::now();
     let mut vm = qemu::start_auto(&spec, opts.accel)?;
@@ -383,7 +386,8 @@ pub fn http_get(port: u16, path: &str) -> Result<(String, String)> {
     Ok((status, body.to_string()))
 }
 
-fn http_json(port: u16, path: &str) -> Result<serde_json::Value> {
+/// GET `path` and parse the 200 reply as JSON.
+pub fn http_json(port: u16, path: &str) -> Result<serde_json::Value> {
     let (status, body) = http_get(port, path)?;
     if !status.contains(" 200") {
         bail!("GET {path}: {status}");

@@ -1,0 +1,949 @@
+//! Cluster topologies: `cluster.toml` parsed strictly, validated, and derived once into
+//! every node's first-boot settings.
+//!
+//! Everything cluster-wide comes from the masters, in one place ([`Cluster::derive`]):
+//! the ZooKeeper URL, the `zoo.cfg` server lines and each member's id, the master quorum
+//! (a majority of the masters) and the `/etc/hosts` entries. The result is one
+//! [`NodeSeed`] per node and one per autoscaling group; `mesobake seed` writes them and
+//! `mesobake lab` boots them, so the two can never disagree.
+
+mod model;
+
+pub use model::*;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::profile::{self, Service};
+use crate::seed::{NetIface, NodeSeed};
+
+/// A problem in cluster.toml, located by line and named by node and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}: {subject}key \"{key}\": {message}")]
+pub struct ClusterError {
+    /// The file.
+    pub path: PathBuf,
+    /// The line (1-based) of the offending value.
+    pub line: usize,
+    /// `node "m1" ` or `group "workers" `, or empty for cluster-wide keys.
+    pub subject: String,
+    /// The key.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A validated node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its name, which is also its hostname.
+    pub name: String,
+    /// Its role: a profile name.
+    pub role: String,
+    /// The services that profile runs.
+    pub services: Vec<Service>,
+    /// Its static address, if any (else DHCP).
+    pub ip: Option<Ipv4Addr>,
+    /// Its ZooKeeper id (only for nodes that run ZooKeeper; assigned when not given).
+    pub zk_id: Option<u8>,
+    /// The MAC address its cluster NIC must have for the network-config to match.
+    pub mac: String,
+    /// The per-node extras.
+    pub extras: Extras,
+}
+
+/// A validated autoscaling group of agents sharing one user-data.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// Its role: a profile that runs only an agent.
+    pub role: String,
+    /// That profile's services.
+    pub services: Vec<Service>,
+    /// How many instances `mesobake lab` boots.
+    pub lab_count: u32,
+    /// The extras every instance gets.
+    pub extras: Extras,
+}
+
+/// Agent attributes and resources, and extra flag files.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Mesos agent attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// Mesos agent resources.
+    pub resources: BTreeMap<String, String>,
+    /// Extra master flag files.
+    pub master_flags: BTreeMap<String, String>,
+    /// Extra agent flag files.
+    pub agent_flags: BTreeMap<String, String>,
+}
+
+/// The cluster network.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The static network and prefix length; None for DHCP.
+    pub cidr: Option<(Ipv4Addr, u8)>,
+    /// The default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Name servers.
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl Network {
+    /// Whether `ip` lies in the CIDR.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        match self.cidr {
+            Some((net, len)) => {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                u32::from(ip) & mask == u32::from(net) & mask
+            }
+            None => false,
+        }
+    }
+}
+
+/// A validated topology.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The cluster name.
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The network.
+    pub network: Network,
+    /// SSH public keys for every node (they go into seeds only, never into images).
+    pub ssh_keys: Vec<String>,
+    /// The nodes, in file order.
+    pub nodes: Vec<Node>,
+    /// Autoscaling agent groups.
+    pub groups: Vec<Group>,
+    /// Lab VM sizing.
+    pub lab: LabFile,
+    /// Things that are allowed but probably wrong (an even number of masters).
+    pub warnings: Vec<String>,
+}
+
+/// What is derived from the masters, once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    /// `zk://m1:2181,m2:2181,m3:2181/mesos`, members in id order.
+    pub zk_url: String,
+    /// `1=m1 2=m2 3=m3`: the configurator's MESOBAKE_ZK_SERVERS (zoo.cfg server.N lines).
+    pub zk_servers: String,
+    /// The master quorum: a majority of the masters.
+    pub quorum: usize,
+    /// `10.0.0.11=m1 ...`: /etc/hosts entries for every node with a static address.
+    pub hosts: String,
+}
+
+/// Which kind of seed a NodeSeed is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// NoCloud (KVM, VirtualBox): static addresses travel in network-config.
+    NoCloud,
+    /// EC2 user-data: no network-config, the instance's address is detected.
+    Ec2,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Loads and validates `path`; roles are looked up as `<profiles>/<role>.toml`.
+pub fn load(path: &Path, profiles: &Path) -> Result<Cluster> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading cluster file {}", path.display()))?;
+    let file: ClusterFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    Cluster::resolve(path, &text, file, profiles)
+}
+
+/// Hostname label rules (RFC 1123): the node name is its hostname and its /etc/hosts name.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Flags the configurator writes itself: a node must not set them again.
+const OWNED_FLAGS: &[&str] = &[
+    "ip",
+    "hostname",
+    "quorum",
+    "zk",
+    "master",
+    "cluster",
+    "attributes",
+    "resources",
+];
+
+/// A literal the configurator's env parser takes inside single quotes, and that cannot
+/// break the `;`-separated lists.
+fn valid_value(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['\'', ';', '\n', '\r', '\\', '$', '`'])
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &self,
+        span: std::ops::Range<usize>,
+        subject: &str,
+        key: &str,
+        msg: String,
+    ) -> anyhow::Error {
+        ClusterError {
+            path: self.path.to_owned(),
+            line: line_of(self.text, span.start),
+            subject: subject.to_string(),
+            key: key.to_string(),
+            message: msg,
+        }
+        .into()
+    }
+
+    fn extras(
+        &self,
+        e: &ExtrasFile,
+        subject: &str,
+        services: &[Service],
+        role: &str,
+    ) -> Result<Extras> {
+        let agent = services.contains(&Service::Agent);
+        let master = services.contains(&Service::Master);
+        for (key, map, runs, what) in [
+            ("attributes", &e.attributes, agent, "Mesos agent"),
+            ("resources", &e.resources, agent, "Mesos agent"),
+            ("agent-flags", &e.agent_flags, agent, "Mesos agent"),
+            ("master-flags", &e.master_flags, master, "Mesos master"),
+        ] {
+            let Some(map) = map else { continue };
+            if !runs && !map.get_ref().is_empty() {
+                return Err(self.err(
+                    map.span(),
+                    subject,
+                    key,
+                    format!("role {role} runs no {what}"),
+                ));
+            }
+            for (k, v) in map.get_ref() {
+                let flag = key.ends_with("flags");
+                let name_ok = if flag {
+                    let bare = k.strip_prefix('?').unwrap_or(k);
+                    !bare.is_empty()
+                        && !bare.starts_with('-')
+                        && bare
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                } else {
+                    !k.is_empty()
+                        && !k.starts_with('.')
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                };
+                if !name_ok {
+                    return Err(self.err(
+                        map.span(),
+                        subject,
+                        key,
+                        format!("{k:?} is not a valid name"),
+                    ));
+                }
+                if flag {
+                    let base = k.trim_start_matches('?');
+                    let base = base.strip_prefix("no-").unwrap_or(base);
+                    if OWNED_FLAGS.contains(&base) {
+                        return Err(self.err(map.span(), subject, key, format!(
+                            "{k:?} is written by the first-boot configurator (or comes from attributes/resources); setting it here would give Mesos the flag twice"
+                        )));
+                    }
+                    if k.starts_with('?') && !v.is_empty() {
+                        return Err(self.err(
+                            map.span(),
+                            subject,
+                            key,
+                            format!("{k:?} is a bare flag (the '?' form): its value must be empty"),
+                        ));
+                    }
+                    if !k.starts_with('?') && !valid_value(v) {
+                        return Err(self.err(map.span(), subject, key, format!("{k:?}: value {v:?} must be non-empty, one line, without ' ; \\ $ `")));
+                    }
+                } else if !valid_value(v) {
+                    return Err(self.err(
+                        map.span(),
+                        subject,
+                        key,
+                        format!(
+                            "{k:?}: value {v:?} must be non-empty, one line, without ' ; \\ $ `"
+                        ),
+                    ));
+                }
+            }
+        }
+        let get = |m: &Option<toml::Spanned<BTreeMap<String, String>>>| {
+            m.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default()
+        };
+        Ok(Extras {
+            attributes: get(&e.attributes),
+            resources: get(&e.resources),
+            master_flags: get(&e.master_flags),
+            agent_flags: get(&e.agent_flags),
+        })
+    }
+
+    fn role(
+        &self,
+        role: &toml::Spanned<String>,
+        subject: &str,
+        profiles: &Path,
+    ) -> Result<Vec<Service>> {
+        let r = role.get_ref();
+        let p = profiles.join(format!("{r}.toml"));
+        if r.is_empty() || r.contains('/') || !p.is_file() {
+            let known: Vec<String> = profile::list(profiles)
+                .map(|l| l.into_iter().map(|(n, _, _)| n).collect())
+                .unwrap_or_default();
+            return Err(self.err(
+                role.span(),
+                subject,
+                "role",
+                format!(
+                    "no profile {} (roles are profile names: {})",
+                    p.display(),
+                    known.join(", ")
+                ),
+            ));
+        }
+        let prof = profile::load(&p, &[])
+            .map_err(|e| self.err(role.span(), subject, "role", format!("{e:#}")))?;
+        Ok(prof.services)
+    }
+}
+
+fn parse_ip(ctx: &Ctx, s: &toml::Spanned<String>, subject: &str, key: &str) -> Result<Ipv4Addr> {
+    s.get_ref().parse::<Ipv4Addr>().map_err(|_| {
+        ctx.err(
+            s.span(),
+            subject,
+            key,
+            format!("{:?} is not an IPv4 address", s.get_ref()),
+        )
+    })
+}
+
+/// A MAC that is stable for a cluster and node: locally administered range of QEMU's OUI.
+pub fn derived_mac(cluster: &str, node: &str) -> String {
+    let h = Sha256::digest(format!("{cluster}\0{node}").as_bytes());
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
+impl Cluster {
+    fn resolve(path: &Path, text: &str, f: ClusterFile, profiles: &Path) -> Result<Cluster> {
+        let ctx = Ctx { path, text };
+        let name = f.name.get_ref().clone();
+        if !valid_name(&name) {
+            return Err(ctx.err(f.name.span(), "", "name", format!("{name:?} must be letters, digits and '-' (it names VMs, instance ids and the lab's run dir)")));
+        }
+        // Network.
+        let n = &f.network;
+        let dhcp = n.dhcp.as_ref().is_some_and(|d| *d.get_ref());
+        let cidr = match &n.cidr {
+            None => None,
+            Some(c) => {
+                let s = c.get_ref();
+                let parsed = s.split_once('/').and_then(|(a, l)| {
+                    Some((
+                        a.parse::<Ipv4Addr>().ok()?,
+                        l.parse::<u8>().ok().filter(|l| *l <= 32)?,
+                    ))
+                });
+                match parsed {
+                    Some(v) => Some(v),
+                    None => {
+                        return Err(ctx.err(
+                            c.span(),
+                            "[network] ",
+                            "cidr",
+                            format!("{s:?} is not an IPv4 CIDR like 10.0.0.0/24"),
+                        ))
+                    }
+                }
+            }
+        };
+        if dhcp && cidr.is_some() {
+            let span = n.cidr.as_ref().expect("set").span();
+            return Err(ctx.err(
+                span,
+                "[network] ",
+                "cidr",
+                "dhcp = true and a cidr: choose one".into(),
+            ));
+        }
+        if !dhcp && cidr.is_none() {
+            return Err(ClusterError {
+                path: path.to_owned(),
+                line: 1,
+                subject: "[network] ".into(),
+                key: "cidr".into(),
+                message: "missing: give the cluster network (cidr, gateway, dns) or dhcp = true"
+                    .into(),
+            }
+            .into());
+        }
+        let mut network = Network {
+            cidr,
+            gateway: None,
+            dns: Vec::new(),
+        };
+        if let Some(g) = &n.gateway {
+            let ip = parse_ip(&ctx, g, "[network] ", "gateway")?;
+            if !network.contains(ip) {
+                return Err(ctx.err(
+                    g.span(),
+                    "[network] ",
+                    "gateway",
+                    format!("{ip} is outside the cidr"),
+                ));
+            }
+            network.gateway = Some(ip);
+        }
+        if let Some(d) = &n.dns {
+            for s in d.get_ref() {
+                let ip = s.parse::<Ipv4Addr>().map_err(|_| {
+                    ctx.err(
+                        d.span(),
+                        "[network] ",
+                        "dns",
+                        format!("{s:?} is not an IPv4 address"),
+                    )
+                })?;
+                network.dns.push(ip);
+            }
+        }
+        for k in f.ssh_keys.iter().flat_map(|k| k.get_ref()) {
+            if k.contains(['\n', '\r'])
+                || !(k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-"))
+            {
+                let span = f.ssh_keys.as_ref().expect("set").span();
+                return Err(ctx.err(
+                    span,
+                    "",
+                    "ssh-keys",
+                    format!(
+                        "{:?} is not an OpenSSH public key line",
+                        k.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
+        }
+
+        // Nodes.
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        let mut macs: BTreeMap<String, String> = BTreeMap::new();
+        let mut ids: BTreeMap<u8, String> = BTreeMap::new();
+        let mut nodes = Vec::new();
+        for nf in &f.nodes {
+            let nm = nf.name.get_ref().clone();
+            let subj = format!("node \"{nm}\" ");
+            if !valid_name(&nm) {
+                return Err(ctx.err(
+                    nf.name.span(),
+                    &subj,
+                    "name",
+                    "must be a hostname label: letters, digits and '-', at most 63".into(),
+                ));
+            }
+            if names.insert(nm.clone(), "node".into()).is_some() {
+                return Err(ctx.err(
+                    nf.name.span(),
+                    &subj,
+                    "name",
+                    "another node already has this name".into(),
+                ));
+            }
+            let services = ctx.role(&nf.role, &subj, profiles)?;
+            let ip = match &nf.ip {
+                None => None,
+                Some(s) => {
+                    let ip = parse_ip(&ctx, s, &subj, "ip")?;
+                    if dhcp {
+                        return Err(ctx.err(s.span(), &subj, "ip", "the network uses DHCP ([network] dhcp = true): give a cidr to use static addresses".into()));
+                    }
+                    if !network.contains(ip) {
+                        let (net, len) = network.cidr.expect("static");
+                        return Err(ctx.err(
+                            s.span(),
+                            &subj,
+                            "ip",
+                            format!("{ip} is outside the cluster network {net}/{len}"),
+                        ));
+                    }
+                    if Some(ip) == network.gateway {
+                        return Err(ctx.err(s.span(), &subj, "ip", format!("{ip} is the gateway")));
+                    }
+                    if let Some(other) = ips.insert(ip, nm.clone()) {
+                        return Err(ctx.err(
+                            s.span(),
+                            &subj,
+                            "ip",
+                            format!("{ip} is already node \"{other}\"'s address"),
+                        ));
+                    }
+                    Some(ip)
+                }
+            };
+            let zk_id = match &nf.zk_id {
+                None => None,
+                Some(z) => {
+                    if !services.contains(&Service::Zookeeper) {
+                        return Err(ctx.err(
+                            z.span(),
+                            &subj,
+                            "zk-id",
+                            format!("role {} runs no ZooKeeper", nf.role.get_ref()),
+                        ));
+                    }
+                    let v = *z.get_ref();
+                    if !(1..=255).contains(&v) {
+                        return Err(ctx.err(
+                            z.span(),
+                            &subj,
+                            "zk-id",
+                            format!("{v} is not from 1 to 255"),
+                        ));
+                    }
+                    if let Some(other) = ids.insert(v as u8, nm.clone()) {
+                        return Err(ctx.err(
+                            z.span(),
+                            &subj,
+                            "zk-id",
+                            format!("ZooKeeper id {v} is already node \"{other}\"'s"),
+                        ));
+                    }
+                    Some(v as u8)
+                }
+            };
+            let mac = match &nf.mac {
+                None => derived_mac(&name, &nm),
+                Some(m) => {
+                    let s = m.get_ref().to_ascii_lowercase();
+                    let ok = s.len() == 17
+                        && s.split(':').count() == 6
+                        && s.split(':')
+                            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+                    if !ok {
+                        return Err(ctx.err(
+                            m.span(),
+                            &subj,
+                            "mac",
+                            format!("{s:?} is not a MAC address like 52:54:00:12:34:56"),
+                        ));
+                    }
+                    s
+                }
+            };
+            if let Some(other) = macs.insert(mac.clone(), nm.clone()) {
+                let span = nf.mac.as_ref().map(|m| m.span()).unwrap_or(nf.name.span());
+                return Err(ctx.err(
+                    span,
+                    &subj,
+                    "mac",
+                    format!("{mac} is already node \"{other}\"'s"),
+                ));
+            }
+            let extras = ctx.extras(&nf.extras(), &subj, &services, nf.role.get_ref())?;
+            nodes.push(Node {
+                name: nm,
+                role: nf.role.get_ref().clone(),
+                services,
+                ip,
+                zk_id,
+                mac,
+                extras,
+            });
+        }
+        // ZooKeeper ids for members that have none: the smallest free ids, in file order.
+        let mut next = 1u8;
+        for n in nodes
+            .iter_mut()
+            .filter(|n| n.services.contains(&Service::Zookeeper) && n.zk_id.is_none())
+        {
+            while ids.contains_key(&next) {
+                next += 1;
+            }
+            ids.insert(next, n.name.clone());
+            n.zk_id = Some(next);
+        }
+        let masters = nodes
+            .iter()
+            .filter(|n| n.services.contains(&Service::Master))
+            .count();
+        if masters == 0 {
+            return Err(ClusterError {
+                path: path.to_owned(),
+                line: 1,
+                subject: String::new(),
+                key: "node.role".into(),
+                message: "no node runs a Mesos master: give at least one node a role with a master (e.g. role = \"master\")".into(),
+            }
+            .into());
+        }
+        let mut warnings = Vec::new();
+        if masters % 2 == 0 {
+            warnings.push(format!(
+                "{}: {masters} masters: the quorum is a majority, {}, so {masters} masters survive only {} failure(s), no more than {} would; use an odd number",
+                path.display(),
+                masters / 2 + 1,
+                (masters - 1) / 2,
+                masters - 1
+            ));
+        }
+
+        // Groups.
+        let mut groups = Vec::new();
+        for gf in &f.groups {
+            let nm = gf.name.get_ref().clone();
+            let subj = format!("group \"{nm}\" ");
+            if !valid_name(&nm) {
+                return Err(ctx.err(
+                    gf.name.span(),
+                    &subj,
+                    "name",
+                    "must be letters, digits and '-'".into(),
+                ));
+            }
+            if names.insert(nm.clone(), "group".into()).is_some() {
+                return Err(ctx.err(
+                    gf.name.span(),
+                    &subj,
+                    "name",
+                    "a node or group already has this name".into(),
+                ));
+            }
+            let services = ctx.role(&gf.role, &subj, profiles)?;
+            if services != [Service::Agent] {
+                return Err(ctx.err(gf.role.span(), &subj, "role", format!("role {} runs more than a Mesos agent: a group of identical instances can only be agents", gf.role.get_ref())));
+            }
+            let extras = ctx.extras(&gf.extras(), &subj, &services, gf.role.get_ref())?;
+            groups.push(Group {
+                name: nm,
+                role: gf.role.get_ref().clone(),
+                services,
+                lab_count: gf.lab_count.unwrap_or(1),
+                extras,
+            });
+        }
+        Ok(Cluster {
+            name,
+            path: path.to_owned(),
+            network,
+            ssh_keys: f.ssh_keys.map(|k| k.into_inner()).unwrap_or_default(),
+            nodes,
+            groups,
+            lab: f.lab.unwrap_or_default(),
+            warnings,
+        })
+    }
+
+    /// The cluster-wide values, derived from the masters.
+    pub fn derive(&self) -> Derived {
+        let mut members: Vec<(u8, &str)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.zk_id?, n.name.as_str())))
+            .collect();
+        members.sort();
+        let zk_url = format!(
+            "zk://{}/mesos",
+            members
+                .iter()
+                .map(|(_, h)| format!("{h}:2181"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let zk_servers = members
+            .iter()
+            .map(|(i, h)| format!("{i}={h}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let masters = self
+            .nodes
+            .iter()
+            .filter(|n| n.services.contains(&Service::Master))
+            .count();
+        let hosts = self
+            .nodes
+            .iter()
+            .filter_map(|n| Some(format!("{}={}", n.ip?, n.name)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Derived {
+            zk_url,
+            zk_servers,
+            quorum: masters / 2 + 1,
+            hosts,
+        }
+    }
+
+    fn common_env(&self, d: &Derived, e: &Extras) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert("MESOBAKE_CLUSTER".into(), self.name.clone());
+        env.insert("MESOBAKE_ZK".into(), d.zk_url.clone());
+        if !d.hosts.is_empty() {
+            env.insert("MESOBAKE_HOSTS".into(), d.hosts.clone());
+        }
+        let list = |m: &BTreeMap<String, String>, sep: char| {
+            m.iter()
+                .map(|(k, v)| {
+                    if k.starts_with('?') {
+                        k.clone()
+                    } else {
+                        format!("{k}{sep}{v}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(";")
+        };
+        for (key, m, sep) in [
+            ("MESOBAKE_ATTRIBUTES", &e.attributes, ':'),
+            ("MESOBAKE_RESOURCES", &e.resources, ':'),
+            ("MESOBAKE_MASTER_FLAGS", &e.master_flags, '='),
+            ("MESOBAKE_AGENT_FLAGS", &e.agent_flags, '='),
+        ] {
+            if !m.is_empty() {
+                env.insert(key.into(), list(m, sep));
+            }
+        }
+        env
+    }
+
+    /// The static network-config (v2) for one node's cluster NIC, matched by MAC.
+    pub fn network_config(&self, mac: &str, ip: Option<Ipv4Addr>) -> Option<NetIface> {
+        let (_, len) = self.network.cidr?;
+        Some(NetIface {
+            id: "cluster0".into(),
+            mac: mac.to_string(),
+            address: ip.map(|ip| format!("{ip}/{len}")),
+            gateway: self.network.gateway.map(|g| g.to_string()),
+            dns: self.network.dns.iter().map(|d| d.to_string()).collect(),
+        })
+    }
+
+    /// The seed of one node.
+    pub fn node_seed(&self, d: &Derived, n: &Node, target: Target) -> NodeSeed {
+        let mut env = self.common_env(d, &n.extras);
+        env.insert("MESOBAKE_HOSTNAME".into(), n.name.clone());
+        if let (Some(ip), Target::NoCloud) = (n.ip, target) {
+            // On EC2 the instance's own address is detected (launch it with this one).
+            env.insert("MESOBAKE_IP".into(), ip.to_string());
+        }
+        if let Some(id) = n.zk_id {
+            env.insert("MESOBAKE_ZK_ID".into(), id.to_string());
+            env.insert("MESOBAKE_ZK_SERVERS".into(), d.zk_servers.clone());
+        }
+        if n.services.contains(&Service::Master) {
+            env.insert("MESOBAKE_QUORUM".into(), d.quorum.to_string());
+        }
+        let mut s = NodeSeed {
+            instance_id: String::new(),
+            hostname: n.name.clone(),
+            node_env: env,
+            ssh_keys: self.ssh_keys.clone(),
+            network: Vec::new(),
+        };
+        if target == Target::NoCloud {
+            s.network.extend(self.network_config(&n.mac, n.ip));
+        }
+        s.instance_id = format!("{}-{}-{}", self.name, n.name, s.digest());
+        s
+    }
+
+    /// The one seed every instance of an autoscaling group shares: no address, no name.
+    pub fn group_seed(&self, d: &Derived, g: &Group) -> NodeSeed {
+        let mut s = NodeSeed {
+            instance_id: String::new(),
+            hostname: String::new(),
+            node_env: self.common_env(d, &g.extras),
+            ssh_keys: self.ssh_keys.clone(),
+            network: Vec::new(),
+        };
+        s.instance_id = format!("{}-{}-{}", self.name, g.name, s.digest());
+        s
+    }
+
+    /// Nodes and group instances as the lab boots them: (name, role, services, seed
+    /// user-data source, address, MAC). Instances of a group share the group's user-data;
+    /// addresses the topology leaves open are handed out from the top of the CIDR, the
+    /// way a cloud's DHCP would.
+    pub fn lab_members(&self) -> Result<Vec<LabMember>> {
+        let Some((net, len)) = self.network.cidr else {
+            anyhow::bail!("{}: the lab needs a static cluster network ([network] cidr): its private network has no DHCP server", self.path.display());
+        };
+        let d = self.derive();
+        let mut used: BTreeSet<Ipv4Addr> = self.nodes.iter().filter_map(|n| n.ip).collect();
+        used.extend(self.network.gateway);
+        let size = if len >= 31 {
+            0
+        } else {
+            (1u32 << (32 - len)) - 2
+        };
+        let base = u32::from(net) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let mut free = (1..=size)
+            .rev()
+            .map(|i| Ipv4Addr::from(base + i))
+            .filter(|ip| !used.contains(ip));
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let mut seed = self.node_seed(&d, n, Target::NoCloud);
+            let ip = match n.ip {
+                Some(ip) => ip,
+                None => {
+                    let ip = free.next().with_context(|| {
+                        format!("no free address left in the cidr for node {}", n.name)
+                    })?;
+                    seed.network = self.network_config(&n.mac, Some(ip)).into_iter().collect();
+                    ip
+                }
+            };
+            out.push(LabMember {
+                name: n.name.clone(),
+                role: n.role.clone(),
+                services: n.services.clone(),
+                ip,
+                mac: n.mac.clone(),
+                seed,
+            });
+        }
+        for g in &self.groups {
+            for i in 1..=g.lab_count {
+                let name = format!("{}-{i}", g.name);
+                let mac = derived_mac(&self.name, &name);
+                let ip = free
+                    .next()
+                    .with_context(|| format!("no free address left in the cidr for {name}"))?;
+                let mut seed = self.group_seed(&d, g);
+                // Per instance: the NoCloud instance id and the network (the platform's
+                // part); the user-data stays byte for byte the group's.
+                seed.instance_id = format!("{}-{name}-{}", self.name, seed.digest());
+                seed.network = self.network_config(&mac, Some(ip)).into_iter().collect();
+                out.push(LabMember {
+                    name,
+                    role: g.role.clone(),
+                    services: g.services.clone(),
+                    ip,
+                    mac,
+                    seed,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What `mesobake seed` wrote for one node or group.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SeedOut {
+    /// Node or group name.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// Its static address, if any.
+    pub ip: Option<String>,
+    /// The MAC its cluster NIC must have for network-config to match (nodes only).
+    pub mac: Option<String>,
+    /// The files written, relative to the output directory.
+    pub files: Vec<String>,
+}
+
+impl Cluster {
+    /// Writes every node's and group's seeds into `out`: `<name>/` (user-data, meta-data,
+    /// network-config), `<name>.iso` (NoCloud, label cidata), `<name>.user-data` (EC2) and
+    /// `<name>.network-config`.
+    pub fn write_seeds(&self, out: &Path) -> Result<Vec<SeedOut>> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let d = self.derive();
+        let mut written = Vec::new();
+        let mut one = |name: &str,
+                       role: &str,
+                       ip: Option<String>,
+                       mac: Option<String>,
+                       nocloud: NodeSeed,
+                       ec2: NodeSeed|
+         -> Result<()> {
+            let mut files = Vec::new();
+            nocloud.write_dir(&out.join(name))?;
+            files.push(format!("{name}/"));
+            nocloud.write_iso(&out.join(format!("{name}.iso")))?;
+            files.push(format!("{name}.iso"));
+            std::fs::write(out.join(format!("{name}.user-data")), ec2.user_data())?;
+            files.push(format!("{name}.user-data"));
+            let nc = out.join(format!("{name}.network-config"));
+            match nocloud.network_config() {
+                Some(n) => {
+                    std::fs::write(&nc, n)?;
+                    files.push(format!("{name}.network-config"));
+                }
+                // A stale one from an earlier topology must not linger.
+                None => {
+                    let _ = std::fs::remove_file(&nc);
+                }
+            }
+            written.push(SeedOut {
+                name: name.into(),
+                role: role.into(),
+                ip,
+                mac,
+                files,
+            });
+            Ok(())
+        };
+        for n in &self.nodes {
+            one(
+                &n.name,
+                &n.role,
+                n.ip.map(|i| i.to_string()),
+                Some(n.mac.clone()),
+                self.node_seed(&d, n, Target::NoCloud),
+                self.node_seed(&d, n, Target::Ec2),
+            )?;
+        }
+        for g in &self.groups {
+            let s = self.group_seed(&d, g);
+            one(&g.name, &g.role, None, None, s.clone(), s)?;
+        }
+        Ok(written)
+    }
+}
+
+/// One VM of the lab.
+#[derive(Debug, Clone)]
+pub struct LabMember {
+    /// VM name (node name, or `<group>-<n>`).
+    pub name: String,
+    /// Its role (profile name; the image is `<role>.qcow2`).
+    pub role: String,
+    /// The role's services.
+    pub services: Vec<Service>,
+    /// Its cluster address.
+    pub ip: Ipv4Addr,
+    /// Its cluster NIC's MAC.
+    pub mac: String,
+    /// Its seed.
+    pub seed: NodeSeed,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+use super::*;
+
+fn profiles() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles")
+}
+
+const THREE_PLUS_ONE: &str = r#"
+name = "lab"
+ssh-keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3z test@mesobake"]
+
+[network]
+cidr = "10.77.0.0/24"
+gateway = "10.77.0.1"
+dns = ["10.77.0.1"]
+
+[[node]]
+name = "m1"
+role = "master"
+ip = "10.77.0.11"
+
+[[node]]
+name = "m2"
+role = "master"
+ip = "10.77.0.12"
+
+[[node]]
+name = "m3"
+role = "master"
+ip = "10.77.0.13"
+zk-id = 1
+
+[[node]]
+name = "a1"
+role = "slave-only"
+ip = "10.77.0.21"
+attributes = { rack = "r1" }
+resources = { cpus = "2", ports = "[31000-32000]" }
+agent-flags = { "?no-switch_user" = "" }
+
+[[group]]
+name = "workers"
+role = "slave-only"
+"#;
+
+fn parse(text: &str) -> Result<Cluster> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cluster.toml");
+    std::fs::write(&p, text).unwrap();
+    load(&p, &profiles())
+}
+
+fn err(text: &str) -> String {
+    format!("{:#}", parse(text).unwrap_err())
+}
+
+#[test]
+fn three_masters_derive_url_servers_quorum_and_hosts() {
+    let c = parse(THREE_PLUS_ONE).unwrap();
+    assert!(c.warnings.is_empty());
+    // Explicit id 1 for m3; the others take the smallest free ids in file order.
+    let ids: Vec<_> = c.nodes.iter().map(|n| n.zk_id).collect();
+    assert_eq!(ids, [Some(2), Some(3), Some(1), None]);
+    let d = c.derive();
+    assert_eq!(d.zk_url, "zk://m3:2181,m1:2181,m2:2181/mesos");
+    assert_eq!(d.zk_servers, "1=m3 2=m1 3=m2");
+    assert_eq!(d.quorum, 2);
+    assert_eq!(
+        d.hosts,
+        "10.77.0.11=m1 10.77.0.12=m2 10.77.0.13=m3 10.77.0.21=a1"
+    );
+
+    let m1 = c.node_seed(&d, &c.nodes[0], Target::NoCloud);
+    let env = &m1.node_env;
+    assert_eq!(env["MESOBAKE_IP"], "10.77.0.11");
+    assert_eq!(env["MESOBAKE_HOSTNAME"], "m1");
+    assert_eq!(env["MESOBAKE_ZK_ID"], "2");
+    assert_eq!(env["MESOBAKE_ZK_SERVERS"], d.zk_servers);
+    assert_eq!(env["MESOBAKE_ZK"], d.zk_url);
+    assert_eq!(env["MESOBAKE_QUORUM"], "2");
+    assert_eq!(env["MESOBAKE_CLUSTER"], "lab");
+    let nc = m1.network_config().unwrap();
+    assert!(
+        nc.contains(&format!("macaddress: \"{}\"", c.nodes[0].mac)),
+        "{nc}"
+    );
+    assert!(nc.contains("addresses: [\"10.77.0.11/24\"]"), "{nc}");
+    assert!(nc.contains("gateway4: \"10.77.0.1\""), "{nc}");
+    assert!(m1.instance_id.starts_with("lab-m1-"));
+
+    // EC2: same settings, but the address comes from the instance and no network-config.
+    let ec2 = c.node_seed(&d, &c.nodes[0], Target::Ec2);
+    assert!(!ec2.node_env.contains_key("MESOBAKE_IP"));
+    assert!(ec2.network_config().is_none());
+
+    let a1 = c.node_seed(&d, &c.nodes[3], Target::NoCloud);
+    assert_eq!(a1.node_env["MESOBAKE_ATTRIBUTES"], "rack:r1");
+    assert_eq!(
+        a1.node_env["MESOBAKE_RESOURCES"],
+        "cpus:2;ports:[31000-32000]"
+    );
+    assert_eq!(a1.node_env["MESOBAKE_AGENT_FLAGS"], "?no-switch_user");
+    assert!(!a1.node_env.contains_key("MESOBAKE_QUORUM"));
+    assert!(!a1.node_env.contains_key("MESOBAKE_ZK_ID"));
+    assert!(a1.user_data().contains("ssh_authorized_keys:"));
+}
+
+#[test]
+fn group_seed_has_no_address_or_name_and_lab_instances_share_it() {
+    let mut text = THREE_PLUS_ONE.replace("role = \"slave-only\"\n\"#", "");
+    text.push_str("lab-count = 2\n");
+    let c = parse(&text).unwrap();
+    let d = c.derive();
+    let g = c.group_seed(&d, &c.groups[0]);
+    assert!(g.hostname.is_empty());
+    assert!(!g.node_env.contains_key("MESOBAKE_IP"));
+    assert!(!g.node_env.contains_key("MESOBAKE_HOSTNAME"));
+    assert_eq!(g.node_env["MESOBAKE_ZK"], d.zk_url);
+    let lab = c.lab_members().unwrap();
+    let w: Vec<_> = lab
+        .iter()
+        .filter(|m| m.name.starts_with("workers-"))
+        .collect();
+    assert_eq!(w.len(), 2);
+    assert_eq!(w[0].seed.user_data(), w[1].seed.user_data());
+    assert_eq!(w[0].seed.user_data(), g.user_data());
+    assert_ne!(w[0].ip, w[1].ip);
+    assert_ne!(w[0].mac, w[1].mac);
+    assert_eq!(w[0].ip.to_string(), "10.77.0.254");
+}
+
+#[test]
+fn errors_name_the_line_node_and_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "name = \"m2\"",
+            "name = \"m1\"",
+            "cluster.toml:16: node \"m1\" key \"name\": another node already has this name",
+        ),
+        (
+            "ip = \"10.77.0.12\"",
+            "ip = \"10.77.0.11\"",
+            "cluster.toml:18: node \"m2\" key \"ip\": 10.77.0.11 is already node \"m1\"'s address",
+        ),
+        (
+            "ip = \"10.77.0.12\"",
+            "ip = \"10.78.0.12\"",
+            "node \"m2\" key \"ip\": 10.78.0.12 is outside the cluster network 10.77.0.0/24",
+        ),
+        (
+            "ip = \"10.77.0.11\"",
+            "ip = \"10.77.0.11\"\nzk-id = 1",
+            "node \"m3\" key \"zk-id\": ZooKeeper id 1 is already node \"m1\"",
+        ),
+        (
+            "role = \"master\"\nip = \"10.77.0.12\"",
+            "role = \"nosuch\"\nip = \"10.77.0.12\"",
+            "node \"m2\" key \"role\": no profile",
+        ),
+        (
+            "attributes = { rack = \"r1\" }",
+            "attributes = { \"ra ck\" = \"r1\" }",
+            "node \"a1\" key \"attributes\": \"ra ck\" is not a valid name",
+        ),
+        (
+            "\"?no-switch_user\" = \"\"",
+            "ip = \"1.2.3.4\"",
+            "node \"a1\" key \"agent-flags\": \"ip\" is written by the first-boot configurator",
+        ),
+        (
+            "\"?no-switch_user\" = \"\"",
+            "\"?no-hostname\" = \"\"",
+            "key \"agent-flags\": \"?no-hostname\" is written by the first-boot",
+        ),
+        (
+            "cpus = \"2\"",
+            "cpus = \"2;mem:1\"",
+            "node \"a1\" key \"resources\": \"cpus\": value",
+        ),
+        (
+            "zk-id = 1",
+            "zk-id = 1\nattributes = { a = \"b\" }",
+            "node \"m3\" key \"attributes\": role master runs no Mesos agent",
+        ),
+        (
+            "name = \"workers\"\nrole = \"slave-only\"",
+            "name = \"workers\"\nrole = \"master\"",
+            "group \"workers\" key \"role\": role master runs more than a Mesos agent",
+        ),
+        (
+            "name = \"m3\"",
+            "name = \"m_3\"",
+            "node \"m_3\" key \"name\"",
+        ),
+        (
+            "dns = [",
+            "colour = \"red\"\ndns = [",
+            "unknown field `colour`",
+        ),
+    ];
+    for (from, to, want) in cases {
+        assert!(THREE_PLUS_ONE.contains(from), "{from}");
+        let e = err(&THREE_PLUS_ONE.replacen(from, to, 1));
+        assert!(e.contains(want), "want {want:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn no_master_is_an_error_and_even_masters_a_warning() {
+    let e = err("name = \"x\"\n[network]\ncidr = \"10.0.0.0/24\"\n[[node]]\nname = \"a\"\nrole = \"slave-only\"\n");
+    assert!(e.contains("no node runs a Mesos master"), "{e}");
+    let c = parse("name = \"x\"\n[network]\ncidr = \"10.0.0.0/24\"\n[[node]]\nname = \"a\"\nrole = \"master\"\n[[node]]\nname = \"b\"\nrole = \"master\"\n").unwrap();
+    assert_eq!(c.derive().quorum, 2);
+    assert!(
+        c.warnings[0].contains("2 masters: the quorum is a majority, 2"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn dhcp_network_refuses_static_addresses_and_the_lab() {
+    let e = err("name = \"x\"\n[network]\ndhcp = true\n[[node]]\nname = \"a\"\nrole = \"master-slave\"\nip = \"10.0.0.5\"\n");
+    assert!(
+        e.contains("cluster.toml:7: node \"a\" key \"ip\": the network uses DHCP"),
+        "{e}"
+    );
+    let c = parse(
+        "name = \"x\"\n[network]\ndhcp = true\n[[node]]\nname = \"a\"\nrole = \"master-slave\"\n",
+    )
+    .unwrap();
+    let d = c.derive();
+    assert_eq!(d.zk_url, "zk://a:2181/mesos");
+    assert!(c
+        .node_seed(&d, &c.nodes[0], Target::NoCloud)
+        .network_config()
+        .is_none());
+    assert!(format!("{:#}", c.lab_members().unwrap_err()).contains("static cluster network"));
+}
+
+#[test]
+fn derived_macs_are_stable_and_distinct() {
+    assert_eq!(derived_mac("lab", "m1"), derived_mac("lab", "m1"));
+    assert_ne!(derived_mac("lab", "m1"), derived_mac("lab", "m2"));
+    assert!(derived_mac("lab", "m1").starts_with("52:54:00:"));
+}

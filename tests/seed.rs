@@ -1,0 +1,260 @@
+//! `mesobake seed`: a cluster.toml in, every node's seeds out, checked with the tools the
+//! seeds meet in real life: the ISO's volume label (isoinfo) and Debian 12's own
+//! cloud-init (`ci/cloud-init-schema.sh`: `cloud-init schema` for user-data, the ENI
+//! renderer for network-config, since 22.4 has no network-config schema).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const CLUSTER: &str = r#"
+name = "prod"
+ssh-keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3zGx3 ops@example"]
+
+[network]
+cidr = "10.20.0.0/24"
+gateway = "10.20.0.1"
+dns = ["10.20.0.2"]
+
+[[node]]
+name = "m1"
+role = "master"
+ip = "10.20.0.11"
+
+[[node]]
+name = "m2"
+role = "master"
+ip = "10.20.0.12"
+
+[[node]]
+name = "m3"
+role = "master"
+ip = "10.20.0.13"
+
+[[node]]
+name = "a1"
+role = "slave-only"
+ip = "10.20.0.21"
+attributes = { rack = "r1" }
+agent-flags = { "?no-switch_user" = "" }
+
+[[node]]
+name = "a2"
+role = "slave-only"
+
+[[group]]
+name = "workers"
+role = "slave-only"
+resources = { cpus = "4" }
+"#;
+
+fn mesobake(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mesobake"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+fn schema(kind: &str, files: &[&Path]) -> String {
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/ci/cloud-init-schema.sh"
+        ))
+        .arg(kind)
+        .args(files)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "cloud-init {kind} check failed:\n{text}"
+    );
+    text
+}
+
+/// Whether the cloud-init check can run here (CI's setup-host.sh installs what it needs).
+fn cloud_init_available() -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import yaml, jsonschema, jinja2, configobj, netifaces",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped cloud-init checks: run ci/setup-host.sh (python3-jsonschema, python3-configobj, ...)");
+    }
+    ok
+}
+
+#[test]
+fn seeds_for_every_node_and_group_pass_cloud_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(&topo, CLUSTER).unwrap();
+    let out = dir.path().join("seeds");
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listing.contains("a2           slave-only     dhcp"),
+        "{listing}"
+    );
+
+    for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
+        for f in [
+            format!("{n}.iso"),
+            format!("{n}.user-data"),
+            format!("{n}/user-data"),
+            format!("{n}/meta-data"),
+        ] {
+            assert!(out.join(&f).is_file(), "{f} missing");
+        }
+    }
+    // Static nodes carry network-config; DHCP nodes and groups match by MAC with DHCP or
+    // carry none at all.
+    assert!(out.join("m1.network-config").is_file());
+    assert!(!out.join("workers.network-config").exists());
+    let m1 = fs::read_to_string(out.join("m1/user-data")).unwrap();
+    assert!(
+        m1.contains("MESOBAKE_ZK='zk://m1:2181,m2:2181,m3:2181/mesos'"),
+        "{m1}"
+    );
+    assert!(m1.contains("MESOBAKE_QUORUM='2'"), "{m1}");
+    assert!(m1.contains("MESOBAKE_IP='10.20.0.11'"), "{m1}");
+    assert!(m1.contains("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3zGx3 ops@example"));
+    // EC2: the address comes from the instance.
+    let ec2 = fs::read_to_string(out.join("m1.user-data")).unwrap();
+    assert!(!ec2.contains("MESOBAKE_IP"), "{ec2}");
+    assert!(
+        ec2.contains("MESOBAKE_HOSTS='10.20.0.11=m1 10.20.0.12=m2 10.20.0.13=m3 10.20.0.21=a1'")
+    );
+    let meta = fs::read_to_string(out.join("m1/meta-data")).unwrap();
+    assert!(
+        meta.starts_with("instance-id: \"prod-m1-") && meta.contains("local-hostname: \"m1\""),
+        "{meta}"
+    );
+    let workers = fs::read_to_string(out.join("workers.user-data")).unwrap();
+    assert!(
+        !workers.contains("MESOBAKE_HOSTNAME") && !workers.contains("MESOBAKE_IP"),
+        "{workers}"
+    );
+    assert!(workers.contains("MESOBAKE_RESOURCES='cpus:4'"));
+
+    if on_path("isoinfo") {
+        let info = Command::new("isoinfo")
+            .args(["-d", "-i"])
+            .arg(out.join("m1.iso"))
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("Volume id: cidata"));
+        let files = Command::new("isoinfo")
+            .args(["-R", "-f", "-i"])
+            .arg(out.join("m1.iso"))
+            .output()
+            .unwrap();
+        let files = String::from_utf8_lossy(&files.stdout);
+        for f in ["/user-data", "/meta-data", "/network-config"] {
+            assert!(files.lines().any(|l| l == f), "{f} not on the ISO: {files}");
+        }
+    }
+
+    if cloud_init_available() {
+        let mut uds: Vec<std::path::PathBuf> = Vec::new();
+        for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
+            uds.push(out.join(format!("{n}/user-data")));
+            uds.push(out.join(format!("{n}.user-data")));
+        }
+        let refs: Vec<&Path> = uds.iter().map(|p| p.as_path()).collect();
+        let text = schema("user-data", &refs);
+        assert_eq!(
+            text.matches("Valid cloud-config").count(),
+            uds.len(),
+            "{text}"
+        );
+        let rendered = schema(
+            "network-config",
+            &[
+                &out.join("m1/network-config"),
+                &out.join("a2/network-config"),
+            ],
+        );
+        assert!(rendered.contains("address 10.20.0.11/24"), "{rendered}");
+        assert!(rendered.contains("gateway 10.20.0.1"), "{rendered}");
+        assert!(rendered.contains("inet dhcp"), "{rendered}");
+    }
+}
+
+#[test]
+fn bad_topologies_name_node_and_key_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    let out = dir.path().join("seeds");
+    for (from, to, want) in [
+        (
+            "ip = \"10.20.0.12\"",
+            "ip = \"10.20.0.11\"",
+            "node \"m2\" key \"ip\": 10.20.0.11 is already node \"m1\"'s address",
+        ),
+        (
+            "role = \"slave-only\"\nip = \"10.20.0.21\"",
+            "role = \"gpu-agent\"\nip = \"10.20.0.21\"",
+            "node \"a1\" key \"role\": no profile",
+        ),
+        (
+            "ip = \"10.20.0.13\"",
+            "ip = \"192.168.0.13\"",
+            "node \"m3\" key \"ip\": 192.168.0.13 is outside the cluster network 10.20.0.0/24",
+        ),
+    ] {
+        fs::write(&topo, CLUSTER.replacen(from, to, 1)).unwrap();
+        let o = mesobake(&[
+            "seed",
+            topo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(want),
+            "want {want:?}:\n{err}"
+        );
+        assert!(!out.exists(), "nothing may be written for a bad topology");
+    }
+    // Two masters: allowed, with a warning that explains the quorum.
+    fs::write(
+        &topo,
+        CLUSTER.replacen(
+            "name = \"m3\"\nrole = \"master\"",
+            "name = \"m3\"\nrole = \"slave-only\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("2 masters: the quorum is a majority, 2"),
+        "{err}"
+    );
+}
