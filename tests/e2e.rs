@@ -183,14 +183,27 @@ fn build_and_verify_master_slave_and_slave_only() {
         serde_json::json!(["agent"])
     );
 
-    // Boot both. master-slave has no seed at all and must come up as a one-node cluster;
-    // slave-only gets an autoscaling-style seed (only the ZooKeeper URL) from verify.
-    for role in ["master-slave", "slave-only"] {
-        let img = out.join(format!("{role}.qcow2"));
-        let (stdout, secs) = run_ok(
-            mesobake(&["verify", &img.to_string_lossy(), "--json"]),
-            &format!("verify {role}"),
-        );
+    // Boot both, side by side (one core each) to keep CI short. master-slave has no seed
+    // at all and must come up as a one-node cluster; slave-only gets an autoscaling-style
+    // seed (only the ZooKeeper URL) from verify.
+    let boots: Vec<_> = ["master-slave", "slave-only"]
+        .into_iter()
+        .map(|role| {
+            let img = out
+                .join(format!("{role}.qcow2"))
+                .to_string_lossy()
+                .into_owned();
+            let handle = std::thread::spawn(move || {
+                run_ok(
+                    mesobake(&["verify", &img, "--json"]),
+                    &format!("verify {role}"),
+                )
+            });
+            (role, handle)
+        })
+        .collect();
+    for (role, handle) in boots {
+        let (stdout, secs) = handle.join().expect("verify thread");
         let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let checks = r["checks"].as_array().unwrap();
         assert!(checks.iter().all(|c| c["ok"] == true), "{role}: {stdout}");
