@@ -10,6 +10,7 @@
 #    finalize's cleanup and fstrim) and runs a plain `qemu-img convert -O FMT` of it per
 #    format, without mesobake's options (no compression, default subformats).
 # 3. Prints both side by side.
+# BENCH_REUSE=1 skips step 1 when WORKDIR holds an earlier run's build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-profiles/master-slave.toml}
@@ -23,11 +24,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 bash ci/standins/build.sh ci/standins/out >/dev/null
 cargo build --release -q
-rm -rf "$work"
-mkdir -p "$work/out" "$work/plain"
-target/release/mesobake build "$profile" --with profiles/include/offline-standins.toml \
-  --format "$formats" --out "$work/out" --timings 2>"$work/build.log" >/dev/null \
-  || { tail -20 "$work/build.log"; exit 1; }
+# BENCH_REUSE=1 keeps the previous build in WORKDIR and re-runs only the comparison.
+if [ "${BENCH_REUSE:-0}" != 1 ] || [ ! -f "$work/build.log" ]; then
+  rm -rf "$work"
+  mkdir -p "$work/out" "$work/plain"
+  target/release/mesobake build "$profile" --with profiles/include/offline-standins.toml \
+    --format "$formats" --out "$work/out" --timings 2>"$work/build.log" >/dev/null \
+    || { tail -20 "$work/build.log"; exit 1; }
+fi
 
 # The provisioned layer this build used: the newest one in the cache.
 layer=$(ls -t "$MESOBAKE_CACHE_DIR"/layers/provisioned/*/disk.qcow2 | head -1)
@@ -41,7 +45,7 @@ plain() { # FORMAT QEMU_FORMAT EXT -> "seconds MiB"
   t0=$(date +%s.%N)
   qemu-img convert -O "$2" "$work/plain/untrimmed.raw" "$dest"
   t1=$(date +%s.%N)
-  awk -v a="$t0" -v b="$t1" -v s="$(stat -c %s "$dest")" 'BEGIN { printf "%.1f %.1f", b - a, s / 1048576 }'
+  awk -v a="$t0" -v b="$t1" -v s="$(stat -c %s "$dest")" 'BEGIN { printf "%.1f %.1f\n", b - a, s / 1048576 }'
   rm -f "$dest"
 }
 

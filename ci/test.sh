@@ -6,6 +6,9 @@
 #      under QEMU, and checks failed and interrupted builds leave nothing behind.
 #      e2e_formats builds master-slave in every output format, runs mesobake check,
 #      re-checks the OVA with tar and sha256sum, and boots the VMDK taken from the OVA.
+#      e2e_lab builds master and slave-only, boots 3 masters with `mesobake lab up`
+#      (about 10 min under TCG), checks the ZooKeeper quorum and the masters' flags,
+#      and that `lab down` leaves no QEMU; ci/lab-4node.sh adds the agent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
