@@ -4,67 +4,13 @@
 //! runs it with `--test-threads=1`. The bootstrapped `debian-12` base is built once and
 //! shared through the cache directory in `target/e2e-cache`.
 
+mod common;
+
+use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn enabled() -> bool {
-    if std::env::var("MESOBAKE_E2E").as_deref() != Ok("1") {
-        eprintln!("skipped: set MESOBAKE_E2E=1 (needs root, QEMU and the host tools from ci/setup-host.sh)");
-        return false;
-    }
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "MESOBAKE_E2E=1 needs root"
-    );
-    true
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn target_dir(name: &str) -> PathBuf {
-    repo().join("target").join(name)
-}
-
-const OFFLINE: &str = "profiles/include/offline-standins.toml";
-
-fn mesobake(args: &[&str]) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("mesobake"));
-    c.current_dir(repo())
-        .env("MESOBAKE_CACHE_DIR", target_dir("e2e-cache"))
-        .args(args);
-    c
-}
-
-fn run_ok(mut c: Command, what: &str) -> (String, f64) {
-    let t = Instant::now();
-    let out = c
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let secs = t.elapsed().as_secs_f64();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}",
-        out.status
-    );
-    eprintln!("e2e: {what}: {secs:.1} s");
-    (stdout, secs)
-}
-
-fn standins() {
-    let dest = repo().join("ci/standins/out");
-    let st = Command::new("bash")
-        .arg(repo().join("ci/standins/build.sh"))
-        .arg(&dest)
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the stand-in packages failed");
-}
+use std::time::Duration;
 
 /// Nothing of a build may remain attached: no loop device backed by a file under `dir`,
 /// no mount under it, and no work directory.

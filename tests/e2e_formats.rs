@@ -6,52 +6,13 @@
 //! tests/e2e.rs; it shares that test's cache directory (target/e2e-cache), so with a warm
 //! cache the build reuses the bootstrapped base and the provisioned layer.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+mod common;
 
-fn enabled() -> bool {
-    if std::env::var("MESOBAKE_E2E").as_deref() != Ok("1") {
-        eprintln!("skipped: set MESOBAKE_E2E=1 (needs root, QEMU and the host tools from ci/setup-host.sh)");
-        return false;
-    }
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "MESOBAKE_E2E=1 needs root"
-    );
-    true
-}
+use common::*;
+use std::path::Path;
+use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-const OFFLINE: &str = "profiles/include/offline-standins.toml";
 const FORMATS: &str = "qcow2,vmdk,vdi,vhdx,vhd,vhd-fixed,raw,ova,ec2";
-
-fn mesobake(args: &[&str]) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("mesobake"));
-    c.current_dir(repo())
-        .env("MESOBAKE_CACHE_DIR", repo().join("target/e2e-cache"))
-        .args(args);
-    c
-}
-
-fn run_ok(mut c: Command, what: &str) -> String {
-    let t = Instant::now();
-    let out = c
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}",
-        out.status
-    );
-    eprintln!("e2e-formats: {what}: {:.1} s", t.elapsed().as_secs_f64());
-    stdout
-}
 
 fn tool(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -95,10 +56,10 @@ fn all_formats_check_and_the_ova_disk_boots() {
         "--timings",
     ]);
     build.env("SOURCE_DATE_EPOCH", "1700000000");
-    run_ok(build, "build master-slave in every format");
+    run_ok_text(build, "build master-slave in every format");
 
     // Our own re-check of the whole directory.
-    let report = run_ok(mesobake(&["check", &out_s]), "mesobake check");
+    let report = run_ok_text(mesobake(&["check", &out_s]), "mesobake check");
     assert!(report.contains("check: PASS"), "{report}");
 
     // Independent: sha256sum over SHA256SUMS, and qemu-img on every disk.
@@ -183,7 +144,7 @@ fn all_formats_check_and_the_ova_disk_boots() {
             .args(["-i", "ova"])
             .arg(&ova)
             .arg("--print-source");
-        let text = run_ok(c, "virt-v2v -i ova --print-source");
+        let text = run_ok_text(c, "virt-v2v -i ova --print-source");
         for want in [
             "source name: master-slave",
             "memory: 4294967296 (bytes)",
@@ -199,7 +160,7 @@ fn all_formats_check_and_the_ova_disk_boots() {
 
     // The VMDK from the OVA boots and configures itself.
     let vmdk = x.join("master-slave-disk1.vmdk");
-    let stdout = run_ok(
+    let stdout = run_ok_text(
         mesobake(&[
             "verify",
             &vmdk.to_string_lossy(),

@@ -10,46 +10,12 @@
 //! zk:// URL, the agent's --master is that URL, `lab up` again starts nothing, and after
 //! `lab down` none of the lab's QEMU processes is left.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
-
-fn enabled() -> bool {
-    if std::env::var("MESOBAKE_E2E").as_deref() != Ok("1") {
-        eprintln!("skipped: set MESOBAKE_E2E=1 (needs root, QEMU and the host tools from ci/setup-host.sh)");
-        return false;
-    }
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "MESOBAKE_E2E=1 needs root"
-    );
-    true
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn mesobake(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mesobake"));
-    c.current_dir(repo())
-        .env("MESOBAKE_CACHE_DIR", repo().join("target/e2e-cache"))
-        .args(args);
-    c
-}
-
-fn run_ok(mut c: Command, what: &str) -> String {
-    let t = Instant::now();
-    let out = c.stderr(Stdio::inherit()).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}",
-        out.status
-    );
-    eprintln!("e2e-lab: {what}: {:.1} s", t.elapsed().as_secs_f64());
-    stdout
-}
 
 /// QEMU processes whose command line names a file under `dir`.
 fn qemu_under(dir: &Path) -> Vec<u32> {
@@ -92,12 +58,12 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     let images = repo().join("target/e2e-lab-out");
     let images_s = images.to_string_lossy().into_owned();
     for role in ["master", "slave-only"] {
-        run_ok(
+        run_ok_text(
             mesobake(&[
                 "build",
                 &format!("profiles/{role}.toml"),
                 "--with",
-                "profiles/include/offline-standins.toml",
+                OFFLINE,
                 "--out",
                 &images_s,
             ]),
@@ -122,7 +88,7 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     let _guard = LabGuard(topo.clone());
 
     let t = Instant::now();
-    run_ok(
+    run_ok_text(
         mesobake(&[
             "lab",
             "up",
@@ -140,7 +106,7 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     let zk = "zk://m1:2181,m2:2181,m3:2181/mesos";
     let deadline = Instant::now() + std::time::Duration::from_secs(600);
     let rows = loop {
-        let out = run_ok(
+        let out = run_ok_text(
             mesobake(&["--json", "lab", "status", &topo_s]),
             "lab status",
         );
@@ -163,7 +129,7 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
         "e2e-lab: all services healthy {:.0} s after lab up",
         t.elapsed().as_secs_f64()
     );
-    let table = run_ok(mesobake(&["lab", "status", &topo_s]), "lab status (table)");
+    let table = run_ok_text(mesobake(&["lab", "status", &topo_s]), "lab status (table)");
     eprintln!("{table}");
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), if with_agent { 4 } else { 3 });
@@ -214,7 +180,7 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     let run_dir = tmp.path().join(".mesobake-lab/e2e");
     let before = qemu_under(&run_dir);
     assert_eq!(before.len(), rows.len());
-    run_ok(
+    run_ok_text(
         mesobake(&["lab", "up", &topo_s, "--images", &images_s, "--no-wait"]),
         "lab up again",
     );
@@ -224,6 +190,6 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     before.sort();
     assert_eq!(before, after, "lab up twice must not start duplicates");
 
-    run_ok(mesobake(&["lab", "down", &topo_s]), "lab down");
+    run_ok_text(mesobake(&["lab", "down", &topo_s]), "lab down");
     assert!(qemu_under(&run_dir).is_empty(), "QEMU left after lab down");
 }
