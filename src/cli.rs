@@ -89,6 +89,10 @@ pub struct BuildArgs {
     /// The digest of the OVA's .mf: sha256, or sha1 for old hosts.
     #[arg(long, value_name = "sha256|sha1", default_value = "sha256")]
     pub ova_digest: crate::export::ova::MfDigest,
+    /// qcow2 compression: zlib (every QEMU reads it) or zstd (much faster to write,
+    /// needs QEMU >= 5.1 to read).
+    #[arg(long, value_enum, default_value = "zlib")]
+    pub compression: crate::export::Qcow2Compression,
     /// Output directory.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -230,6 +234,7 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
         export: crate::export::ExportOptions {
             sign: a.sign,
             ova_digest: a.ova_digest,
+            qcow2_compression: a.compression,
         },
     })?;
     if json {

@@ -130,6 +130,15 @@ impl Format {
         }
     }
 
+    /// [`qemu_options`](Self::qemu_options) plus the chosen qcow2 compression.
+    pub fn options_with(self, compression: Qcow2Compression) -> Vec<&'static str> {
+        let mut opts = self.qemu_options().to_vec();
+        if self == Format::Qcow2 && compression == Qcow2Compression::Zstd {
+            opts.extend(["-o", "compression_type=zstd"]);
+        }
+        opts
+    }
+
     /// Checks the host tools this format needs.
     pub fn check_tools(self) -> Result<()> {
         crate::stage::check_tools(&[("qemu-img", "qemu-utils")])
@@ -174,6 +183,19 @@ pub struct ExportOptions {
     pub sign: Option<String>,
     /// The OVA manifest's digest.
     pub ova_digest: ova::MfDigest,
+    /// qcow2 compression: zlib reads everywhere; zstd is several times faster to write
+    /// but needs QEMU 5.1 or later wherever the image is used.
+    pub qcow2_compression: Qcow2Compression,
+}
+
+/// The compression of qcow2 outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Qcow2Compression {
+    /// Readable by every QEMU.
+    #[default]
+    Zlib,
+    /// Faster; needs QEMU >= 5.1 to read.
+    Zstd,
 }
 
 impl ExportOptions {
@@ -306,7 +328,8 @@ pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Ve
             }
             _ => {
                 let bar = ctx.progress.percent(&format!("converting to {file}"));
-                convert(disk, &dest, f.qemu_name(), f.qemu_options(), &bar)?;
+                let opts = f.options_with(ctx.req.export.qcow2_compression);
+                convert(disk, &dest, f.qemu_name(), &opts, &bar)?;
                 bar.done();
                 pin::pin(f.qemu_name(), &dest, &seed, epoch)?;
             }
@@ -501,6 +524,28 @@ pub fn qemu_info_as(path: &Path, format: Option<&str>) -> Result<serde_json::Val
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zstd_qcow2_is_what_qemu_img_reports() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("d.raw");
+        std::fs::write(&raw, vec![7u8; 4 << 20]).unwrap();
+        let out = d.path().join("d.qcow2");
+        let opts = Format::Qcow2.options_with(Qcow2Compression::Zstd);
+        convert(
+            &raw,
+            &out,
+            "qcow2",
+            &opts,
+            &crate::progress::PercentBar::hidden(),
+        )
+        .unwrap();
+        let info = qemu_info(&out).unwrap();
+        assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd");
+        assert!(!Format::Qcow2
+            .options_with(Qcow2Compression::Zlib)
+            .contains(&"compression_type=zstd"));
+    }
 
     #[test]
     fn formats_parse_from_lists() {
