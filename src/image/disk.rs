@@ -286,9 +286,49 @@ impl AttachedImage {
     /// Unmounts everything and detaches the loop devices, reporting failures.
     pub fn close(self) -> Result<()> {
         let AttachedImage { root, mounts, .. } = self;
+        let path = root.path().to_owned();
         // The root's directory descriptor would keep the mount busy.
         drop(root);
+        // After Ctrl-C, maintainer scripts that apt started in the chroot can outlive
+        // apt itself and keep the image busy; nothing may still run inside it.
+        stop_processes_in(&path);
         mounts.close()
+    }
+}
+
+/// Stops every process whose root directory is inside `root` (SIGTERM, then SIGKILL).
+fn stop_processes_in(root: &Path) {
+    use rustix::process::{kill_process, Pid, Signal};
+    let find = || -> Vec<Pid> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let r = std::fs::read_link(e.path().join("root")).ok()?;
+                (r.starts_with(root)).then(|| Pid::from_raw(pid)).flatten()
+            })
+            .collect()
+    };
+    for (signal, wait) in [(Signal::TERM, 50), (Signal::KILL, 50)] {
+        let pids = find();
+        if pids.is_empty() {
+            return;
+        }
+        eprintln!(
+            "mesobake: stopping {} process(es) still running inside the image",
+            pids.len()
+        );
+        for p in pids {
+            let _ = kill_process(p, signal);
+        }
+        for _ in 0..wait {
+            if find().is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 

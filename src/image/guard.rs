@@ -116,7 +116,7 @@ fn unmount(target: &Path) -> Result<()> {
     let mut last = None;
     // A process that just exited (apt's helpers, gpg-agent) can hold the mount busy for a
     // moment; retry before giving up.
-    for attempt in 0..6 {
+    for attempt in 0..10 {
         match Cmd::new("umount").arg(target).run() {
             Ok(()) => return Ok(()),
             Err(e) => last = Some(e),
