@@ -172,10 +172,13 @@ impl Mounts {
     pub fn unwind_to(&mut self, keep: usize) -> Result<()> {
         let mut first_err = None;
         while self.items.len() > keep {
-            let r = match self.items.pop().expect("len > keep") {
-                Item::Loop(l) => l.close(),
-                Item::Mount(m) => m.close(),
-            };
+            // Teardown must run even after Ctrl-C, when the runner refuses new commands.
+            let r = crate::run::with_interrupt_suspended(|| {
+                match self.items.pop().expect("len > keep") {
+                    Item::Loop(l) => l.close(),
+                    Item::Mount(m) => m.close(),
+                }
+            });
             if let Err(e) = r {
                 first_err.get_or_insert(e);
             }
