@@ -35,12 +35,7 @@ fn all_formats_check_and_the_ova_disk_boots() {
     if !enabled() {
         return;
     }
-    let st = Command::new("bash")
-        .arg(repo().join("ci/standins/build.sh"))
-        .arg(repo().join("ci/standins/out"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the stand-in packages failed");
+    standins();
     let out = repo().join("target/e2e-formats-out");
     let _ = std::fs::remove_dir_all(&out);
     let out_s = out.to_string_lossy().into_owned();

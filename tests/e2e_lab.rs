@@ -14,7 +14,6 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 /// QEMU processes whose command line names a file under `dir`.
@@ -49,12 +48,7 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     if !enabled() {
         return;
     }
-    let st = Command::new("bash")
-        .arg(repo().join("ci/standins/build.sh"))
-        .arg(repo().join("ci/standins/out"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the stand-in packages failed");
+    standins();
     let images = repo().join("target/e2e-lab-out");
     let images_s = images.to_string_lossy().into_owned();
     for role in ["master", "slave-only"] {
