@@ -332,3 +332,137 @@ fn failed_and_interrupted_builds_leave_nothing_behind() {
     assert_nothing_left(&out);
     assert!(outputs_in(&out).is_empty(), "{:?}", outputs_in(&out));
 }
+
+/// Runs a build with `-v --timings`, returning its stderr.
+fn build_logged(args: &[&str], what: &str) -> String {
+    let out = mesobake(args)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what} failed:\n{err}");
+    err
+}
+
+/// The stages a `--timings` log lists.
+fn stages(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("timing "))
+        .filter(|l| !l.starts_with("output") && !l.starts_with("total"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Reads one file from the root filesystem (partition 1) of a qcow2 image, read-only.
+fn read_from_image(img: &Path, path: &str) -> String {
+    let tmp = tempfile::tempdir_in(target_dir("")).unwrap();
+    let script = r#"set -e
+qemu-img convert -O raw "$1" "$2/disk.raw"
+start=$(partx -g -o START --nr 1 "$2/disk.raw")
+loop=$(losetup --find --show --read-only --offset $((start * 512)) "$2/disk.raw")
+mkdir "$2/m"
+mount -o ro,noload "$loop" "$2/m" || { losetup -d "$loop"; exit 1; }
+cat "$2/m/$3" || true
+umount "$2/m"; losetup -d "$loop"
+"#;
+    let out = Command::new("bash")
+        .args(["-c", script, "read"])
+        .arg(img)
+        .arg(tmp.path())
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The edit-rebuild loop: an unchanged rebuild comes from the configured layer and gives
+/// the same bytes; an overlay edit reruns configure (not apt) and lands in the image.
+#[test]
+fn rebuilds_reuse_the_provisioned_and_configured_layers() {
+    if !enabled() {
+        return;
+    }
+    standins();
+    let root = target_dir("e2e-rebuild");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("overlay/etc")).unwrap();
+    std::fs::write(root.join("overlay/etc/mesobake-edit"), "first\n").unwrap();
+    let edit = root.join("edit.toml");
+    std::fs::write(
+        &edit,
+        format!(
+            "overlays = [\"{}\", \"{}\"]\n",
+            repo().join("overlays/common").display(),
+            root.join("overlay").display()
+        ),
+    )
+    .unwrap();
+    let build = |out: &str| {
+        let out = root.join(out).to_string_lossy().into_owned();
+        let edit = edit.to_string_lossy().into_owned();
+        build_logged(
+            &[
+                "-v",
+                "build",
+                "profiles/master-slave.toml",
+                "--with",
+                OFFLINE,
+                "--with",
+                &edit,
+                "--out",
+                &out,
+                "--timings",
+            ],
+            "build master-slave with an overlay",
+        )
+    };
+    build("a");
+    let log = build("b");
+    assert!(
+        log.contains("using the cached configured layer"),
+        "an unchanged rebuild uses the configured layer:\n{log}"
+    );
+    assert!(
+        !stages(&log)
+            .iter()
+            .any(|s| s == "configure" || s == "provision"),
+        "{log}"
+    );
+    let sums = |d: &str| std::fs::read_to_string(root.join(d).join("SHA256SUMS")).unwrap();
+    let digest = |d: &str| {
+        sums(d)
+            .lines()
+            .find(|l| l.ends_with("master-slave.qcow2"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(digest("a"), digest("b"), "same inputs, same image");
+
+    std::fs::write(root.join("overlay/etc/mesobake-edit"), "second\n").unwrap();
+    let log = build("c");
+    assert!(
+        log.contains("configured layer") && log.contains("etc/mesobake-edit changed"),
+        "-v names the edited overlay file:\n{log}"
+    );
+    let s = stages(&log);
+    assert!(s.iter().any(|s| s == "configure"), "{log}");
+    assert!(
+        !s.iter().any(|s| s == "provision"),
+        "apt must not run again:\n{log}"
+    );
+    assert_ne!(digest("a"), digest("c"));
+    let img = root.join("c/master-slave.qcow2");
+    assert_eq!(read_from_image(&img, "etc/mesobake-edit"), "second\n");
+    let st = Command::new("qemu-img")
+        .arg("check")
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_nothing_left(&root);
+}

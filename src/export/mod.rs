@@ -327,10 +327,12 @@ pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Ve
                 }
             }
             _ => {
-                let bar = ctx.progress.percent(&format!("converting to {file}"));
                 let opts = f.options_with(ctx.req.export.qcow2_compression);
-                convert(disk, &dest, f.qemu_name(), &opts, &bar)?;
-                bar.done();
+                if !(f == Format::Qcow2 && crate::stage::pack::qcow2(ctx, &dest, &opts)?) {
+                    let bar = ctx.progress.percent(&format!("converting to {file}"));
+                    convert(disk, &dest, f.qemu_name(), &opts, &bar)?;
+                    bar.done();
+                }
                 pin::pin(f.qemu_name(), &dest, &seed, epoch)?;
             }
         }

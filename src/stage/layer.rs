@@ -1,10 +1,15 @@
-//! The provisioned layer: the disk after package installation, cached by a hash of
-//! everything that went into it.
+//! Cached layers, each keyed by a hash of its inputs.
 //!
-//! Roles that share a package set (all three shipped profiles do) share one layer, so
-//! building a second role, or rebuilding after an overlay edit, skips apt entirely.
-//! Each layer directory holds `disk.qcow2` and a manifest of its inputs; a miss under
-//! `-v` names the inputs that differ from the newest layer of the same kind.
+//! - `provisioned`: the disk after package installation and cleaning, as a sparse raw
+//!   file. Roles that share a package set (all three shipped profiles do) share one, so
+//!   building a second role, or rebuilding after an overlay edit, skips apt entirely.
+//! - `packed`: that disk as a compressed qcow2, made once per compression; a qcow2
+//!   output is this plus the changed clusters (see [`super::delta`]).
+//! - `configured`: the delta from the provisioned disk to the finished one, plus what
+//!   configure found; an unchanged rebuild skips mounting the image at all.
+//!
+//! Each layer directory holds one file and a manifest of its inputs; a miss under `-v`
+//! names the inputs that differ from the newest layer of the same kind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,27 +23,52 @@ use crate::base::cache::{Cache, LAYER_MANIFEST};
 use crate::run::Cmd;
 
 /// Bump when provisioning changes in a way the inputs would not show.
-const RECIPE: &str = "provision-1";
-/// The cache kind of provisioned layers.
-pub const KIND: &str = "provisioned";
+const RECIPE: &str = "provision-2";
+/// Bump when configure or finalize change in a way the inputs would not show (the
+/// mesobake binary's identity is an input too).
+const CONFIGURE_RECIPE: &str = "configure-1";
+/// The provisioned disk, raw and sparse.
+pub const PROVISIONED: &str = "provisioned";
+/// The provisioned disk as a compressed qcow2.
+pub const PACKED: &str = "packed";
+/// The delta that configure and finalize make.
+pub const CONFIGURED: &str = "configured";
 
-/// A layer's manifest: its inputs and what provisioning reported.
+/// A layer's manifest: its inputs and what the step that made it reported.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerManifest {
-    /// Always [`KIND`].
+    /// The layer kind.
     pub kind: String,
     /// The hash of `inputs`.
     pub key: String,
     /// Every input, by name.
     pub inputs: BTreeMap<String, String>,
     /// Installed packages and versions.
+    #[serde(default)]
     pub packages: Vec<(String, String)>,
     /// Local .debs offered to apt, with their SHA256.
+    #[serde(default)]
     pub debs: Vec<(String, String)>,
-    /// Size and modification time of disk.qcow2 when it was published, to detect damage.
+    /// The layer's one file, in its directory.
+    pub file: String,
+    /// Size and modification time of `file` when it was published, to detect damage.
     pub disk_size: u64,
     /// Modification time in nanoseconds.
     pub disk_mtime_ns: u128,
+    /// Kind-specific facts (the configured layer's delta and layout).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// What a layer records besides its inputs and file.
+#[derive(Debug, Clone, Default)]
+pub struct LayerFacts {
+    /// Installed packages and versions.
+    pub packages: Vec<(String, String)>,
+    /// Local .debs with their SHA256.
+    pub debs: Vec<(String, String)>,
+    /// Kind-specific facts.
+    pub extra: serde_json::Value,
 }
 
 /// The inputs of the provisioned layer, by name.
@@ -123,92 +153,119 @@ fn mtime_ns(p: &Path) -> Result<u128> {
         .as_nanos())
 }
 
-/// Looks up a layer and checks it before use: the manifest must parse and match the key,
-/// and the disk must have the recorded size and time and pass `qemu-img check`. A damaged
-/// entry is removed and reported as a miss, never used.
-pub fn lookup(cache: &Cache, key: &str) -> Result<Option<(PathBuf, LayerManifest)>> {
-    let Some(dir) = cache.layer_get(KIND, key) else {
+/// Looks up a layer and checks it before use: the manifest must parse and match the
+/// kind and key, the file must have the recorded size and time, and a qcow2 must pass
+/// `qemu-img check`. A damaged entry is removed and reported as a miss, never used.
+/// Returns the layer's file and manifest.
+pub fn lookup(cache: &Cache, kind: &str, key: &str) -> Result<Option<(PathBuf, LayerManifest)>> {
+    let Some(dir) = cache.layer_get(kind, key) else {
         return Ok(None);
     };
-    match check(&dir, key) {
+    match check(&dir, kind, key) {
         Ok(m) => {
             crate::base::gc::touch(&dir);
-            Ok(Some((dir.join("disk.qcow2"), m)))
+            Ok(Some((dir.join(&m.file), m)))
         }
         Err(e) => {
             eprintln!(
-                "mesobake: cached layer {KIND}/{} is damaged ({e:#}); rebuilding it",
+                "mesobake: cached layer {kind}/{} is damaged ({e:#}); rebuilding it",
                 &key[..12]
             );
-            cache.remove_layer(KIND, key)?;
+            cache.remove_layer(kind, key)?;
             Ok(None)
         }
     }
 }
 
-fn check(dir: &Path, key: &str) -> Result<LayerManifest> {
+fn check(dir: &Path, kind: &str, key: &str) -> Result<LayerManifest> {
     let m: LayerManifest = serde_json::from_slice(&std::fs::read(dir.join(LAYER_MANIFEST))?)
         .context("reading the layer manifest")?;
-    if m.key != key {
-        bail!("manifest key {} does not match", m.key);
+    if m.key != key || m.kind != kind {
+        bail!("manifest says {}/{}", m.kind, m.key);
     }
-    let disk = dir.join("disk.qcow2");
-    let size = std::fs::metadata(&disk)
-        .context("disk.qcow2 is missing")?
+    if m.file.contains('/') || m.file.is_empty() || m.file == LAYER_MANIFEST {
+        bail!("manifest names a bad file {:?}", m.file);
+    }
+    let file = dir.join(&m.file);
+    let size = std::fs::metadata(&file)
+        .with_context(|| format!("{} is missing", m.file))?
         .len();
-    if size != m.disk_size || mtime_ns(&disk)? != m.disk_mtime_ns {
-        bail!("disk.qcow2 changed since it was cached");
+    if size != m.disk_size || mtime_ns(&file)? != m.disk_mtime_ns {
+        bail!("{} changed since it was cached", m.file);
     }
-    Cmd::new("qemu-img")
-        .args(["check", "-q"])
-        .arg(&disk)
-        .run()
-        .context("qemu-img check")?;
+    if m.file.ends_with(".qcow2") {
+        Cmd::new("qemu-img")
+            .args(["check", "-q"])
+            .arg(&file)
+            .run()
+            .context("qemu-img check")?;
+    }
     Ok(m)
 }
 
-/// Saves the provisioned raw disk as a layer (an uncompressed qcow2: fast to write and to
-/// read back, and sparse).
+/// Saves a layer: `make` writes the layer's file `file` into the directory it is given
+/// (a private directory in the cache), then the manifest is written and the directory
+/// published by one rename. Returns the published file's path.
 pub fn save(
     cache: &Cache,
-    raw: &Path,
+    kind: &str,
     key: &str,
     inputs: BTreeMap<String, String>,
-    report: &super::provision::ProvisionReport,
+    file: &str,
+    facts: LayerFacts,
+    make: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let tmp = cache
-        .tmp_dir()
-        .join(format!("layer-{}-{}", &key[..12], std::process::id()));
+    let tmp = cache.tmp_dir().join(format!(
+        "layer-{kind}-{}-{}",
+        &key[..12],
+        std::process::id()
+    ));
     std::fs::create_dir_all(&tmp)?;
     let r = (|| {
-        let disk = tmp.join("disk.qcow2");
-        Cmd::new("qemu-img")
-            .args(["convert", "-O", "qcow2"])
-            .arg(raw)
-            .arg(&disk)
-            .run()
-            .context("saving the provisioned layer")?;
+        let path = tmp.join(file);
+        make(&path).with_context(|| format!("saving the {kind} layer"))?;
         let m = LayerManifest {
-            kind: KIND.into(),
+            kind: kind.into(),
             key: key.into(),
             inputs,
-            packages: report.packages.clone(),
-            debs: report.debs.clone(),
-            disk_size: std::fs::metadata(&disk)?.len(),
-            disk_mtime_ns: mtime_ns(&disk)?,
+            packages: facts.packages,
+            debs: facts.debs,
+            file: file.into(),
+            disk_size: std::fs::metadata(&path)?.len(),
+            disk_mtime_ns: mtime_ns(&path)?,
+            extra: facts.extra,
         };
         std::fs::write(tmp.join(LAYER_MANIFEST), serde_json::to_vec_pretty(&m)?)?;
-        cache.publish_dir(&tmp, KIND, key)
+        cache.publish_dir(&tmp, kind, key)
     })();
-    if r.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+    match r {
+        Ok(dir) => Ok(dir.join(file)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
     }
-    r
+}
+
+/// Copies a raw disk keeping it sparse (GNU cp finds the holes with SEEK_DATA).
+pub fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
+    Cmd::new("cp")
+        .args(["--sparse=always", "--reflink=auto", "--"])
+        .arg(from)
+        .arg(to)
+        .run()
+        .with_context(|| format!("copying {}", from.display()))
+}
+
+/// The part of any manifest version that a miss explanation needs.
+#[derive(Deserialize)]
+struct InputsOnly {
+    inputs: BTreeMap<String, String>,
 }
 
 /// Says which inputs differ from the newest cached layer of this kind, for `-v`.
-pub fn explain_miss(cache: &Cache, inputs: &BTreeMap<String, String>) -> String {
-    let dir = cache.root().join("layers").join(KIND);
+pub fn explain_miss(cache: &Cache, kind: &str, inputs: &BTreeMap<String, String>) -> String {
+    let dir = cache.root().join("layers").join(kind);
     let newest = std::fs::read_dir(&dir)
         .ok()
         .into_iter()
@@ -221,15 +278,104 @@ pub fn explain_miss(cache: &Cache, inputs: &BTreeMap<String, String>) -> String 
         })
         .max_by_key(|(t, _)| *t);
     let Some((_, path)) = newest else {
-        return "no provisioned layer is cached yet".into();
+        return format!("no {kind} layer is cached yet");
     };
     let Ok(old) = std::fs::read(&path)
         .map_err(anyhow::Error::from)
-        .and_then(|b| Ok(serde_json::from_slice::<LayerManifest>(&b)?))
+        .and_then(|b| Ok(serde_json::from_slice::<InputsOnly>(&b)?))
     else {
         return "the newest cached layer has no readable manifest".into();
     };
     diff(&old.inputs, inputs)
+}
+
+/// The inputs of the configured layer: the provisioned layer's key, the resolved
+/// profile, every overlay file (path, mode and content or link target), and the
+/// mesobake binary that configures.
+pub fn configured_inputs(
+    ctx: &BuildContext,
+    provisioned: &str,
+) -> Result<BTreeMap<String, String>> {
+    let p = &ctx.req.profile;
+    let mut m = BTreeMap::new();
+    m.insert("recipe".into(), CONFIGURE_RECIPE.into());
+    m.insert("provisioned".into(), provisioned.into());
+    m.insert("mesobake".into(), binary_identity());
+    // The profile's sources (file -> digest) are left out: an edit that changes no
+    // setting (a comment) should not miss. The resolved settings are what matter.
+    let mut settings = serde_json::to_value(p)?;
+    if let Some(o) = settings.as_object_mut() {
+        o.remove("sources");
+    }
+    m.insert(
+        "profile".into(),
+        hex::encode(Sha256::digest(serde_json::to_vec(&settings)?)),
+    );
+    for (i, dir) in p.overlays.iter().enumerate() {
+        for (rel, digest) in overlay_digests(dir)? {
+            m.insert(format!("overlay {i} {rel}"), digest);
+        }
+    }
+    Ok(m)
+}
+
+/// Identifies the running mesobake: its version and the executable's size and time, so
+/// a rebuilt binary never reuses a configured layer an older one made.
+fn binary_identity() -> String {
+    let exe = std::env::current_exe().ok();
+    let md = exe.as_ref().and_then(|e| std::fs::metadata(e).ok());
+    let t = md
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{} {} {t}",
+        env!("CARGO_PKG_VERSION"),
+        md.map(|m| m.len()).unwrap_or_default()
+    )
+}
+
+/// Every entry under an overlay tree, by relative path: mode and content digest for
+/// files, target for links, mode for directories.
+fn overlay_digests(dir: &Path) -> Result<Vec<(String, String)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            // A missing overlay is reported by configure, with the profile that lists it.
+            Err(_) if d == dir => {
+                out.push((String::new(), "missing".into()));
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", d.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let path = e.path();
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            let md = std::fs::symlink_metadata(&path)?;
+            let mode = md.permissions().mode() & 0o7777;
+            let v = if md.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&path)?.display())
+            } else if md.is_dir() {
+                stack.push(path.clone());
+                format!("dir {mode:o}")
+            } else {
+                format!("file {mode:o} {}", crate::base::cache::sha256_file(&path)?)
+            };
+            out.push((rel, v));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Names the inputs that were added, removed or changed.
@@ -290,16 +436,24 @@ mod tests {
         std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
         let inputs = m(&[("base", "x")]);
         let k = key(&inputs);
-        save(&cache, &raw, &k, inputs, &Default::default()).unwrap();
-        assert!(lookup(&cache, &k).unwrap().is_some());
+        let disk = save(
+            &cache,
+            PROVISIONED,
+            &k,
+            inputs,
+            "disk.raw",
+            Default::default(),
+            |p| copy_sparse(&raw, p),
+        )
+        .unwrap();
+        assert!(lookup(&cache, PROVISIONED, &k).unwrap().is_some());
         // Corrupt the cached disk: the entry must be refused and dropped.
-        let disk = cache.layer_get(KIND, &k).unwrap().join("disk.qcow2");
         let mut perms = std::fs::metadata(&disk).unwrap().permissions();
         #[allow(clippy::permissions_set_readonly_false)]
         perms.set_readonly(false);
         std::fs::set_permissions(&disk, perms).unwrap();
         std::fs::write(&disk, b"garbage").unwrap();
-        assert!(lookup(&cache, &k).unwrap().is_none());
-        assert!(cache.layer_get(KIND, &k).is_none());
+        assert!(lookup(&cache, PROVISIONED, &k).unwrap().is_none());
+        assert!(cache.layer_get(PROVISIONED, &k).is_none());
     }
 }

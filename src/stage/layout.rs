@@ -5,13 +5,13 @@
 //! layout is read from the files the packages installed, never assumed.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::image::ImageRoot;
 use crate::profile::{Profile, Service};
 
 /// The image's init system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// systemd (Ubuntu 16.04 and later, Debian 8 and later).
@@ -31,7 +31,7 @@ impl Init {
 }
 
 /// Where the installed packages put things.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// The init system.
     pub init: Init,

@@ -4,9 +4,11 @@
 //! [`BuildContext`]; nothing is global.
 
 pub mod configure;
+pub mod delta;
 pub mod finalize;
 pub mod layer;
 pub mod layout;
+pub mod pack;
 pub mod provision;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +54,8 @@ pub struct BuildContext {
     pub progress: Progress,
     /// How long each stage took.
     pub timings: Vec<(&'static str, Duration)>,
+    /// Set once the disk is finished: lets export make a qcow2 from the packed layer.
+    pub packing: Option<Packing>,
 }
 
 impl BuildContext {
@@ -74,6 +78,7 @@ impl BuildContext {
 /// The host tools a build needs, with the Debian package that provides each.
 pub const BUILD_TOOLS: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
+    ("qemu-io", "qemu-utils"),
     ("losetup", "mount"),
     ("mount", "mount"),
     ("sfdisk", "fdisk"),
@@ -161,6 +166,7 @@ pub fn build(req: BuildRequest) -> Result<Vec<export::Output>> {
         cache,
         progress,
         timings: Vec::new(),
+        packing: None,
     };
     let result = run_stages(&mut ctx);
     // The work dir goes on every path; remove_work_dir refuses if anything is still
@@ -187,52 +193,182 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
         c.progress
             .suspend(|| base::obtain(&spec, &c.req.base_opts, &c.cache))
     })?;
-    let name = ctx.req.profile.name.clone();
     let disk = ctx.work.join("disk.raw");
-    let mnt = ctx.work.join("root");
-    let inputs = layer::inputs(ctx)?;
+    let (layer_disk, prov_key, report) = provisioned(ctx, &disk)?;
+    let inputs = layer::configured_inputs(ctx, &prov_key)?;
     let key = layer::key(&inputs);
-    // One build at a time makes a given layer; the others wait and then reuse it.
-    let lock = ctx.cache.lock_entry(&format!("{}-{key}", layer::KIND))?;
-    let report = match layer::lookup(&ctx.cache, &key)? {
-        Some((layer_disk, m)) => {
+    let lock = ctx
+        .cache
+        .lock_entry(&format!("{}-{key}", layer::CONFIGURED))?;
+    let configured = match layer::lookup(&ctx.cache, layer::CONFIGURED, &key)? {
+        Some((data, m)) => {
+            let facts: ConfiguredFacts =
+                serde_json::from_value(m.extra).context("reading the configured layer")?;
             ctx.stage(
                 "disk",
-                &format!("using the cached provisioned layer {}", &key[..12]),
-                |_| raw_copy(&layer_disk, &disk).context("unpacking the provisioned layer"),
+                &format!("using the cached configured layer {}", &key[..12]),
+                |_| {
+                    if !disk.exists() {
+                        layer::copy_sparse(&layer_disk, &disk)?;
+                    }
+                    delta::apply_raw(&facts.delta, &data, &disk)
+                },
             )?;
-            provision::ProvisionReport {
-                packages: m.packages,
-                debs: m.debs,
-            }
+            base::detect_release(&mut ctx.base, &facts.os_release);
+            Configured { facts, data }
         }
         None => {
             if crate::run::verbose() {
                 eprintln!(
-                    "mesobake: provisioned layer {} missed: {}",
+                    "mesobake: configured layer {} missed: {}",
                     &key[..12],
-                    layer::explain_miss(&ctx.cache, &inputs)
+                    layer::explain_miss(&ctx.cache, layer::CONFIGURED, &inputs)
                 );
             }
-            ctx.stage("disk", "preparing a working copy of the base disk", |c| {
-                prepare_disk(c, &disk)
-            })?;
-            let report = with_image(&disk, &mnt, |img| {
-                detect_release(ctx, img);
+            if !disk.exists() {
                 ctx.stage(
-                    "provision",
-                    &format!("installing packages into {name}"),
-                    |c| provision::run(c, img),
+                    "disk",
+                    &format!("using the cached provisioned layer {}", &prov_key[..12]),
+                    |_| layer::copy_sparse(&layer_disk, &disk),
+                )?;
+            }
+            let (facts, data) = configure(ctx, &disk, &layer_disk)?;
+            let data = ctx.stage("layer", "saving the configured layer", |c| {
+                let extra = serde_json::to_value(&facts)?;
+                layer::save(
+                    &c.cache,
+                    layer::CONFIGURED,
+                    &key,
+                    inputs,
+                    "delta.bin",
+                    layer::LayerFacts {
+                        extra,
+                        ..Default::default()
+                    },
+                    |p| move_file(&data, p),
                 )
             })?;
-            ctx.stage("layer", "saving the provisioned layer", |c| {
-                layer::save(&c.cache, &disk, &key, inputs, &report)
-            })?;
-            report
+            Configured { facts, data }
         }
     };
     drop(lock);
-    let facts = with_image(&disk, &mnt, |img| {
+    let facts = export::BuildFacts {
+        packages: report.packages,
+        debs: report.debs,
+        layout: configured.facts.layout.clone(),
+        skipped_mounts: configured.facts.skipped_mounts.clone(),
+    };
+    ctx.packing = Some(Packing {
+        layer_disk,
+        provisioned_key: prov_key,
+        delta: configured.facts.delta,
+        data: configured.data,
+    });
+    ctx.stage("export", "writing outputs", |c| {
+        export::run(c, &disk, &facts)
+    })
+}
+
+/// What the configured layer records besides the delta's data.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ConfiguredFacts {
+    delta: delta::Delta,
+    layout: layout::Layout,
+    skipped_mounts: Vec<String>,
+    os_release: String,
+}
+
+struct Configured {
+    facts: ConfiguredFacts,
+    data: PathBuf,
+}
+
+/// How a qcow2 output can be made from the packed provisioned layer plus a delta.
+pub struct Packing {
+    /// The provisioned layer's raw disk.
+    pub layer_disk: PathBuf,
+    /// Its key.
+    pub provisioned_key: String,
+    /// The changes from it to the finished disk.
+    pub delta: delta::Delta,
+    /// The delta's data.
+    pub data: PathBuf,
+}
+
+/// Finds or makes the provisioned layer. On a miss the working disk is left holding the
+/// provisioned content; on a hit it is not created. Returns the layer's disk, its key and
+/// what provisioning installed.
+fn provisioned(
+    ctx: &mut BuildContext,
+    disk: &Path,
+) -> Result<(PathBuf, String, provision::ProvisionReport)> {
+    let name = ctx.req.profile.name.clone();
+    let mnt = ctx.work.join("root");
+    let inputs = layer::inputs(ctx)?;
+    let key = layer::key(&inputs);
+    // One build at a time makes a given layer; the others wait and then reuse it.
+    let _lock = ctx
+        .cache
+        .lock_entry(&format!("{}-{key}", layer::PROVISIONED))?;
+    if let Some((layer_disk, m)) = layer::lookup(&ctx.cache, layer::PROVISIONED, &key)? {
+        let report = provision::ProvisionReport {
+            packages: m.packages,
+            debs: m.debs,
+        };
+        return Ok((layer_disk, key, report));
+    }
+    if crate::run::verbose() {
+        eprintln!(
+            "mesobake: provisioned layer {} missed: {}",
+            &key[..12],
+            layer::explain_miss(&ctx.cache, layer::PROVISIONED, &inputs)
+        );
+    }
+    ctx.stage("disk", "preparing a working copy of the base disk", |c| {
+        prepare_disk(c, disk)
+    })?;
+    let report = with_image(disk, &mnt, |img| {
+        detect_release(ctx, img);
+        let report = ctx.stage(
+            "provision",
+            &format!("installing packages into {name}"),
+            |c| provision::run(c, img),
+        )?;
+        // The layer is cleaned like a finished image, so that the clusters apt and its
+        // lists dirtied are not part of every role's delta.
+        ctx.stage("clean", "cleaning the provisioned disk", |c| {
+            finalize::run(c, img)
+        })?;
+        Ok(report)
+    })?;
+    let layer_disk = ctx.stage("layer", "saving the provisioned layer", |c| {
+        layer::save(
+            &c.cache,
+            layer::PROVISIONED,
+            &key,
+            inputs,
+            "disk.raw",
+            layer::LayerFacts {
+                packages: report.packages.clone(),
+                debs: report.debs.clone(),
+                ..Default::default()
+            },
+            |p| layer::copy_sparse(disk, p),
+        )
+    })?;
+    Ok((layer_disk, key, report))
+}
+
+/// Configures and finalizes the working disk, then records how it differs from the
+/// provisioned layer. Returns the facts and the delta's data file (in the work dir).
+fn configure(
+    ctx: &mut BuildContext,
+    disk: &Path,
+    layer_disk: &Path,
+) -> Result<(ConfiguredFacts, PathBuf)> {
+    let name = ctx.req.profile.name.clone();
+    let mnt = ctx.work.join("root");
+    let (layout, skipped_mounts, os_release) = with_image(disk, &mnt, |img| {
         detect_release(ctx, img);
         let layout = ctx.stage("configure", &format!("configuring {name}"), |c| {
             configure::run(c, img)
@@ -242,16 +378,43 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
             &format!("cleaning {name} for distribution"),
             |c| finalize::run(c, img),
         )?;
-        Ok(export::BuildFacts {
-            packages: report.packages,
-            debs: report.debs,
-            layout,
-            skipped_mounts: img.skipped.clone(),
-        })
+        let os_release = img
+            .root
+            .read_to_string("etc/os-release")
+            .unwrap_or_default();
+        Ok((layout, img.skipped.clone(), os_release))
     })?;
-    ctx.stage("export", "writing outputs", |c| {
-        export::run(c, &disk, &facts)
-    })
+    let data = ctx.work.join("delta.bin");
+    let delta = ctx.stage("delta", "finding the changed clusters", |_| {
+        delta::diff(layer_disk, disk, &data)
+    })?;
+    if crate::run::verbose() {
+        eprintln!(
+            "mesobake: {name} differs from the provisioned layer in {} runs, {} KiB of data and {} KiB zeroed",
+            delta.extents.len(),
+            delta.data_bytes() >> 10,
+            (delta.changed_bytes() - delta.data_bytes()) >> 10
+        );
+    }
+    Ok((
+        ConfiguredFacts {
+            delta,
+            layout,
+            skipped_mounts,
+            os_release,
+        },
+        data,
+    ))
+}
+
+/// Moves a file, copying when the two places are on different filesystems.
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::rename(from, to).is_err() {
+        std::fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        std::fs::remove_file(from)?;
+    }
+    Ok(())
 }
 
 /// Fills in the base's family and codename from the image when they are not known.
