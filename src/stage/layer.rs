@@ -247,6 +247,16 @@ pub fn save(
     }
 }
 
+/// Names one instance of a layer: its key plus its file's size and time. A layer
+/// rebuilt from the same inputs (after `cache gc`, or damage) has the same key but, since
+/// apt and ext4 are not byte-reproducible, different bytes; layers derived from it
+/// (packed, configured) take this as their input so they never combine with another
+/// instance's bytes.
+pub fn instance(key: &str, file: &Path) -> Result<String> {
+    let size = std::fs::metadata(file)?.len();
+    Ok(format!("{key} {size} {}", mtime_ns(file)?))
+}
+
 /// Copies a raw disk keeping it sparse (GNU cp finds the holes with SEEK_DATA).
 pub fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
     Cmd::new("cp")
@@ -425,6 +435,38 @@ mod tests {
         assert!(
             d.contains("base changed") && d.contains("packages removed"),
             "{d}"
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_layer_is_a_new_instance_though_its_key_is_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(d.path().to_path_buf())).unwrap();
+        let inputs = m(&[("base", "x")]);
+        let k = key(&inputs);
+        let save_one = |byte: u8| {
+            save(
+                &cache,
+                PROVISIONED,
+                &k,
+                inputs.clone(),
+                "disk.raw",
+                Default::default(),
+                |p| Ok(std::fs::write(p, [byte; 4096])?),
+            )
+            .unwrap()
+        };
+        let first = instance(&k, &save_one(1)).unwrap();
+        assert_eq!(
+            first,
+            instance(&k, &lookup(&cache, PROVISIONED, &k).unwrap().unwrap().0).unwrap()
+        );
+        cache.remove_layer(PROVISIONED, &k).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let second = instance(&k, &save_one(2)).unwrap();
+        assert_ne!(
+            first, second,
+            "layers derived from the first must not match the second"
         );
     }
 

@@ -195,7 +195,8 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
     })?;
     let disk = ctx.work.join("disk.raw");
     let (layer_disk, prov_key, report) = provisioned(ctx, &disk)?;
-    let inputs = layer::configured_inputs(ctx, &prov_key)?;
+    let prov_instance = layer::instance(&prov_key, &layer_disk)?;
+    let inputs = layer::configured_inputs(ctx, &prov_instance)?;
     let key = layer::key(&inputs);
     let lock = ctx
         .cache
@@ -260,7 +261,7 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
     };
     ctx.packing = Some(Packing {
         layer_disk,
-        provisioned_key: prov_key,
+        provisioned: prov_instance,
         delta: configured.facts.delta,
         data: configured.data,
     });
@@ -287,8 +288,8 @@ struct Configured {
 pub struct Packing {
     /// The provisioned layer's raw disk.
     pub layer_disk: PathBuf,
-    /// Its key.
-    pub provisioned_key: String,
+    /// Its instance ([`layer::instance`]).
+    pub provisioned: String,
     /// The changes from it to the finished disk.
     pub delta: delta::Delta,
     /// The delta's data.

@@ -35,7 +35,7 @@ pub fn qcow2(ctx: &mut BuildContext, dest: &Path, options: &[&str]) -> Result<bo
     }
     let (layer_disk, delta, data) = (p.layer_disk.clone(), p.delta.clone(), p.data.clone());
     let mut inputs = BTreeMap::new();
-    inputs.insert("provisioned".to_string(), p.provisioned_key.clone());
+    inputs.insert("provisioned".to_string(), p.provisioned.clone());
     inputs.insert("qemu-img options".to_string(), options.join(" "));
     inputs.insert("qemu-img".to_string(), qemu_img_version()?);
     let key = layer::key(&inputs);
