@@ -34,6 +34,10 @@ pub fn qcow2(ctx: &mut BuildContext, dest: &Path, options: &[&str]) -> Result<bo
         return Ok(false);
     }
     let (layer_disk, delta, data) = (p.layer_disk.clone(), p.delta.clone(), p.data.clone());
+    // -W (out-of-order writes) lets qemu-img compress on every core, about twice as fast
+    // on two, but places clusters differently each run. That is harmless here: outputs
+    // copy one packed instance, so equal inputs still give equal bytes.
+    let options: Vec<&str> = std::iter::once("-W").chain(options.iter().copied()).collect();
     let mut inputs = BTreeMap::new();
     inputs.insert("provisioned".to_string(), p.provisioned.clone());
     inputs.insert("qemu-img options".to_string(), options.join(" "));
@@ -53,7 +57,7 @@ pub fn qcow2(ctx: &mut BuildContext, dest: &Path, options: &[&str]) -> Result<bo
                 inputs,
                 "disk.qcow2",
                 Default::default(),
-                |path| crate::export::convert(&layer_disk, path, "qcow2", options, &bar),
+                |path| crate::export::convert(&layer_disk, path, "qcow2", &options, &bar),
             )?;
             bar.done();
             f
