@@ -39,18 +39,13 @@ chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get -qq update
 chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq install --no-install-recommends \
   mesos marathon zookeeperd docker.io >/dev/null
 chroot "$root" apt-get clean
-# The role's files, as a person would write them for master-slave.
-cat > "$root/etc/zookeeper/conf/zoo.cfg" <<CFG
-tickTime=2000
-initLimit=10
-syncLimit=5
-dataDir=/var/lib/zookeeper
-clientPort=2181
-4lw.commands.whitelist=srvr,ruok,mntr,stat
-admin.enableServer=false
-CFG
-echo mesobake > "$root/etc/mesos-master/cluster"
-echo MARATHON_MESOS_USER=root > "$root/etc/default/marathon"
+# The role's files (ci/bench/role/, shared by every bench tool), written from inside the
+# chroot: /etc/zookeeper/conf is an absolute alternatives link that, followed from the
+# host side, would point into the host's /etc.
+role=$(cd "$(dirname "$0")" && pwd)/role
+(cd "$role" && find . -type f -printf '%P\n') | while IFS= read -r f; do
+  chroot "$root" sh -c 'cat > "/$1"' sh "$f" < "$role/$f"
+done
 chroot "$root" systemctl disable docker.service docker.socket >/dev/null 2>&1 || true
 rm -rf "$root/var/cache/local-debs" "$root/etc/apt/sources.list.d/local.list" "$root/usr/sbin/policy-rc.d"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/etc/ssh/ssh_host_*

@@ -96,6 +96,8 @@ trap cleanup EXIT
 # installing, and Java's postinst needs man1 for its alternatives; git keeps no empty dirs).
 rm -rf "$state/src"; mkdir -p "$state/src/debs"
 cp -a "$conf/." "$state/src/"
+# The role files every bench tool writes (ci/bench/role/), as extra files.
+cp -a "$here/role/." "$state/src/mkosi.extra/"
 cp "$debs"/mesos_*.deb "$debs"/marathon_*.deb "$state/src/debs/"
 for i in 1 2 3 4 5 6 7 8; do mkdir -p "$state/src/mkosi.skeleton/usr/share/man/man$i"; done
 chmod 755 "$state/src/mkosi.prepare" "$state/src/mkosi.postinst"

@@ -116,14 +116,10 @@ truncate -s 6G "$disk"
 quiet sgdisk -e "$disk"
 quiet growpart "$disk" 1
 t3=$(now)
-zoo='tickTime=2000
-initLimit=10
-syncLimit=5
-dataDir=/var/lib/zookeeper
-clientPort=2181
-4lw.commands.whitelist=srvr,ruok,mntr,stat
-admin.enableServer=false
-'
+# The role files every bench tool writes (ci/bench/role/), uploaded to the same paths.
+role=$(cd "$(dirname "$0")" && pwd)/role
+uploads=()
+while IFS= read -r f; do uploads+=(--upload "$role/$f:/$f"); done < <(cd "$role" && find . -type f -printf '%P\n')
 local_list=/etc/apt/sources.list.d/local.list
 aptl="-o Dir::Etc::SourceList=$local_list -o Dir::Etc::SourceParts=/dev/null"
 quiet virt-customize --format raw -a "$disk" --no-network \
@@ -134,9 +130,7 @@ quiet virt-customize --format raw -a "$disk" --no-network \
   --run-command "DEBIAN_FRONTEND=noninteractive apt-get -qq $aptl update" \
   --run-command "DEBIAN_FRONTEND=noninteractive apt-get -y -qq $aptl install --no-install-recommends $pkgs" \
   --run-command 'apt-get clean' \
-  --write "/etc/zookeeper/conf/zoo.cfg:$zoo" \
-  --write $'/etc/mesos-master/cluster:mesobake\n' \
-  --write $'/etc/default/marathon:MARATHON_MESOS_USER=root\n' \
+  "${uploads[@]}" \
   --run-command 'systemctl disable docker.service docker.socket || true' \
   --delete /var/cache/local-debs --delete "$local_list" --delete /usr/sbin/policy-rc.d \
   --run-command 'rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_*' \
