@@ -30,7 +30,7 @@ trap 'rm -rf "$out"' EXIT
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc; }
-size_mb() { echo $(( $(stat -c %s "$1") / 1048576 )); }
+size_mb() { echo "scale=1; $(stat -c %s "$1") / 1048576" | bc; }
 # build ROLE OUTDIR [--with FILE]...: a timed build whose --timings go to OUTDIR.log.
 build() {
   local role=$1 dir=$2; shift 2
@@ -117,13 +117,13 @@ row "mesobake export, cold (packs the layer, -W -m 16)" "$cold_export" "$(ratio 
 row "mesobake export, warm (packed layer + delta)" "$warm_export" "$(ratio "$warm_export" "$st")" "x one thread; target <= 0.6"
 row "qemu-img convert -c zstd -W -m 16" "$zs" "$(ratio "$zs" "$st")" "x one thread (--compression zstd; QEMU >= 5.1 to read)"
 printf '\n%-50s %8s\n' "output (compressed qcow2)" "MiB"
-printf '%-50s %8d\n' "mesobake master-slave.qcow2 (zlib)" "$cold_mb"
-printf '%-50s %8d\n' "shell baseline (zlib)" "$shell_mb"
+printf '%-50s %8.1f\n' "mesobake master-slave.qcow2 (zlib)" "$cold_mb"
+printf '%-50s %8.1f\n' "shell baseline (zlib)" "$shell_mb"
 if [ "$peers" = 1 ]; then
-  printf '%-50s %8d\n' "virt-customize (zlib)" "$vc_mb"
-  printf '%-50s %8d\n' "mkosi, not bootable here (zlib)" "$mk_mb"
+  printf '%-50s %8.1f\n' "virt-customize (zlib)" "$vc_mb"
+  printf '%-50s %8.1f\n' "mkosi, not bootable here (zlib)" "$mk_mb"
 fi
-printf '%-50s %8d\n' "the same disk as zstd qcow2" "$(size_mb "$out/zstd.qcow2")"
+printf '%-50s %8.1f\n' "the same disk as zstd qcow2" "$(size_mb "$out/zstd.qcow2")"
 echo
 echo "mesobake stage timings (cold, then warm):"
 grep '^timing' "$out/cold.log" | tr '\n' ';'; echo

@@ -170,9 +170,9 @@ pub fn apply_raw(delta: &Delta, data: &Path, disk: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Applies a delta to a qcow2 image in place with `qemu-io`: data runs are written from
-/// per-run files under `scratch`, zero runs are written as zeroes with unmapping allowed,
-/// which frees the compressed clusters they replace.
+/// Applies a delta to a qcow2 image in place with `qemu-io`: data runs are written
+/// compressed from per-run files under `scratch`, zero runs are written as zeroes with
+/// unmapping allowed, which frees the compressed clusters they replace.
 pub fn apply_qcow2(delta: &Delta, data: &Path, image: &Path, scratch: &Path) -> Result<()> {
     std::fs::create_dir_all(scratch)?;
     let mut src = File::open(data).with_context(|| format!("opening {}", data.display()))?;
@@ -193,7 +193,15 @@ pub fn apply_qcow2(delta: &Delta, data: &Path, image: &Path, scratch: &Path) -> 
         if p.contains(char::is_whitespace) {
             bail!("qemu-io cannot read a data file whose path has spaces: {p}");
         }
-        script.push_str(&format!("write -q -s {p} {} {}\n", e.offset, e.len));
+        if e.len % CLUSTER == 0 && e.offset % CLUSTER == 0 {
+            // Compressed, like the rest of the image. qcow2 refuses a compressed write
+            // over an allocated cluster, so the run is discarded first; the data that
+            // follows makes the discard invisible.
+            script.push_str(&format!("discard -q {} {}\n", e.offset, e.len));
+            script.push_str(&format!("write -q -c -s {p} {} {}\n", e.offset, e.len));
+        } else {
+            script.push_str(&format!("write -q -s {p} {} {}\n", e.offset, e.len));
+        }
     }
     // Commas in an --image-opts value are escaped by doubling them.
     let file = image

@@ -37,7 +37,9 @@ pub fn qcow2(ctx: &mut BuildContext, dest: &Path, options: &[&str]) -> Result<bo
     // -W (out-of-order writes) lets qemu-img compress on every core, about twice as fast
     // on two, but places clusters differently each run. That is harmless here: outputs
     // copy one packed instance, so equal inputs still give equal bytes.
-    let options: Vec<&str> = std::iter::once("-W").chain(options.iter().copied()).collect();
+    let options: Vec<&str> = std::iter::once("-W")
+        .chain(options.iter().copied())
+        .collect();
     let mut inputs = BTreeMap::new();
     inputs.insert("provisioned".to_string(), p.provisioned.clone());
     inputs.insert("qemu-img options".to_string(), options.join(" "));
