@@ -183,24 +183,33 @@ pub fn apply_qcow2(delta: &Delta, data: &Path, image: &Path, scratch: &Path) -> 
             script.push_str(&format!("write -q -z -u {} {}\n", e.offset, e.len));
             continue;
         }
-        let part = scratch.join(format!("{i}"));
-        let mut f = File::create(&part)?;
-        let copied = std::io::copy(&mut (&mut src).take(e.len), &mut f)?;
-        if copied != e.len {
-            bail!("the delta's data file is shorter than its extents");
-        }
-        let p = part.to_str().context("scratch path is not UTF-8")?;
-        if p.contains(char::is_whitespace) {
-            bail!("qemu-io cannot read a data file whose path has spaces: {p}");
-        }
-        if e.len % CLUSTER == 0 && e.offset % CLUSTER == 0 {
-            // Compressed, like the rest of the image. qcow2 refuses a compressed write
-            // over an allocated cluster, so the run is discarded first; the data that
-            // follows makes the discard invisible.
-            script.push_str(&format!("discard -q {} {}\n", e.offset, e.len));
-            script.push_str(&format!("write -q -c -s {p} {} {}\n", e.offset, e.len));
-        } else {
-            script.push_str(&format!("write -q -s {p} {} {}\n", e.offset, e.len));
+        // One cluster per command: qcow2 splits a longer write into parallel tasks whose
+        // clusters land in the file in completion order, and the output would differ
+        // from build to build.
+        let mut done = 0;
+        while done < e.len {
+            let off = e.offset + done;
+            let len = CLUSTER.min(e.len - done);
+            let part = scratch.join(format!("{i}-{done}"));
+            let mut f = File::create(&part)?;
+            let copied = std::io::copy(&mut (&mut src).take(len), &mut f)?;
+            if copied != len {
+                bail!("the delta's data file is shorter than its extents");
+            }
+            let p = part.to_str().context("scratch path is not UTF-8")?;
+            if p.contains(char::is_whitespace) {
+                bail!("qemu-io cannot read a data file whose path has spaces: {p}");
+            }
+            if len == CLUSTER && off % CLUSTER == 0 {
+                // Compressed, like the rest of the image. qcow2 refuses a compressed write
+                // over an allocated cluster, so the cluster is discarded first; the data
+                // that follows makes the discard invisible.
+                script.push_str(&format!("discard -q {off} {len}\n"));
+                script.push_str(&format!("write -q -c -s {p} {off} {len}\n"));
+            } else {
+                script.push_str(&format!("write -q -s {p} {off} {len}\n"));
+            }
+            done += len;
         }
     }
     // Commas in an --image-opts value are escaped by doubling them.
@@ -307,6 +316,26 @@ mod tests {
                 (12 << 20, 6, CLUSTER),
             ],
         );
+        // Two MiB of varied data, so that clusters take different times to compress.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..(2u64 << 20))
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if (i / CLUSTER) % 2 == 0 {
+                    (x & 0xff) as u8
+                } else {
+                    (i % 7) as u8
+                }
+            })
+            .collect();
+        File::options()
+            .write(true)
+            .open(&new)
+            .unwrap()
+            .write_all_at(&noise, 13 << 20)
+            .unwrap();
         let f = std::fs::OpenOptions::new().write(true).open(&new).unwrap();
         // Zero out what was data in the old disk, as fstrim does.
         rustix::fs::fallocate(
@@ -326,7 +355,14 @@ mod tests {
             .arg(&img)
             .run()
             .unwrap();
+        let twin = d.path().join("twin.qcow2");
+        std::fs::copy(&img, &twin).unwrap();
         apply_qcow2(&delta, &data, &img, &d.path().join("scratch")).unwrap();
+        apply_qcow2(&delta, &data, &twin, &d.path().join("scratch2")).unwrap();
+        assert!(
+            std::fs::read(&img).unwrap() == std::fs::read(&twin).unwrap(),
+            "the same delta on the same image must give the same bytes"
+        );
         // qemu-img compare exits 0 only when the guest-visible contents are identical.
         Cmd::new("qemu-img")
             .args(["compare", "-f", "qcow2", "-F", "raw"])
