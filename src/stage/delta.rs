@@ -9,7 +9,7 @@
 //! that is what the configured layer stores.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -176,7 +176,6 @@ pub fn apply_raw(delta: &Delta, data: &Path, disk: &Path) -> Result<()> {
 pub fn apply_qcow2(delta: &Delta, data: &Path, image: &Path, scratch: &Path) -> Result<()> {
     std::fs::create_dir_all(scratch)?;
     let mut src = File::open(data).with_context(|| format!("opening {}", data.display()))?;
-    src.seek(SeekFrom::Start(0))?;
     let mut script = String::new();
     for (i, e) in delta.extents.iter().enumerate() {
         if e.zero {

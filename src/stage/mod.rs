@@ -201,19 +201,22 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
     let lock = ctx
         .cache
         .lock_entry(&format!("{}-{key}", layer::CONFIGURED))?;
+    // A provisioned miss left the working disk in place; a hit copies the layer.
+    if !disk.exists() {
+        ctx.stage(
+            "disk",
+            &format!("using the cached provisioned layer {}", &prov_key[..12]),
+            |_| layer::copy_sparse(&layer_disk, &disk),
+        )?;
+    }
     let configured = match layer::lookup(&ctx.cache, layer::CONFIGURED, &key)? {
         Some((data, m)) => {
             let facts: ConfiguredFacts =
                 serde_json::from_value(m.extra).context("reading the configured layer")?;
             ctx.stage(
-                "disk",
+                "layer",
                 &format!("using the cached configured layer {}", &key[..12]),
-                |_| {
-                    if !disk.exists() {
-                        layer::copy_sparse(&layer_disk, &disk)?;
-                    }
-                    delta::apply_raw(&facts.delta, &data, &disk)
-                },
+                |_| delta::apply_raw(&facts.delta, &data, &disk),
             )?;
             base::detect_release(&mut ctx.base, &facts.os_release);
             Configured { facts, data }
@@ -225,13 +228,6 @@ fn run_stages(ctx: &mut BuildContext) -> Result<Vec<export::Output>> {
                     &key[..12],
                     layer::explain_miss(&ctx.cache, layer::CONFIGURED, &inputs)
                 );
-            }
-            if !disk.exists() {
-                ctx.stage(
-                    "disk",
-                    &format!("using the cached provisioned layer {}", &prov_key[..12]),
-                    |_| layer::copy_sparse(&layer_disk, &disk),
-                )?;
             }
             let (facts, data) = configure(ctx, &disk, &layer_disk)?;
             let data = ctx.stage("layer", "saving the configured layer", |c| {
