@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod export;
 pub mod image;
+pub mod nodeconf;
 pub mod profile;
 pub mod progress;
 pub mod run;

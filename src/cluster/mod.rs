@@ -173,18 +173,6 @@ fn valid_name(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Flags the configurator writes itself: a node must not set them again.
-const OWNED_FLAGS: &[&str] = &[
-    "ip",
-    "hostname",
-    "quorum",
-    "zk",
-    "master",
-    "cluster",
-    "attributes",
-    "resources",
-];
-
 /// A literal the configurator's env parser takes inside single quotes, and that cannot
 /// break the `;`-separated lists.
 fn valid_value(s: &str) -> bool {
@@ -238,6 +226,13 @@ impl Ctx<'_> {
                     format!("role {role} runs no {what}"),
                 ));
             }
+            if key.ends_with("flags") {
+                if let Err(c) =
+                    crate::nodeconf::check_flags(map.get_ref().keys().map(String::as_str))
+                {
+                    return Err(self.err(map.span(), subject, key, c.to_string()));
+                }
+            }
             for (k, v) in map.get_ref() {
                 let flag = key.ends_with("flags");
                 let name_ok = if flag {
@@ -262,12 +257,8 @@ impl Ctx<'_> {
                     ));
                 }
                 if flag {
-                    let base = k.trim_start_matches('?');
-                    let base = base.strip_prefix("no-").unwrap_or(base);
-                    if OWNED_FLAGS.contains(&base) {
-                        return Err(self.err(map.span(), subject, key, format!(
-                            "{k:?} is written by the first-boot configurator (or comes from attributes/resources); setting it here would give Mesos the flag twice"
-                        )));
+                    if let Err(c) = crate::nodeconf::check_flags([k.as_str()]) {
+                        return Err(self.err(map.span(), subject, key, c.to_string()));
                     }
                     if k.starts_with('?') && !v.is_empty() {
                         return Err(self.err(
@@ -606,7 +597,7 @@ impl Cluster {
             warnings.push(format!(
                 "{}: {masters} masters: the quorum is a majority, {}, so {masters} masters survive only {} failure(s), no more than {} would; use an odd number",
                 path.display(),
-                masters / 2 + 1,
+                crate::nodeconf::quorum(masters),
                 (masters - 1) / 2,
                 masters - 1
             ));
@@ -693,7 +684,7 @@ impl Cluster {
         Derived {
             zk_url,
             zk_servers,
-            quorum: masters / 2 + 1,
+            quorum: crate::nodeconf::quorum(masters),
             hosts,
         }
     }

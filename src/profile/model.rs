@@ -30,6 +30,36 @@ pub struct ProfileFile {
     pub overlays: Option<Vec<String>>,
     /// What the export stage writes.
     pub output: Option<OutputFile>,
+    /// How the image boots.
+    pub boot: Option<BootFile>,
+}
+
+/// `[boot]`
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BootFile {
+    /// The cgroup hierarchy the image boots: "v1" (hybrid: what Apache Mesos 1.11's Docker
+    /// containerizer needs) or "v2" (unified). Unset: whatever the base boots.
+    pub cgroup: Option<CgroupMode>,
+}
+
+/// A cgroup hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// cgroup v1 controllers (legacy or hybrid): `/sys/fs/cgroup/systemd` is a v1 hierarchy.
+    V1,
+    /// cgroup v2 only (unified).
+    V2,
+}
+
+impl std::fmt::Display for CgroupMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupMode::V1 => "v1",
+            CgroupMode::V2 => "v2",
+        })
+    }
 }
 
 /// `[role]`
@@ -180,13 +210,11 @@ pub struct Profile {
     pub overlays: Vec<PathBuf>,
     /// Output formats.
     pub formats: Vec<String>,
+    /// The cgroup hierarchy to boot (None: the base's default).
+    pub cgroup: Option<CgroupMode>,
     /// Every file that went into the profile with its SHA256, in merge order.
     pub sources: Vec<(PathBuf, String)>,
 }
-
-/// Flags the first-boot configurator owns: setting them in a profile would give Mesos the
-/// same flag twice, which real Mesos refuses to start with.
-const NODE_FLAGS: &[&str] = &["ip", "hostname", "quorum", "zk", "master", "cluster"];
 
 impl Profile {
     pub(crate) fn resolve(
@@ -239,16 +267,12 @@ impl Profile {
             ("agent-flags", &agent_flags),
         ] {
             for k in flags.keys() {
-                if NODE_FLAGS.contains(&k.as_str()) {
-                    bail!("{here}: [mesos] {table}: {k:?} is set per node at first boot; remove it from the profile (setting it twice would give Mesos a duplicate flag)");
+                if let Err(e) = crate::nodeconf::flag_name(k) {
+                    bail!("{here}: [mesos] {table}: {e}");
                 }
-                if k.is_empty()
-                    || !k
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '?' || c == '-')
-                {
-                    bail!("{here}: [mesos] {table}: {k:?} is not a Mesos flag name");
-                }
+            }
+            if let Err(e) = crate::nodeconf::check_flags(flags.keys().map(String::as_str)) {
+                bail!("{here}: [mesos] {table}: {e}. Remove it from the profile ({} are set per node at first boot)", crate::nodeconf::OWNED_FLAGS.join(", "));
             }
         }
         let marathon_env = f.marathon.and_then(|m| m.env).unwrap_or_default();
@@ -307,6 +331,7 @@ impl Profile {
                 .map(PathBuf::from)
                 .collect(),
             formats,
+            cgroup: f.boot.and_then(|b| b.cgroup),
             sources,
         })
     }
@@ -351,6 +376,9 @@ impl Profile {
         }
         for o in &self.overlays {
             s += &format!("overlay     {}\n", o.display());
+        }
+        if let Some(c) = self.cgroup {
+            s += &format!("cgroup      {c}\n");
         }
         s += &format!("formats     {}\n", self.formats.join(","));
         s += "stages      resolve -> base -> provision -> configure -> finalize -> export\n";

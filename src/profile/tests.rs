@@ -112,6 +112,23 @@ fn semantic_errors_name_the_key() {
             "disk-size",
         ),
         ("[role]\nservices = [\"agent\", \"agent\"]\n", "twice"),
+        // Mesos lower-cases flag names: these are the configurator's ip, and one flag twice.
+        (
+            "[role]\nservices = [\"agent\"]\n[mesos.agent-flags]\nIP = \"1.2.3.4\"\n",
+            "set per node",
+        ),
+        (
+            "[role]\nservices = [\"master\", \"zookeeper\"]\n[mesos.master-flags]\nWork_Dir = \"/a\"\nwork_dir = \"/b\"\n",
+            "\"Work_Dir\" and \"work_dir\" are the same flag",
+        ),
+        (
+            "[role]\nservices = [\"agent\"]\n[mesos.agent-flags]\n\"?no-switch_user\" = \"\"\n\"?switch_user\" = \"\"\n",
+            "same flag",
+        ),
+        (
+            "[role]\nservices = [\"agent\"]\n[mesos.agent-flags]\n\"quorum~\" = \"2\"\n",
+            "not a Mesos flag name",
+        ),
     ];
     for (body, want) in cases {
         let p = write(
@@ -140,7 +157,20 @@ fn shipped_profiles_load() {
     .unwrap();
     assert_eq!(off.base, "debian-12");
     assert!(off.apt_sources.is_empty());
-    assert!(off.packages.contains(&"mesos".to_string()));
+    assert!(off.packages.contains(&"aventer-mesos".to_string()));
+    // master+slave runs Docker tasks like node 1 of the hand-built procedure.
+    assert_eq!(off.agent_flags["containerizers"], "docker,mesos");
+    assert_eq!(off.cgroup, None);
+    let meso = load(
+        &dir.join("master-slave.toml"),
+        &[
+            dir.join("include/offline-standins.toml"),
+            dir.join("include/offline-standins-mesosphere.toml"),
+        ],
+    )
+    .unwrap();
+    assert!(meso.packages.contains(&"mesos".to_string()));
+    assert_eq!(meso.cgroup, Some(CgroupMode::V1));
 }
 
 #[test]

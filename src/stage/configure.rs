@@ -9,9 +9,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::layout::{self, Init, Layout};
+use super::cgroup::{self, Cgroup};
+use super::layout::{self, Init, Layout, Packaging};
 use super::BuildContext;
 use crate::image::{chroot, AttachedImage, ImageRoot};
+use crate::nodeconf::{self, Daemon};
 use crate::profile::{Profile, Service};
 
 /// The configurator script, installed at [`CONFIGURATOR_PATH`].
@@ -26,19 +28,187 @@ pub const CONFIGURATOR_PATH: &str = "usr/lib/mesobake/mesobake-configure";
 /// Runs the configure stage and returns the detected layout.
 pub fn run(ctx: &mut BuildContext, img: &mut AttachedImage) -> Result<Layout> {
     let profile = ctx.req.profile.clone();
-    let layout = layout::detect(&img.root);
+    let mut layout = layout::detect(&img.root);
     layout.check_role(&profile)?;
     for o in &profile.overlays {
         ctx.progress.step(&format!("overlay {}", o.display()));
         apply_overlay(&img.root, o)?;
     }
-    write_role_files(&img.root, &profile, &layout)?;
     let mark = img.mount_chroot_fs()?;
-    let r = apply_service_overrides(&img.root, &profile, &layout);
+    let r = (|| {
+        let cg = boot_cgroup(&img.root, &profile, &layout)?;
+        layout.cgroup = Some(cg);
+        write_role_files(&img.root, &profile, &layout)?;
+        check_flag_dirs(&img.root, &profile, &layout)?;
+        apply_service_overrides(&img.root, &profile, &layout)
+    })();
     let u = img.unmount_chroot_fs(mark);
     r?;
     u?;
     Ok(layout)
+}
+
+/// Works out (and, where the profile asks, sets) the cgroup hierarchy the image boots,
+/// and refuses a role that could not start on it.
+fn boot_cgroup(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Result<Cgroup> {
+    let systemctl = match layout.init {
+        Init::Systemd => Some(
+            chroot(root.path(), &["systemctl", "--version"])
+                .read()
+                .context("asking the image's systemd for its version")?,
+        ),
+        Init::Upstart => None,
+    };
+    let current = cgroup::read(root, systemctl.as_deref());
+    let cg = match profile.cgroup {
+        Some(want) if want != current.mode => cgroup::apply(root, &current, want)?,
+        Some(_) => Cgroup {
+            from_profile: true,
+            ..current
+        },
+        None => current,
+    };
+    check_runnable(profile, layout, &cg)?;
+    Ok(cg)
+}
+
+/// The value stout would load for a boolean flag file, or None for a value it refuses.
+fn flag_bool(name: &nodeconf::FlagName, value: &str) -> Option<bool> {
+    if name.negated {
+        return Some(false);
+    }
+    if name.bare {
+        return Some(true);
+    }
+    match value.trim() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether the agent would use systemd's cgroup v1 hierarchy: the profile's setting, else
+/// Mesos's default (true).
+fn agent_systemd_support(profile: &Profile) -> Option<bool> {
+    profile.agent_flags.iter().find_map(|(k, v)| {
+        let n = nodeconf::flag_name(k).ok()?;
+        (n.canonical == nodeconf::SYSTEMD_SUPPORT_FLAG).then(|| flag_bool(&n, v).unwrap_or(true))
+    })
+}
+
+/// Refuses a role that cannot start on the cgroup hierarchy the image boots, naming the
+/// setting that fixes it.
+pub fn check_runnable(profile: &Profile, layout: &Layout, cg: &Cgroup) -> Result<()> {
+    if !profile.runs(Service::Agent) || cg.mode != cgroup::Mode::V2 {
+        return Ok(());
+    }
+    let here = profile.path.display();
+    if cg.systemd.is_some() && agent_systemd_support(profile) == Some(true) {
+        bail!(
+            "{here}: [mesos] agent-flags turns systemd_enable_support on, but the image boots cgroup v2 ({}): the agent would exit at start with \"Failed to locate systemd cgroups hierarchy: '/sys/fs/cgroup/systemd' is not a valid hierarchy\". Remove the flag (mesobake sets it to false on cgroup v2), or set [boot] cgroup = \"v1\"",
+            cg.hierarchy
+        );
+    }
+    if layout.packaging == Some(Packaging::Mesosphere) && wants_docker(profile) {
+        bail!(
+            "{here}: the agent uses the docker containerizer with Mesosphere/Apache Mesos packages, whose Docker containerizer needs a cgroup v1 cpu hierarchy, but the image boots cgroup v2 ({}); set [boot] cgroup = \"v1\" in the profile, drop docker from [mesos] agent-flags containerizers, or use AVENTER's aventer-mesos, which supports cgroup v2",
+            cg.hierarchy
+        );
+    }
+    Ok(())
+}
+
+/// The agent flags the image gets: the profile's, plus `systemd_enable_support=false`
+/// where the image boots cgroup v2 under systemd and the profile did not decide.
+pub fn agent_flags(profile: &Profile, layout: &Layout) -> Vec<(String, String)> {
+    let mut v: Vec<_> = profile
+        .agent_flags
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let v2_systemd = layout
+        .cgroup
+        .as_ref()
+        .is_some_and(|c| c.mode == cgroup::Mode::V2 && c.systemd.is_some());
+    if v2_systemd && agent_systemd_support(profile).is_none() {
+        v.push((nodeconf::SYSTEMD_SUPPORT_FLAG.into(), "false".into()));
+    }
+    v
+}
+
+/// Checks each Mesos flag dir as the image now has it (package files, overlays, the
+/// profile's flags) the way the init wrapper and Mesos will read it: no dotfile or stray
+/// file, no two files that are one flag, no flag the configurator owns under another
+/// spelling, and nothing the wrapper already passes from `/etc/default`.
+fn check_flag_dirs(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Result<()> {
+    let here = profile.path.display();
+    let mut dirs = Vec::new();
+    if profile.runs(Service::Master) {
+        dirs.push((
+            Daemon::Master,
+            "/etc/mesos-master".to_string(),
+            &profile.master_flags,
+        ));
+    }
+    if let (true, Some(d)) = (profile.runs(Service::Agent), &layout.agent_dir) {
+        dirs.push((Daemon::Agent, d.clone(), &profile.agent_flags));
+    }
+    for (daemon, dir, from_profile) in dirs {
+        let defaults: Vec<(String, String)> =
+            nodeconf::defaults_files(daemon, layout.agent_defaults.as_deref())
+                .into_iter()
+                .filter_map(|f| {
+                    let t = root.read_to_string(f.trim_start_matches('/')).ok()?;
+                    Some((f, t))
+                })
+                .collect();
+        let host = root.resolve(dir.trim_start_matches('/'))?;
+        let Ok(entries) = std::fs::read_dir(&host) else {
+            continue;
+        };
+        let mut names: Vec<String> = Vec::new();
+        for e in entries {
+            let e = e.with_context(|| format!("listing {dir} in the image"))?;
+            if e.file_type()?.is_file() {
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        let origin = |n: &str| {
+            if from_profile.contains_key(n) {
+                format!("{here}: [mesos] {daemon}-flags")
+            } else {
+                format!("{dir}/{n} (from an overlay or a package)")
+            }
+        };
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for n in &names {
+            // The init wrappers skip these package-manager leftovers themselves.
+            if n.ends_with(".dpkg-dist") || n.ends_with(".rpmnew") {
+                continue;
+            }
+            let f = nodeconf::flag_name(n).map_err(|e| {
+                anyhow::anyhow!("{}: {e}; the init wrapper would pass it to Mesos, which stops on an unknown flag. Remove the file", origin(n))
+            })?;
+            if let Some((_, first)) = seen.iter().find(|(c, _)| *c == f.canonical) {
+                bail!(
+                    "{}: {}",
+                    origin(n),
+                    nodeconf::Conflict::Twice(first.clone(), n.clone())
+                );
+            }
+            if nodeconf::OWNED_FLAGS.contains(&f.canonical.as_str()) {
+                if *n != f.canonical {
+                    bail!("{}: {}", origin(n), nodeconf::Conflict::Owned(n.clone()));
+                }
+            } else {
+                nodeconf::check_against_wrapper(daemon, n, &defaults)
+                    .map_err(|c| anyhow::anyhow!("{}: {c}", origin(n)))?;
+            }
+            seen.push((f.canonical, n.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Lays an overlay tree over the image root. Modes are kept; files become root-owned,
@@ -100,15 +270,10 @@ fn walk(root: &ImageRoot, top: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Quotes a value for a shell `KEY=value` file.
-fn sh_quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', r"'\''"))
-}
-
 /// The baked defaults the configurator reads first (`/etc/mesobake/role.env`).
 pub fn role_env(profile: &Profile, layout: &Layout) -> String {
     let mut s = String::from("# Written by mesobake at build time: the role's defaults. Node settings go in\n# /etc/mesobake/node.env (from cloud-init user-data); see mesobake-configure.\n");
-    let kv = |k: &str, v: &str| format!("{k}={}\n", sh_quote(v));
+    let kv = |k: &str, v: &str| format!("{k}={}\n", nodeconf::sh_quote(v));
     s += &kv("MESOBAKE_ROLE", &profile.name);
     s += &kv("MESOBAKE_SERVICES", &layout.role_units(profile).join(" "));
     s += &kv("MESOBAKE_INIT", layout.init.as_str());
@@ -133,6 +298,14 @@ pub fn role_env(profile: &Profile, layout: &Layout) -> String {
     s
 }
 
+/// The name the image itself carries (`/etc/hostname`): every instance has it until
+/// something names the instance, so the configurator must not take it for a node's name.
+fn image_hostname(root: &ImageRoot) -> String {
+    root.read_to_string("etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// A complete zoo.cfg for a standalone server. The shipped one on Debian 12 is upstream's
 /// sample with dataDir=/tmp/zookeeper, where the package's myid link is not; the
 /// configurator rewrites this whole file with the ensemble's server lines at first boot.
@@ -145,11 +318,12 @@ pub fn zoo_cfg() -> String {
 }
 
 fn write_role_files(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Result<()> {
-    root.write(
-        "etc/mesobake/role.env",
-        role_env(profile, layout).as_bytes(),
-        0o644,
-    )?;
+    let mut env = role_env(profile, layout);
+    env += &format!(
+        "MESOBAKE_IMAGE_HOSTNAME={}\n",
+        nodeconf::sh_quote(&image_hostname(root))
+    );
+    root.write("etc/mesobake/role.env", env.as_bytes(), 0o644)?;
     root.write(CONFIGURATOR_PATH, CONFIGURATOR.as_bytes(), 0o755)?;
     if profile.runs(Service::Master) {
         for (k, v) in &profile.master_flags {
@@ -166,7 +340,7 @@ fn write_role_files(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Res
             .as_deref()
             .expect("check_role ensured an agent")
             .trim_start_matches('/');
-        for (k, v) in &profile.agent_flags {
+        for (k, v) in agent_flags(profile, layout) {
             root.write(&format!("{dir}/{k}"), format!("{v}\n").as_bytes(), 0o644)?;
         }
     }
@@ -320,6 +494,12 @@ mod tests {
     fn layout(init: Init, agent: &str) -> Layout {
         Layout {
             init,
+            packaging: Some(if agent == "mesos-agent" {
+                Packaging::Aventer
+            } else {
+                Packaging::Mesosphere
+            }),
+            cgroup: None,
             agent_service: Some(agent.into()),
             agent_dir: Some(format!("/etc/{agent}")),
             agent_defaults: Some(format!("/etc/default/{agent}")),
@@ -359,12 +539,146 @@ mod tests {
         assert!(wants_docker(
             &crate::profile::load(&dir.join("slave-only.toml"), &[]).unwrap()
         ));
-        assert!(!wants_docker(
+        // Node 1 of the hand-built procedure (master and agent) runs Docker tasks too.
+        assert!(wants_docker(
             &crate::profile::load(&dir.join("master-slave.toml"), &[]).unwrap()
         ));
         assert!(!wants_docker(
             &crate::profile::load(&dir.join("master.toml"), &[]).unwrap()
         ));
+    }
+
+    fn cg(mode: cgroup::Mode) -> Cgroup {
+        let v = match mode {
+            cgroup::Mode::V2 => "systemd 252\n+PAM default-hierarchy=unified\n",
+            cgroup::Mode::V1 => "systemd 237\n+PAM default-hierarchy=hybrid\n",
+        };
+        cgroup::detect(Some(v), None)
+    }
+
+    #[test]
+    fn cgroup_v2_agents_get_systemd_support_off() {
+        let p = profile(&[Service::Agent]);
+        let mut l = layout(Init::Systemd, "mesos-agent");
+        l.cgroup = Some(cg(cgroup::Mode::V2));
+        check_runnable(&p, &l, l.cgroup.as_ref().unwrap()).unwrap();
+        assert!(agent_flags(&p, &l).contains(&("systemd_enable_support".into(), "false".into())));
+        // On cgroup v1 Mesos's default stays.
+        l.cgroup = Some(cg(cgroup::Mode::V1));
+        assert!(!agent_flags(&p, &l)
+            .iter()
+            .any(|(k, _)| k == "systemd_enable_support"));
+    }
+
+    #[test]
+    fn combinations_that_cannot_start_are_refused_naming_the_setting() {
+        let mut p = profile(&[Service::Agent]);
+        let mut l = layout(Init::Systemd, "mesos-agent");
+        let v2 = cg(cgroup::Mode::V2);
+        for on in [
+            ("systemd_enable_support", "true"),
+            ("?systemd_enable_support", ""),
+            ("Systemd_Enable_Support", "1"),
+        ] {
+            p.agent_flags.clear();
+            p.agent_flags.insert(on.0.into(), on.1.into());
+            let e = check_runnable(&p, &l, &v2).unwrap_err().to_string();
+            assert!(
+                e.contains("is not a valid hierarchy") && e.contains("[boot] cgroup = \"v1\""),
+                "{e}"
+            );
+            assert!(check_runnable(&p, &l, &cg(cgroup::Mode::V1)).is_ok());
+        }
+        p.agent_flags.clear();
+        p.agent_flags
+            .insert("?no-systemd_enable_support".into(), String::new());
+        check_runnable(&p, &l, &v2).unwrap();
+        assert!(!agent_flags(&p, &l)
+            .iter()
+            .any(|(k, _)| k == "systemd_enable_support"));
+
+        // Apache's Docker containerizer (Mesosphere packages) needs cgroup v1.
+        p.agent_flags
+            .insert("containerizers".into(), "docker,mesos".into());
+        l = layout(Init::Systemd, "mesos-slave");
+        let e = check_runnable(&p, &l, &v2).unwrap_err().to_string();
+        assert!(
+            e.contains("cgroup v1 cpu hierarchy") && e.contains("[boot] cgroup = \"v1\""),
+            "{e}"
+        );
+        check_runnable(&p, &l, &cg(cgroup::Mode::V1)).unwrap();
+        // AVENTER's build runs Docker on cgroup v2.
+        check_runnable(&p, &layout(Init::Systemd, "mesos-agent"), &v2).unwrap();
+    }
+
+    fn flag_dir_error(files: &[(&str, &str)], master_flags: &[(&str, &str)]) -> Option<String> {
+        let d = tempfile::tempdir().unwrap();
+        for (f, body) in files {
+            let p = d.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        let root = ImageRoot::open(d.path()).unwrap();
+        let mut p = profile(&[Service::Zookeeper, Service::Master]);
+        p.master_flags = master_flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let l = layout(Init::Systemd, "mesos-slave");
+        write_role_files(&root, &p, &l).unwrap();
+        check_flag_dirs(&root, &p, &l)
+            .err()
+            .map(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn flag_dirs_are_checked_as_the_wrapper_reads_them() {
+        let mesosphere = [
+            (
+                "etc/default/mesos",
+                "LOGS=/var/log/mesos\nULIMIT=\"-n 8192\"\n",
+            ),
+            (
+                "etc/default/mesos-master",
+                "PORT=5050\nZK=`cat /etc/mesos/zk`\n",
+            ),
+            ("etc/mesos-master/work_dir", "/var/lib/mesos\n"),
+            ("etc/mesos-master/quorum", "1\n"),
+        ];
+        assert_eq!(
+            flag_dir_error(&mesosphere, &[("max_agent_ping_timeouts", "10")]),
+            None
+        );
+        // Defect 5: the wrapper already passes --port and --log_dir on this layout.
+        let e = flag_dir_error(&mesosphere, &[("port", "5051")]).unwrap();
+        assert!(
+            e.contains("[mesos] master-flags") && e.contains("PORT= in /etc/default/mesos-master"),
+            "{e}"
+        );
+        let e = flag_dir_error(&mesosphere, &[("log_dir", "/x")]).unwrap();
+        assert!(e.contains("LOGS= in /etc/default/mesos"), "{e}");
+        // AVENTER ships no defaults: a port flag is fine there.
+        assert_eq!(flag_dir_error(&[], &[("port", "5051")]), None);
+        // Defect 4: another spelling of a package file or of an owned flag.
+        let e = flag_dir_error(&mesosphere, &[("Work_Dir", "/srv")]).unwrap();
+        assert!(e.contains("are the same flag"), "{e}");
+        let mut with_overlay = mesosphere.to_vec();
+        with_overlay.push(("etc/mesos-master/Quorum", "3\n"));
+        let e = flag_dir_error(&with_overlay, &[]).unwrap();
+        assert!(
+            e.contains("etc/mesos-master/Quorum (from an overlay or a package)")
+                && e.contains("written by the first-boot configurator"),
+            "{e}"
+        );
+        // Stray files the wrapper would pass: editor leftovers and dotfiles.
+        for stray in ["etc/mesos-master/quorum~", "etc/mesos-master/.quorum.swp"] {
+            let e = flag_dir_error(&[(stray, "2\n")], &[]).unwrap();
+            assert!(e.contains("not a Mesos flag name"), "{e}");
+        }
+        assert_eq!(
+            flag_dir_error(&[("etc/mesos-master/quorum.dpkg-dist", "1\n")], &[]),
+            None
+        );
     }
 
     #[test]

@@ -30,11 +30,29 @@ impl Init {
     }
 }
 
+/// Whose Mesos packaging is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Packaging {
+    /// Mesosphere's `mesos` (Apache Mesos builds): `mesos-slave`, `/etc/mesos-slave`,
+    /// `/etc/default/mesos*`. Apache 1.11's Docker containerizer needs cgroup v1.
+    Mesosphere,
+    /// AVENTER's `aventer-mesos` (clusterd): `mesos-agent`, `/etc/mesos-agent`, no
+    /// `/etc/default` files; runs on cgroup v2.
+    Aventer,
+}
+
 /// Where the installed packages put things.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// The init system.
     pub init: Init,
+    /// Whose Mesos packages (None when no Mesos is installed).
+    #[serde(default)]
+    pub packaging: Option<Packaging>,
+    /// The cgroup hierarchy the image boots (set by the configure stage).
+    #[serde(default)]
+    pub cgroup: Option<super::cgroup::Cgroup>,
     /// The agent's service name: `mesos-slave` or `mesos-agent` (None when no Mesos agent
     /// is installed).
     pub agent_service: Option<String>,
@@ -114,8 +132,15 @@ pub fn detect(root: &ImageRoot) -> Layout {
             }
         }
     }
+    let packaging = match agent_service {
+        Some("mesos-agent") => Some(Packaging::Aventer),
+        Some(_) => Some(Packaging::Mesosphere),
+        None => None,
+    };
     Layout {
         init,
+        packaging,
+        cgroup: None,
         agent_service: agent_service.map(String::from),
         agent_dir: agent_dir.map(String::from),
         agent_defaults: agent_defaults.map(String::from),

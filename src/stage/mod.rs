@@ -3,6 +3,7 @@
 //! [`build`] reads like the stage list in the design. Every stage takes the one
 //! [`BuildContext`]; nothing is global.
 
+pub mod cgroup;
 pub mod configure;
 pub mod delta;
 pub mod finalize;
