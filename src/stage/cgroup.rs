@@ -71,8 +71,8 @@ pub fn cmdline_param(grub_cfg: &str) -> Option<(String, bool)> {
     })?;
     // The kernel hands the last occurrence to systemd.
     line.split_whitespace()
-        .filter(|w| *w == UNIFIED_PARAM || w.starts_with(&format!("{UNIFIED_PARAM}=")))
-        .last()
+        .rev()
+        .find(|w| *w == UNIFIED_PARAM || w.starts_with(&format!("{UNIFIED_PARAM}=")))
         .map(|w| {
             let v = w.split_once('=').map(|(_, v)| v).unwrap_or("1");
             let on = !matches!(v, "0" | "no" | "false" | "off" | "n");
