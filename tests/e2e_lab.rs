@@ -1,20 +1,22 @@
 //! End-to-end lab tier: a cluster from cluster.toml, booted with `mesobake lab up` from
-//! images `mesobake build` made (stand-in Mesos packages, real ZooKeeper, cloud-init,
-//! systemd and QEMU).
+//! images `mesobake build` made (stand-in Mesos packages in AVENTER's layout, real
+//! ZooKeeper, cloud-init, systemd and QEMU).
 //!
 //! Gated like tests/e2e.rs: `MESOBAKE_E2E=1` and root. It builds the `master` and
 //! `slave-only` images (the provisioned layer comes from the shared cache in
-//! target/e2e-cache), boots 3 masters and, with `MESOBAKE_LAB_AGENT=1` (ci/lab-4node.sh),
-//! one agent as well, then checks: ZooKeeper has one leader and two followers (srvr
-//! through the forwarded ports), every master runs with --quorum=2 and the same three-host
-//! zk:// URL, the agent's --master is that URL, `lab up` again starts nothing, and after
-//! `lab down` none of the lab's QEMU processes is left.
+//! target/e2e-cache), boots 3 masters and an autoscaling group of 2 agents that share one
+//! user-data, then checks: ZooKeeper has one leader and two followers (srvr through the
+//! forwarded ports), every master runs with --quorum=2, exactly one Mesos master leads
+//! (elected through ZooKeeper) and the others redirect to it, both agents registered with
+//! it under names of their own, `lab up` again starts nothing; then the leading master's VM
+//! is killed, and another master takes over with both agents re-registered while ZooKeeper
+//! keeps its quorum; after `lab down` none of the lab's QEMU processes is left.
 
 mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// QEMU processes whose command line names a file under `dir`.
 fn qemu_under(dir: &Path) -> Vec<u32> {
@@ -44,7 +46,7 @@ impl Drop for LabGuard {
 }
 
 #[test]
-fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
+fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
     if !enabled() {
         return;
     }
@@ -65,7 +67,6 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
         );
     }
 
-    let with_agent = std::env::var("MESOBAKE_LAB_AGENT").as_deref() == Ok("1");
     let tmp = tempfile::tempdir().unwrap();
     let topo = tmp.path().join("cluster.toml");
     let mut text = String::from(
@@ -74,9 +75,8 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     for i in 1..=3 {
         text += &format!("\n[[node]]\nname = \"m{i}\"\nrole = \"master\"\nip = \"10.77.0.1{i}\"\n");
     }
-    if with_agent {
-        text += "\n[[node]]\nname = \"a1\"\nrole = \"slave-only\"\nip = \"10.77.0.21\"\nattributes = { rack = \"r1\" }\n";
-    }
+    // Two instances, one user-data: no address and no name in it, like an autoscaling group.
+    text += "\n[[group]]\nname = \"workers\"\nrole = \"slave-only\"\nlab-count = 2\nattributes = { rack = \"r1\" }\n";
     std::fs::write(&topo, text).unwrap();
     let topo_s = topo.to_string_lossy().into_owned();
     let _guard = LabGuard(topo.clone());
@@ -90,52 +90,38 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
             "--images",
             &images_s,
             "--timeout",
-            "1500",
+            "1800",
         ]),
         "lab up (to quorum and all configured)",
     );
     eprintln!("e2e-lab: lab up -> ZooKeeper quorum and all nodes configured: {:.0} s (the split is in lab up's lines above)", t.elapsed().as_secs_f64());
 
-    // Services start after the configured line; give them a while.
-    let zk = "zk://m1:2181,m2:2181,m3:2181/mesos";
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    let rows = loop {
-        let out = run_ok_text(
-            mesobake(&["--json", "lab", "status", &topo_s]),
-            "lab status",
-        );
-        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let all_ok = rows.as_array().unwrap().iter().all(|r| {
-            r["running"] == true
-                && r["configured"] == "yes"
-                && r["services"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|s| s["ok"] == true)
-        });
-        if all_ok || Instant::now() > deadline {
-            break rows;
-        }
-        std::thread::sleep(std::time::Duration::from_secs(10));
-    };
+    // Services start after the configured line, and agents register once a master leads.
+    let rows = wait_for(
+        &topo_s,
+        Duration::from_secs(900),
+        "every service healthy, one leader, both agents registered",
+        |rows| {
+            let all_ok = rows.iter().all(|r| {
+                r["running"] == true
+                    && r["configured"] == "yes"
+                    && r["services"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|s| s["ok"] == true)
+            });
+            all_ok && leaders(rows).len() == 1 && registered_agents(rows).len() == 2
+        },
+    );
     eprintln!(
-        "e2e-lab: all services healthy {:.0} s after lab up",
+        "e2e-lab: all services healthy, one leader, agents registered {:.0} s after lab up",
         t.elapsed().as_secs_f64()
     );
     let table = run_ok_text(mesobake(&["lab", "status", &topo_s]), "lab status (table)");
     eprintln!("{table}");
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), if with_agent { 4 } else { 3 });
-    let svc = |r: &serde_json::Value, name: &str| -> serde_json::Value {
-        r["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["service"] == name)
-            .unwrap_or_else(|| panic!("{} has no {name}: {r}", r["name"]))
-            .clone()
-    };
+    assert_eq!(rows.len(), 5);
+    let zk = "zk://m1:2181,m2:2181,m3:2181/mesos";
     let mut modes = Vec::new();
     for r in rows.iter().filter(|r| r["role"] == "master") {
         assert!(r["running"] == true && r["configured"] == "yes", "{r}");
@@ -145,7 +131,8 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
         let m = svc(r, "master");
         assert!(m["ok"] == true, "{m}");
         assert_eq!(m["flags"]["quorum"], "2", "{m}");
-        assert_eq!(m["flags"]["zk"], zk, "{m}");
+        // AVENTER's layout: the flag names the file the configurator wrote the URL into.
+        assert_eq!(m["flags"]["zk"], "file:///etc/mesos/zk", "{m}");
         assert_eq!(m["flags"]["ip"], r["ip"], "{m}");
         let mar = svc(r, "marathon");
         assert!(
@@ -162,13 +149,7 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
         srvr.contains("Mode: leader") || srvr.contains("Mode: follower"),
         "{srvr}"
     );
-    if with_agent {
-        let a = rows.iter().find(|r| r["name"] == "a1").unwrap();
-        let ag = svc(a, "agent");
-        assert!(ag["ok"] == true, "{ag}");
-        assert_eq!(ag["flags"]["master"], zk, "{ag}");
-        assert_eq!(ag["flags"]["attributes"], "rack:r1", "{ag}");
-    }
+    let leader = check_one_leader_with_both_agents(&rows);
 
     // Up again: nothing new starts.
     let run_dir = tmp.path().join(".mesobake-lab/e2e");
@@ -184,6 +165,169 @@ fn lab_up_three_masters_reach_quorum_and_down_leaves_nothing() {
     before.sort();
     assert_eq!(before, after, "lab up twice must not start duplicates");
 
+    // The leading master's machine dies: another master takes over through ZooKeeper and
+    // the agents re-register with it.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("state.json")).unwrap())
+            .unwrap();
+    let vm = state["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == leader)
+        .unwrap();
+    let pid = vm["pid"].as_u64().unwrap() as i32;
+    let killed = Instant::now();
+    assert_eq!(kill_vm(pid), 0, "killing {leader}'s QEMU ({pid})");
+    let rows = wait_for(
+        &topo_s,
+        Duration::from_secs(600),
+        "a new leader with both agents re-registered",
+        |rows| {
+            let l = leaders(rows);
+            l.len() == 1 && l[0] != leader && registered_agents(rows).len() == 2
+        },
+    );
+    eprintln!(
+        "e2e-lab: {leader} killed -> new leader with both agents re-registered in {:.0} s",
+        killed.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "{}",
+        run_ok_text(mesobake(&["lab", "status", &topo_s]), "lab status (table)")
+    );
+    let dead = rows.iter().find(|r| r["name"] == leader).unwrap();
+    assert_eq!(dead["running"], false, "{dead}");
+    let new_leader = check_one_leader_with_both_agents(&rows);
+    assert_ne!(new_leader, leader);
+    // The two surviving ZooKeeper members still form a quorum.
+    let mut modes: Vec<String> = rows
+        .iter()
+        .filter(|r| r["role"] == "master" && r["running"] == true)
+        .map(|r| svc(r, "zookeeper")["detail"].as_str().unwrap().to_string())
+        .collect();
+    modes.sort();
+    assert_eq!(modes, ["follower", "leader"]);
+
     run_ok_text(mesobake(&["lab", "down", &topo_s]), "lab down");
     assert!(qemu_under(&run_dir).is_empty(), "QEMU left after lab down");
+}
+
+/// Sends SIGKILL to a PID with kill(1): a crash, not a shutdown.
+fn kill_vm(pid: i32) -> i32 {
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .map(|s| s.code().unwrap_or(-1))
+        .unwrap_or(-1)
+}
+
+fn svc(r: &serde_json::Value, name: &str) -> serde_json::Value {
+    r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == name)
+        .unwrap_or_else(|| panic!("{} has no {name}: {r}", r["name"]))
+        .clone()
+}
+
+/// The names of the masters that say they lead.
+fn leaders(rows: &[serde_json::Value]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r["role"] == "master" && r["running"] == true)
+        .filter(|r| {
+            r["services"].as_array().unwrap().iter().any(|s| {
+                s["service"] == "master" && s["ok"] == true && s["state"]["leading"] == true
+            })
+        })
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The agents (ID, hostname) that say they registered.
+fn registered_agents(rows: &[serde_json::Value]) -> Vec<(String, String)> {
+    rows.iter()
+        .filter(|r| r["role"] == "slave-only" && r["running"] == true)
+        .filter_map(|r| {
+            let a = svc(r, "agent");
+            let id = a["state"]["id"].as_str().unwrap_or("").to_string();
+            (a["ok"] == true && !id.is_empty()).then(|| {
+                (
+                    id,
+                    a["state"]["hostname"].as_str().unwrap_or("").to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Checks that one master leads, that the running others redirect to it, and that it lists
+/// both agents as active under their own, distinct names. Returns the leader's name.
+fn check_one_leader_with_both_agents(rows: &[serde_json::Value]) -> String {
+    let l = leaders(rows);
+    assert_eq!(l.len(), 1, "one leading master: {rows:#?}");
+    let leader = rows.iter().find(|r| r["name"] == l[0]).unwrap();
+    let leader_ip = leader["ip"].as_str().unwrap();
+    for r in rows
+        .iter()
+        .filter(|r| r["role"] == "master" && r["running"] == true && r["name"] != l[0])
+    {
+        let m = svc(r, "master");
+        assert_eq!(m["state"]["leading"], false, "{m}");
+        assert!(
+            m["state"]["leader"].as_str().unwrap().contains(leader_ip),
+            "a follower redirects to the leader {leader_ip}: {m}"
+        );
+    }
+    let listed = svc(leader, "master")["state"]["agents"].clone();
+    let listed = listed.as_array().unwrap();
+    let agents = registered_agents(rows);
+    assert_eq!(agents.len(), 2, "{rows:#?}");
+    for (id, host) in &agents {
+        let entry = listed
+            .iter()
+            .find(|a| a["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("the leader does not list agent {id}: {listed:?}"));
+        assert_eq!(entry["active"], true, "{entry}");
+        assert_eq!(entry["hostname"], host.as_str(), "{entry}");
+        assert!(
+            host.starts_with("ip-10-77-0-"),
+            "an unnamed group instance is named from its address: {host}"
+        );
+    }
+    assert_ne!(
+        agents[0].1, agents[1].1,
+        "two agents of one group share a name"
+    );
+    for r in rows.iter().filter(|r| r["role"] == "slave-only") {
+        let a = svc(r, "agent");
+        assert_eq!(a["flags"]["attributes"], "rack:r1", "{a}");
+    }
+    l[0].clone()
+}
+
+/// Polls `lab status --json` until `done` holds or `limit` passes; returns the last rows.
+fn wait_for(
+    topo: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = run_ok_text(mesobake(&["--json", "lab", "status", topo]), "lab status");
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let rows = rows.as_array().unwrap().clone();
+        if done(&rows) {
+            return rows;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {} s waiting for {what}: {rows:#?}",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::qemu::{self, Accel, VmSpec};
-use super::verify::{four_letter, http_json, parse_configured};
+use super::verify::{self, four_letter, http_json, parse_configured};
 use crate::cluster::{Cluster, LabMember};
 use crate::profile::Service;
 use crate::run::Cmd;
@@ -452,6 +452,10 @@ pub struct Health {
     /// The daemon's flags, for masters and agents.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flags: Option<serde_json::Value>,
+    /// What the daemon says of the cluster: a master's leadership and registered agents,
+    /// an agent's ID and the master it registered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
 }
 
 /// One row of `lab status`.
@@ -474,17 +478,34 @@ pub struct NodeStatus {
 }
 
 fn check(svc: Service, port: u16) -> Health {
-    let r: Result<(String, Option<serde_json::Value>)> = match svc {
-        Service::Zookeeper => zk_mode(port).map(|m| (m, None)),
-        Service::Master => http_json(port, "/state").map(|st| {
-            let f = st["flags"].clone();
+    let r: Result<(String, Option<serde_json::Value>, Option<serde_json::Value>)> = match svc {
+        Service::Zookeeper => zk_mode(port).map(|m| (m, None, None)),
+        Service::Master => verify::master_view(port).map(|v| {
+            let f = v.flags.clone();
+            let role = if v.leading {
+                format!("leading, {} agent(s)", v.agents.len())
+            } else {
+                format!("following {}", v.leader)
+            };
+            let agents: Vec<serde_json::Value> = v
+                .agents
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "id": a["id"], "hostname": a["hostname"], "active": a["active"], "pid": a["pid"],
+                    })
+                })
+                .collect();
             (
                 format!(
-                    "zk={} quorum={}",
+                    "zk={} quorum={} {role}",
                     f["zk"].as_str().unwrap_or("?"),
                     f["quorum"].as_str().unwrap_or("?")
                 ),
                 Some(f),
+                Some(serde_json::json!({
+                    "leading": v.leading, "leader": v.leader, "pid": v.pid, "agents": agents,
+                })),
             )
         }),
         Service::Marathon => http_json(port, "/v2/info").map(|i| {
@@ -494,23 +515,41 @@ fn check(svc: Service, port: u16) -> Health {
                     i["marathon_config"]["master"].as_str().unwrap_or("?")
                 ),
                 None,
+                None,
             )
         }),
         Service::Agent => http_json(port, "/state").map(|st| {
             let f = st["flags"].clone();
+            let id = st["id"].as_str().unwrap_or("");
+            let reg = if id.is_empty() {
+                "not registered".to_string()
+            } else {
+                format!(
+                    "registered with {}",
+                    st["master_hostname"].as_str().unwrap_or("?")
+                )
+            };
             (
-                format!("master={}", f["master"].as_str().unwrap_or("?")),
+                format!(
+                    "master={} {} {reg}",
+                    f["master"].as_str().unwrap_or("?"),
+                    st["hostname"].as_str().unwrap_or("?")
+                ),
                 Some(f),
+                Some(serde_json::json!({
+                    "id": st["id"], "hostname": st["hostname"], "master_hostname": st["master_hostname"],
+                })),
             )
         }),
     };
     match r {
-        Ok((detail, flags)) => Health {
+        Ok((detail, flags, state)) => Health {
             service: svc,
             port,
             ok: true,
             detail,
             flags,
+            state,
         },
         Err(e) => Health {
             service: svc,
@@ -518,6 +557,7 @@ fn check(svc: Service, port: u16) -> Health {
             ok: false,
             detail: format!("down ({e:#})"),
             flags: None,
+            state: None,
         },
     }
 }

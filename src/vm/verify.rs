@@ -273,15 +273,23 @@ fn run_checks(
                     Ok(format!("srvr: {mode}"))
                 }
                 Service::Master => {
-                    let st = http_json(p, "/state")?;
-                    let flags = &st["flags"];
-                    expect_flag(flags, "zk", &c.zk)?;
+                    let view = master_view(p)?;
+                    let flags = &view.flags;
+                    expect_zk_flag(flags, "zk", &c.zk)?;
                     expect_flag(flags, "quorum", &quorum)?;
                     expect_flag(flags, "ip", &c.ip)?;
                     if flags["work_dir"].as_str().unwrap_or("").is_empty() {
                         bail!("/state: work_dir is not set");
                     }
-                    Ok(format!("/state: zk={} quorum={} ip={}", c.zk, quorum, c.ip))
+                    // One master: it must have won the election in ZooKeeper.
+                    let leader = &view.leader;
+                    if zk_hosts == 1 && !view.leading {
+                        bail!("/state: not the leading master (leader {leader:?}); is ZooKeeper reachable at {}?", c.zk);
+                    }
+                    Ok(format!(
+                        "/state: zk={} quorum={} ip={} leader={leader}",
+                        c.zk, quorum, c.ip
+                    ))
                 }
                 Service::Marathon => {
                     let info = http_json(p, "/v2/info")?;
@@ -294,10 +302,14 @@ fn run_checks(
                 Service::Agent => {
                     let st = http_json(p, "/state")?;
                     let flags = &st["flags"];
-                    expect_flag(flags, "master", &c.zk)?;
+                    expect_zk_flag(flags, "master", &c.zk)?;
                     expect_flag(flags, "ip", &c.ip)?;
+                    let host = st["hostname"].as_str().unwrap_or("");
+                    if host.is_empty() || host.starts_with("localhost") {
+                        bail!("/state: the agent calls itself {host:?}; frameworks reach tasks by that name");
+                    }
                     Ok(format!(
-                        "/state: master={} containerizers={}",
+                        "/state: master={} containerizers={} hostname={host}",
                         c.zk,
                         flags["containerizers"].as_str().unwrap_or("(default)")
                     ))
@@ -310,6 +322,57 @@ fn run_checks(
         };
         report.checks.push(Check { name, ok, detail });
     }
+    if services.contains(&Service::Master) && services.contains(&Service::Agent) {
+        let r = retry(timeout, || registered(port(5050), port(5051)));
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        report.checks.push(Check {
+            name: "agent registered".into(),
+            ok,
+            detail,
+        });
+    }
+}
+
+/// Whether the agent on `agent_port` is registered with, and active on, the master on
+/// `master_port`: the agent has an ID from the master, and the master's `/state` lists it.
+pub fn registered(master_port: u16, agent_port: u16) -> Result<String> {
+    let agent = http_json(agent_port, "/state")?;
+    let id = agent["id"].as_str().unwrap_or("");
+    if id.is_empty() {
+        bail!("the agent has no ID yet: it has not registered with a master");
+    }
+    let master = master_view(master_port)?;
+    if !master.leading {
+        bail!("the master does not lead (leader: {:?})", master.leader);
+    }
+    let slaves = master.agents;
+    let Some(entry) = slaves.iter().find(|s| s["id"].as_str() == Some(id)) else {
+        bail!(
+            "the master's /state lists {} agent(s) but not {id}",
+            slaves.len()
+        );
+    };
+    if entry["active"].as_bool() != Some(true) {
+        bail!("the master lists agent {id} but not as active");
+    }
+    Ok(format!(
+        "master {} lists agent {id} ({}) as active",
+        master.pid,
+        entry["hostname"].as_str().unwrap_or("?")
+    ))
+}
+
+/// A ZooKeeper URL flag: the URL itself, or (AVENTER's layout) `file:///etc/mesos/zk`, the
+/// file the configurator writes the same URL into. Mesos shows such a flag by its path, and
+/// the leader and registration checks prove the URL inside it works.
+fn expect_zk_flag(flags: &serde_json::Value, name: &str, want: &str) -> Result<()> {
+    if flags[name].as_str() == Some("file:///etc/mesos/zk") {
+        return Ok(());
+    }
+    expect_flag(flags, name, want)
 }
 
 fn expect_flag(flags: &serde_json::Value, name: &str, want: &str) -> Result<()> {
@@ -371,6 +434,68 @@ pub fn four_letter(port: u16, word: &str) -> Result<String> {
 
 /// A minimal HTTP/1.0 GET: returns the status line and the body.
 pub fn http_get(port: u16, path: &str) -> Result<(String, String)> {
+    let (head, body) = http_get_head(port, path)?;
+    let status = head.lines().next().unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+/// What a Mesos master says about itself: its flags (`/flags`, which every master serves)
+/// and, from `/state`, whether it leads and which agents it has. A master that does not
+/// lead answers `/state` with a redirect to the leader, as real Mesos does.
+#[derive(Debug, Clone)]
+pub struct MasterView {
+    /// The master's flags.
+    pub flags: serde_json::Value,
+    /// Whether this master is the elected leader.
+    pub leading: bool,
+    /// The leader: its PID (`master@ip:port`) when leading, else where it redirects.
+    pub leader: String,
+    /// The leader's `/state` `slaves` (empty on a follower).
+    pub agents: Vec<serde_json::Value>,
+    /// The master's own PID (leader only).
+    pub pid: String,
+}
+
+/// Reads a master's [`MasterView`] through a forwarded port.
+pub fn master_view(port: u16) -> Result<MasterView> {
+    let flags = http_json(port, "/flags")?["flags"].clone();
+    let (head, body) = http_get_head(port, "/state")?;
+    let status = head.lines().next().unwrap_or("");
+    if status.contains(" 200") {
+        let st: serde_json::Value =
+            serde_json::from_str(&body).context("GET /state: reply is not JSON")?;
+        let leader = st["leader"].as_str().unwrap_or("").to_string();
+        let pid = st["pid"].as_str().unwrap_or("").to_string();
+        return Ok(MasterView {
+            flags,
+            leading: !leader.is_empty() && leader == pid,
+            leader,
+            agents: st["slaves"].as_array().cloned().unwrap_or_default(),
+            pid,
+        });
+    }
+    if status.contains(" 307") {
+        let location = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("location")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        return Ok(MasterView {
+            flags,
+            leading: false,
+            leader: location,
+            agents: Vec::new(),
+            pid: String::new(),
+        });
+    }
+    bail!("GET /state: {status} (no leading master known yet?)")
+}
+
+/// A minimal HTTP/1.0 GET: returns the response head (status line and headers) and body.
+pub fn http_get_head(port: u16, path: &str) -> Result<(String, String)> {
     let mut s = connect(port)?;
     write!(
         s,
@@ -382,8 +507,7 @@ pub fn http_get(port: u16, path: &str) -> Result<(String, String)> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow::anyhow!("no HTTP reply on port {port} for {path}"))?;
-    let status = head.lines().next().unwrap_or("").to_string();
-    Ok((status, body.to_string()))
+    Ok((head.to_string(), body.to_string()))
 }
 
 /// GET `path` and parse the 200 reply as JSON.
