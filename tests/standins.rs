@@ -191,10 +191,14 @@ fn assert_unit(text: &str, expected: &[&str]) {
 // ---------------------------------------------------------------------------
 
 /// The real python3 binary. pyenv-style shims need PATH, and some tests run the
-/// daemon with a PATH that deliberately lacks things.
+/// daemon with a PATH that deliberately lacks things. Debian's /usr/bin/python3
+/// comes first: it is what the packaged launchers run, and it has python3-kazoo.
 fn python3() -> &'static str {
     static PYTHON: OnceLock<String> = OnceLock::new();
     PYTHON.get_or_init(|| {
+        if Path::new("/usr/bin/python3").exists() {
+            return "/usr/bin/python3".to_string();
+        }
         let output = Command::new("python3")
             .args(["-c", "import sys; print(sys.executable)"])
             .output()
@@ -392,7 +396,8 @@ fn mesosphere_package_layout() {
     assert_eq!(field(&deb, "Package"), "mesos");
     assert_eq!(field(&deb, "Version"), "1.11.0-0.1.standin");
     assert_eq!(field(&deb, "Architecture"), "all");
-    assert_eq!(field(&deb, "Depends"), "python3");
+    // The daemons talk to ZooKeeper through Debian's kazoo.
+    assert_eq!(field(&deb, "Depends"), "python3, python3-kazoo");
     assert!(field(&deb, "Description").contains("TEST STAND-IN"));
     assert!(field(&deb, "Description").contains("NOT Apache Mesos"));
 
@@ -414,6 +419,7 @@ fn mesosphere_package_layout() {
         "/lib/systemd/system/mesos-master.service",
         "/lib/systemd/system/mesos-slave.service",
         "/usr/bin/mesos-init-wrapper",
+        "/usr/lib/mesos-standin/flavour",
         "/usr/lib/mesos-standin/standin.py",
         "/usr/sbin/mesos-agent",
         "/usr/sbin/mesos-master",
@@ -542,7 +548,7 @@ fn aventer_package_layout() {
     assert_eq!(field(&deb, "Package"), "aventer-mesos");
     assert_eq!(field(&deb, "Version"), "1.11.0-0.1.standin");
     assert_eq!(field(&deb, "Conflicts"), "mesos");
-    assert_eq!(field(&deb, "Depends"), "python3");
+    assert_eq!(field(&deb, "Depends"), "python3, python3-kazoo");
     assert!(field(&deb, "Description").contains("TEST STAND-IN"));
 
     let entries = contents(&deb);
@@ -552,6 +558,7 @@ fn aventer_package_layout() {
         "/usr/bin/mesos-agent",
         "/usr/bin/mesos-init-wrapper",
         "/usr/bin/mesos-master",
+        "/usr/lib/mesos-standin/flavour",
         "/usr/lib/mesos-standin/standin.py",
     ]
     .iter()
@@ -927,20 +934,20 @@ fn master_serves_the_flags_it_loaded() {
         .env("MESOS_NATIVE_JAVA_LIBRARY", "/usr/lib/libmesos.so"); // not a flag: ignored
     let mut master = Proc::spawn(cmd, dir.path(), "master");
 
+    // Like Mesos, it serves before any leader is elected (no ZooKeeper here).
     let (status, body) = master.wait_http(port, "/health");
     assert_eq!((status, body.as_str()), (200, ""));
     assert_eq!(http_get(port, "/master/health").unwrap().0, 200);
+    // Leader-only endpoints answer 503 while no leader is known.
+    for path in ["/state", "/master/state", "/redirect", "/master/slaves"] {
+        assert_eq!(
+            http_get(port, path).unwrap(),
+            (503, "No leader elected".to_string()),
+            "{path}"
+        );
+    }
 
-    let state = get_json(port, "/master/state");
-    assert_eq!(state["version"], "1.11.0");
-    assert_eq!(state["standin"], true);
-    assert_eq!(state["cluster"], "from-command-line");
-    assert_eq!(
-        state["hostname"], "127.0.0.1",
-        "--no-hostname_lookup reports the IP"
-    );
-    assert_eq!(state["pid"], format!("master@127.0.0.1:{port}"));
-    let flags = &state["flags"];
+    let flags = &get_json(port, "/master/flags")["flags"];
     assert_eq!(flags["zk"], "zk://127.0.0.1:2181/mesos");
     assert_eq!(flags["quorum"], "1");
     assert_eq!(flags["port"], port.to_string());
@@ -955,12 +962,37 @@ fn master_serves_the_flags_it_loaded() {
     assert!(flags.get("native_java_library").is_none());
     // Defaults are listed too, as in real Mesos.
     assert_eq!(flags["registry"], "replicated_log");
-
-    assert_eq!(get_json(port, "/state")["flags"], state["flags"]);
-    assert_eq!(get_json(port, "/flags")["flags"], state["flags"]);
-    assert_eq!(get_json(port, "/master/flags")["flags"], state["flags"]);
-    assert_eq!(http_get(port, "/master/redirect").unwrap().0, 307);
+    assert_eq!(get_json(port, "/flags")["flags"], *flags);
     assert_eq!(http_get(port, "/nope").unwrap().0, 404);
+
+    // Without --zk the standalone contender elects the master at once.
+    let standalone_port = free_port();
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={standalone_port}"),
+        format!("--work_dir={}", dir.path().join("standalone").display()),
+        "--cluster=standalone".to_string(),
+        "--no-hostname_lookup".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut standalone = Proc::spawn(mesos(root.path(), "mesos-master", &args), dir.path(), "sa");
+    standalone.wait_http(standalone_port, "/health");
+    let state = get_json(standalone_port, "/master/state");
+    assert_eq!(state["version"], "1.11.0");
+    assert_eq!(state["standin"], true);
+    assert_eq!(state["cluster"], "standalone");
+    assert_eq!(
+        state["hostname"], "127.0.0.1",
+        "--no-hostname_lookup reports the IP"
+    );
+    let pid = format!("master@127.0.0.1:{standalone_port}");
+    assert_eq!(state["pid"], pid);
+    assert_eq!(state["leader"], pid);
+    assert_eq!(state["leader_info"]["pid"], pid);
+    assert_eq!(state["activated_slaves"], 0);
+    assert_eq!(get_json(standalone_port, "/state")["flags"], state["flags"]);
+    let (status, _) = http_get(standalone_port, "/master/redirect").unwrap();
+    assert_eq!(status, 307);
 
     // The replicated log's work dir is created, and glog's files go to --log_dir.
     assert!(work.is_dir());
@@ -1019,10 +1051,12 @@ fn agent_docker_containerizer_needs_the_docker_cli() {
         "--no-systemd_enable_support".to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A cgroup v1 host, whatever this one is.
+    let sysroot = fake_sysroot(&dir.path().join("v1"), false, CGROUP_V1_MOUNTS);
 
     // No docker on PATH: the agent exits like Mesos.
     let mut cmd = mesos(root.path(), "mesos-agent", &args);
-    cmd.env("PATH", &empty);
+    cmd.env("PATH", &empty).env(SYSROOT_ENV, &sysroot);
     let (status, _, stderr) = run_to_exit(cmd, dir.path(), "no-docker");
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -1041,7 +1075,8 @@ fn agent_docker_containerizer_needs_the_docker_cli() {
         "#!/bin/sh\necho 'Docker version 1.7.1, build 786b29d'\n",
     );
     let mut cmd = mesos(root.path(), "mesos-agent", &args);
-    cmd.env("PATH", format!("{}:/usr/bin:/bin", old.display()));
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", old.display()))
+        .env(SYSROOT_ENV, &sysroot);
     let (status, _, stderr) = run_to_exit(cmd, dir.path(), "old-docker");
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -1059,6 +1094,7 @@ fn agent_docker_containerizer_needs_the_docker_cli() {
     args.push("--attributes=rack:r1;level:3");
     let mut cmd = mesos(root.path(), "mesos-agent", &args);
     cmd.env("PATH", format!("{}:/usr/bin:/bin", new.display()))
+        .env(SYSROOT_ENV, &sysroot)
         .env("MESOS_EXECUTOR_REGISTRATION_TIMEOUT", "5mins");
     let mut agent = Proc::spawn(cmd, dir.path(), "agent");
     assert_eq!(agent.wait_http(port, "/slave(1)/health").0, 200);
@@ -1345,7 +1381,8 @@ fn wrapper_turns_master_files_into_flags() {
         .etc("mesos-master/subdir/ignored", "directories are skipped\n");
     let mut master = fx.spawn(&["master"], None, "master");
     master.wait_http(port, "/master/health");
-    let flags = &get_json(port, "/master/state")["flags"];
+    // No ZooKeeper answers there, so no leader: /master/state would be 503.
+    let flags = &get_json(port, "/master/flags")["flags"];
     assert_eq!(flags["zk"], "zk://10.0.0.11:2181,10.0.0.12:2181/mesos");
     assert_eq!(flags["quorum"], "2", "trailing newlines are stripped");
     assert_eq!(flags["cluster"], "wrapped");
@@ -1557,5 +1594,321 @@ fn aventer_wrapper_reads_agent_dirs_and_skips_dpkg_files() {
         agent.stderr().contains("mesos-standin: mesos-agent argv: "),
         "{}",
         agent.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Flag tables, systemd, cgroups (through the stand-in's sysroot test hook).
+// ---------------------------------------------------------------------------
+
+/// The stand-in's test hook: /proc/mounts, /sys/fs/cgroup, /run/systemd/system
+/// and /sbin/init are read under this directory instead.
+const SYSROOT_ENV: &str = "MESOS_STANDIN_SYSROOT";
+
+/// A cgroup v1 (hybrid) host's cgroup mounts, as /proc/mounts lists them.
+const CGROUP_V1_MOUNTS: &str = "\
+tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,nosuid,nodev,noexec,relatime,xattr,name=systemd 0 0
+cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,nodev,noexec,relatime,memory 0 0
+";
+
+/// A cgroup v2-only host (Debian 12, Ubuntu 22.04 and later).
+const CGROUP_V2_MOUNTS: &str = "\
+cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0
+";
+
+/// Builds a fake root for the hook: a mount table, the directories it names,
+/// and with `systemd` an /sbin/init that reports systemd 252 plus its runtime
+/// directory (and, on v1, the executors slice's cgroup).
+fn fake_sysroot(root: &Path, systemd: bool, mounts: &str) -> PathBuf {
+    fs::create_dir_all(root.join("proc")).unwrap();
+    fs::write(root.join("proc/mounts"), mounts).unwrap();
+    for line in mounts.lines() {
+        let dir = line.split_whitespace().nth(1).unwrap();
+        fs::create_dir_all(root.join(dir.trim_start_matches('/'))).unwrap();
+    }
+    if systemd {
+        write_executable(
+            &root.join("sbin/init"),
+            "#!/bin/sh\necho 'systemd 252 (252.22-1~deb12u1)'\necho '+PAM +AUDIT'\n",
+        );
+        fs::create_dir_all(root.join("run/systemd/system")).unwrap();
+        if root.join("sys/fs/cgroup/systemd").is_dir() {
+            fs::create_dir_all(root.join("sys/fs/cgroup/systemd/mesos_executors.slice")).unwrap();
+        }
+    }
+    root.to_path_buf()
+}
+
+/// Runs a daemon that must fail; returns its stderr after checking status 1.
+fn expect_failure(cmd: Command, dir: &Path, name: &str, expected: &str) -> String {
+    let (status, _, stderr) = run_to_exit(cmd, dir, name);
+    assert_eq!(status.code(), Some(1), "{name}: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{name}: expected {expected:?} in:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn flag_names_are_loaded_like_stout() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let root = root.path();
+    let dir = tempfile::tempdir().unwrap();
+    let work = format!("--work_dir={}", dir.path().join("work").display());
+    let master = |args: &[&str]| {
+        let mut cmd = mesos(root, "mesos-master", args);
+        cmd.env("MESOS_PORT", free_port().to_string())
+            .env("MESOS_IP", "127.0.0.1");
+        cmd
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // stout lower-cases names: these are one flag given twice.
+        (
+            vec!["--Quorum=1", "--quorum=1", &work],
+            "Flag 'quorum' is already loaded via name 'quorum'",
+        ),
+        // A deprecated alias and its flag are one flag too (walked in name order).
+        (
+            vec!["--user_sorter=drf", "--role_sorter=drf"],
+            "Flag 'user_sorter' is already loaded via name 'role_sorter'",
+        ),
+        (
+            vec!["--authenticate_http", "--no-authenticate_http_readwrite"],
+            "Flag 'authenticate_http_readwrite' is already loaded via name 'authenticate_http'",
+        ),
+        // What a wrapper passes for stray files: unknown, and lower-cased.
+        (
+            vec!["--.mesobake.AbC123=x"],
+            "Failed to load unknown flag '.mesobake.abc123'",
+        ),
+        (vec!["--quorum~=1"], "Failed to load unknown flag 'quorum~'"),
+        // Validators of src/master/flags.cpp.
+        (
+            vec!["--registry_strict"],
+            "Support for '--registry_strict' has been disabled and will be removed \
+             in a future version of Mesos",
+        ),
+        (
+            vec!["--agent_ping_timeout=20mins"],
+            "Expected `--agent_ping_timeout` to be between 1secs and 15mins",
+        ),
+        (
+            vec!["--max_slave_ping_timeouts=0"],
+            "Expected `--max_agent_ping_timeouts` to be at least 1",
+        ),
+        // Flags of optional builds are not in a default build's table.
+        (
+            vec!["--max_executors_per_agent=10"],
+            "Failed to load unknown flag 'max_executors_per_agent'",
+        ),
+    ];
+    for (index, (args, expected)) in cases.into_iter().enumerate() {
+        let stderr = expect_failure(master(&args), dir.path(), &format!("m{index}"), expected);
+        assert!(stderr.contains("See `mesos-master --help`"), "{stderr}");
+    }
+
+    let agent = |args: &[&str]| {
+        let mut cmd = mesos(root, "mesos-agent", args);
+        cmd.env("MESOS_PORT", free_port().to_string())
+            .env("MESOS_IP", "127.0.0.1")
+            .env("MESOS_MASTER", "127.0.0.1:5050");
+        cmd
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--slave_subsystems=cpu", "--agent_subsystems=cpu", &work],
+            "Flag 'slave_subsystems' is already loaded via name 'agent_subsystems'",
+        ),
+        (
+            vec!["--executor_reregistration_timeout=1mins", &work],
+            "Expected `--executor_reregistration_timeout` to be not more than 15secs",
+        ),
+        (
+            vec!["--domain={\"region\":\"x\"}", &work],
+            "`domain` must define `fault_domain`",
+        ),
+        (
+            vec!["--xfs_kill_containers", &work],
+            "Failed to load unknown flag 'xfs_kill_containers'",
+        ),
+    ];
+    for (index, (args, expected)) in cases.into_iter().enumerate() {
+        expect_failure(agent(&args), dir.path(), &format!("a{index}"), expected);
+    }
+
+    // Flags that the old table lacked load, and aliases show under the name used.
+    let port = free_port();
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        work.clone(),
+        "--authenticate_http=true".to_string(),
+        "--user_sorter=random".to_string(),
+        "--authentication_v0_timeout=30secs".to_string(),
+        "--allocator_recovery_timeout=2mins".to_string(),
+        "--offer_constraints_re2_max_mem=8MB".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = Proc::spawn(mesos(root, "mesos-master", &args), dir.path(), "master");
+    daemon.wait_http(port, "/health");
+    let flags = &get_json(port, "/flags")["flags"];
+    assert_eq!(flags["authenticate_http"], "true");
+    assert_eq!(flags["user_sorter"], "random");
+    assert_eq!(flags["authentication_v0_timeout"], "30secs");
+    assert_eq!(flags["allocator_recovery_timeout"], "2mins");
+    assert_eq!(flags["allocator_agent_recovery_factor"], "0.8");
+    assert!(daemon
+        .stderr()
+        .contains("Loaded deprecated flag 'authenticate_http'"));
+    drop(daemon);
+
+    let port = free_port();
+    let sysroot = fake_sysroot(&dir.path().join("none"), false, CGROUP_V1_MOUNTS);
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        "--master=127.0.0.1:1".to_string(),
+        work.clone(),
+        "--allowed_capabilities={\"capabilities\":[\"NET_RAW\"]}".to_string(),
+        "--http_command_executor".to_string(),
+        "--executor_reregistration_retry_interval=1secs".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root, "mesos-agent", &args);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut daemon = Proc::spawn(cmd, dir.path(), "agent");
+    daemon.wait_http(port, "/health");
+    let flags = &get_json(port, "/flags")["flags"];
+    assert_eq!(flags["allowed_capabilities"], "{\"capabilities\":[\"NET_RAW\"]}");
+    assert_eq!(flags["http_command_executor"], "true");
+}
+
+#[test]
+fn agent_systemd_support_needs_a_cgroup_v1_systemd_hierarchy() {
+    let packages = Packages::build();
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = fake_sysroot(&dir.path().join("v2"), true, CGROUP_V2_MOUNTS);
+    let v1 = fake_sysroot(&dir.path().join("v1"), true, CGROUP_V1_MOUNTS);
+    let no_systemd = fake_sysroot(&dir.path().join("sysv"), false, CGROUP_V2_MOUNTS);
+    let work = format!("--work_dir={}", dir.path().join("work").display());
+    for deb in [MESOS_DEB, AVENTER_DEB] {
+        let root = packages.extract(deb);
+        let agent = |sysroot: &Path, extra: &[&str]| -> (Command, u16) {
+            let port = free_port();
+            let mut args = vec![
+                "--ip=127.0.0.1".to_string(),
+                format!("--port={port}"),
+                "--master=127.0.0.1:1".to_string(),
+                work.clone(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut cmd = mesos(root.path(), "mesos-agent", &args);
+            cmd.env(SYSROOT_ENV, sysroot);
+            (cmd, port)
+        };
+
+        // The default, systemd_enable_support=true, on a systemd v2-only host.
+        let (cmd, _) = agent(&v2, &[]);
+        let stderr = expect_failure(
+            cmd,
+            dir.path(),
+            "v2",
+            "EXIT with status 1: Failed to initialize systemd: Failed to locate systemd \
+             cgroups hierarchy: '/sys/fs/cgroup/systemd' is not a valid hierarchy",
+        );
+        assert!(stderr.contains("Initializing systemd state"), "{stderr}");
+        // The runtime directory got its slice unit before the check failed.
+        assert!(v2.join("run/systemd/system/mesos_executors.slice").is_file());
+
+        // Turned off on the command line, or by a file the wrapper passes on.
+        for extra in [
+            &["--no-systemd_enable_support"][..],
+            &["--systemd_enable_support=false"][..],
+        ] {
+            let (cmd, port) = agent(&v2, extra);
+            let mut daemon = Proc::spawn(cmd, dir.path(), "off");
+            assert_eq!(daemon.wait_http(port, "/health").0, 200);
+        }
+        // A cgroup v1 systemd host, and a host without systemd: no problem.
+        for sysroot in [&v1, &no_systemd] {
+            let (cmd, port) = agent(sysroot, &[]);
+            let mut daemon = Proc::spawn(cmd, dir.path(), "ok");
+            assert_eq!(daemon.wait_http(port, "/health").0, 200);
+        }
+        // systemd without its runtime directory.
+        fs::remove_dir_all(v1.join("run/systemd/system")).unwrap();
+        let (cmd, _) = agent(&v1, &[]);
+        expect_failure(
+            cmd,
+            dir.path(),
+            "no-runtime",
+            "Failed to initialize systemd: Failed to locate systemd runtime directory: \
+             /run/systemd/system",
+        );
+        fs::create_dir_all(v1.join("run/systemd/system")).unwrap();
+    }
+}
+
+#[test]
+fn docker_containerizer_needs_cgroup_v1_cpu_except_on_aventer() {
+    let packages = Packages::build();
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = fake_sysroot(&dir.path().join("v2"), false, CGROUP_V2_MOUNTS);
+    let bin = dir.path().join("bin");
+    write_executable(
+        &bin.join("docker"),
+        "#!/bin/sh\necho 'Docker version 20.10.24+dfsg1, build 297e128'\n",
+    );
+    let work = format!("--work_dir={}", dir.path().join("work").display());
+    let agent = |root: &Path| -> (Command, u16) {
+        let port = free_port();
+        let args = [
+            "--ip=127.0.0.1".to_string(),
+            format!("--port={port}"),
+            "--master=127.0.0.1:1".to_string(),
+            work.clone(),
+            "--containerizers=docker,mesos".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = mesos(root, "mesos-agent", &args);
+        cmd.env(SYSROOT_ENV, &v2)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+        (cmd, port)
+    };
+
+    // Apache Mesos 1.11 (Mesosphere's package) on a v2-only host.
+    let mesosphere = packages.extract(MESOS_DEB);
+    assert_eq!(
+        read(mesosphere.path(), "/usr/lib/mesos-standin/flavour"),
+        "apache\n"
+    );
+    let (cmd, _) = agent(mesosphere.path());
+    expect_failure(
+        cmd,
+        dir.path(),
+        "apache",
+        "Failed to create a containerizer: Could not create DockerContainerizer: Failed to \
+         create docker: Failed to find a mounted cgroups hierarchy for the 'cpu' subsystem; \
+         you probably need to mount cgroups manually",
+    );
+
+    // AVENTER's build skips that check on cgroup v2.
+    let aventer = packages.extract(AVENTER_DEB);
+    assert_eq!(
+        read(aventer.path(), "/usr/lib/mesos-standin/flavour"),
+        "aventer\n"
+    );
+    let (cmd, port) = agent(aventer.path());
+    let mut daemon = Proc::spawn(cmd, dir.path(), "aventer");
+    assert_eq!(daemon.wait_http(port, "/health").0, 200);
+    assert_eq!(
+        get_json(port, "/flags")["flags"]["containerizers"],
+        "docker,mesos"
     );
 }
