@@ -291,6 +291,26 @@ impl Proc {
         }
     }
 
+    /// wait_http against another loopback address.
+    fn wait_http_at(&mut self, ip: &str, port: u16, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited ({status}) instead of serving\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if let Ok(response) = http_get_at(ip, port, path) {
+                return response;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon never answered {path}\nstderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn kill(&mut self) {
         // The group, not just the child: the init wrapper leaves logger(1)
         // processes behind it. kill(1) rather than a syscall crate keeps this
@@ -1911,4 +1931,304 @@ fn docker_containerizer_needs_cgroup_v1_cpu_except_on_aventer() {
         get_json(port, "/flags")["flags"]["containerizers"],
         "docker,mesos"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Leader election and registration, through a real ZooKeeper.
+// ---------------------------------------------------------------------------
+
+/// Debian's ZooKeeper (package `zookeeper`, installed by ci/setup-host.sh).
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+/// Polls `check` until it gives Some, or fails after `timeout` with `what`.
+fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A GET that returns the JSON body of a 200 answer, or None.
+fn try_json(ip: &str, port: u16, path: &str) -> Option<Value> {
+    let (status, body) = http_get_at(ip, port, path).ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// A minimal HTTP/1.0 GET to ip:port: status, body and the Location header.
+fn http_get_at(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_get_full(ip, port, path)?;
+    Ok((status, body))
+}
+
+fn http_get_full(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect((ip, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Location: "))
+        .unwrap_or_default()
+        .to_string();
+    Ok((status, location, body.to_string()))
+}
+
+/// A ZooKeeper server on 127.0.0.1 and a free port, in its own data dir.
+struct ZooKeeper {
+    _proc: Proc,
+    port: u16,
+}
+
+impl ZooKeeper {
+    /// None (with the reason) when ZooKeeper or Java is not installed.
+    fn start(dir: &Path) -> Result<ZooKeeper, String> {
+        if !Path::new(ZOOKEEPER_JAR).exists() {
+            return Err(format!("{ZOOKEEPER_JAR} not found (apt-get install zookeeper)"));
+        }
+        if Command::new("java").arg("-version").output().is_err() {
+            return Err("no java on PATH (zookeeper pulls in default-jre)".into());
+        }
+        let port = free_port();
+        let data = dir.join("zk-data");
+        fs::create_dir_all(&data).unwrap();
+        let config = dir.join("zoo.cfg");
+        // A short tick so that short session timeouts are allowed (2 ticks min).
+        fs::write(
+            &config,
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("java");
+        cmd.arg("-cp")
+            .arg(ZOOKEEPER_JAR)
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(&config);
+        let mut proc = Proc::spawn(cmd, dir, "zookeeper");
+        // ZooKeeper answers the `srvr` four-letter word once it serves.
+        wait_for(Duration::from_secs(60), "ZooKeeper to serve", || {
+            if let Some(status) = proc.child.try_wait().unwrap() {
+                panic!("ZooKeeper exited ({status}):\n{}", proc.stderr());
+            }
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream.write_all(b"srvr").ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.contains("Mode:").then_some(())
+        });
+        Ok(ZooKeeper { _proc: proc, port })
+    }
+}
+
+/// The children of a znode and their data, read with python3-kazoo.
+fn znodes(zk_port: u16, path: &str) -> Vec<(String, Value)> {
+    let script = "import json, sys\n\
+                  from kazoo.client import KazooClient\n\
+                  c = KazooClient(sys.argv[1]); c.start(timeout=10)\n\
+                  out = [(n, json.loads(c.get(sys.argv[2] + '/' + n)[0].decode())) \
+                  for n in sorted(c.get_children(sys.argv[2]))]\n\
+                  c.stop(); print(json.dumps(out))\n";
+    let output = Command::new(python3())
+        .args(["-c", script, &format!("127.0.0.1:{zk_port}"), path])
+        .output()
+        .expect("python3 with kazoo");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = match ZooKeeper::start(dir.path()) {
+        Ok(zk) => zk,
+        Err(reason) => {
+            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
+            return;
+        }
+    };
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    // No systemd, whatever this host runs.
+    let sysroot = fake_sysroot(&dir.path().join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let zk_url = format!("zk://127.0.0.1:{}/mesos", zk.port);
+    let port = free_port();
+    let master = |ip: &str, name: &str| -> Proc {
+        let args = [
+            format!("--ip={ip}"),
+            format!("--port={port}"),
+            format!("--zk={zk_url}"),
+            "--quorum=1".to_string(),
+            format!("--work_dir={}", dir.path().join(name).display()),
+            "--zk_session_timeout=2secs".to_string(),
+            "--no-hostname_lookup".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(mesos(root.path(), "mesos-master", &args), dir.path(), name)
+    };
+    let mut first = master("127.0.0.2", "master1");
+    first.wait_http_at("127.0.0.2", port, "/health");
+    // The first one in leads: let it join before the second.
+    wait_for(Duration::from_secs(30), "a leader", || {
+        try_json("127.0.0.2", port, "/master/state")
+    });
+    let mut second = master("127.0.0.3", "master2");
+    second.wait_http_at("127.0.0.3", port, "/health");
+
+    // The group: one ephemeral sequential json.info_ znode per master, holding
+    // its MasterInfo as JSON; the lowest sequence leads.
+    let members = wait_for(Duration::from_secs(30), "two members", || {
+        let members = znodes(zk.port, "/mesos");
+        (members.len() == 2).then_some(members)
+    });
+    assert!(members.iter().all(|(name, _)| name.starts_with("json.info_")));
+    assert_eq!(members[0].1["pid"], format!("master@127.0.0.2:{port}"));
+    assert_eq!(members[0].1["address"]["ip"], "127.0.0.2");
+    assert_eq!(members[1].1["pid"], format!("master@127.0.0.3:{port}"));
+
+    // The non-leader redirects leader-only endpoints, and /redirect, to it.
+    wait_for(Duration::from_secs(30), "the second master to see the leader", || {
+        let (status, location, _) = http_get_full("127.0.0.3", port, "/master/state").ok()?;
+        (status == 307).then_some(location)
+    });
+    let (status, location, _) = http_get_full("127.0.0.3", port, "/master/state").unwrap();
+    assert_eq!(
+        (status, location.as_str()),
+        (307, format!("//127.0.0.2:{port}/master/state").as_str())
+    );
+    let (status, location, _) = http_get_full("127.0.0.3", port, "/redirect").unwrap();
+    assert_eq!(
+        (status, location.as_str()),
+        (307, format!("//127.0.0.2:{port}").as_str())
+    );
+    assert_eq!(http_get_at("127.0.0.3", port, "/health").unwrap().0, 200);
+    assert_eq!(
+        try_json("127.0.0.3", port, "/flags").unwrap()["flags"]["zk"],
+        zk_url
+    );
+
+    // An agent finds the leader in the group and registers with it.
+    let agent_port = free_port();
+    let args = [
+        "--ip=127.0.0.4".to_string(),
+        format!("--port={agent_port}"),
+        format!("--master={zk_url}"),
+        format!("--work_dir={}", dir.path().join("agent").display()),
+        "--zk_session_timeout=2secs".to_string(),
+        "--no-hostname_lookup".to_string(),
+        "--attributes=rack:r1".to_string(),
+        "--resources=cpus:2;mem:512".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut agent = Proc::spawn(cmd, dir.path(), "agent");
+    agent.wait_http_at("127.0.0.4", agent_port, "/health");
+    let agent_state = wait_for(Duration::from_secs(30), "the agent to register", || {
+        let state = try_json("127.0.0.4", agent_port, "/slave(1)/state")?;
+        (state["id"] != "").then_some(state)
+    });
+    assert_eq!(agent_state["master_hostname"], "127.0.0.2");
+    let agent_id = agent_state["id"].as_str().unwrap().to_string();
+
+    let state = try_json("127.0.0.2", port, "/master/state").unwrap();
+    let leader_pid = format!("master@127.0.0.2:{port}");
+    assert_eq!(state["leader"], leader_pid);
+    assert_eq!(state["pid"], leader_pid);
+    assert_eq!(state["leader_info"]["pid"], leader_pid);
+    assert_eq!(state["leader_info"]["id"], state["id"]);
+    assert!(state["elected_time"].as_f64().is_some(), "{state}");
+    assert!(agent_id.starts_with(&format!("{}-S", state["id"].as_str().unwrap())));
+    assert_eq!(state["activated_slaves"], 1);
+    let slave = &state["slaves"][0];
+    assert_eq!(slave["id"], agent_id);
+    assert_eq!(slave["pid"], format!("slave(1)@127.0.0.4:{agent_port}"));
+    assert_eq!(slave["hostname"], "127.0.0.4");
+    assert_eq!(slave["active"], true);
+    assert!(slave["registered_time"].as_f64().is_some());
+    assert_eq!(slave["resources"]["cpus"], 2.0);
+    assert_eq!(slave["resources"]["mem"], 512.0);
+    assert_eq!(slave["attributes"]["rack"], "r1");
+    assert_eq!(try_json("127.0.0.2", port, "/state").unwrap()["slaves"][0]["id"], agent_id);
+
+    // The leader dies; its session ends, the other master leads, and the
+    // agent re-registers with it under the same ID.
+    first.kill();
+    let state = wait_for(Duration::from_secs(60), "the second master to lead", || {
+        try_json("127.0.0.3", port, "/master/state")
+    });
+    assert_eq!(state["leader"], format!("master@127.0.0.3:{port}"));
+    let state = wait_for(Duration::from_secs(60), "the agent to re-register", || {
+        let state = try_json("127.0.0.3", port, "/master/state")?;
+        (state["activated_slaves"] == 1).then_some(state)
+    });
+    assert_eq!(state["slaves"][0]["id"], agent_id);
+    assert!(state["slaves"][0]["reregistered_time"].as_f64().is_some());
+    let agent_state = try_json("127.0.0.4", agent_port, "/state").unwrap();
+    assert_eq!(agent_state["master_hostname"], "127.0.0.3");
+    assert_eq!(agent_state["id"], agent_id);
+    assert_eq!(znodes(zk.port, "/mesos").len(), 1);
+    assert!(second.stderr().contains("Elected as the leading master!"));
+}
+
+#[test]
+fn agent_reregisters_when_its_master_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let sysroot = fake_sysroot(&dir.path().join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let port = free_port();
+    let master = |name: &str| -> Proc {
+        let args = [
+            "--ip=127.0.0.1".to_string(),
+            format!("--port={port}"),
+            "--registry=in_memory".to_string(),
+            "--no-hostname_lookup".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(mesos(root.path(), "mesos-master", &args), dir.path(), name)
+    };
+    let mut first = master("master1");
+    first.wait_http(port, "/health");
+    let agent_port = free_port();
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={agent_port}"),
+        format!("--master=127.0.0.1:{port}"),
+        format!("--work_dir={}", dir.path().join("agent").display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut agent = Proc::spawn(cmd, dir.path(), "agent");
+    agent.wait_http(agent_port, "/health");
+    let id = wait_for(Duration::from_secs(30), "registration", || {
+        let state = try_json("127.0.0.1", agent_port, "/state")?;
+        (state["id"] != "").then(|| state["id"].clone())
+    });
+    first.kill();
+    let mut second = master("master2");
+    second.wait_http(port, "/health");
+    let state = wait_for(Duration::from_secs(30), "re-registration", || {
+        let state = try_json("127.0.0.1", port, "/state")?;
+        (state["activated_slaves"] == 1).then_some(state)
+    });
+    assert_eq!(state["slaves"][0]["id"], id);
 }
