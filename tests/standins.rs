@@ -2232,3 +2232,82 @@ fn agent_reregisters_when_its_master_restarts() {
     });
     assert_eq!(state["slaves"][0]["id"], id);
 }
+
+/// The argv the stand-in recorded on stderr (`mesos-standin: PROGRAM argv: [...]`).
+fn recorded_argv(stderr: &str, program: &str) -> Vec<String> {
+    let marker = format!("mesos-standin: {program} argv: ");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&marker))
+        .unwrap_or_else(|| panic!("no argv recorded:\n{stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn aventer_wrapper_lists_in_directory_order_and_reports_missing_dirs() {
+    require_namespaces!();
+    let fx = Fixture::new(AVENTER_DEB);
+    let port = free_port();
+    fx.etc("mesos-agent/ip", "127.0.0.1\n")
+        .etc("mesos-agent/port", &format!("{port}\n"))
+        .etc("mesos-agent/master", "127.0.0.1:1\n")
+        .etc(
+            "mesos-agent/work_dir",
+            &format!("{}\n", fx.scratch("agent-work").display()),
+        )
+        .etc("mesos-agent/?no-logger", "")
+        .etc("mesos-agent/?no-systemd_enable_support", "");
+    // Several attribute files, created in name order; find lists them in the
+    // directory's own order, which the wrapper keeps.
+    let keys = ["a1", "b2", "c3", "d4", "e5", "f6", "g7", "h8"];
+    for key in keys {
+        fx.etc(&format!("mesos-agent/attributes/{key}"), &format!("v{key}\n"));
+    }
+    let listed = |dir: &str| -> Vec<String> {
+        fs::read_dir(fx.root.path().join("etc").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let order = listed("mesos-agent/attributes");
+    let expected_attributes = order
+        .iter()
+        .map(|key| format!("{key}:v{key}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let expected_flags: Vec<String> = listed("mesos-agent")
+        .into_iter()
+        .filter(|name| fx.root.path().join("etc/mesos-agent").join(name).is_file())
+        .filter(|name| name != "?no-logger")
+        .map(|name| match name.strip_prefix('?') {
+            Some(bare) => format!("--{bare}"),
+            None => {
+                let value = fs::read_to_string(fx.root.path().join("etc/mesos-agent").join(&name))
+                    .unwrap();
+                format!("--{name}={}", value.trim_end_matches('\n'))
+            }
+        })
+        .collect();
+
+    // The environment sets up the systemd-less fake root for the daemon.
+    let sysroot = fake_sysroot(&fx.scratch("sysroot"), false, CGROUP_V1_MOUNTS);
+    let mut cmd = fx.wrapper(&["agent"], None);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut agent = Proc::spawn(cmd, fx.scratch.path(), "agent");
+    agent.wait_http(port, "/health");
+    let stderr = agent.stderr();
+    // resources/ does not exist: find says so on the wrapper's stderr, and
+    // the agent starts all the same.
+    assert!(
+        stderr.contains("find: '/etc/mesos-agent/resources/': No such file or directory"),
+        "{stderr}"
+    );
+    let argv = recorded_argv(&stderr, "mesos-agent");
+    let mut expected = expected_flags;
+    expected.push(format!("--attributes={expected_attributes}"));
+    assert_eq!(argv, expected, "find's order, not sorted");
+    assert_eq!(
+        get_json(port, "/flags")["flags"]["attributes"],
+        expected_attributes
+    );
+}
