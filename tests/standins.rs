@@ -1804,7 +1804,10 @@ fn flag_names_are_loaded_like_stout() {
     let mut daemon = Proc::spawn(cmd, dir.path(), "agent");
     daemon.wait_http(port, "/health");
     let flags = &get_json(port, "/flags")["flags"];
-    assert_eq!(flags["allowed_capabilities"], "{\"capabilities\":[\"NET_RAW\"]}");
+    assert_eq!(
+        flags["allowed_capabilities"],
+        "{\"capabilities\":[\"NET_RAW\"]}"
+    );
     assert_eq!(flags["http_command_executor"], "true");
 }
 
@@ -1844,7 +1847,9 @@ fn agent_systemd_support_needs_a_cgroup_v1_systemd_hierarchy() {
         );
         assert!(stderr.contains("Initializing systemd state"), "{stderr}");
         // The runtime directory got its slice unit before the check failed.
-        assert!(v2.join("run/systemd/system/mesos_executors.slice").is_file());
+        assert!(v2
+            .join("run/systemd/system/mesos_executors.slice")
+            .is_file());
 
         // Turned off on the command line, or by a file the wrapper passes on.
         for extra in [
@@ -1994,7 +1999,9 @@ impl ZooKeeper {
     /// None (with the reason) when ZooKeeper or Java is not installed.
     fn start(dir: &Path) -> Result<ZooKeeper, String> {
         if !Path::new(ZOOKEEPER_JAR).exists() {
-            return Err(format!("{ZOOKEEPER_JAR} not found (apt-get install zookeeper)"));
+            return Err(format!(
+                "{ZOOKEEPER_JAR} not found (apt-get install zookeeper)"
+            ));
         }
         if Command::new("java").arg("-version").output().is_err() {
             return Err("no java on PATH (zookeeper pulls in default-jre)".into());
@@ -2098,16 +2105,22 @@ fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
         let members = znodes(zk.port, "/mesos");
         (members.len() == 2).then_some(members)
     });
-    assert!(members.iter().all(|(name, _)| name.starts_with("json.info_")));
+    assert!(members
+        .iter()
+        .all(|(name, _)| name.starts_with("json.info_")));
     assert_eq!(members[0].1["pid"], format!("master@127.0.0.2:{port}"));
     assert_eq!(members[0].1["address"]["ip"], "127.0.0.2");
     assert_eq!(members[1].1["pid"], format!("master@127.0.0.3:{port}"));
 
     // The non-leader redirects leader-only endpoints, and /redirect, to it.
-    wait_for(Duration::from_secs(30), "the second master to see the leader", || {
-        let (status, location, _) = http_get_full("127.0.0.3", port, "/master/state").ok()?;
-        (status == 307).then_some(location)
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the second master to see the leader",
+        || {
+            let (status, location, _) = http_get_full("127.0.0.3", port, "/master/state").ok()?;
+            (status == 307).then_some(location)
+        },
+    );
     let (status, location, _) = http_get_full("127.0.0.3", port, "/master/state").unwrap();
     assert_eq!(
         (status, location.as_str()),
@@ -2166,7 +2179,10 @@ fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
     assert_eq!(slave["resources"]["cpus"], 2.0);
     assert_eq!(slave["resources"]["mem"], 512.0);
     assert_eq!(slave["attributes"]["rack"], "r1");
-    assert_eq!(try_json("127.0.0.2", port, "/state").unwrap()["slaves"][0]["id"], agent_id);
+    assert_eq!(
+        try_json("127.0.0.2", port, "/state").unwrap()["slaves"][0]["id"],
+        agent_id
+    );
 
     // The leader dies; its session ends, the other master leads, and the
     // agent re-registers with it under the same ID.
@@ -2261,7 +2277,10 @@ fn aventer_wrapper_lists_in_directory_order_and_reports_missing_dirs() {
     // directory's own order, which the wrapper keeps.
     let keys = ["a1", "b2", "c3", "d4", "e5", "f6", "g7", "h8"];
     for key in keys {
-        fx.etc(&format!("mesos-agent/attributes/{key}"), &format!("v{key}\n"));
+        fx.etc(
+            &format!("mesos-agent/attributes/{key}"),
+            &format!("v{key}\n"),
+        );
     }
     let listed = |dir: &str| -> Vec<String> {
         fs::read_dir(fx.root.path().join("etc").join(dir))
@@ -2282,8 +2301,8 @@ fn aventer_wrapper_lists_in_directory_order_and_reports_missing_dirs() {
         .map(|name| match name.strip_prefix('?') {
             Some(bare) => format!("--{bare}"),
             None => {
-                let value = fs::read_to_string(fx.root.path().join("etc/mesos-agent").join(&name))
-                    .unwrap();
+                let value =
+                    fs::read_to_string(fx.root.path().join("etc/mesos-agent").join(&name)).unwrap();
                 format!("--{name}={}", value.trim_end_matches('\n'))
             }
         })

@@ -16,9 +16,16 @@ part an image baker can get wrong:
   bad configuration into an immediate exit (--work_dir and --quorum for the
   replicated log, --master for the agent, the docker CLI for
   --containerizers=docker, binding --ip:--port, ...), in the same order;
+* the host checks of the agent: systemd support on a cgroup v2-only host,
+  and the cgroup v1 `cpu` hierarchy the Docker containerizer wants;
+* leader election through ZooKeeper (json.info_ znodes, lowest sequence
+  leads) and agents that register with the leader and follow it when it
+  changes (over a stand-in-only HTTP call);
 * the HTTP endpoints a deployment check looks at (/health, /state, /flags,
   /redirect, also under /master/ and /slave(1)/), with the flags the process
   ended up with, so a test can assert what the init wrapper passed.
+
+See ci/standins/README.md for the real source of each behaviour.
 
 It records its whole argv on stderr at start-up, so the journal of a test VM
 shows what the wrapper built.
