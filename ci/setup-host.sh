@@ -18,6 +18,7 @@ pkgs=(
   gpg                          # --sign: detached signature of SHA256SUMS; check verifies it
   virt-v2v                     # e2e_formats: an independent OVF consumer (virt-v2v -i ova)
   dpkg-dev                     # stand-in test packages and the local .deb repo
+  zookeeper python3-kazoo      # tests/standins.rs: leader election through a real ZooKeeper
   python3 curl ca-certificates zstd
   busybox posh shellcheck       # the configurator tests run it under several POSIX shells
   # tests/seed.rs checks seeds with Debian's cloud-init unpacked from its .deb

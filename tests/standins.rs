@@ -191,10 +191,14 @@ fn assert_unit(text: &str, expected: &[&str]) {
 // ---------------------------------------------------------------------------
 
 /// The real python3 binary. pyenv-style shims need PATH, and some tests run the
-/// daemon with a PATH that deliberately lacks things.
+/// daemon with a PATH that deliberately lacks things. Debian's /usr/bin/python3
+/// comes first: it is what the packaged launchers run, and it has python3-kazoo.
 fn python3() -> &'static str {
     static PYTHON: OnceLock<String> = OnceLock::new();
     PYTHON.get_or_init(|| {
+        if Path::new("/usr/bin/python3").exists() {
+            return "/usr/bin/python3".to_string();
+        }
         let output = Command::new("python3")
             .args(["-c", "import sys; print(sys.executable)"])
             .output()
@@ -278,6 +282,26 @@ impl Proc {
                 );
             }
             if let Ok(response) = http_get(port, path) {
+                return response;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon never answered {path}\nstderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// wait_http against another loopback address.
+    fn wait_http_at(&mut self, ip: &str, port: u16, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited ({status}) instead of serving\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if let Ok(response) = http_get_at(ip, port, path) {
                 return response;
             }
             if Instant::now() > deadline {
@@ -392,7 +416,8 @@ fn mesosphere_package_layout() {
     assert_eq!(field(&deb, "Package"), "mesos");
     assert_eq!(field(&deb, "Version"), "1.11.0-0.1.standin");
     assert_eq!(field(&deb, "Architecture"), "all");
-    assert_eq!(field(&deb, "Depends"), "python3");
+    // The daemons talk to ZooKeeper through Debian's kazoo.
+    assert_eq!(field(&deb, "Depends"), "python3, python3-kazoo");
     assert!(field(&deb, "Description").contains("TEST STAND-IN"));
     assert!(field(&deb, "Description").contains("NOT Apache Mesos"));
 
@@ -414,6 +439,7 @@ fn mesosphere_package_layout() {
         "/lib/systemd/system/mesos-master.service",
         "/lib/systemd/system/mesos-slave.service",
         "/usr/bin/mesos-init-wrapper",
+        "/usr/lib/mesos-standin/flavour",
         "/usr/lib/mesos-standin/standin.py",
         "/usr/sbin/mesos-agent",
         "/usr/sbin/mesos-master",
@@ -542,7 +568,7 @@ fn aventer_package_layout() {
     assert_eq!(field(&deb, "Package"), "aventer-mesos");
     assert_eq!(field(&deb, "Version"), "1.11.0-0.1.standin");
     assert_eq!(field(&deb, "Conflicts"), "mesos");
-    assert_eq!(field(&deb, "Depends"), "python3");
+    assert_eq!(field(&deb, "Depends"), "python3, python3-kazoo");
     assert!(field(&deb, "Description").contains("TEST STAND-IN"));
 
     let entries = contents(&deb);
@@ -552,6 +578,7 @@ fn aventer_package_layout() {
         "/usr/bin/mesos-agent",
         "/usr/bin/mesos-init-wrapper",
         "/usr/bin/mesos-master",
+        "/usr/lib/mesos-standin/flavour",
         "/usr/lib/mesos-standin/standin.py",
     ]
     .iter()
@@ -927,20 +954,20 @@ fn master_serves_the_flags_it_loaded() {
         .env("MESOS_NATIVE_JAVA_LIBRARY", "/usr/lib/libmesos.so"); // not a flag: ignored
     let mut master = Proc::spawn(cmd, dir.path(), "master");
 
+    // Like Mesos, it serves before any leader is elected (no ZooKeeper here).
     let (status, body) = master.wait_http(port, "/health");
     assert_eq!((status, body.as_str()), (200, ""));
     assert_eq!(http_get(port, "/master/health").unwrap().0, 200);
+    // Leader-only endpoints answer 503 while no leader is known.
+    for path in ["/state", "/master/state", "/redirect", "/master/slaves"] {
+        assert_eq!(
+            http_get(port, path).unwrap(),
+            (503, "No leader elected".to_string()),
+            "{path}"
+        );
+    }
 
-    let state = get_json(port, "/master/state");
-    assert_eq!(state["version"], "1.11.0");
-    assert_eq!(state["standin"], true);
-    assert_eq!(state["cluster"], "from-command-line");
-    assert_eq!(
-        state["hostname"], "127.0.0.1",
-        "--no-hostname_lookup reports the IP"
-    );
-    assert_eq!(state["pid"], format!("master@127.0.0.1:{port}"));
-    let flags = &state["flags"];
+    let flags = &get_json(port, "/master/flags")["flags"];
     assert_eq!(flags["zk"], "zk://127.0.0.1:2181/mesos");
     assert_eq!(flags["quorum"], "1");
     assert_eq!(flags["port"], port.to_string());
@@ -955,12 +982,37 @@ fn master_serves_the_flags_it_loaded() {
     assert!(flags.get("native_java_library").is_none());
     // Defaults are listed too, as in real Mesos.
     assert_eq!(flags["registry"], "replicated_log");
-
-    assert_eq!(get_json(port, "/state")["flags"], state["flags"]);
-    assert_eq!(get_json(port, "/flags")["flags"], state["flags"]);
-    assert_eq!(get_json(port, "/master/flags")["flags"], state["flags"]);
-    assert_eq!(http_get(port, "/master/redirect").unwrap().0, 307);
+    assert_eq!(get_json(port, "/flags")["flags"], *flags);
     assert_eq!(http_get(port, "/nope").unwrap().0, 404);
+
+    // Without --zk the standalone contender elects the master at once.
+    let standalone_port = free_port();
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={standalone_port}"),
+        format!("--work_dir={}", dir.path().join("standalone").display()),
+        "--cluster=standalone".to_string(),
+        "--no-hostname_lookup".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut standalone = Proc::spawn(mesos(root.path(), "mesos-master", &args), dir.path(), "sa");
+    standalone.wait_http(standalone_port, "/health");
+    let state = get_json(standalone_port, "/master/state");
+    assert_eq!(state["version"], "1.11.0");
+    assert_eq!(state["standin"], true);
+    assert_eq!(state["cluster"], "standalone");
+    assert_eq!(
+        state["hostname"], "127.0.0.1",
+        "--no-hostname_lookup reports the IP"
+    );
+    let pid = format!("master@127.0.0.1:{standalone_port}");
+    assert_eq!(state["pid"], pid);
+    assert_eq!(state["leader"], pid);
+    assert_eq!(state["leader_info"]["pid"], pid);
+    assert_eq!(state["activated_slaves"], 0);
+    assert_eq!(get_json(standalone_port, "/state")["flags"], state["flags"]);
+    let (status, _) = http_get(standalone_port, "/master/redirect").unwrap();
+    assert_eq!(status, 307);
 
     // The replicated log's work dir is created, and glog's files go to --log_dir.
     assert!(work.is_dir());
@@ -1019,10 +1071,12 @@ fn agent_docker_containerizer_needs_the_docker_cli() {
         "--no-systemd_enable_support".to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A cgroup v1 host, whatever this one is.
+    let sysroot = fake_sysroot(&dir.path().join("v1"), false, CGROUP_V1_MOUNTS);
 
     // No docker on PATH: the agent exits like Mesos.
     let mut cmd = mesos(root.path(), "mesos-agent", &args);
-    cmd.env("PATH", &empty);
+    cmd.env("PATH", &empty).env(SYSROOT_ENV, &sysroot);
     let (status, _, stderr) = run_to_exit(cmd, dir.path(), "no-docker");
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -1041,7 +1095,8 @@ fn agent_docker_containerizer_needs_the_docker_cli() {
         "#!/bin/sh\necho 'Docker version 1.7.1, build 786b29d'\n",
     );
     let mut cmd = mesos(root.path(), "mesos-agent", &args);
-    cmd.env("PATH", format!("{}:/usr/bin:/bin", old.display()));
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", old.display()))
+        .env(SYSROOT_ENV, &sysroot);
     let (status, _, stderr) = run_to_exit(cmd, dir.path(), "old-docker");
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -1059,6 +1114,7 @@ fn agent_docker_containerizer_needs_the_docker_cli() {
     args.push("--attributes=rack:r1;level:3");
     let mut cmd = mesos(root.path(), "mesos-agent", &args);
     cmd.env("PATH", format!("{}:/usr/bin:/bin", new.display()))
+        .env(SYSROOT_ENV, &sysroot)
         .env("MESOS_EXECUTOR_REGISTRATION_TIMEOUT", "5mins");
     let mut agent = Proc::spawn(cmd, dir.path(), "agent");
     assert_eq!(agent.wait_http(port, "/slave(1)/health").0, 200);
@@ -1345,7 +1401,8 @@ fn wrapper_turns_master_files_into_flags() {
         .etc("mesos-master/subdir/ignored", "directories are skipped\n");
     let mut master = fx.spawn(&["master"], None, "master");
     master.wait_http(port, "/master/health");
-    let flags = &get_json(port, "/master/state")["flags"];
+    // No ZooKeeper answers there, so no leader: /master/state would be 503.
+    let flags = &get_json(port, "/master/flags")["flags"];
     assert_eq!(flags["zk"], "zk://10.0.0.11:2181,10.0.0.12:2181/mesos");
     assert_eq!(flags["quorum"], "2", "trailing newlines are stripped");
     assert_eq!(flags["cluster"], "wrapped");
@@ -1557,5 +1614,719 @@ fn aventer_wrapper_reads_agent_dirs_and_skips_dpkg_files() {
         agent.stderr().contains("mesos-standin: mesos-agent argv: "),
         "{}",
         agent.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Flag tables, systemd, cgroups (through the stand-in's sysroot test hook).
+// ---------------------------------------------------------------------------
+
+/// The stand-in's test hook: /proc/mounts, /sys/fs/cgroup, /run/systemd/system
+/// and /sbin/init are read under this directory instead.
+const SYSROOT_ENV: &str = "MESOS_STANDIN_SYSROOT";
+
+/// A cgroup v1 (hybrid) host's cgroup mounts, as /proc/mounts lists them.
+const CGROUP_V1_MOUNTS: &str = "\
+tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,nosuid,nodev,noexec,relatime,xattr,name=systemd 0 0
+cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,nodev,noexec,relatime,memory 0 0
+";
+
+/// A cgroup v2-only host (Debian 12, Ubuntu 22.04 and later).
+const CGROUP_V2_MOUNTS: &str = "\
+cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0
+";
+
+/// Builds a fake root for the hook: a mount table, the directories it names,
+/// and with `systemd` an /sbin/init that reports systemd 252 plus its runtime
+/// directory (and, on v1, the executors slice's cgroup).
+fn fake_sysroot(root: &Path, systemd: bool, mounts: &str) -> PathBuf {
+    fs::create_dir_all(root.join("proc")).unwrap();
+    fs::write(root.join("proc/mounts"), mounts).unwrap();
+    for line in mounts.lines() {
+        let dir = line.split_whitespace().nth(1).unwrap();
+        fs::create_dir_all(root.join(dir.trim_start_matches('/'))).unwrap();
+    }
+    if systemd {
+        write_executable(
+            &root.join("sbin/init"),
+            "#!/bin/sh\necho 'systemd 252 (252.22-1~deb12u1)'\necho '+PAM +AUDIT'\n",
+        );
+        fs::create_dir_all(root.join("run/systemd/system")).unwrap();
+        if root.join("sys/fs/cgroup/systemd").is_dir() {
+            fs::create_dir_all(root.join("sys/fs/cgroup/systemd/mesos_executors.slice")).unwrap();
+        }
+    }
+    root.to_path_buf()
+}
+
+/// Runs a daemon that must fail; returns its stderr after checking status 1.
+fn expect_failure(cmd: Command, dir: &Path, name: &str, expected: &str) -> String {
+    let (status, _, stderr) = run_to_exit(cmd, dir, name);
+    assert_eq!(status.code(), Some(1), "{name}: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{name}: expected {expected:?} in:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn flag_names_are_loaded_like_stout() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let root = root.path();
+    let dir = tempfile::tempdir().unwrap();
+    let work = format!("--work_dir={}", dir.path().join("work").display());
+    let master = |args: &[&str]| {
+        let mut cmd = mesos(root, "mesos-master", args);
+        cmd.env("MESOS_PORT", free_port().to_string())
+            .env("MESOS_IP", "127.0.0.1");
+        cmd
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // stout lower-cases names: these are one flag given twice.
+        (
+            vec!["--Quorum=1", "--quorum=1", &work],
+            "Flag 'quorum' is already loaded via name 'quorum'",
+        ),
+        // A deprecated alias and its flag are one flag too (walked in name order).
+        (
+            vec!["--user_sorter=drf", "--role_sorter=drf"],
+            "Flag 'user_sorter' is already loaded via name 'role_sorter'",
+        ),
+        (
+            vec!["--authenticate_http", "--no-authenticate_http_readwrite"],
+            "Flag 'authenticate_http_readwrite' is already loaded via name 'authenticate_http'",
+        ),
+        // What a wrapper passes for stray files: unknown, and lower-cased.
+        (
+            vec!["--.mesobake.AbC123=x"],
+            "Failed to load unknown flag '.mesobake.abc123'",
+        ),
+        (vec!["--quorum~=1"], "Failed to load unknown flag 'quorum~'"),
+        // Validators of src/master/flags.cpp.
+        (
+            vec!["--registry_strict"],
+            "Support for '--registry_strict' has been disabled and will be removed \
+             in a future version of Mesos",
+        ),
+        (
+            vec!["--agent_ping_timeout=20mins"],
+            "Expected `--agent_ping_timeout` to be between 1secs and 15mins",
+        ),
+        (
+            vec!["--max_slave_ping_timeouts=0"],
+            "Expected `--max_agent_ping_timeouts` to be at least 1",
+        ),
+        // Flags of optional builds are not in a default build's table.
+        (
+            vec!["--max_executors_per_agent=10"],
+            "Failed to load unknown flag 'max_executors_per_agent'",
+        ),
+    ];
+    for (index, (args, expected)) in cases.into_iter().enumerate() {
+        let stderr = expect_failure(master(&args), dir.path(), &format!("m{index}"), expected);
+        assert!(stderr.contains("See `mesos-master --help`"), "{stderr}");
+    }
+
+    let agent = |args: &[&str]| {
+        let mut cmd = mesos(root, "mesos-agent", args);
+        cmd.env("MESOS_PORT", free_port().to_string())
+            .env("MESOS_IP", "127.0.0.1")
+            .env("MESOS_MASTER", "127.0.0.1:5050");
+        cmd
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--slave_subsystems=cpu", "--agent_subsystems=cpu", &work],
+            "Flag 'slave_subsystems' is already loaded via name 'agent_subsystems'",
+        ),
+        (
+            vec!["--executor_reregistration_timeout=1mins", &work],
+            "Expected `--executor_reregistration_timeout` to be not more than 15secs",
+        ),
+        (
+            vec!["--domain={\"region\":\"x\"}", &work],
+            "`domain` must define `fault_domain`",
+        ),
+        (
+            vec!["--xfs_kill_containers", &work],
+            "Failed to load unknown flag 'xfs_kill_containers'",
+        ),
+    ];
+    for (index, (args, expected)) in cases.into_iter().enumerate() {
+        expect_failure(agent(&args), dir.path(), &format!("a{index}"), expected);
+    }
+
+    // Flags that the old table lacked load, and aliases show under the name used.
+    let port = free_port();
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        work.clone(),
+        "--authenticate_http=true".to_string(),
+        "--user_sorter=random".to_string(),
+        "--authentication_v0_timeout=30secs".to_string(),
+        "--allocator_recovery_timeout=2mins".to_string(),
+        "--offer_constraints_re2_max_mem=8MB".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = Proc::spawn(mesos(root, "mesos-master", &args), dir.path(), "master");
+    daemon.wait_http(port, "/health");
+    let flags = &get_json(port, "/flags")["flags"];
+    assert_eq!(flags["authenticate_http"], "true");
+    assert_eq!(flags["user_sorter"], "random");
+    assert_eq!(flags["authentication_v0_timeout"], "30secs");
+    assert_eq!(flags["allocator_recovery_timeout"], "2mins");
+    assert_eq!(flags["allocator_agent_recovery_factor"], "0.8");
+    assert!(daemon
+        .stderr()
+        .contains("Loaded deprecated flag 'authenticate_http'"));
+    drop(daemon);
+
+    let port = free_port();
+    let sysroot = fake_sysroot(&dir.path().join("none"), false, CGROUP_V1_MOUNTS);
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        "--master=127.0.0.1:1".to_string(),
+        work.clone(),
+        "--allowed_capabilities={\"capabilities\":[\"NET_RAW\"]}".to_string(),
+        "--http_command_executor".to_string(),
+        "--executor_reregistration_retry_interval=1secs".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root, "mesos-agent", &args);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut daemon = Proc::spawn(cmd, dir.path(), "agent");
+    daemon.wait_http(port, "/health");
+    let flags = &get_json(port, "/flags")["flags"];
+    assert_eq!(
+        flags["allowed_capabilities"],
+        "{\"capabilities\":[\"NET_RAW\"]}"
+    );
+    assert_eq!(flags["http_command_executor"], "true");
+}
+
+#[test]
+fn agent_systemd_support_needs_a_cgroup_v1_systemd_hierarchy() {
+    let packages = Packages::build();
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = fake_sysroot(&dir.path().join("v2"), true, CGROUP_V2_MOUNTS);
+    let v1 = fake_sysroot(&dir.path().join("v1"), true, CGROUP_V1_MOUNTS);
+    let no_systemd = fake_sysroot(&dir.path().join("sysv"), false, CGROUP_V2_MOUNTS);
+    let work = format!("--work_dir={}", dir.path().join("work").display());
+    for deb in [MESOS_DEB, AVENTER_DEB] {
+        let root = packages.extract(deb);
+        let agent = |sysroot: &Path, extra: &[&str]| -> (Command, u16) {
+            let port = free_port();
+            let mut args = vec![
+                "--ip=127.0.0.1".to_string(),
+                format!("--port={port}"),
+                "--master=127.0.0.1:1".to_string(),
+                work.clone(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut cmd = mesos(root.path(), "mesos-agent", &args);
+            cmd.env(SYSROOT_ENV, sysroot);
+            (cmd, port)
+        };
+
+        // The default, systemd_enable_support=true, on a systemd v2-only host.
+        let (cmd, _) = agent(&v2, &[]);
+        let stderr = expect_failure(
+            cmd,
+            dir.path(),
+            "v2",
+            "EXIT with status 1: Failed to initialize systemd: Failed to locate systemd \
+             cgroups hierarchy: '/sys/fs/cgroup/systemd' is not a valid hierarchy",
+        );
+        assert!(stderr.contains("Initializing systemd state"), "{stderr}");
+        // The runtime directory got its slice unit before the check failed.
+        assert!(v2
+            .join("run/systemd/system/mesos_executors.slice")
+            .is_file());
+
+        // Turned off on the command line, or by a file the wrapper passes on.
+        for extra in [
+            &["--no-systemd_enable_support"][..],
+            &["--systemd_enable_support=false"][..],
+        ] {
+            let (cmd, port) = agent(&v2, extra);
+            let mut daemon = Proc::spawn(cmd, dir.path(), "off");
+            assert_eq!(daemon.wait_http(port, "/health").0, 200);
+        }
+        // A cgroup v1 systemd host, and a host without systemd: no problem.
+        for sysroot in [&v1, &no_systemd] {
+            let (cmd, port) = agent(sysroot, &[]);
+            let mut daemon = Proc::spawn(cmd, dir.path(), "ok");
+            assert_eq!(daemon.wait_http(port, "/health").0, 200);
+        }
+        // systemd without its runtime directory.
+        fs::remove_dir_all(v1.join("run/systemd/system")).unwrap();
+        let (cmd, _) = agent(&v1, &[]);
+        expect_failure(
+            cmd,
+            dir.path(),
+            "no-runtime",
+            "Failed to initialize systemd: Failed to locate systemd runtime directory: \
+             /run/systemd/system",
+        );
+        fs::create_dir_all(v1.join("run/systemd/system")).unwrap();
+    }
+}
+
+#[test]
+fn docker_containerizer_needs_cgroup_v1_cpu_except_on_aventer() {
+    let packages = Packages::build();
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = fake_sysroot(&dir.path().join("v2"), false, CGROUP_V2_MOUNTS);
+    let bin = dir.path().join("bin");
+    write_executable(
+        &bin.join("docker"),
+        "#!/bin/sh\necho 'Docker version 20.10.24+dfsg1, build 297e128'\n",
+    );
+    let work = format!("--work_dir={}", dir.path().join("work").display());
+    let agent = |root: &Path| -> (Command, u16) {
+        let port = free_port();
+        let args = [
+            "--ip=127.0.0.1".to_string(),
+            format!("--port={port}"),
+            "--master=127.0.0.1:1".to_string(),
+            work.clone(),
+            "--containerizers=docker,mesos".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = mesos(root, "mesos-agent", &args);
+        cmd.env(SYSROOT_ENV, &v2)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+        (cmd, port)
+    };
+
+    // Apache Mesos 1.11 (Mesosphere's package) on a v2-only host.
+    let mesosphere = packages.extract(MESOS_DEB);
+    assert_eq!(
+        read(mesosphere.path(), "/usr/lib/mesos-standin/flavour"),
+        "apache\n"
+    );
+    let (cmd, _) = agent(mesosphere.path());
+    expect_failure(
+        cmd,
+        dir.path(),
+        "apache",
+        "Failed to create a containerizer: Could not create DockerContainerizer: Failed to \
+         create docker: Failed to find a mounted cgroups hierarchy for the 'cpu' subsystem; \
+         you probably need to mount cgroups manually",
+    );
+
+    // AVENTER's build skips that check on cgroup v2.
+    let aventer = packages.extract(AVENTER_DEB);
+    assert_eq!(
+        read(aventer.path(), "/usr/lib/mesos-standin/flavour"),
+        "aventer\n"
+    );
+    let (cmd, port) = agent(aventer.path());
+    let mut daemon = Proc::spawn(cmd, dir.path(), "aventer");
+    assert_eq!(daemon.wait_http(port, "/health").0, 200);
+    assert_eq!(
+        get_json(port, "/flags")["flags"]["containerizers"],
+        "docker,mesos"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Leader election and registration, through a real ZooKeeper.
+// ---------------------------------------------------------------------------
+
+/// Debian's ZooKeeper (package `zookeeper`, installed by ci/setup-host.sh).
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+/// Polls `check` until it gives Some, or fails after `timeout` with `what`.
+fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A GET that returns the JSON body of a 200 answer, or None.
+fn try_json(ip: &str, port: u16, path: &str) -> Option<Value> {
+    let (status, body) = http_get_at(ip, port, path).ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// A minimal HTTP/1.0 GET to ip:port: status, body and the Location header.
+fn http_get_at(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_get_full(ip, port, path)?;
+    Ok((status, body))
+}
+
+fn http_get_full(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect((ip, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Location: "))
+        .unwrap_or_default()
+        .to_string();
+    Ok((status, location, body.to_string()))
+}
+
+/// A ZooKeeper server on 127.0.0.1 and a free port, in its own data dir.
+struct ZooKeeper {
+    _proc: Proc,
+    port: u16,
+}
+
+impl ZooKeeper {
+    /// None (with the reason) when ZooKeeper or Java is not installed.
+    fn start(dir: &Path) -> Result<ZooKeeper, String> {
+        if !Path::new(ZOOKEEPER_JAR).exists() {
+            return Err(format!(
+                "{ZOOKEEPER_JAR} not found (apt-get install zookeeper)"
+            ));
+        }
+        if Command::new("java").arg("-version").output().is_err() {
+            return Err("no java on PATH (zookeeper pulls in default-jre)".into());
+        }
+        let port = free_port();
+        let data = dir.join("zk-data");
+        fs::create_dir_all(&data).unwrap();
+        let config = dir.join("zoo.cfg");
+        // A short tick so that short session timeouts are allowed (2 ticks min).
+        fs::write(
+            &config,
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("java");
+        cmd.arg("-cp")
+            .arg(ZOOKEEPER_JAR)
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(&config);
+        let mut proc = Proc::spawn(cmd, dir, "zookeeper");
+        // ZooKeeper answers the `srvr` four-letter word once it serves.
+        wait_for(Duration::from_secs(60), "ZooKeeper to serve", || {
+            if let Some(status) = proc.child.try_wait().unwrap() {
+                panic!("ZooKeeper exited ({status}):\n{}", proc.stderr());
+            }
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream.write_all(b"srvr").ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.contains("Mode:").then_some(())
+        });
+        Ok(ZooKeeper { _proc: proc, port })
+    }
+}
+
+/// The children of a znode and their data, read with python3-kazoo.
+fn znodes(zk_port: u16, path: &str) -> Vec<(String, Value)> {
+    let script = "import json, sys\n\
+                  from kazoo.client import KazooClient\n\
+                  c = KazooClient(sys.argv[1]); c.start(timeout=10)\n\
+                  out = [(n, json.loads(c.get(sys.argv[2] + '/' + n)[0].decode())) \
+                  for n in sorted(c.get_children(sys.argv[2]))]\n\
+                  c.stop(); print(json.dumps(out))\n";
+    let output = Command::new(python3())
+        .args(["-c", script, &format!("127.0.0.1:{zk_port}"), path])
+        .output()
+        .expect("python3 with kazoo");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = match ZooKeeper::start(dir.path()) {
+        Ok(zk) => zk,
+        Err(reason) => {
+            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
+            return;
+        }
+    };
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    // No systemd, whatever this host runs.
+    let sysroot = fake_sysroot(&dir.path().join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let zk_url = format!("zk://127.0.0.1:{}/mesos", zk.port);
+    let port = free_port();
+    let master = |ip: &str, name: &str| -> Proc {
+        let args = [
+            format!("--ip={ip}"),
+            format!("--port={port}"),
+            format!("--zk={zk_url}"),
+            "--quorum=1".to_string(),
+            format!("--work_dir={}", dir.path().join(name).display()),
+            "--zk_session_timeout=2secs".to_string(),
+            "--no-hostname_lookup".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(mesos(root.path(), "mesos-master", &args), dir.path(), name)
+    };
+    let mut first = master("127.0.0.2", "master1");
+    first.wait_http_at("127.0.0.2", port, "/health");
+    // The first one in leads: let it join before the second.
+    wait_for(Duration::from_secs(30), "a leader", || {
+        try_json("127.0.0.2", port, "/master/state")
+    });
+    let mut second = master("127.0.0.3", "master2");
+    second.wait_http_at("127.0.0.3", port, "/health");
+
+    // The group: one ephemeral sequential json.info_ znode per master, holding
+    // its MasterInfo as JSON; the lowest sequence leads.
+    let members = wait_for(Duration::from_secs(30), "two members", || {
+        let members = znodes(zk.port, "/mesos");
+        (members.len() == 2).then_some(members)
+    });
+    assert!(members
+        .iter()
+        .all(|(name, _)| name.starts_with("json.info_")));
+    assert_eq!(members[0].1["pid"], format!("master@127.0.0.2:{port}"));
+    assert_eq!(members[0].1["address"]["ip"], "127.0.0.2");
+    assert_eq!(members[1].1["pid"], format!("master@127.0.0.3:{port}"));
+
+    // The non-leader redirects leader-only endpoints, and /redirect, to it.
+    wait_for(
+        Duration::from_secs(30),
+        "the second master to see the leader",
+        || {
+            let (status, location, _) = http_get_full("127.0.0.3", port, "/master/state").ok()?;
+            (status == 307).then_some(location)
+        },
+    );
+    let (status, location, _) = http_get_full("127.0.0.3", port, "/master/state").unwrap();
+    assert_eq!(
+        (status, location.as_str()),
+        (307, format!("//127.0.0.2:{port}/master/state").as_str())
+    );
+    let (status, location, _) = http_get_full("127.0.0.3", port, "/redirect").unwrap();
+    assert_eq!(
+        (status, location.as_str()),
+        (307, format!("//127.0.0.2:{port}").as_str())
+    );
+    assert_eq!(http_get_at("127.0.0.3", port, "/health").unwrap().0, 200);
+    assert_eq!(
+        try_json("127.0.0.3", port, "/flags").unwrap()["flags"]["zk"],
+        zk_url
+    );
+
+    // An agent finds the leader in the group and registers with it.
+    let agent_port = free_port();
+    let args = [
+        "--ip=127.0.0.4".to_string(),
+        format!("--port={agent_port}"),
+        format!("--master={zk_url}"),
+        format!("--work_dir={}", dir.path().join("agent").display()),
+        "--zk_session_timeout=2secs".to_string(),
+        "--no-hostname_lookup".to_string(),
+        "--attributes=rack:r1".to_string(),
+        "--resources=cpus:2;mem:512".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut agent = Proc::spawn(cmd, dir.path(), "agent");
+    agent.wait_http_at("127.0.0.4", agent_port, "/health");
+    let agent_state = wait_for(Duration::from_secs(30), "the agent to register", || {
+        let state = try_json("127.0.0.4", agent_port, "/slave(1)/state")?;
+        (state["id"] != "").then_some(state)
+    });
+    assert_eq!(agent_state["master_hostname"], "127.0.0.2");
+    let agent_id = agent_state["id"].as_str().unwrap().to_string();
+
+    let state = try_json("127.0.0.2", port, "/master/state").unwrap();
+    let leader_pid = format!("master@127.0.0.2:{port}");
+    assert_eq!(state["leader"], leader_pid);
+    assert_eq!(state["pid"], leader_pid);
+    assert_eq!(state["leader_info"]["pid"], leader_pid);
+    assert_eq!(state["leader_info"]["id"], state["id"]);
+    assert!(state["elected_time"].as_f64().is_some(), "{state}");
+    assert!(agent_id.starts_with(&format!("{}-S", state["id"].as_str().unwrap())));
+    assert_eq!(state["activated_slaves"], 1);
+    let slave = &state["slaves"][0];
+    assert_eq!(slave["id"], agent_id);
+    assert_eq!(slave["pid"], format!("slave(1)@127.0.0.4:{agent_port}"));
+    assert_eq!(slave["hostname"], "127.0.0.4");
+    assert_eq!(slave["active"], true);
+    assert!(slave["registered_time"].as_f64().is_some());
+    assert_eq!(slave["resources"]["cpus"], 2.0);
+    assert_eq!(slave["resources"]["mem"], 512.0);
+    assert_eq!(slave["attributes"]["rack"], "r1");
+    assert_eq!(
+        try_json("127.0.0.2", port, "/state").unwrap()["slaves"][0]["id"],
+        agent_id
+    );
+
+    // The leader dies; its session ends, the other master leads, and the
+    // agent re-registers with it under the same ID.
+    first.kill();
+    let state = wait_for(Duration::from_secs(60), "the second master to lead", || {
+        try_json("127.0.0.3", port, "/master/state")
+    });
+    assert_eq!(state["leader"], format!("master@127.0.0.3:{port}"));
+    let state = wait_for(Duration::from_secs(60), "the agent to re-register", || {
+        let state = try_json("127.0.0.3", port, "/master/state")?;
+        (state["activated_slaves"] == 1).then_some(state)
+    });
+    assert_eq!(state["slaves"][0]["id"], agent_id);
+    assert!(state["slaves"][0]["reregistered_time"].as_f64().is_some());
+    let agent_state = try_json("127.0.0.4", agent_port, "/state").unwrap();
+    assert_eq!(agent_state["master_hostname"], "127.0.0.3");
+    assert_eq!(agent_state["id"], agent_id);
+    assert_eq!(znodes(zk.port, "/mesos").len(), 1);
+    assert!(second.stderr().contains("Elected as the leading master!"));
+}
+
+#[test]
+fn agent_reregisters_when_its_master_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let sysroot = fake_sysroot(&dir.path().join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let port = free_port();
+    let master = |name: &str| -> Proc {
+        let args = [
+            "--ip=127.0.0.1".to_string(),
+            format!("--port={port}"),
+            "--registry=in_memory".to_string(),
+            "--no-hostname_lookup".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(mesos(root.path(), "mesos-master", &args), dir.path(), name)
+    };
+    let mut first = master("master1");
+    first.wait_http(port, "/health");
+    let agent_port = free_port();
+    let args = [
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={agent_port}"),
+        format!("--master=127.0.0.1:{port}"),
+        format!("--work_dir={}", dir.path().join("agent").display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut agent = Proc::spawn(cmd, dir.path(), "agent");
+    agent.wait_http(agent_port, "/health");
+    let id = wait_for(Duration::from_secs(30), "registration", || {
+        let state = try_json("127.0.0.1", agent_port, "/state")?;
+        (state["id"] != "").then(|| state["id"].clone())
+    });
+    first.kill();
+    let mut second = master("master2");
+    second.wait_http(port, "/health");
+    let state = wait_for(Duration::from_secs(30), "re-registration", || {
+        let state = try_json("127.0.0.1", port, "/state")?;
+        (state["activated_slaves"] == 1).then_some(state)
+    });
+    assert_eq!(state["slaves"][0]["id"], id);
+}
+
+/// The argv the stand-in recorded on stderr (`mesos-standin: PROGRAM argv: [...]`).
+fn recorded_argv(stderr: &str, program: &str) -> Vec<String> {
+    let marker = format!("mesos-standin: {program} argv: ");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&marker))
+        .unwrap_or_else(|| panic!("no argv recorded:\n{stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn aventer_wrapper_lists_in_directory_order_and_reports_missing_dirs() {
+    require_namespaces!();
+    let fx = Fixture::new(AVENTER_DEB);
+    let port = free_port();
+    fx.etc("mesos-agent/ip", "127.0.0.1\n")
+        .etc("mesos-agent/port", &format!("{port}\n"))
+        .etc("mesos-agent/master", "127.0.0.1:1\n")
+        .etc(
+            "mesos-agent/work_dir",
+            &format!("{}\n", fx.scratch("agent-work").display()),
+        )
+        .etc("mesos-agent/?no-logger", "")
+        .etc("mesos-agent/?no-systemd_enable_support", "");
+    // Several attribute files, created in name order; find lists them in the
+    // directory's own order, which the wrapper keeps.
+    let keys = ["a1", "b2", "c3", "d4", "e5", "f6", "g7", "h8"];
+    for key in keys {
+        fx.etc(
+            &format!("mesos-agent/attributes/{key}"),
+            &format!("v{key}\n"),
+        );
+    }
+    let listed = |dir: &str| -> Vec<String> {
+        fs::read_dir(fx.root.path().join("etc").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let order = listed("mesos-agent/attributes");
+    let expected_attributes = order
+        .iter()
+        .map(|key| format!("{key}:v{key}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let expected_flags: Vec<String> = listed("mesos-agent")
+        .into_iter()
+        .filter(|name| fx.root.path().join("etc/mesos-agent").join(name).is_file())
+        .filter(|name| name != "?no-logger")
+        .map(|name| match name.strip_prefix('?') {
+            Some(bare) => format!("--{bare}"),
+            None => {
+                let value =
+                    fs::read_to_string(fx.root.path().join("etc/mesos-agent").join(&name)).unwrap();
+                format!("--{name}={}", value.trim_end_matches('\n'))
+            }
+        })
+        .collect();
+
+    // The environment sets up the systemd-less fake root for the daemon.
+    let sysroot = fake_sysroot(&fx.scratch("sysroot"), false, CGROUP_V1_MOUNTS);
+    let mut cmd = fx.wrapper(&["agent"], None);
+    cmd.env(SYSROOT_ENV, &sysroot);
+    let mut agent = Proc::spawn(cmd, fx.scratch.path(), "agent");
+    agent.wait_http(port, "/health");
+    let stderr = agent.stderr();
+    // resources/ does not exist: find says so on the wrapper's stderr, and
+    // the agent starts all the same.
+    assert!(
+        stderr.contains("find: '/etc/mesos-agent/resources/': No such file or directory"),
+        "{stderr}"
+    );
+    let argv = recorded_argv(&stderr, "mesos-agent");
+    let mut expected = expected_flags;
+    expected.push(format!("--attributes={expected_attributes}"));
+    assert_eq!(argv, expected, "find's order, not sorted");
+    assert_eq!(
+        get_json(port, "/flags")["flags"]["attributes"],
+        expected_attributes
     );
 }

@@ -76,16 +76,19 @@ finish() {
 
 # The two Mesos layouts share the daemon: one Python program and a launcher
 # that is installed once per binary name.
+# FLAVOUR (apache or aventer) is written beside the daemon: the builds differ
+# in a few checks (AVENTER's skips the cgroup v1 `cpu` check of Docker).
 install_mesos_daemon() {
-  local root=$1 bindir=$2
+  local root=$1 bindir=$2 flavour=$3
   install -D -m 0644 "$here/daemons/mesos_standin.py" "$root/usr/lib/mesos-standin/standin.py"
+  printf '%s\n' "$flavour" >"$root/usr/lib/mesos-standin/flavour"
   install -D -m 0755 "$here/daemons/mesos-launcher" "$root/$bindir/mesos-master"
   install -D -m 0755 "$here/daemons/mesos-launcher" "$root/$bindir/mesos-agent"
 }
 
 # mesos: Mesosphere's package (mesos-packaging.md 1.1-1.4).
 stage mesos
-install_mesos_daemon "$root" usr/sbin
+install_mesos_daemon "$root" usr/sbin apache
 # Mesos 1.x's `make install` links the old name to the agent.
 ln -s mesos-agent "$root/usr/sbin/mesos-slave"
 mkdir -p "$root/var/lib/mesos" "$root/var/log/mesos"
@@ -95,7 +98,7 @@ finish "$root" mesos_1.11.0-0.1.standin_all.deb
 # aventer-mesos: AVENTER's package (mesos-packaging.md 1.5): units, wrapper and
 # binaries only; no /etc files, no maintainer scripts, no mesos-slave link.
 stage aventer-mesos
-install_mesos_daemon "$root" usr/bin
+install_mesos_daemon "$root" usr/bin aventer
 finish "$root" aventer-mesos_1.11.0-0.1.standin_all.deb
 
 # marathon: Marathon 1.10's package (mesos-packaging.md 2.1).

@@ -16,9 +16,16 @@ part an image baker can get wrong:
   bad configuration into an immediate exit (--work_dir and --quorum for the
   replicated log, --master for the agent, the docker CLI for
   --containerizers=docker, binding --ip:--port, ...), in the same order;
+* the host checks of the agent: systemd support on a cgroup v2-only host,
+  and the cgroup v1 `cpu` hierarchy the Docker containerizer wants;
+* leader election through ZooKeeper (json.info_ znodes, lowest sequence
+  leads) and agents that register with the leader and follow it when it
+  changes (over a stand-in-only HTTP call);
 * the HTTP endpoints a deployment check looks at (/health, /state, /flags,
   /redirect, also under /master/ and /slave(1)/), with the flags the process
   ended up with, so a test can assert what the init wrapper passed.
+
+See ci/standins/README.md for the real source of each behaviour.
 
 It records its whole argv on stderr at start-up, so the journal of a test VM
 shows what the wrapper built.
@@ -36,11 +43,14 @@ import os
 import re
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 
 VERSION = "1.11.0"
@@ -170,6 +180,7 @@ KINDS = {
     "bool": (parse_bool, False),
     "int": (lambda text: _parse_integer(text, -2 ** 31, 2 ** 31 - 1), True),
     "uint16": (lambda text: _parse_integer(text, 0, 65535), True),
+    "uint": (lambda text: _parse_integer(text, 0, 2 ** 64 - 1), True),
     "double": (lambda text: "%.15g" % _numify_double(text), True),
     "duration": (lambda text: format_duration(parse_duration(text)), True),
     "bytes": (_parse_bytes, True),
@@ -208,6 +219,42 @@ def _validate_logging_level(value):
     return None
 
 
+def _validate_registry_strict(value):
+    # src/master/flags.cpp: the flag is kept but disabled.
+    if value == "true":
+        return ("Support for '--registry_strict' has been disabled and will be "
+                "removed in a future version of Mesos")
+    return None
+
+
+def _validate_agent_ping_timeout(value):
+    # src/master/flags.cpp: between 1secs and 15mins.
+    nanos = parse_duration(value)
+    if nanos < _NANOS["secs"] or nanos > 15 * _NANOS["mins"]:
+        return "Expected `--agent_ping_timeout` to be between 1secs and 15mins"
+    return None
+
+
+def _validate_max_agent_ping_timeouts(value):
+    if int(value) < 1:
+        return "Expected `--max_agent_ping_timeouts` to be at least 1"
+    return None
+
+
+def _validate_executor_reregistration_timeout(value):
+    # src/slave/flags.cpp: at most MAX_EXECUTOR_REREGISTRATION_TIMEOUT.
+    if parse_duration(value) > 15 * _NANOS["secs"]:
+        return "Expected `--executor_reregistration_timeout` to be not more than 15secs"
+    return None
+
+
+def _validate_domain(value):
+    # src/{master,slave}/flags.cpp: a domain must carry a fault domain.
+    if value is not None and "fault_domain" not in json.loads(value):
+        return "`domain` must define `fault_domain`"
+    return None
+
+
 def _default_launcher():
     # src/slave/flags.cpp: LinuxLauncher::available() ? "linux" : "posix";
     # the Linux launcher needs root and a cgroup hierarchy.
@@ -216,192 +263,230 @@ def _default_launcher():
     return "posix"
 
 
-# Flags shared by master and agent: docs/configuration/master-and-agent.md.
-COMMON_FLAGS = [
-    Flag("advertise_ip"),
-    Flag("advertise_port"),
-    Flag("authenticate_http_readonly", "bool", "false"),
-    Flag("authenticate_http_readwrite", "bool", "false"),
-    Flag("domain", "json"),
-    Flag("external_log_file", "path"),
-    Flag("firewall_rules", "json"),
+# stout's FlagsBase adds --help to every flag set; src/logging/flags.cpp adds
+# the logging flags that master::Flags and slave::Flags both inherit.
+LOGGING_FLAGS = [
     Flag("help", "bool", "false"),
-    Flag("hooks"),
-    Flag("hostname"),
-    Flag("hostname_lookup", "bool", "true"),
-    Flag("http_authenticators", default="basic"),
-    Flag("initialize_driver_logging", "bool", "true"),
-    Flag("ip"),
-    Flag("ip_discovery_command"),
+    Flag("quiet", "bool", "false"),
+    Flag("logging_level", default="INFO", validate=_validate_logging_level),
     Flag("log_dir"),
     Flag("logbufsecs", "int", "0"),
-    Flag("logging_level", default="INFO", validate=_validate_logging_level),
-    Flag("memory_profiling", "bool", "false"),
-    Flag("modules", "json"),
-    Flag("modules_dir"),
-    Flag("quiet", "bool", "false"),
-    Flag("version", "bool", "false"),
-    Flag("zk_session_timeout", "duration", "10secs"),
+    Flag("initialize_driver_logging", "bool", "true"),
+    Flag("external_log_file"),
 ]
 
-# docs/configuration/master.md (src/master/flags.cpp), Mesos 1.11.
-MASTER_FLAGS = COMMON_FLAGS + [
-    Flag("port", "uint16", "5050"),
-    Flag("acls", "json"),
-    Flag("agent_ping_timeout", "duration", "15secs", alias="slave_ping_timeout"),
-    Flag("agent_removal_rate_limit", alias="slave_removal_rate_limit"),
+# src/master/flags.cpp (Mesos 1.11; the flags a default `./configure` build
+# has: max_executors_per_agent exists only with the port-mapping isolator).
+# Each `alias` is a flags::DeprecatedName.
+MASTER_FLAGS = LOGGING_FLAGS + [
+    Flag("version", "bool", "false"),
+    Flag("hostname"),
+    Flag("hostname_lookup", "bool", "true"),
+    Flag("root_submissions", "bool", "true"),
+    Flag("work_dir"),
+    Flag("registry", default="replicated_log"),
+    Flag("quorum", "int", validate=_validate_quorum),
+    Flag("zk_session_timeout", "duration", "10secs"),
+    Flag("registry_strict", "bool", "false", validate=_validate_registry_strict),
+    Flag("registry_fetch_timeout", "duration", "1mins"),
+    Flag("registry_store_timeout", "duration", "20secs"),
+    Flag("log_auto_initialize", "bool", "true"),
     Flag("agent_reregister_timeout", "duration", "10mins",
          alias="slave_reregister_timeout"),
-    Flag("allocation_interval", "duration", "1secs"),
-    Flag("allocator", default="hierarchical"),
-    Flag("authenticate_agents", "bool", "false", alias="authenticate_slaves"),
-    Flag("authenticate_frameworks", "bool", "false", alias="authenticate"),
-    Flag("authenticate_http_frameworks", "bool", "false"),
-    Flag("authenticators", default="crammd5"),
-    Flag("authorizers", default="local"),
-    Flag("cluster"),
-    Flag("credentials", "path"),
-    Flag("fair_sharing_excluded_resource_names"),
-    Flag("filter_gpu_resources", "bool", "true"),
-    Flag("framework_sorter", default="drf"),
-    Flag("http_framework_authenticators"),
-    Flag("log_auto_initialize", "bool", "true"),
-    Flag("master_contender"),
-    Flag("master_detector"),
-    Flag("max_agent_ping_timeouts", "int", "5", alias="max_slave_ping_timeouts"),
-    Flag("max_completed_frameworks", "int", "50"),
-    Flag("max_completed_tasks_per_framework", "int", "1000"),
-    Flag("max_operator_event_stream_subscribers", "int", "1000"),
-    Flag("max_unreachable_tasks_per_framework", "int", "1000"),
-    Flag("min_allocatable_resources", default="cpus:0.01|mem:32"),
-    Flag("offer_timeout", "duration"),
-    Flag("publish_per_framework_metrics", "bool", "true"),
-    Flag("quorum", "int", validate=_validate_quorum),
-    Flag("rate_limits", "json"),
     Flag("recovery_agent_removal_limit", default="100%",
          alias="recovery_slave_removal_limit"),
-    Flag("registry", default="replicated_log"),
-    Flag("registry_fetch_timeout", "duration", "1mins"),
+    Flag("agent_removal_rate_limit", alias="slave_removal_rate_limit"),
+    Flag("webui_dir", default="/usr/share/mesos/webui"),
+    Flag("whitelist", "path"),
+    Flag("role_sorter", default="drf", alias="user_sorter"),
+    Flag("framework_sorter", default="drf"),
+    Flag("allocation_interval", "duration", "1secs"),
+    Flag("cluster"),
+    Flag("roles"),
+    Flag("weights"),
+    Flag("authenticate_frameworks", "bool", "false", alias="authenticate"),
+    Flag("authenticate_agents", "bool", "false", alias="authenticate_slaves"),
+    Flag("authentication_v0_timeout", "duration", "15secs"),
+    Flag("authenticate_http_readwrite", "bool", "false", alias="authenticate_http"),
+    Flag("authenticate_http_readonly", "bool", "false"),
+    Flag("authenticate_http_frameworks", "bool", "false"),
+    Flag("credentials", "path"),
+    Flag("acls", "json"),
+    Flag("firewall_rules", "json"),
+    Flag("rate_limits", "json"),
+    Flag("offer_timeout", "duration"),
+    Flag("modules", "json"),
+    Flag("modules_dir"),
+    Flag("authenticators", default="crammd5"),
+    Flag("allocator", default="hierarchical"),
+    Flag("allocator_agent_recovery_factor", "double", "0.8"),
+    Flag("allocator_recovery_timeout", "duration", "1mins"),
+    Flag("fair_sharing_excluded_resource_names"),
+    Flag("filter_gpu_resources", "bool", "true"),
+    Flag("min_allocatable_resources", default="cpus:0.01|mem:32"),
+    Flag("hooks"),
+    Flag("agent_ping_timeout", "duration", "15secs", alias="slave_ping_timeout",
+         validate=_validate_agent_ping_timeout),
+    Flag("max_agent_ping_timeouts", "uint", "5", alias="max_slave_ping_timeouts",
+         validate=_validate_max_agent_ping_timeouts),
+    Flag("authorizers", default="local"),
+    Flag("http_authenticators", default="basic"),
+    Flag("http_framework_authenticators"),
+    Flag("max_operator_event_stream_subscribers", "uint", "1000"),
+    Flag("max_completed_frameworks", "uint", "50"),
+    Flag("max_completed_tasks_per_framework", "uint", "1000"),
+    Flag("max_unreachable_tasks_per_framework", "uint", "1000"),
+    Flag("master_contender"),
+    Flag("master_detector"),
     Flag("registry_gc_interval", "duration", "15mins"),
     Flag("registry_max_agent_age", "duration", "2weeks"),
-    Flag("registry_max_agent_count", "int", "102400"),
-    Flag("registry_store_timeout", "duration", "20secs"),
-    Flag("registry_strict", "bool", "false"),
-    Flag("require_agent_domain", "bool", "false"),
-    Flag("role_sorter", default="drf"),
-    Flag("roles"),
-    Flag("root_submissions", "bool", "true"),
-    Flag("webui_dir", default="/usr/share/mesos/webui"),
-    Flag("weights"),
-    Flag("whitelist", "path"),
-    Flag("work_dir"),
+    Flag("registry_max_agent_count", "uint", "102400"),
+    Flag("ip"),
+    Flag("port", "uint16", "5050"),
+    Flag("advertise_ip"),
+    Flag("advertise_port"),
+    Flag("memory_profiling", "bool", "false"),
     Flag("zk", "secure"),
+    Flag("ip_discovery_command"),
+    Flag("require_agent_domain", "bool", "false"),
+    Flag("publish_per_framework_metrics", "bool", "true"),
+    Flag("domain", "json", validate=_validate_domain),
+    Flag("offer_constraints_re2_max_mem", "bytes", "4MB"),
+    Flag("offer_constraints_re2_max_program_size", "uint", "100"),
 ]
 
-# docs/configuration/agent.md (src/slave/flags.cpp), Mesos 1.11. work_dir is a
-# plain std::string without a default there, which makes stout require it.
-AGENT_FLAGS = COMMON_FLAGS + [
-    Flag("port", "uint16", "5051"),
-    Flag("acls", "json"),
-    Flag("agent_subsystems", alias="slave_subsystems"),
+# src/slave/flags.cpp (Mesos 1.11, Linux, default `./configure` build: the
+# flags behind --enable-ssl, --enable-port-mapping-isolator,
+# --enable-network-ports-isolator, --enable-xfs-disk-isolator and
+# --enable-seccomp-isolator are not there). work_dir is a plain std::string
+# without a default, which makes stout require it.
+AGENT_FLAGS = LOGGING_FLAGS + [
+    Flag("hostname"),
+    Flag("hostname_lookup", "bool", "true"),
+    Flag("version", "bool", "false"),
+    Flag("resources"),
+    Flag("resource_provider_config_dir"),
+    Flag("csi_plugin_config_dir"),
+    Flag("disk_profile_adaptor"),
+    Flag("isolation", default="posix/cpu,posix/mem"),
+    Flag("launcher", default=_default_launcher()),
+    Flag("image_providers"),
+    Flag("image_provisioner_backend"),
+    Flag("image_gc_config", "json"),
     Flag("appc_simple_discovery_uri_prefix", default="http://"),
     Flag("appc_store_dir", default="/tmp/mesos/store/appc"),
-    Flag("attributes"),
-    Flag("authenticate_http_executors", "bool", "false"),
-    Flag("authenticatee", default="crammd5"),
-    Flag("authentication_backoff_factor", "duration", "1secs"),
-    Flag("authentication_timeout_max", "duration", "1mins"),
-    Flag("authentication_timeout_min", "duration", "5secs"),
-    Flag("authorizer", default="local"),
-    Flag("cgroups_cpu_enable_pids_and_tids_count", "bool", "false"),
-    Flag("cgroups_destroy_timeout", "duration", "1mins"),
-    Flag("cgroups_enable_cfs", "bool", "false"),
-    Flag("cgroups_hierarchy", default="/sys/fs/cgroup"),
-    Flag("cgroups_limit_swap", "bool", "false"),
-    Flag("cgroups_root", default="mesos"),
-    Flag("check_agent_port_range_only", "bool", "false"),
-    Flag("container_disk_watch_interval", "duration", "15secs"),
-    Flag("container_logger"),
-    Flag("containerizers", default="mesos"),
-    Flag("credential", "path"),
-    Flag("csi_plugin_config_dir"),
-    Flag("default_container_dns", "json"),
-    Flag("default_container_info", "json"),
-    Flag("default_role", default="*"),
-    Flag("disk_profile_adaptor"),
-    Flag("disk_watch_interval", "duration", "1mins"),
-    Flag("docker", default="docker"),
-    Flag("docker_config", "json"),
-    Flag("docker_ignore_runtime", "bool", "false"),
-    Flag("docker_kill_orphans", "bool", "true"),
-    Flag("docker_mesos_image"),
     Flag("docker_registry", default="https://registry-1.docker.io"),
-    Flag("docker_remove_delay", "duration", "6hrs"),
-    Flag("docker_socket", default="/var/run/docker.sock"),
-    Flag("docker_stop_timeout", "duration", "0ns"),
     Flag("docker_store_dir", default="/tmp/mesos/store/docker"),
     Flag("docker_volume_checkpoint_dir",
          default="/var/run/mesos/isolators/docker/volume"),
     Flag("docker_volume_chown", "bool", "false"),
-    Flag("enforce_container_disk_quota", "bool", "false"),
-    Flag("enforce_container_ports", "bool", "false"),
+    Flag("docker_ignore_runtime", "bool", "false"),
+    Flag("default_role", default="*"),
+    Flag("attributes"),
+    Flag("fetcher_cache_size", "bytes", "2GB"),
+    Flag("fetcher_cache_dir", default="/tmp/mesos/fetch"),
+    Flag("fetcher_stall_timeout", "duration", "1mins"),
+    Flag("work_dir", required=True),
+    Flag("runtime_dir", default="/var/run/mesos"),
+    Flag("launcher_dir", default="/usr/libexec/mesos"),
+    Flag("hadoop_home", default=""),
+    Flag("switch_user", "bool", "true"),
+    Flag("volume_gid_range"),
+    Flag("http_heartbeat_interval", "duration", "30secs"),
+    Flag("frameworks_home", default=""),
+    Flag("registration_backoff_factor", "duration", "1secs"),
+    Flag("authentication_backoff_factor", "duration", "1secs"),
+    Flag("authentication_timeout_min", "duration", "5secs"),
+    Flag("authentication_timeout_max", "duration", "1mins"),
     Flag("executor_environment_variables", "json"),
     Flag("executor_registration_timeout", "duration", "1mins"),
-    Flag("executor_reregistration_timeout", "duration", "2secs"),
+    Flag("executor_reregistration_timeout", "duration", "2secs",
+         validate=_validate_executor_reregistration_timeout),
+    Flag("executor_reregistration_retry_interval", "duration"),
     Flag("executor_shutdown_grace_period", "duration", "5secs"),
-    Flag("fetcher_cache_dir", default="/tmp/mesos/fetch"),
-    Flag("fetcher_cache_size", "bytes", "2GB"),
-    Flag("fetcher_stall_timeout", "duration", "1mins"),
-    Flag("frameworks_home"),
     Flag("gc_delay", "duration", "1weeks"),
     Flag("gc_disk_headroom", "double", "0.1"),
     Flag("gc_non_executor_container_sandboxes", "bool", "false"),
-    Flag("hadoop_home"),
-    Flag("host_path_volume_force_creation"),
-    Flag("http_credentials", "path"),
-    Flag("http_executor_domain_sockets", "bool", "false"),
-    Flag("http_heartbeat_interval", "duration", "30secs"),
-    Flag("image_gc_config", "json"),
-    Flag("image_providers"),
-    Flag("image_provisioner_backend"),
-    Flag("ip6"),
-    Flag("ip6_discovery_command"),
-    Flag("isolation", default="posix/cpu,posix/mem"),
-    Flag("launcher", default=_default_launcher()),
-    Flag("launcher_dir", default="/usr/libexec/mesos"),
-    Flag("master", "secure"),
-    Flag("master_detector"),
-    Flag("max_completed_executors_per_framework", "int", "150"),
-    Flag("network_cni_config_dir"),
-    Flag("network_cni_metrics", "bool", "true"),
-    Flag("network_cni_plugins_dir"),
-    Flag("network_cni_root_dir_persist", "bool", "false"),
-    Flag("nvidia_gpu_devices"),
-    Flag("oversubscribed_resources_interval", "duration", "15secs"),
-    Flag("perf_duration", "duration", "10secs"),
-    Flag("perf_events"),
-    Flag("perf_interval", "duration", "60secs"),
-    Flag("qos_controller"),
-    Flag("qos_correction_interval_min", "duration", "0ns"),
-    Flag("reconfiguration_policy", default="equal"),
+    Flag("disk_watch_interval", "duration", "1mins"),
+    Flag("container_logger"),
     Flag("recover", default="reconnect"),
     Flag("recovery_timeout", "duration", "15mins"),
-    Flag("registration_backoff_factor", "duration", "1secs"),
-    Flag("resource_estimator"),
-    Flag("resource_provider_config_dir"),
-    Flag("resources"),
-    Flag("revocable_cpu_low_priority", "bool", "true"),
-    Flag("runtime_dir", default="/var/run/mesos"),
-    Flag("sandbox_directory", default="/mnt/mesos/sandbox"),
-    Flag("secret_resolver"),
+    Flag("reconfiguration_policy", default="equal"),
     Flag("strict", "bool", "true"),
-    Flag("switch_user", "bool", "true"),
+    Flag("max_completed_executors_per_framework", "uint", "150"),
+    Flag("cgroups_destroy_timeout", "duration", "1mins"),
+    Flag("cgroups_hierarchy", default="/sys/fs/cgroup"),
+    Flag("cgroups_root", default="mesos"),
+    Flag("cgroups_enable_cfs", "bool", "false"),
+    Flag("cgroups_limit_swap", "bool", "false"),
+    Flag("cgroups_cpu_enable_pids_and_tids_count", "bool", "false"),
+    Flag("cgroups_net_cls_primary_handle"),
+    Flag("cgroups_net_cls_secondary_handles"),
+    Flag("allowed_devices", "json"),
+    Flag("agent_subsystems", alias="slave_subsystems"),
+    Flag("host_path_volume_force_creation"),
+    Flag("nvidia_gpu_devices"),
+    Flag("perf_events"),
+    Flag("perf_interval", "duration", "1mins"),
+    Flag("perf_duration", "duration", "10secs"),
+    Flag("revocable_cpu_low_priority", "bool", "true"),
     Flag("systemd_enable_support", "bool", "true"),
     Flag("systemd_runtime_directory", default="/run/systemd/system"),
-    Flag("volume_gid_range"),
-    Flag("work_dir", required=True),
-    Flag("xfs_kill_containers", "bool", "false"),
-    Flag("xfs_project_range", default="[5000-10000]"),
+    Flag("effective_capabilities", "json", alias="allowed_capabilities"),
+    Flag("bounding_capabilities", "json"),
+    Flag("default_container_shm_size", "bytes"),
+    Flag("disallow_sharing_agent_ipc_namespace", "bool", "false"),
+    Flag("disallow_sharing_agent_pid_namespace", "bool", "false"),
+    Flag("agent_features", "json"),
+    Flag("firewall_rules", "json"),
+    Flag("credential", "path"),
+    Flag("acls", "json"),
+    Flag("containerizers", default="mesos"),
+    Flag("docker", default="docker"),
+    Flag("docker_remove_delay", "duration", "6hrs"),
+    Flag("docker_kill_orphans", "bool", "true"),
+    Flag("docker_mesos_image"),
+    Flag("docker_socket", default="/var/run/docker.sock"),
+    Flag("docker_config", "json"),
+    Flag("sandbox_directory", default="/mnt/mesos/sandbox"),
+    Flag("domain_socket_location"),
+    Flag("default_container_dns", "json"),
+    Flag("default_container_info", "json"),
+    Flag("docker_stop_timeout", "duration", "0ns"),
+    Flag("network_cni_plugins_dir"),
+    Flag("network_cni_config_dir"),
+    Flag("network_cni_root_dir_persist", "bool", "false"),
+    Flag("network_cni_metrics", "bool", "true"),
+    Flag("container_disk_watch_interval", "duration", "15secs"),
+    Flag("enforce_container_disk_quota", "bool", "false"),
+    Flag("modules", "json"),
+    Flag("modules_dir"),
+    Flag("authenticatee", default="crammd5"),
+    Flag("authorizer", default="local"),
+    Flag("http_authenticators"),
+    Flag("authenticate_http_readwrite", "bool", "false"),
+    Flag("authenticate_http_readonly", "bool", "false"),
+    Flag("http_executor_domain_sockets", "bool", "false"),
+    Flag("http_credentials", "path"),
+    Flag("hooks"),
+    Flag("secret_resolver"),
+    Flag("resource_estimator"),
+    Flag("qos_controller"),
+    Flag("qos_correction_interval_min", "duration", "0ns"),
+    Flag("oversubscribed_resources_interval", "duration", "15secs"),
+    Flag("master_detector"),
+    Flag("http_command_executor", "bool", "false"),
+    Flag("ip"),
+    Flag("ip6"),
+    Flag("port", "uint16", "5051"),
+    Flag("advertise_ip"),
+    Flag("advertise_port"),
+    Flag("master", "secure"),
+    Flag("zk_session_timeout", "duration", "10secs"),
+    Flag("ip_discovery_command"),
+    Flag("ip6_discovery_command"),
+    Flag("memory_profiling", "bool", "false"),
+    Flag("domain", "json", validate=_validate_domain),
 ]
 
 
@@ -743,17 +828,177 @@ def make_dir(path, what):
         raise Exit("Failed to create %s '%s': %s" % (what, path, error.strerror))
 
 
+# ---------------------------------------------------------------------------
+# The host the agent inspects: cgroups, systemd, the package flavour.
+# ---------------------------------------------------------------------------
+
+# Test hook, not in Mesos: re-roots /proc/mounts, /sys/fs/cgroup,
+# /run/systemd/system and /sbin/init under this directory, so a test on any
+# host can show the agent a cgroup v1, hybrid or v2-only machine.
+SYSROOT_ENV = "MESOS_STANDIN_SYSROOT"
+
+EXECUTORS_SLICE = "mesos_executors.slice"
+
+
+def sysroot(path):
+    root = os.environ.get(SYSROOT_ENV)
+    if not root:
+        return path
+    return os.path.join(root, path.lstrip("/"))
+
+
+def flavour():
+    """Which build the package copies: `apache` (Mesosphere's mesos, built
+    from Apache Mesos 1.11) or `aventer` (AVENTER's clusterd). build.sh writes
+    it next to this file."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "flavour")) as handle:
+            return handle.read().strip() or "apache"
+    except (IOError, OSError):
+        return "apache"
+
+
+def _mount_field(text):
+    # /proc/mounts escapes blanks and backslashes as octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def mount_table():
+    """fs::MountTable::read("/proc/mounts"): (dir, type, options)."""
+    entries = []
+    try:
+        with open(sysroot("/proc/mounts")) as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 4:
+                    entries.append((_mount_field(fields[1]), fields[2], fields[3].split(",")))
+    except (IOError, OSError) as error:
+        raise Exit("Failed to read mount table: %s" % error.strerror)
+    return entries
+
+
+def cgroups_mounted(hierarchy, subsystems=()):
+    """src/linux/cgroups.cpp mounted(): the path is the mount point of a
+    cgroup (v1) file system with every subsystem attached. A cgroup2 mount
+    never counts."""
+    path = sysroot(hierarchy)
+    if not os.path.exists(path):
+        return False
+    real = os.path.realpath(path)
+    found = None
+    for directory, kind, options in mount_table():
+        if kind == "cgroup" and os.path.realpath(sysroot(directory)) == real:
+            found = options
+    if found is None:
+        return False
+    return all(subsystem in found for subsystem in subsystems)
+
+
+def cgroups_hierarchy_with(subsystem):
+    """cgroups::hierarchy(subsystems): a mounted v1 hierarchy that has it."""
+    for directory, kind, options in mount_table():
+        if kind == "cgroup" and subsystem in options:
+            return directory
+    return None
+
+
+def systemd_exists(log):
+    """src/linux/systemd.cpp exists(): /sbin/init resolves to a program whose
+    `--version` starts with `systemd <number>`."""
+    init = sysroot("/sbin/init")
+    if not os.path.exists(init):
+        log.warning("Failed to test /sbin/init for systemd environment: does not exist")
+        return False
+    command = "%s --version" % os.path.realpath(init)
+    try:
+        process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, _ = process.communicate(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        log.warning("Failed to test command '%s'" % command)
+        return False
+    if process.returncode != 0:
+        log.warning("Failed to test command '%s'" % command)
+        return False
+    tokens = out.decode(errors="replace").split()
+    if len(tokens) < 2 or tokens[0] != "systemd":
+        return False
+    if not re.match(r"^\d+$", tokens[1]):
+        log.warning("Failed to parse systemd version '%s'" % tokens[1])
+        return False
+    log.info("systemd version `%s` detected" % tokens[1])
+    return True
+
+
+def _shell(command):
+    process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = process.communicate()
+    if process.returncode != 0:
+        raise OSError("Failed to execute '%s'; the command was either not found or "
+                      "exited with a non-zero exit status: %d"
+                      % (command, process.returncode))
+    return out
+
+
+def systemd_initialize(flags, log):
+    """src/slave/main.cpp: `--systemd_enable_support` on a systemd host runs
+    systemd::initialize() (src/linux/systemd.cpp): the runtime directory, the
+    executors slice (written, daemon-reload, started) and then
+    cgroups::verify(<cgroups_hierarchy>/systemd, mesos_executors.slice)."""
+    prefix = "Failed to initialize systemd: "
+    runtime = flags.get("systemd_runtime_directory")
+    if not os.path.exists(sysroot(runtime)):
+        raise Exit(prefix + "Failed to locate systemd runtime directory: " + runtime)
+    hooked = bool(os.environ.get(SYSROOT_ENV))
+    unit = os.path.join(runtime, EXECUTORS_SLICE)
+    if not os.path.exists(sysroot(unit)):
+        try:
+            with open(sysroot(unit), "w") as handle:
+                handle.write("[Unit]\nDescription=Mesos Executors Slice\n")
+        except (IOError, OSError) as error:
+            raise Exit(prefix + "Failed to create systemd slice '%s': Failed to write "
+                       "systemd slice `%s`: %s" % (EXECUTORS_SLICE, unit, error.strerror))
+        log.info("Created systemd slice: `\"%s\"`" % unit)
+        if not hooked:
+            try:
+                _shell("systemctl daemon-reload")
+            except OSError as error:
+                raise Exit(prefix + "Failed to create systemd slice `%s`: Failed to "
+                           "reload systemd daemon: %s" % (unit, error))
+    if not hooked:
+        try:
+            _shell("systemctl start " + EXECUTORS_SLICE)
+        except OSError as error:
+            raise Exit(prefix + "Failed to start '%s': Failed to start systemd slice "
+                       "`%s`: %s" % (EXECUTORS_SLICE, EXECUTORS_SLICE, error))
+        log.info("Started systemd slice `%s`" % EXECUTORS_SLICE)
+    hierarchy = os.path.join(flags.get("cgroups_hierarchy"), "systemd")
+    if not cgroups_mounted(hierarchy):
+        raise Exit(prefix + "Failed to locate systemd cgroups hierarchy: "
+                   "'%s' is not a valid hierarchy" % hierarchy)
+    if not os.path.exists(sysroot(os.path.join(hierarchy, EXECUTORS_SLICE))):
+        raise Exit(prefix + "Failed to locate systemd cgroups hierarchy: "
+                   "'%s' is not a valid cgroup" % EXECUTORS_SLICE)
+
+
 def check_docker(flags):
     """DockerContainerizer::create() -> Docker::create(validate=true), as in
     src/docker/docker.cpp: an absolute socket path, then `docker --version`
-    must run and report 1.8.0 or newer. (The real one also wants a cgroup v1
-    `cpu` hierarchy mounted; the stand-in does not check that, see README.md.)
+    must run and report 1.8.0 or newer; before that, Apache's build wants a
+    mounted cgroup v1 hierarchy with the `cpu` subsystem.
     """
     docker = flags.get("docker")
     socket_path = flags.get("docker_socket")
     prefix = "Could not create DockerContainerizer: Failed to create docker: "
     if not os.path.isabs(socket_path):
         raise Exit(prefix + "Invalid Docker socket path: " + socket_path)
+    # Apache Mesos wants the cgroup v1 `cpu` hierarchy here; AVENTER's build
+    # skips the check on cgroup v2 hosts (m3scluster/clusterd
+    # src/docker/docker.cpp), so its flavour never makes it.
+    if flavour() != "aventer" and cgroups_hierarchy_with("cpu") is None:
+        raise Exit(prefix + "Failed to find a mounted cgroups hierarchy for the 'cpu' "
+                   "subsystem; you probably need to mount cgroups manually")
     # Mesos runs this through the shell, so a docker CLI that cannot be found
     # shows up as exit status 127.
     command = "%s -H unix://%s --version" % (docker, socket_path)
@@ -881,18 +1126,36 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
+class Request(object):
+    def __init__(self, method, path, body):
+        self.method = method
+        self.path = path
+        self.body = body
+
+
 def make_handler(routes):
+    """routes: path -> function(Request) -> (status, type, body, headers)."""
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "mesos-standin/" + VERSION
 
-        def do_GET(self):
+        def handle_request(self, method):
             path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
             route = routes.get(path.rstrip("/") or "/")
+            body = b""
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 0:
+                body = self.rfile.read(length)
             if route is None:
                 self.respond(404, "text/plain; charset=utf-8", b"")
                 return
-            status, content_type, body, headers = route()
-            self.respond(status, content_type, body, headers)
+            status, content_type, payload, headers = route(Request(method, path, body))
+            self.respond(status, content_type, payload, headers)
+
+        def do_GET(self):
+            self.handle_request("GET")
+
+        def do_POST(self):
+            self.handle_request("POST")
 
         def respond(self, status, content_type, body, headers=None):
             self.send_response(status)
@@ -910,12 +1173,151 @@ def make_handler(routes):
     return Handler
 
 
-def json_response(document):
-    return 200, "application/json", json.dumps(document, sort_keys=True).encode(), None
+def json_response(document, status=200):
+    return status, "application/json", json.dumps(document, sort_keys=True).encode(), None
 
 
-def health_response():
-    return 200, "text/plain; charset=utf-8", b"", None
+def text_response(status, text=""):
+    return status, "text/plain; charset=utf-8", text.encode(), None
+
+
+def health_response(_request=None):
+    return text_response(200)
+
+
+def post_json(ip, port, path, document, timeout=3.0):
+    """The stand-ins' own agent -> master calls. Returns (status, document)."""
+    request = urllib.request.Request(
+        "http://%s:%d%s" % (ip, port, path), data=json.dumps(document).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read().decode() or "null")
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+
+# ---------------------------------------------------------------------------
+# ZooKeeper: the group Mesos masters join and agents watch.
+# ---------------------------------------------------------------------------
+
+# src/master/constants.cpp MASTER_INFO_JSON_LABEL: masters join the group as
+# ephemeral sequential znodes <path>/json.info_<seq> holding MasterInfo as JSON;
+# the lowest sequence leads (src/master/detector/zookeeper.cpp).
+JSON_LABEL = "json.info"
+
+
+def parse_zk(url):
+    """zookeeper::URL::parse(): zk://[user:password@]host:port[,...]/path."""
+    servers, path = parse_zk_url(url)
+    credentials = None
+    if "@" in servers:
+        credentials, servers = servers.rsplit("@", 1)
+    return servers, path.rstrip("/") or "/", credentials
+
+
+def _sequence(name):
+    try:
+        return int(name.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+class Group(object):
+    """zookeeper::Group over kazoo: a session, an optional membership of our
+    own, and a watch that reports the current leader (lowest json.info_)."""
+
+    def __init__(self, url, session_timeout, log, on_leader, data=None):
+        try:
+            from kazoo.client import KazooClient
+            from kazoo.protocol.states import KazooState
+        except ImportError:
+            raise Exit("The TEST STAND-IN needs python3-kazoo to talk to ZooKeeper")
+        self.KazooState = KazooState
+        servers, self.path, credentials = parse_zk(url)
+        self.log = log
+        self.on_leader = on_leader
+        self.data = data
+        self.member = None  # our znode name
+        self.last_children = None
+        self.lock = threading.Lock()
+        self.events = []
+        self.wakeup = threading.Condition(self.lock)
+        auth = [("digest", credentials)] if credentials else None
+        self.client = KazooClient(
+            hosts=servers, timeout=max(session_timeout, 1.0), auth_data=auth,
+            connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0},
+            command_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0})
+        self.client.add_listener(self._state)
+        thread = threading.Thread(target=self._run)
+        thread.daemon = True
+        thread.start()
+
+    def _state(self, state):
+        # Runs on kazoo's thread: only queue it.
+        self._push(("state", state))
+
+    def _push(self, event):
+        with self.lock:
+            self.events.append(event)
+            self.wakeup.notify()
+
+    def _children(self, children):
+        self._push(("children", list(children)))
+
+    def _run(self):
+        self.client.start_async()
+        watching = False
+        while True:
+            with self.lock:
+                if not self.events:
+                    self.wakeup.wait(0.5)
+                events, self.events = self.events, []
+            for kind, value in events:
+                if kind == "state" and value == self.KazooState.LOST and self.member:
+                    # The session expired: its ephemeral znodes are gone.
+                    self.log.info("ZooKeeper session expired")
+                    self.member = None
+                    self.on_leader(None, lost=True)
+            if not self.client.connected:
+                continue
+            try:
+                if not watching:
+                    self.client.ensure_path(self.path)
+                    self.client.ChildrenWatch(self.path, self._children)
+                    watching = True
+                if self.data is not None and self.member is None:
+                    created = self.client.create(
+                        self.path + "/" + JSON_LABEL + "_", self.data(),
+                        ephemeral=True, sequence=True)
+                    self.member = created.rsplit("/", 1)[1]
+                    self.log.info("Created group membership %s in %s"
+                                  % (self.member, self.path))
+                for kind, value in events:
+                    if kind == "children":
+                        self.last_children = value
+                    if kind in ("children", "retry") and self.last_children is not None:
+                        self._detect(self.last_children)
+            except Exception as error:  # kazoo raises many kinds; retry all.
+                self.log.warning("ZooKeeper operation failed: %r" % (error,))
+                time.sleep(0.5)
+                self._push(("retry", None))
+
+    def _detect(self, children):
+        members = [(_sequence(child), child) for child in children
+                   if child.startswith(JSON_LABEL + "_") and _sequence(child) is not None]
+        if not members:
+            self.on_leader(None)
+            return
+        _, name = min(members)
+        try:
+            data, _ = self.client.get(self.path + "/" + name)
+            info = json.loads(data.decode())
+        except Exception as error:
+            self.log.warning("Failed to read the leader's MasterInfo: %r" % (error,))
+            self._push(("retry", None))
+            return
+        self.on_leader(info, member=name)
 
 
 # ---------------------------------------------------------------------------
@@ -933,46 +1335,193 @@ def usage(program, definitions):
     return "\n".join(lines)
 
 
-def run_master(program, argv, environ):
+def load_or_print(program, definitions, argv, environ):
+    """The start of both main()s: --help, --version, then load errors."""
     try:
-        flags = load_flags(MASTER_FLAGS, argv, environ)
+        flags = load_flags(definitions, argv, environ)
     except FlagError as error:
         flags = None
         load_error = str(error)
     else:
         load_error = None
     if flags is not None and flags.true("help"):
-        print(usage(program, MASTER_FLAGS))
-        return 0
+        print(usage(program, definitions))
+        return None, 0
     if flags is not None and flags.true("version"):
         print("mesos %s" % VERSION)
-        return 0
+        return None, 0
     if load_error is not None:
-        sys.stderr.write("%s\n\nSee `mesos-master --help` for a list of supported flags.\n"
-                         % load_error)
-        return 1
+        sys.stderr.write("%s\n\nSee `%s --help` for a list of supported flags.\n"
+                         % (load_error, program))
+        return None, 1
+    return flags, None
+
+
+def version_response(_request=None):
+    return json_response({"version": VERSION, "git_tag": VERSION,
+                          "build_date": BUILD_DATE, "standin": True})
+
+
+def _ip_number(ip):
+    # MasterInfo.ip is the address as a uint32 in network order (MESOS-1201).
+    return struct.unpack("=I", socket.inet_aton(ip))[0]
+
+
+class Master(object):
+    """What src/master/master.cpp keeps that the endpoints show."""
+
+    def __init__(self, flags, log):
+        self.flags = flags
+        self.log = log
+        self.lock = threading.RLock()
+        self.info = None
+        self.leader = None
+        self.elected_time = None
+        self.slaves = {}  # id -> /state entry
+        self.next_slave = 0
+        self.start_time = time.time()
+
+    def elected(self):
+        return self.leader is not None and self.leader["id"] == self.info["id"]
+
+    def detected(self, leader, member=None, lost=False):
+        """Master::detected() / lostCandidacy(): called on every change."""
+        with self.lock:
+            was_elected = self.elected()
+            if lost and was_elected:
+                self.log.exit(Exit("Lost leadership... committing suicide!"))
+                os._exit(1)
+            if lost:
+                return
+            previous, self.leader = self.leader, leader
+            if leader is None:
+                self.log.warning("The leading master is unknown: no master is currently leading")
+            elif self.elected():
+                if not was_elected:
+                    self.elected_time = time.time()
+                    self.log.info("Elected as the leading master!")
+            else:
+                if was_elected:
+                    self.log.exit(Exit("Lost leadership... committing suicide!"))
+                    os._exit(1)
+                if previous is None or previous.get("id") != leader.get("id"):
+                    self.log.info("The newly elected leader is %s with id %s"
+                                  % (leader.get("pid"), leader.get("id")))
+
+    # -- endpoints ---------------------------------------------------------
+
+    def redirect(self, request):
+        """Master::Http::redirect(): 503 without a leader, else 307 to it."""
+        with self.lock:
+            leader = self.leader
+        if leader is None:
+            return text_response(503, "No leader elected")
+        base = "//%s:%d" % (leader.get("hostname") or leader["address"]["ip"],
+                            leader["port"])
+        if request.path in ("/redirect", "/master/redirect"):
+            return 307, "text/plain; charset=utf-8", b"", {"Location": base}
+        return 307, "text/plain; charset=utf-8", b"", {"Location": base + request.path}
+
+    def leader_only(self, handler):
+        def route(request):
+            if not self.elected():
+                return self.redirect(request)
+            return handler(request)
+        return route
+
+    def state(self, _request):
+        with self.lock:
+            slaves = [dict(entry) for _, entry in sorted(self.slaves.items())]
+            document = dict(self.document)
+            document.update(
+                leader=self.leader["pid"], leader_info=self.leader,
+                elected_time=self.elected_time, slaves=slaves,
+                activated_slaves=sum(1 for entry in slaves if entry["active"]),
+                deactivated_slaves=sum(1 for entry in slaves if not entry["active"]))
+        return json_response(document)
+
+    def slaves_endpoint(self, _request):
+        with self.lock:
+            return json_response({"slaves": [dict(entry) for _, entry
+                                             in sorted(self.slaves.items())],
+                                  "recovered_slaves": []})
+
+    def register(self, request):
+        """Stand-in only: how stand-in agents (re-)register (real agents send
+        RegisterSlaveMessage / ReregisterSlaveMessage over libprocess)."""
+        if request.method != "POST":
+            return text_response(405)
+        if not self.elected():
+            return text_response(503, "Not the leading master")
+        try:
+            agent = json.loads(request.body.decode())
+        except ValueError:
+            return text_response(400, "Bad JSON")
+        with self.lock:
+            now = time.time()
+            slave_id = agent.get("id") or ""
+            if slave_id and slave_id in self.slaves:
+                entry = self.slaves[slave_id]
+                entry["reregistered_time"] = now
+                self.log.info("Re-registered agent %s at %s (%s)"
+                              % (slave_id, agent["pid"], agent["hostname"]))
+            else:
+                if not slave_id:
+                    slave_id = "%s-S%d" % (self.info["id"], self.next_slave)
+                    self.next_slave += 1
+                    self.log.info("Registered agent %s at %s (%s)"
+                                  % (slave_id, agent["pid"], agent["hostname"]))
+                else:
+                    self.log.info("Re-registered agent %s at %s (%s)"
+                                  % (slave_id, agent["pid"], agent["hostname"]))
+                entry = {"id": slave_id, "registered_time": now}
+                if agent.get("id"):
+                    entry["reregistered_time"] = now
+                self.slaves[slave_id] = entry
+            resources = agent.get("resources") or {}
+            entry.update(
+                pid=agent["pid"], hostname=agent["hostname"], port=agent["port"],
+                active=True, deactivated=False, version=agent.get("version", VERSION),
+                resources=resources, unreserved_resources=resources,
+                used_resources=dict((name, 0.0) for name in ("cpus", "mem", "disk", "gpus")),
+                offered_resources=dict((name, 0.0) for name in ("cpus", "mem", "disk", "gpus")),
+                reserved_resources={}, attributes=agent.get("attributes") or {})
+            return json_response({"id": slave_id, "master_info": self.info})
+
+    def ping(self, request):
+        """Stand-in only: an agent checks that this master still knows it."""
+        try:
+            agent = json.loads(request.body.decode())
+        except ValueError:
+            return text_response(400, "Bad JSON")
+        with self.lock:
+            if self.elected() and agent.get("id") in self.slaves:
+                return json_response({"master_id": self.info["id"]})
+        return text_response(404)
+
+
+def run_master(program, argv, environ):
+    flags, status = load_or_print(program, MASTER_FLAGS, argv, environ)
+    if flags is None:
+        return status
 
     log = Log(program)
-    state = {}
+    master = Master(flags, log)
 
-    def serve():
-        return json_response(state["document"])
-
-    def flags_json():
+    def flags_json(_request):
         return json_response({"flags": flags.as_json()})
 
-    def redirect():
-        return 307, "text/plain; charset=utf-8", b"", {
-            "Location": "//%s:%d" % (state["hostname"], state["port"])}
-
-    routes = {}
+    routes = {"/version": version_response}
     for prefix in ("", "/master"):
         routes[prefix + "/health"] = health_response
-        routes[prefix + "/state"] = serve
         routes[prefix + "/flags"] = flags_json
-        routes[prefix + "/redirect"] = redirect
-    routes["/version"] = lambda: json_response(
-        {"version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE, "standin": True})
+        routes[prefix + "/redirect"] = master.redirect
+        # Leader-only endpoints: a non-leading master answers 307 or 503.
+        routes[prefix + "/state"] = master.leader_only(master.state)
+        routes[prefix + "/state-summary"] = master.leader_only(master.state)
+        routes[prefix + "/slaves"] = master.leader_only(master.slaves_endpoint)
+        routes[prefix + "/standin/register"] = master.register
+        routes[prefix + "/standin/ping"] = master.ping
 
     try:
         log.initialize(flags)
@@ -1001,11 +1550,13 @@ def run_master(program, argv, environ):
                 if flags.get("quorum") is None:
                     raise Exit("Need to specify --quorum for replicated log based "
                                "registry when using ZooKeeper")
-                parse_zk_url(flags.get("zk"))
         elif registry != "in_memory":
             raise Exit("'%s' is not a supported option for registry persistence" % registry)
-        if flags.true("registry_strict"):
-            raise Exit("Support for '--registry_strict' has been removed")
+        if flags.get("zk") is not None:
+            try:
+                parse_zk(flags.get("zk"))
+            except Exit as error:
+                raise Exit("Failed to create a master contender: " + error.message)
 
         ip, port = advertised(flags, bound)
         hostname = resolve_hostname(flags, ip)
@@ -1015,73 +1566,155 @@ def run_master(program, argv, environ):
 
     master_id = str(uuid.uuid4())
     pid = "master@%s:%d" % (ip, port)
-    now = time.time()
-    leader_info = {
-        "id": master_id, "pid": pid, "port": port, "hostname": hostname,
+    # MasterInfo as src/master/master.cpp fills it and JSON::protobuf prints it.
+    master.info = {
+        "id": master_id, "ip": _ip_number(ip), "port": port, "pid": pid,
+        "hostname": hostname, "version": VERSION,
         "address": {"hostname": hostname, "ip": ip, "port": port},
-        "version": VERSION,
+        "capabilities": [{"type": "AGENT_UPDATE"}, {"type": "AGENT_DRAINING"},
+                         {"type": "QUOTA_V2"}],
     }
     document = {
         "standin": True,
         "version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE,
-        "build_user": "standin", "start_time": now, "elected_time": now,
+        "build_user": "standin", "start_time": master.start_time,
         "id": master_id, "pid": pid, "hostname": hostname,
-        # There is no ZooKeeper election in the stand-in: every master claims
-        # to lead, which a multi-master test has to keep in mind.
-        "leader": pid, "leader_info": leader_info,
-        "activated_slaves": 0, "deactivated_slaves": 0, "unreachable_slaves": 0,
+        "unreachable_slaves": 0,
         "flags": flags.as_json(),
-        "slaves": [], "frameworks": [], "completed_frameworks": [],
+        "frameworks": [], "completed_frameworks": [],
         "orphan_tasks": [], "unregistered_frameworks": [],
     }
     for optional in ("cluster", "log_dir", "external_log_file"):
         if flags.get(optional) is not None:
             document[optional] = flags.get(optional)
-    state.update(document=document, hostname=hostname, port=port)
+    master.document = document
 
     log.info("Master %s (%s) started on %s:%d" % (master_id, hostname, ip, port))
     log.info("Flags at startup: " + flags.startup_line())
-    log.info("Elected as the leading master!")
+    if flags.get("zk") is None:
+        # The standalone contender elects this master at once.
+        master.detected(master.info)
+    else:
+        timeout = parse_duration(flags.get("zk_session_timeout")) / 1e9
+        try:
+            Group(flags.get("zk").strip(), timeout, log, master.detected,
+                  data=lambda: json.dumps(master.info).encode())
+        except Exit as error:
+            log.exit(error)
+            return 1
     bound.server.serve_forever()
     return 0
 
 
-def run_agent(program, argv, environ):
+class Agent(object):
+    """The registration side of src/slave/slave.cpp, over the stand-ins' own
+    HTTP calls: detect the leading master, (re-)register, keep checking."""
+
+    def __init__(self, log, document):
+        self.log = log
+        self.document = document
+        self.lock = threading.Lock()
+        self.leader = None  # MasterInfo of the detected leader
+        self.registered_with = None  # MasterInfo id we registered with
+
+    def detected(self, leader, member=None, lost=False):
+        with self.lock:
+            if lost:
+                return
+            if leader is None:
+                if self.leader is not None:
+                    self.log.info("Lost leading master")
+            elif self.leader is None or leader.get("id") != self.leader.get("id"):
+                self.log.info("New master detected at %s" % leader.get("pid"))
+            self.leader = leader
+
+    def registration(self):
+        return {
+            "id": self.document["id"], "pid": self.document["pid"],
+            "hostname": self.document["hostname"], "port": self.document["port"],
+            "resources": self.document["resources"],
+            "attributes": self.document["attributes"], "version": VERSION,
+        }
+
+    def run(self, static):
+        while True:
+            with self.lock:
+                leader = self.leader
+            if static is not None:
+                leader = static
+            if leader is None:
+                time.sleep(0.2)
+                continue
+            address = leader["address"]
+            try:
+                if self.registered_with is not None and (
+                        static is not None or self.registered_with == leader.get("id")):
+                    status, answer = post_json(address["ip"], address["port"],
+                                               "/master/standin/ping",
+                                               {"id": self.document["id"]})
+                    if status == 200:
+                        time.sleep(1.0)
+                        continue
+                    self.log.info("Master %s no longer knows this agent; "
+                                  "re-registering" % leader.get("pid"))
+                status, answer = post_json(address["ip"], address["port"],
+                                           "/master/standin/register", self.registration())
+            except (OSError, ValueError) as error:
+                self.log.warning("Failed to reach master %s: %s" % (leader.get("pid"), error))
+                time.sleep(0.5)
+                continue
+            if status != 200 or not answer:
+                time.sleep(0.5)
+                continue
+            info = answer["master_info"]
+            with self.lock:
+                again = bool(self.document["id"])
+                self.document["id"] = answer["id"]
+                self.document["master_hostname"] = info["hostname"]
+                self.registered_with = info["id"]
+            if again:
+                self.log.info("Re-registered with master %s" % info["pid"])
+            else:
+                self.log.info("Registered with master %s; given agent ID %s"
+                              % (info["pid"], answer["id"]))
+
+
+def static_master(text):
+    """A --master of the form host:port (or master@host:port)."""
+    address = text.strip()
+    if address.startswith("master@"):
+        address = address[len("master@"):]
+    host, port = address.rsplit(":", 1)
     try:
-        flags = load_flags(AGENT_FLAGS, argv, environ)
-    except FlagError as error:
-        flags = None
-        load_error = str(error)
-    else:
-        load_error = None
-    if flags is not None and flags.true("help"):
-        print(usage(program, AGENT_FLAGS))
-        return 0
-    if flags is not None and flags.true("version"):
-        print("mesos %s" % VERSION)
-        return 0
-    if load_error is not None:
-        sys.stderr.write("%s\n\nSee `mesos-agent --help` for a list of supported flags.\n"
-                         % load_error)
-        return 1
+        ip = socket.gethostbyname(host)
+    except OSError:
+        ip = host
+    return {"id": None, "pid": "master@%s:%s" % (ip, port), "hostname": host,
+            "address": {"ip": ip, "port": int(port), "hostname": host}}
+
+
+def run_agent(program, argv, environ):
+    flags, status = load_or_print(program, AGENT_FLAGS, argv, environ)
+    if flags is None:
+        return status
 
     log = Log(program)
     state = {}
 
-    def serve():
-        return json_response(state["document"])
+    def serve(_request):
+        with agent_lock:
+            return json_response(dict(state["document"]))
 
-    def flags_json():
+    def flags_json(_request):
         return json_response({"flags": flags.as_json()})
 
-    routes = {}
+    agent_lock = threading.Lock()
+    routes = {"/version": version_response}
     # The agent's libprocess ID is still slave(1), and it is the delegate.
     for prefix in ("", "/slave(1)"):
         routes[prefix + "/health"] = health_response
         routes[prefix + "/state"] = serve
         routes[prefix + "/flags"] = flags_json
-    routes["/version"] = lambda: json_response(
-        {"version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE, "standin": True})
 
     try:
         log.initialize(flags)
@@ -1098,8 +1731,9 @@ def run_agent(program, argv, environ):
         log.info("Build: %s by standin" % BUILD_DATE)
         log.info("Version: %s" % VERSION)
         bound = bind(ip, int(flags.get("port")), make_handler(routes))
-        if flags.true("systemd_enable_support") and os.path.isdir("/run/systemd/system"):
+        if flags.true("systemd_enable_support") and systemd_exists(log):
             log.info("Initializing systemd state")
+            systemd_initialize(flags, log)
         check_containerizers(flags)
         if flags.get("master") is not None:
             check_master_detector(flags)
@@ -1118,8 +1752,8 @@ def run_agent(program, argv, environ):
         "standin": True,
         "version": VERSION, "git_tag": VERSION, "build_date": BUILD_DATE,
         "build_user": "standin", "start_time": time.time(),
-        # No master is ever reached, so the agent never gets an ID.
-        "id": "", "pid": pid, "hostname": hostname,
+        # Empty until a master registers the agent.
+        "id": "", "pid": pid, "hostname": hostname, "port": port,
         "resources": resources, "attributes": attributes,
         "flags": flags.as_json(),
         "frameworks": [], "completed_frameworks": [],
@@ -1133,6 +1767,24 @@ def run_agent(program, argv, environ):
     log.info("Flags at startup: " + flags.startup_line())
     log.info("Agent resources: " + ";".join(
         "%s:%s" % (key, resources[key]) for key in sorted(resources)))
+
+    agent = Agent(log, document)
+    agent.lock = agent_lock
+    master = (flags.get("master") or "").strip()
+    static = None
+    if master.startswith("zk://"):
+        timeout = parse_duration(flags.get("zk_session_timeout")) / 1e9
+        try:
+            Group(master, timeout, log, agent.detected)
+        except Exit as error:
+            log.exit(error)
+            return 1
+    elif master:
+        static = static_master(master)
+    if master:
+        thread = threading.Thread(target=agent.run, args=(static,))
+        thread.daemon = True
+        thread.start()
     bound.server.serve_forever()
     return 0
 
