@@ -107,15 +107,25 @@ fn build_and_verify_master_slave_and_slave_only() {
         assert_eq!(e["base"]["spec"], "debian-12");
         assert_eq!(e["base"]["sha256"].as_str().unwrap().len(), 64);
         assert!(
-            e["packages"]["mesos"].as_str().unwrap().contains("standin"),
-            "{role}: mesos stand-in recorded"
+            e["packages"]["aventer-mesos"]
+                .as_str()
+                .unwrap()
+                .contains("standin"),
+            "{role}: aventer-mesos stand-in recorded"
         );
         assert!(
             e["packages"]["zookeeperd"].is_string(),
             "{role}: zookeeperd recorded"
         );
         assert!(e["packages"]["cloud-init"].is_string());
-        assert_eq!(e["layout"]["agent_service"], "mesos-slave");
+        assert_eq!(e["layout"]["agent_service"], "mesos-agent");
+        assert_eq!(e["layout"]["packaging"], "aventer");
+        // Debian 12's systemd boots cgroup v2, decided from the image, not assumed.
+        let cg = &e["layout"]["cgroup"];
+        assert_eq!(cg["mode"], "v2", "{cg}");
+        assert_eq!(cg["hierarchy"], "unified", "{cg}");
+        assert_eq!(cg["default_hierarchy"], "unified", "{cg}");
+        assert_eq!(cg["systemd"], 252, "{cg}");
         let o = &e["outputs"][0];
         let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
         assert!(sums.contains(&format!("{}  {role}.qcow2", o["sha256"].as_str().unwrap())));
@@ -154,25 +164,37 @@ fn build_and_verify_master_slave_and_slave_only() {
         let checks = r["checks"].as_array().unwrap();
         assert!(checks.iter().all(|c| c["ok"] == true), "{role}: {stdout}");
         let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(
-            names,
-            [
-                "first boot",
-                "zookeeper :2181",
-                "master :5050",
-                "marathon :8080",
-                "agent :5051"
-            ]
-        );
+        let mut want = vec![
+            "first boot",
+            "zookeeper :2181",
+            "master :5050",
+            "marathon :8080",
+            "agent :5051",
+        ];
+        if role == "master-slave" {
+            want.push("agent registered");
+        }
+        assert_eq!(names, want);
         let detail = |n: &str| {
             checks.iter().find(|c| c["name"] == n).unwrap()["detail"]
                 .as_str()
                 .unwrap()
                 .to_string()
         };
+        // Both roles run Docker tasks (node 1 of the hand-built procedure does too).
+        assert!(detail("agent :5051").contains("containerizers=docker,mesos"));
+        // No seed names these instances: each is named from its address, never localhost.
+        assert!(
+            detail("agent :5051").contains("hostname=ip-10-0-2-15"),
+            "{}",
+            detail("agent :5051")
+        );
         if role == "master-slave" {
             assert!(detail("zookeeper :2181").contains("Mode: standalone"));
             assert!(detail("master :5050").contains("quorum=1"));
+            // Elected through ZooKeeper, and the node's own agent registered with it.
+            assert!(detail("master :5050").contains("leader=master@10.0.2.15:5050"));
+            assert!(detail("agent registered").contains("as active"));
         } else {
             for n in ["zookeeper :2181", "master :5050", "marathon :8080"] {
                 assert!(
@@ -181,7 +203,6 @@ fn build_and_verify_master_slave_and_slave_only() {
                     detail(n)
                 );
             }
-            assert!(detail("agent :5051").contains("containerizers=docker,mesos"));
         }
         eprintln!(
             "e2e: {role}: boot to configured {:.0} s under {} (verify total {secs:.0} s)",

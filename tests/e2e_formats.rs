@@ -44,6 +44,10 @@ fn all_formats_check_and_the_ova_disk_boots() {
         "profiles/master-slave.toml",
         "--with",
         OFFLINE,
+        // Mesosphere's layout (Apache Mesos builds), where it can really run: booted in
+        // cgroup v1, which Apache 1.11's Docker containerizer needs.
+        "--with",
+        "profiles/include/offline-standins-mesosphere.toml",
         "--format",
         FORMATS,
         "--out",
@@ -103,6 +107,14 @@ fn all_formats_check_and_the_ova_disk_boots() {
     for f in FORMATS.split(',') {
         assert!(formats.contains(&f), "{f} in manifest: {formats:?}");
     }
+    let layout = &m["images"]["master-slave"]["layout"];
+    assert_eq!(layout["packaging"], "mesosphere", "{layout}");
+    assert_eq!(layout["agent_service"], "mesos-slave", "{layout}");
+    let cg = &layout["cgroup"];
+    assert_eq!(cg["mode"], "v1", "{cg}");
+    assert_eq!(cg["hierarchy"], "hybrid", "{cg}");
+    assert_eq!(cg["from_profile"], true, "{cg}");
+    assert_eq!(cg["cmdline"], "systemd.unified_cgroup_hierarchy=0", "{cg}");
 
     // Independent: the OVA's order with tar -tf, its .mf with sha256sum.
     let ova = out.join("master-slave.ova");
@@ -153,7 +165,9 @@ fn all_formats_check_and_the_ova_disk_boots() {
         eprintln!("e2e-formats: no virt-v2v on this host; skipping the independent OVF parse");
     }
 
-    // The VMDK from the OVA boots and configures itself.
+    // The VMDK from the OVA boots and configures itself. The Apache-flavoured stand-in
+    // agent (Docker containerizer, systemd support left on) only starts when the image
+    // really booted cgroup v1, and it must register with the node's own master.
     let vmdk = x.join("master-slave-disk1.vmdk");
     let stdout = run_ok_text(
         mesobake(&[
@@ -168,6 +182,7 @@ fn all_formats_check_and_the_ova_disk_boots() {
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let checks = r["checks"].as_array().unwrap();
     assert!(checks.iter().all(|c| c["ok"] == true), "{stdout}");
-    assert_eq!(checks.len(), 5, "{stdout}");
+    assert_eq!(checks.len(), 6, "{stdout}");
+    assert_eq!(checks[5]["name"], "agent registered", "{stdout}");
     let _ = std::fs::remove_dir_all(Path::new(&x));
 }

@@ -1104,6 +1104,25 @@ fn agent_docker_containerizer_needs_the_docker_cli() {
         "{stderr}"
     );
 
+    // A recent CLI but no Docker daemon: recovery (`docker ps -a`) fails and the agent
+    // exits, as Mesos does (slave.cpp, "Failed to perform recovery").
+    let down = dir.path().join("down-bin");
+    write_executable(
+        &down.join("docker"),
+        "#!/bin/sh\ncase \"$*\" in *--version*) echo 'Docker version 20.10.24, build 297e128'; exit 0 ;; esac\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2\nexit 1\n",
+    );
+    let mut cmd = mesos(root.path(), "mesos-agent", &args);
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", down.display()))
+        .env(SYSROOT_ENV, &sysroot);
+    let (status, _, stderr) = run_to_exit(cmd, dir.path(), "no-daemon");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "Failed to perform recovery: Failed to run 'docker -H unix:///var/run/docker.sock ps -a': exited with status 1; stderr='Cannot connect to the Docker daemon"
+        ),
+        "{stderr}"
+    );
+
     // A recent one: the agent comes up and reports the flags and attributes.
     let new = dir.path().join("new-bin");
     write_executable(

@@ -1027,6 +1027,29 @@ def check_docker(flags):
                    ">=' %s'" % ("%d.%d.%d" % found, ".".join(map(str, DOCKER_MIN_VERSION))))
 
 
+def recover_docker(flags, log):
+    """DockerContainerizerProcess::recover() (src/slave/containerizer/docker.cpp) lists
+    every Docker container with `docker -H unix://<socket> ps -a`; with no Docker
+    daemon that fails, and Slave::__recover() (src/slave/slave.cpp) exits with
+    "Failed to perform recovery: ...". So a docker,mesos agent only stays up
+    where the Docker daemon runs.
+    """
+    log.info("Recovering Docker containers")
+    command = "%s -H unix://%s ps -a" % (flags.get("docker"), flags.get("docker_socket"))
+    try:
+        process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise Exit("Failed to perform recovery: Failed to run '%s': timed out" % command)
+    if process.returncode != 0:
+        raise Exit("Failed to perform recovery: Failed to run '%s': exited with status %d; "
+                   "stderr='%s'" % (command, process.returncode,
+                                    err.decode(errors="replace").strip()))
+
+
 def check_containerizers(flags):
     """Containerizer::create(): every listed containerizer must come up."""
     for kind in [item for item in flags.get("containerizers").split(",") if item]:
@@ -1743,6 +1766,8 @@ def run_agent(program, argv, environ):
                                     detect_resources(flags.get("work_dir")))
         ip, port = advertised(flags, bound)
         hostname = resolve_hostname(flags, ip)
+        if "docker" in flags.get("containerizers").split(","):
+            recover_docker(flags, log)
     except Exit as error:
         log.exit(error)
         return 1
