@@ -6,9 +6,11 @@
 #      under QEMU, and checks failed and interrupted builds leave nothing behind.
 #      e2e_formats builds master-slave in every output format, runs mesobake check,
 #      re-checks the OVA with tar and sha256sum, and boots the VMDK taken from the OVA.
-#      e2e_lab builds master and slave-only, boots 3 masters with `mesobake lab up`
-#      (about 10 min under TCG), checks the ZooKeeper quorum and the masters' flags,
-#      and that `lab down` leaves no QEMU; ci/lab-4node.sh adds the agent.
+#      e2e_lab builds master and slave-only, boots 3 masters and a group of 2 agents
+#      with `mesobake lab up`, checks the ZooKeeper quorum, one elected Mesos master
+#      with both agents registered under their own names, then kills the leader's VM
+#      and checks that another master takes over with the agents re-registered, and
+#      that `lab down` leaves no QEMU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
