@@ -256,6 +256,34 @@ fn failed_and_interrupted_builds_leave_nothing_behind() {
     assert_nothing_left(&out);
     assert!(outputs_in(&out).is_empty(), "{:?}", outputs_in(&out));
 
+    // A combination that cannot start is refused at build time, naming the setting:
+    // Mesosphere's packages (Apache Mesos 1.11) with the Docker containerizer on a cgroup
+    // v2 boot. (Provisions the package set e2e_formats reuses.)
+    let v2 = out.join("cgroup-v2.toml");
+    std::fs::write(&v2, "[boot]\ncgroup = \"v2\"\n").unwrap();
+    let o = mesobake(&[
+        "build",
+        "profiles/slave-only.toml",
+        "--with",
+        OFFLINE,
+        "--with",
+        "profiles/include/offline-standins-mesosphere.toml",
+        "--with",
+        &v2.to_string_lossy(),
+        "--out",
+        &out_s,
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("needs a cgroup v1 cpu hierarchy") && err.contains("[boot] cgroup = \"v1\""),
+        "{err}"
+    );
+    assert_nothing_left(&out);
+    assert!(outputs_in(&out).is_empty(), "{:?}", outputs_in(&out));
+
     // A checksum mismatch stops the build with both digests, and nothing enters the cache.
     let served = tempfile::tempdir().unwrap();
     std::fs::write(served.path().join("base.img"), b"not really an image").unwrap();
