@@ -778,7 +778,7 @@ mod tests {
         check_geometry(&UBUNTU_2404);
         // Noble's sizes: 4 MiB BIOS boot, 106 MiB ESP, /boot up to 1 GiB, root after,
         // on a 3.5 GiB disk.
-        let mib = |p: &Part| (p.end + 1 - p.start) * 512 >> 20;
+        let mib = |p: &Part| ((p.end + 1 - p.start) * 512) >> 20;
         let u = &UBUNTU_2404;
         assert_eq!((mib(&u.bios), mib(&u.esp)), (4, 106));
         let boot = u.boot.unwrap();
