@@ -53,10 +53,13 @@ pub struct NamedBase {
     pub codename: &'static str,
     /// Where it comes from.
     pub source: Source,
+    /// The disk layout a bootstrapped base copies (`None`: Debian's cloud-image layout).
+    pub layout: Option<&'static bootstrap::Layout>,
 }
 
 /// Every named base. Ubuntu's cloud images are the upstream ones; `debian-12` is
-/// bootstrapped with mmdebstrap because it is the base these build machines can reach.
+/// bootstrapped with mmdebstrap because it is the base these build machines can reach,
+/// and `debian-12-ubuntu-24.04-layout` is the same system on Ubuntu 24.04's disk layout.
 pub const NAMED: &[NamedBase] = &[
     NamedBase {
         name: "ubuntu-24.04",
@@ -66,6 +69,7 @@ pub const NAMED: &[NamedBase] = &[
             url: "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.img",
             sums: "https://cloud-images.ubuntu.com/releases/noble/release/SHA256SUMS",
         },
+        layout: None,
     },
     NamedBase {
         name: "ubuntu-22.04",
@@ -75,6 +79,7 @@ pub const NAMED: &[NamedBase] = &[
             url: "https://cloud-images.ubuntu.com/releases/jammy/release/ubuntu-22.04-server-cloudimg-amd64.img",
             sums: "https://cloud-images.ubuntu.com/releases/jammy/release/SHA256SUMS",
         },
+        layout: None,
     },
     NamedBase {
         name: "ubuntu-20.04",
@@ -84,6 +89,7 @@ pub const NAMED: &[NamedBase] = &[
             url: "https://cloud-images.ubuntu.com/releases/focal/release/ubuntu-20.04-server-cloudimg-amd64.img",
             sums: "https://cloud-images.ubuntu.com/releases/focal/release/SHA256SUMS",
         },
+        layout: None,
     },
     NamedBase {
         name: "ubuntu-16.04",
@@ -93,6 +99,7 @@ pub const NAMED: &[NamedBase] = &[
             url: "https://cloud-images.ubuntu.com/releases/xenial/release/ubuntu-16.04-server-cloudimg-amd64-disk1.img",
             sums: "https://cloud-images.ubuntu.com/releases/xenial/release/SHA256SUMS",
         },
+        layout: None,
     },
     NamedBase {
         name: "ubuntu-14.04",
@@ -102,8 +109,19 @@ pub const NAMED: &[NamedBase] = &[
             url: "https://cloud-images.ubuntu.com/releases/trusty/release/ubuntu-14.04-server-cloudimg-amd64-disk1.img",
             sums: "https://cloud-images.ubuntu.com/releases/trusty/release/SHA256SUMS",
         },
+        layout: None,
     },
-    NamedBase { name: "debian-12", family: Family::Debian, codename: "bookworm", source: Source::Bootstrap },
+    NamedBase { name: "debian-12", family: Family::Debian, codename: "bookworm", source: Source::Bootstrap, layout: None },
+    // For tests: a Debian 12 system on the Ubuntu 24.04 cloud image's disk layout (root
+    // on 1 last on disk, BIOS boot 14, ESP 15 "UEFI", ext4 /boot 16 "BOOT", fstab by
+    // LABEL), so builds meet that layout here, where Ubuntu's images can't be fetched.
+    NamedBase {
+        name: "debian-12-ubuntu-24.04-layout",
+        family: Family::Debian,
+        codename: "bookworm",
+        source: Source::Bootstrap,
+        layout: Some(&bootstrap::UBUNTU_2404),
+    },
 ];
 
 /// A base image ready to build from: a local file and what is known about it.

@@ -1,12 +1,20 @@
 #!/bin/sh
 # mmdebstrap customize hook: turns the bootstrapped tree into a cloud-image-like root.
-# $1 is the root directory. Inputs from the environment (set by mesobake):
-#   MESOBAKE_ROOT_UUID, MESOBAKE_ESP_UUID  filesystem UUIDs (fixed: reproducible)
-#   MESOBAKE_WORK                          where the boot loader images are left
-#   MESOBAKE_APT_SOURCES                   sources.list for the image (empty: keep mmdebstrap's)
+# $1 is the root directory. Inputs from the environment (set by mesobake from the base's
+# disk layout):
+#   MESOBAKE_FSTAB          the image's /etc/fstab
+#   MESOBAKE_GRUB_FS_UUID   UUID of the filesystem holding /boot (the root, or a separate
+#                           /boot); fixed, so the image is reproducible
+#   MESOBAKE_BOOT_DIR       where /boot's contents are in that filesystem: "/boot" on the
+#                           root, "" on a separate /boot
+#   MESOBAKE_KERNEL_ROOT    the kernel's root= (UUID=... or LABEL=...)
+#   MESOBAKE_WORK           where the boot loader images are left
+#   MESOBAKE_APT_SOURCES    sources.list for the image (empty: keep mmdebstrap's)
 set -eu
 R=$1
-ROOT_UUID=$MESOBAKE_ROOT_UUID
+GRUB_FS_UUID=$MESOBAKE_GRUB_FS_UUID
+BOOT_DIR=$MESOBAKE_BOOT_DIR
+KERNEL_ROOT=$MESOBAKE_KERNEL_ROOT
 
 # Identity: no hostname, empty machine-id, no host keys, root locked. cloud-init (or the
 # ssh drop-in below) gives each instance its own.
@@ -47,11 +55,7 @@ iface lo inet loopback
 H
 }
 mkdir -p "$R/boot/efi"
-cat > "$R/etc/fstab" <<H
-# <file system> <mount point> <type> <options> <dump> <pass>
-UUID=$ROOT_UUID / ext4 rw,discard,errors=remount-ro 0 1
-UUID=$MESOBAKE_ESP_UUID /boot/efi vfat umask=0077,nofail 0 2
-H
+printf '%s' "$MESOBAKE_FSTAB" > "$R/etc/fstab"
 # Boot loader defaults, kept by the image's own update-grub on kernel upgrades.
 mkdir -p "$R/etc/default/grub.d"
 cat > "$R/etc/default/grub.d/50-cloudimg.cfg" <<H
@@ -67,7 +71,8 @@ sed -i -e 's/^GRUB_TIMEOUT=.*/GRUB_TIMEOUT=1/' \
        -e 's/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200"/' \
        "$R/etc/default/grub"
 # A static grub.cfg in the style update-grub writes: update-grub can't run here
-# (grub-probe would probe the host's filesystem). The guest regenerates it.
+# (grub-probe would probe the host's filesystem). The guest regenerates it. Paths are
+# relative to the filesystem that holds /boot.
 KVER=$(ls "$R/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
 [ -n "$KVER" ] && [ -e "$R/boot/initrd.img-$KVER" ] || { echo "no kernel/initrd in /boot" >&2; exit 1; }
 mkdir -p "$R/boot/grub"
@@ -81,16 +86,16 @@ terminal_input console serial
 terminal_output console serial
 insmod part_gpt
 insmod ext2
-search --no-floppy --fs-uuid --set=root $ROOT_UUID
+search --no-floppy --fs-uuid --set=root $GRUB_FS_UUID
 menuentry 'Debian GNU/Linux' {
 	insmod gzio
 	insmod part_gpt
 	insmod ext2
-	search --no-floppy --fs-uuid --set=root $ROOT_UUID
+	search --no-floppy --fs-uuid --set=root $GRUB_FS_UUID
 	echo 'Loading Linux $KVER ...'
-	linux /boot/vmlinuz-$KVER root=UUID=$ROOT_UUID ro console=tty0 console=ttyS0,115200
+	linux $BOOT_DIR/vmlinuz-$KVER root=$KERNEL_ROOT ro console=tty0 console=ttyS0,115200
 	echo 'Loading initial ramdisk ...'
-	initrd /boot/initrd.img-$KVER
+	initrd $BOOT_DIR/initrd.img-$KVER
 }
 H
 chroot "$R" grub-editenv /boot/grub/grubenv create
@@ -102,12 +107,12 @@ for plat in i386-pc x86_64-efi; do
 done
 cp "$R/usr/lib/grub/i386-pc/boot.img" "$R/boot/grub/i386-pc/"
 cat > "$R/tmp/early.cfg" <<H
-search.fs_uuid $ROOT_UUID root
-set prefix=(\$root)/boot/grub
+search.fs_uuid $GRUB_FS_UUID root
+set prefix=(\$root)$BOOT_DIR/grub
 H
-chroot "$R" grub-mkimage -O i386-pc -o /tmp/core.img -c /tmp/early.cfg -p /boot/grub \
+chroot "$R" grub-mkimage -O i386-pc -o /tmp/core.img -c /tmp/early.cfg -p $BOOT_DIR/grub \
   biosdisk part_gpt part_msdos ext2 search_fs_uuid
-chroot "$R" grub-mkimage -O x86_64-efi -o /tmp/grubx64.efi -c /tmp/early.cfg -p /boot/grub \
+chroot "$R" grub-mkimage -O x86_64-efi -o /tmp/grubx64.efi -c /tmp/early.cfg -p $BOOT_DIR/grub \
   part_gpt part_msdos ext2 fat search_fs_uuid normal configfile linux echo test \
   all_video gzio efi_gop efi_uga serial terminal
 cp "$R/usr/lib/grub/i386-pc/boot.img" "$MESOBAKE_WORK/boot.img"

@@ -1,13 +1,14 @@
 //! Bootstrapped bases: a cloud-image-like disk built from a distribution archive.
 //!
-//! The disk has the layout of Debian's and Ubuntu's cloud images: GPT with a BIOS boot
-//! partition (14), an ESP (15) and an ext4 root (1), kernel, grub, cloud-init. It is
-//! made without mounting anything, because this machine's kernel can neither mount
-//! vfat nor parse partition tables:
+//! The disk has the layout of a cloud image: GPT with a BIOS boot partition (14), an ESP
+//! (15), an ext4 root (1) and, in Ubuntu's layout, a separate ext4 `/boot` (16), with
+//! kernel, grub and cloud-init. Bootstrapped bases differ only in a small [`Layout`];
+//! the build is shared. It is made without mounting anything, because this machine's
+//! kernel can neither mount vfat nor parse partition tables:
 //! 1. `mmdebstrap` into a directory, with hooks that write fstab, grub config and the
 //!    boot loader images (made by the target's own `grub-mkimage`);
-//! 2. the ESP as a FAT file (`mkfs.vfat`, `mcopy`), the root as an ext4 file
-//!    (`mkfs.ext4 -d`), both copied into a GPT disk file made with `sgdisk`;
+//! 2. the ESP as a FAT file (`mkfs.vfat`, `mcopy`), the root (and a separate /boot) as
+//!    ext4 files (`mkfs.ext4 -d`), all copied into a GPT disk file made with `sgdisk`;
 //! 3. grub's `boot.img` and `core.img` written the way `grub-bios-setup` writes them
 //!    (which itself refuses to work on a plain file).
 //!
@@ -29,7 +30,7 @@ const ESSENTIAL_HOOK: &str = include_str!("essential-hook.sh");
 const CUSTOMIZE_HOOK: &str = include_str!("customize-hook.sh");
 
 /// Bump when the recipe changes in a way the key would not see.
-const RECIPE: &str = "mesobake-bootstrap-1";
+const RECIPE: &str = "mesobake-bootstrap-2";
 /// Packages beyond minbase: what a cloud image has.
 const PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
@@ -57,23 +58,218 @@ const PACKAGES: &[&str] = &[
     "libpam-systemd",
     "systemd-timesyncd",
 ];
-/// The base disk's virtual size; builds grow it to the profile's disk size.
-const DISK_SIZE: u64 = 3 << 30;
-/// Sector layout, as Debian's cloud images: BIOS boot 1-4 MiB, ESP 4-128 MiB, root after.
-const BIOS_START: u64 = 2048;
-const BIOS_END: u64 = 8191;
-const ESP_START: u64 = 8192;
-const ESP_END: u64 = 262143;
-const ROOT_START: u64 = 262144;
+
+/// How fstab and the kernel command line name the filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameBy {
+    /// `UUID=...`, as Debian's cloud images.
+    Uuid,
+    /// `LABEL=...`, as Ubuntu's cloud images.
+    Label,
+}
+
+/// One partition of a bootstrapped disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Part {
+    /// GPT partition number.
+    pub number: u32,
+    /// First sector (512 bytes).
+    pub start: u64,
+    /// Last sector, inclusive; 0 for "up to the end of the disk".
+    pub end: u64,
+    /// sgdisk type code.
+    pub type_code: &'static str,
+    /// GPT partition name; empty for none.
+    pub name: &'static str,
+    /// Filesystem label; empty for none.
+    pub label: &'static str,
+    /// fstab options, dump and pass (mounted filesystems only).
+    pub fstab: &'static str,
+}
+
+/// The disk layout of a bootstrapped base: all that the bootstrapped bases of one release
+/// differ in. The whole description is part of the cache key.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Short name, for the manifest.
+    pub id: &'static str,
+    /// The base disk's virtual size; builds grow it to the profile's disk size.
+    pub disk_size: u64,
+    /// BIOS boot partition (grub's core.img).
+    pub bios: Part,
+    /// EFI system partition (FAT, built as a file, never mounted here), at /boot/efi.
+    pub esp: Part,
+    /// A separate ext4 /boot, when the layout has one.
+    pub boot: Option<Part>,
+    /// The ext4 root. It must be physically last, so that a build (or growpart at first
+    /// boot) can grow it into the rest of a larger disk.
+    pub root: Part,
+    /// How fstab and the kernel command line name the filesystems.
+    pub name_by: NameBy,
+}
+
+/// Debian's cloud-image layout: BIOS boot 1-4 MiB, ESP 4-128 MiB, root after; fstab and
+/// `root=` by UUID.
+pub const DEBIAN: Layout = Layout {
+    id: "debian",
+    disk_size: 3 << 30,
+    bios: Part {
+        number: 14,
+        start: 2048,
+        end: 8191,
+        type_code: "ef02",
+        name: "bios",
+        label: "",
+        fstab: "",
+    },
+    esp: Part {
+        number: 15,
+        start: 8192,
+        end: 262143,
+        type_code: "ef00",
+        name: "esp",
+        label: "EFI",
+        fstab: "umask=0077,nofail 0 2",
+    },
+    boot: None,
+    root: Part {
+        number: 1,
+        start: 262144,
+        end: 0,
+        type_code: "8300",
+        name: "root",
+        label: "cloudimg-rootfs",
+        fstab: "rw,discard,errors=remount-ro 0 1",
+    },
+    name_by: NameBy::Uuid,
+};
+
+/// The Ubuntu 24.04 (noble) cloud image's disk layout, so that builds can be tested
+/// against it here, where Ubuntu's images cannot be downloaded. The system on it stays
+/// Debian 12. What it copies, and where that comes from (Ubuntu's image build,
+/// livecd-rootfs, as stored in the lubuntu-team/livecd-rootfs mirror):
+/// - `live-build/ubuntu-cpc/hooks.d/base/disk-image-uefi.binary` (amd64): the image is
+///   3.5 GiB (`IMAGE_SIZE=3758096384`); partitions are created in the order 14 (BIOS
+///   boot, `+4M`, ef02), 15 (ESP, `+106M`, ef00), the boot partition (ending at 1 GiB,
+///   type ea00 = XBOOTLDR), then 1 (root, the rest: physically last, so growpart can
+///   grow it), with no partition names. The ESP is `mkfs.vfat -F 32 -n UEFI`, /boot is
+///   `mkfs.ext4 -L BOOT`, and fstab gets `LABEL=BOOT /boot ext4 defaults 0 2` and
+///   `LABEL=UEFI /boot/efi vfat umask=0077 0 1`. grub-install runs with the BOOT
+///   filesystem mounted on /boot, so grub's prefix is `/grub` on that filesystem,
+///   grub.cfg lives there and its kernel paths are relative to it (`/vmlinuz-...`).
+/// - `debian/changelog`: 23.10.41 "create a new boot partition on all UEFI
+///   cloud-images"; 24.10.10 "Shift down boot partition to 13 to support systems which
+///   don't handle partition numbers higher than 15 (LP: #2072929)". So noble numbers it
+///   16; the mirror's current hook is the later one (13, created first, 1023 MiB). The
+///   noble sizes agree with the `lsblk` of a noble image in canonical/lxd PR #16086:
+///   sda1 /, sda14 4M, sda15 106M /boot/efi, sda16 913M /boot (111 MiB to 1 GiB).
+/// - `live-build/functions`: `make_ext4_partition` labels the root with `FS_LABEL`
+///   (`cloudimg-rootfs` in the cloud hooks); `replace_grub_root_with_label` rewrites
+///   `root=` in grub.cfg to `root=LABEL=cloudimg-rootfs`; `mount_disk_image` mounts the
+///   boot partition only if its type is XBOOTLDR (BC13C2FF-59E6-4262-A352-B275FD6F7172).
+/// - The root's fstab entry, `LABEL=cloudimg-rootfs / ext4
+///   discard,commit=30,errors=remount-ro 0 1`, is as noble images carry it (users'
+///   copies of noble fstabs beside their 913M sda16); the `999-cpc-fixes.chroot`
+///   versions in the mirror write older options, so this one is not from Ubuntu's source.
+pub const UBUNTU_2404: Layout = Layout {
+    id: "ubuntu-24.04",
+    disk_size: 3584 << 20,
+    bios: Part {
+        number: 14,
+        start: 2048,
+        end: 10239,
+        type_code: "ef02",
+        name: "",
+        label: "",
+        fstab: "",
+    },
+    esp: Part {
+        number: 15,
+        start: 10240,
+        end: 227327,
+        type_code: "ef00",
+        name: "",
+        label: "UEFI",
+        fstab: "umask=0077 0 1",
+    },
+    boot: Some(Part {
+        number: 16,
+        start: 227328,
+        end: 2097151,
+        type_code: "ea00",
+        name: "",
+        label: "BOOT",
+        fstab: "defaults 0 2",
+    }),
+    root: Part {
+        number: 1,
+        start: 2097152,
+        end: 0,
+        type_code: "8300",
+        name: "",
+        label: "cloudimg-rootfs",
+        fstab: "discard,commit=30,errors=remount-ro 0 1",
+    },
+    name_by: NameBy::Label,
+};
+
+impl Layout {
+    /// The partitions in the order they lie on the disk (root last).
+    fn parts(&self) -> Vec<Part> {
+        let mut v = vec![self.bios, self.esp];
+        v.extend(self.boot);
+        v.push(self.root);
+        v
+    }
+
+    fn spec(&self, p: &Part, uuid: &str) -> String {
+        match self.name_by {
+            NameBy::Label => format!("LABEL={}", p.label),
+            NameBy::Uuid => format!("UUID={uuid}"),
+        }
+    }
+
+    /// The image's /etc/fstab.
+    fn fstab(&self, ids: &Ids) -> String {
+        let line = |p: &Part, uuid: &str, target: &str, fs: &str| {
+            let (opts, rest) = p.fstab.split_once(' ').unwrap_or((p.fstab, "0 0"));
+            format!("{}\t{target}\t{fs}\t{opts}\t{rest}\n", self.spec(p, uuid))
+        };
+        let mut t =
+            String::from("# <file system>\t<mount point>\t<type>\t<options>\t<dump> <pass>\n");
+        t += &line(&self.root, &ids.root_uuid, "/", "ext4");
+        if let Some(b) = &self.boot {
+            t += &line(b, &ids.boot_uuid, "/boot", "ext4");
+        }
+        t += &line(&self.esp, &ids.esp_uuid, "/boot/efi", "vfat");
+        t
+    }
+
+    /// What grub needs: the UUID of the filesystem that holds /boot, the path of /boot's
+    /// contents in it, and the kernel's `root=`.
+    fn grub(&self, ids: &Ids) -> (String, &'static str, String) {
+        let kernel_root = self.spec(&self.root, &ids.root_uuid);
+        match self.boot {
+            Some(_) => (ids.boot_uuid.clone(), "", kernel_root),
+            None => (ids.root_uuid.clone(), "/boot", kernel_root),
+        }
+    }
+}
+
+/// The layout a named bootstrapped base uses.
+pub fn layout_of(nb: &NamedBase) -> &'static Layout {
+    nb.layout.unwrap_or(&DEBIAN)
+}
 
 /// Deterministic identifiers derived from the cache key, so the same inputs give the same
 /// disk ids.
 struct Ids {
     root_uuid: String,
+    boot_uuid: String,
     esp_serial: String,
     esp_uuid: String,
     disk_guid: String,
-    part_guids: [(u32, String); 3],
+    part_guids: Vec<(u32, String)>,
 }
 
 fn guid_from(seed: &str) -> String {
@@ -89,15 +285,20 @@ fn guid_from(seed: &str) -> String {
 }
 
 impl Ids {
-    fn new(key: &str) -> Ids {
+    fn new(key: &str, layout: &Layout) -> Ids {
         let root_uuid = guid_from(&format!("root {key}"));
         let esp_serial = root_uuid[..8].to_uppercase();
         let esp_uuid = format!("{}-{}", &esp_serial[..4], &esp_serial[4..]);
         Ids {
             esp_uuid,
             esp_serial,
+            boot_uuid: guid_from(&format!("boot {key}")),
             disk_guid: guid_from(&format!("disk {key}")),
-            part_guids: [1, 14, 15].map(|n| (n, guid_from(&format!("part{n} {key}")))),
+            part_guids: layout
+                .parts()
+                .iter()
+                .map(|p| (p.number, guid_from(&format!("part{} {key}", p.number))))
+                .collect(),
             root_uuid,
         }
     }
@@ -114,17 +315,18 @@ pub fn key(nb: &NamedBase, mirror: Option<&str>) -> String {
         ESSENTIAL_HOOK,
         CUSTOMIZE_HOOK,
         &PACKAGES.join(","),
+        &format!("{:?}", layout_of(nb)),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    h.update(DISK_SIZE.to_le_bytes());
     hex::encode(h.finalize())
 }
 
 /// Returns the cached bootstrapped base `nb`, building it first on a miss.
 pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<PathBuf> {
     let key = key(nb, mirror);
+    let layout = layout_of(nb);
     let _lock = cache.lock_entry(&format!("bootstrap-{key}"))?;
     if let Some(dir) = cache.layer_get("base", &key) {
         let disk = dir.join("disk.qcow2");
@@ -145,7 +347,7 @@ pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<
         .join(format!("bootstrap-{}-{}", &key[..12], std::process::id()));
     let _ = guard::remove_work_dir(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let built = build(nb, mirror, &key, &tmp);
+    let built = build(nb, layout, mirror, &key, &tmp);
     let result = built.and_then(|()| {
         // Only the disk and its manifest go into the cache; the tree and pieces are scratch.
         let layer = tmp.join("layer");
@@ -158,7 +360,8 @@ pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<
             "mirror": mirror,
             "recipe": RECIPE,
             "packages": PACKAGES,
-            "disk_size": DISK_SIZE,
+            "layout": layout.id,
+            "disk_size": layout.disk_size,
             "key": key,
             "sha256": super::cache::sha256_file(&layer.join("disk.qcow2"))?,
         });
@@ -177,8 +380,40 @@ pub fn bootstrap(cache: &Cache, nb: &NamedBase, mirror: Option<&str>) -> Result<
     Ok(dir.join("disk.qcow2"))
 }
 
-fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<()> {
-    let ids = Ids::new(key);
+/// The sgdisk arguments that create `layout`'s partitions with `ids`' GUIDs.
+fn sgdisk_args(layout: &Layout, ids: &Ids) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-a".into(),
+        "2048".into(),
+        "-U".into(),
+        ids.disk_guid.clone(),
+    ];
+    for p in layout.parts() {
+        let n = p.number;
+        a.push("-n".into());
+        a.push(format!("{n}:{}:{}", p.start, p.end));
+        a.push("-t".into());
+        a.push(format!("{n}:{}", p.type_code));
+        if !p.name.is_empty() {
+            a.push("-c".into());
+            a.push(format!("{n}:{}", p.name));
+        }
+    }
+    for (n, g) in &ids.part_guids {
+        a.push("-u".into());
+        a.push(format!("{n}:{g}"));
+    }
+    a
+}
+
+fn build(
+    nb: &NamedBase,
+    layout: &Layout,
+    mirror: Option<&str>,
+    key: &str,
+    tmp: &Path,
+) -> Result<()> {
+    let ids = Ids::new(key, layout);
     let root = tmp.join("root");
     std::fs::write(tmp.join("essential-hook.sh"), ESSENTIAL_HOOK)?;
     std::fs::write(tmp.join("customize-hook.sh"), CUSTOMIZE_HOOK)?;
@@ -190,6 +425,7 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
             )
         })
         .unwrap_or_default();
+    let (grub_fs_uuid, boot_dir, kernel_root) = layout.grub(&ids);
     let mut cmd = Cmd::new("mmdebstrap")
         .args(["--mode=root", "--variant=minbase", "--components=main"])
         .arg(format!("--include={}", PACKAGES.join(",")))
@@ -209,8 +445,10 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
             "--customize-hook=sh {} \"$1\"",
             tmp.join("customize-hook.sh").display()
         ))
-        .env("MESOBAKE_ROOT_UUID", &ids.root_uuid)
-        .env("MESOBAKE_ESP_UUID", &ids.esp_uuid)
+        .env("MESOBAKE_FSTAB", layout.fstab(&ids))
+        .env("MESOBAKE_GRUB_FS_UUID", &grub_fs_uuid)
+        .env("MESOBAKE_BOOT_DIR", boot_dir)
+        .env("MESOBAKE_KERNEL_ROOT", &kernel_root)
         .env("MESOBAKE_WORK", tmp)
         .env("MESOBAKE_APT_SOURCES", &sources)
         .arg(nb.codename)
@@ -226,32 +464,12 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
         .with_context(|| format!("bootstrapping {} with mmdebstrap", nb.codename))?;
 
     let disk = tmp.join("disk.raw");
-    File::create(&disk)?.set_len(DISK_SIZE)?;
-    let mut sg = Cmd::new("sgdisk").args(["-a", "2048", "-U", &ids.disk_guid]);
-    sg = sg.args([
-        "-n".to_string(),
-        format!("14:{BIOS_START}:{BIOS_END}"),
-        "-t".into(),
-        "14:ef02".into(),
-        "-c".into(),
-        "14:bios".into(),
-        "-n".into(),
-        format!("15:{ESP_START}:{ESP_END}"),
-        "-t".into(),
-        "15:ef00".into(),
-        "-c".into(),
-        "15:esp".into(),
-        "-n".into(),
-        format!("1:{ROOT_START}:0"),
-        "-t".into(),
-        "1:8300".into(),
-        "-c".into(),
-        "1:root".into(),
-    ]);
-    for (n, g) in &ids.part_guids {
-        sg = sg.arg("-u").arg(format!("{n}:{g}"));
-    }
-    sg.arg(&disk).run().context("writing the partition table")?;
+    File::create(&disk)?.set_len(layout.disk_size)?;
+    Cmd::new("sgdisk")
+        .args(sgdisk_args(layout, &ids))
+        .arg(&disk)
+        .run()
+        .context("writing the partition table")?;
     let parts = crate::image::disk::partitions(&disk)?;
     let part = |n: u32| {
         parts
@@ -260,7 +478,11 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("partition {n} missing"))
     };
-    let (bios, esp, rootp) = (part(14)?, part(15)?, part(1)?);
+    let (bios, esp, rootp) = (
+        part(layout.bios.number)?,
+        part(layout.esp.number)?,
+        part(layout.root.number)?,
+    );
 
     // ESP: a FAT file with grub's EFI image, never mounted.
     let esp_img = tmp.join("esp.img");
@@ -276,7 +498,7 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
             "-i",
             &ids.esp_serial,
             "-n",
-            "EFI",
+            layout.esp.label,
         ])
         .arg(&esp_img)
         .arg((esp.size / 1024).to_string())
@@ -298,24 +520,30 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
     }
     copy_into(&esp_img, &disk, esp.offset)?;
 
-    // Root: an ext4 file populated from the tree. A fixed hash seed and UUID keep it
-    // reproducible.
-    let root_img = tmp.join("root.img");
-    Cmd::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .args(["-U", &ids.root_uuid, "-L", "cloudimg-rootfs", "-E"])
-        .arg(format!("hash_seed={},nodiscard", ids.root_uuid))
-        .args(["-b", "4096", "-i", "16384", "-m", "1"])
-        .arg(&root_img)
-        .arg(format!("{}k", rootp.size / 1024))
-        .run()
-        .context("making the root filesystem")?;
-    Cmd::new("e2fsck")
-        .arg("-fn")
-        .arg(&root_img)
-        .run()
-        .context("checking the new root filesystem")?;
+    // A separate /boot: the tree's /boot becomes its own filesystem, and the root keeps an
+    // empty /boot to mount it on.
+    if let Some(b) = &layout.boot {
+        let bootp = part(b.number)?;
+        let boot_tree = tmp.join("boot-tree");
+        std::fs::rename(root.join("boot"), &boot_tree).context("splitting off /boot")?;
+        std::fs::create_dir(root.join("boot"))?;
+        let mode = std::fs::metadata(&boot_tree)?.permissions();
+        std::fs::set_permissions(root.join("boot"), mode)?;
+        let boot_img = tmp.join("boot.ext4");
+        make_ext4(&boot_tree, &ids.boot_uuid, b.label, bootp.size, &boot_img)
+            .context("making the /boot filesystem")?;
+        copy_into(&boot_img, &disk, bootp.offset)?;
+    }
+
+    let root_img = tmp.join("root.ext4");
+    make_ext4(
+        &root,
+        &ids.root_uuid,
+        layout.root.label,
+        rootp.size,
+        &root_img,
+    )
+    .context("making the root filesystem")?;
     copy_into(&root_img, &disk, rootp.offset)?;
 
     install_bios_grub(
@@ -335,6 +563,22 @@ fn build(nb: &NamedBase, mirror: Option<&str>, key: &str, tmp: &Path) -> Result<
         .arg(tmp.join("disk.qcow2"))
         .run()
         .context("converting the base to qcow2")?;
+    Ok(())
+}
+
+/// Makes an ext4 image file of `size` bytes populated from `tree`. A fixed UUID and hash
+/// seed keep it reproducible; it is checked before use.
+fn make_ext4(tree: &Path, uuid: &str, label: &str, size: u64, img: &Path) -> Result<()> {
+    Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(tree)
+        .args(["-U", uuid, "-L", label, "-E"])
+        .arg(format!("hash_seed={uuid},nodiscard"))
+        .args(["-b", "4096", "-i", "16384", "-m", "1"])
+        .arg(img)
+        .arg(format!("{}k", size / 1024))
+        .run()?;
+    Cmd::new("e2fsck").arg("-fn").arg(img).run()?;
     Ok(())
 }
 
@@ -440,10 +684,19 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_well_formed() {
-        let a = Ids::new("k");
-        let b = Ids::new("k");
+        let a = Ids::new("k", &DEBIAN);
+        let b = Ids::new("k", &DEBIAN);
         assert_eq!(a.root_uuid, b.root_uuid);
-        assert_ne!(a.root_uuid, Ids::new("other").root_uuid);
+        assert_ne!(a.root_uuid, Ids::new("other", &DEBIAN).root_uuid);
+        assert_ne!(a.root_uuid, a.boot_uuid);
+        let nums = |ids: &Ids| ids.part_guids.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(nums(&a), [14, 15, 1]);
+        let u = Ids::new("k", &UBUNTU_2404);
+        assert_eq!(nums(&u), [14, 15, 16, 1]);
+        assert_eq!(
+            u.part_guids[0], a.part_guids[0],
+            "same key, same GUID per number"
+        );
         assert_eq!(a.root_uuid.len(), 36);
         assert_eq!(a.esp_uuid.len(), 9);
         assert_eq!(a.esp_serial, a.esp_uuid.replace('-', ""));
@@ -498,5 +751,112 @@ mod tests {
             &d.path().join("core.img")
         )
         .is_err());
+    }
+
+    /// Partitions lie in order, do not overlap, fit the disk, and the root is last and
+    /// runs to the end (so growpart can grow it).
+    fn check_geometry(l: &Layout) {
+        let parts = l.parts();
+        let last_usable = l.disk_size / 512 - 34;
+        let mut next = 2048;
+        for p in &parts[..parts.len() - 1] {
+            assert!(
+                p.start >= next && p.end > p.start && p.end < last_usable,
+                "{p:?}"
+            );
+            assert_eq!(p.start % 2048, 0, "{p:?} aligned");
+            next = p.end + 1;
+        }
+        let root = parts.last().unwrap();
+        assert_eq!(root.number, l.root.number);
+        assert!(root.start >= next && root.end == 0);
+    }
+
+    #[test]
+    fn layouts_are_sound() {
+        check_geometry(&DEBIAN);
+        check_geometry(&UBUNTU_2404);
+        // Noble's sizes: 4 MiB BIOS boot, 106 MiB ESP, /boot up to 1 GiB, root after,
+        // on a 3.5 GiB disk.
+        let mib = |p: &Part| ((p.end + 1 - p.start) * 512) >> 20;
+        let u = &UBUNTU_2404;
+        assert_eq!((mib(&u.bios), mib(&u.esp)), (4, 106));
+        let boot = u.boot.unwrap();
+        assert_eq!((boot.number, (boot.end + 1) * 512), (16, 1 << 30));
+        assert_eq!(mib(&boot), 913);
+        assert_eq!(u.disk_size, 3758096384);
+    }
+
+    #[test]
+    fn ubuntu_layout_fstab_and_grub_go_by_label_and_boot_partition() {
+        let ids = Ids::new("k", &UBUNTU_2404);
+        let fstab = UBUNTU_2404.fstab(&ids);
+        let lines: Vec<Vec<&str>> = fstab
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                vec![
+                    "LABEL=cloudimg-rootfs",
+                    "/",
+                    "ext4",
+                    "discard,commit=30,errors=remount-ro",
+                    "0",
+                    "1"
+                ],
+                vec!["LABEL=BOOT", "/boot", "ext4", "defaults", "0", "2"],
+                vec!["LABEL=UEFI", "/boot/efi", "vfat", "umask=0077", "0", "1"],
+            ]
+        );
+        // mesobake's own fstab reader sees the same three mounts.
+        let e = crate::image::disk::parse_fstab(&fstab);
+        assert_eq!(e.len(), 3);
+        let (fs_uuid, dir, root) = UBUNTU_2404.grub(&ids);
+        assert_eq!(
+            (fs_uuid, dir, root.as_str()),
+            (ids.boot_uuid.clone(), "", "LABEL=cloudimg-rootfs")
+        );
+        let args = sgdisk_args(&UBUNTU_2404, &ids).join(" ");
+        assert!(args.contains("-n 16:227328:2097151 -t 16:ea00"), "{args}");
+        assert!(args.contains("-n 1:2097152:0 -t 1:8300"), "{args}");
+        assert!(
+            !args.contains(" -c "),
+            "no partition names, as sgdisk --new: {args}"
+        );
+    }
+
+    #[test]
+    fn debian_layout_fstab_and_grub_are_unchanged() {
+        let ids = Ids::new("k", &DEBIAN);
+        let fstab = DEBIAN.fstab(&ids);
+        assert!(fstab.contains(&format!(
+            "UUID={}\t/\text4\trw,discard,errors=remount-ro\t0 1\n",
+            ids.root_uuid
+        )));
+        assert!(fstab.contains(&format!(
+            "UUID={}\t/boot/efi\tvfat\tumask=0077,nofail\t0 2\n",
+            ids.esp_uuid
+        )));
+        assert!(!fstab.contains("/boot\text4"));
+        let (fs_uuid, dir, root) = DEBIAN.grub(&ids);
+        assert_eq!((fs_uuid.as_str(), dir), (ids.root_uuid.as_str(), "/boot"));
+        assert_eq!(root, format!("UUID={}", ids.root_uuid));
+        let args = sgdisk_args(&DEBIAN, &ids).join(" ");
+        assert!(
+            args.contains("-n 14:2048:8191 -t 14:ef02 -c 14:bios"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn the_layout_is_part_of_the_key() {
+        let d = super::super::named("debian-12").unwrap();
+        let mut u = *d;
+        u.layout = Some(&UBUNTU_2404);
+        assert_ne!(key(d, None), key(&u, None));
+        assert_eq!(key(d, None), key(d, None));
     }
 }
