@@ -4,7 +4,9 @@
 #   2. the end-to-end tier (root): bootstraps debian-12, builds master-slave and
 #      slave-only with the stand-in Mesos packages and the real zookeeperd, boots both
 #      under QEMU, and checks failed and interrupted builds leave nothing behind.
-#      e2e_formats builds master-slave in every output format, runs mesobake check,
+#      e2e_formats builds master-slave in every output format on the Ubuntu 24.04
+#      disk-layout test base with Mesosphere's layout booted in cgroup v1, checks the
+#      partitions, fstab and grub.cfg with outside tools, runs mesobake check,
 #      re-checks the OVA with tar and sha256sum, and boots the VMDK taken from the OVA.
 #      e2e_lab builds master and slave-only, boots 3 masters and a group of 2 agents
 #      with `mesobake lab up`, checks the ZooKeeper quorum, one elected Mesos master

@@ -258,12 +258,14 @@ fn failed_and_interrupted_builds_leave_nothing_behind() {
 
     // A combination that cannot start is refused at build time, naming the setting:
     // Mesosphere's packages (Apache Mesos 1.11) with the Docker containerizer on a cgroup
-    // v2 boot. (Provisions the package set e2e_formats reuses.)
+    // v2 boot. (Bootstraps the base and provisions the package set e2e_formats reuses.)
     let v2 = out.join("cgroup-v2.toml");
     std::fs::write(&v2, "[boot]\ncgroup = \"v2\"\n").unwrap();
     let o = mesobake(&[
         "build",
         "profiles/slave-only.toml",
+        "--base",
+        "debian-12-ubuntu-24.04-layout",
         "--with",
         OFFLINE,
         "--with",
