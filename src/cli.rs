@@ -64,7 +64,8 @@ pub struct BuildArgs {
     /// The role profile (TOML).
     pub profile: PathBuf,
     /// Base: a name (ubuntu-24.04, ubuntu-22.04, ubuntu-20.04, ubuntu-16.04, ubuntu-14.04,
-    /// debian-12), a local image path, or an http(s) URL; overrides the profile.
+    /// debian-12, debian-12-ubuntu-24.04-layout), a local image path, or an http(s) URL;
+    /// overrides the profile.
     #[arg(long)]
     pub base: Option<String>,
     /// SHA256 of a URL or local base.
