@@ -268,7 +268,8 @@ fn check_one_leader_with_both_agents(rows: &[serde_json::Value]) -> String {
     let l = leaders(rows);
     assert_eq!(l.len(), 1, "one leading master: {rows:#?}");
     let leader = rows.iter().find(|r| r["name"] == l[0]).unwrap();
-    let leader_ip = leader["ip"].as_str().unwrap();
+    // Mesos redirects to the leader by the hostname it advertises (here its node name).
+    let leader_at = format!("//{}:5050", l[0]);
     for r in rows
         .iter()
         .filter(|r| r["role"] == "master" && r["running"] == true && r["name"] != l[0])
@@ -276,8 +277,11 @@ fn check_one_leader_with_both_agents(rows: &[serde_json::Value]) -> String {
         let m = svc(r, "master");
         assert_eq!(m["state"]["leading"], false, "{m}");
         assert!(
-            m["state"]["leader"].as_str().unwrap().contains(leader_ip),
-            "a follower redirects to the leader {leader_ip}: {m}"
+            m["state"]["leader"]
+                .as_str()
+                .unwrap()
+                .starts_with(&leader_at),
+            "a follower redirects to the leader {leader_at}: {m}"
         );
     }
     let listed = svc(leader, "master")["state"]["agents"].clone();
