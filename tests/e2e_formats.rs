@@ -285,7 +285,7 @@ fn check_ubuntu_layout(raw: &Path, mnt: &Path) {
     assert_eq!(std::fs::metadata(raw).unwrap().len(), DISK_SIZE);
     // Partition table: numbers, types, order on disk.
     let dump: serde_json::Value =
-        serde_json::from_str(&output(Command::new("sfdisk").arg("--json").arg(&raw))).unwrap();
+        serde_json::from_str(&output(Command::new("sfdisk").arg("--json").arg(raw))).unwrap();
     let table = &dump["partitiontable"];
     assert_eq!(table["label"], "gpt");
     let sector = table["sectorsize"].as_u64().unwrap_or(512);
@@ -335,7 +335,7 @@ fn check_ubuntu_layout(raw: &Path, mnt: &Path) {
     assert_eq!(root.1 * sector, 1 << 30);
 
     // Filesystems and labels.
-    let fs = |p: &(u32, u64, u64, String)| probe(&raw, p.1 * sector, p.2 * sector);
+    let fs = |p: &(u32, u64, u64, String)| probe(raw, p.1 * sector, p.2 * sector);
     let (esp_t, esp_l, _) = fs(&esp);
     assert_eq!((esp_t.as_str(), esp_l.as_str()), ("vfat", "UEFI"));
     let (boot_t, boot_l, boot_uuid) = fs(&boot);
@@ -346,7 +346,7 @@ fn check_ubuntu_layout(raw: &Path, mnt: &Path) {
         ("ext4", "cloudimg-rootfs")
     );
 
-    let rootfs = RoMount::new(&raw, root.1 * sector, root.2 * sector, mnt.join("root"));
+    let rootfs = RoMount::new(raw, root.1 * sector, root.2 * sector, mnt.join("root"));
     // The root filesystem fills the grown partition (resize2fs ran).
     let sb = output(Command::new("dumpe2fs").arg("-h").arg(&rootfs.dev));
     let field = |k: &str| -> u64 {
@@ -395,7 +395,7 @@ fn check_ubuntu_layout(raw: &Path, mnt: &Path) {
 
     // /boot: grub.cfg there, finding this filesystem and loading a kernel by a path
     // relative to it.
-    let bootfs = RoMount::new(&raw, boot.1 * sector, boot.2 * sector, mnt.join("boot"));
+    let bootfs = RoMount::new(raw, boot.1 * sector, boot.2 * sector, mnt.join("boot"));
     let cfg = bootfs.read("grub/grub.cfg");
     assert!(
         cfg.contains(&format!("--set=root {boot_uuid}")),
