@@ -2095,11 +2095,7 @@ fn env_keys_are_matched_exactly_and_no_value_reaches_eval() {
         fx.node_env("MESOBAKE_CLUSTER=a=b\"c \"'d'\\'e\nMESOBAKE_HOSTNAME=web-2\n");
         let run = fx.run();
         run.assert_ok();
-        assert_eq!(
-            fx.read("/etc/mesos-master/cluster"),
-            "a=bc d'e\n",
-            "{sh:?}"
-        );
+        assert_eq!(fx.read("/etc/mesos-master/cluster"), "a=bc d'e\n", "{sh:?}");
         assert_eq!(fx.read("/etc/mesos-master/hostname"), "web-2\n");
     }
 }
