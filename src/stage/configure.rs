@@ -1078,7 +1078,7 @@ mod tests {
         };
         let started = std::time::Instant::now();
         let mut applied = 0;
-        while started.elapsed() < std::time::Duration::from_millis(1500) {
+        while started.elapsed() < std::time::Duration::from_millis(3000) {
             let root = tempfile::tempdir().unwrap();
             let ir = ImageRoot::open(root.path()).unwrap();
             // Refusing a tree that changes under the walk is fine; copying the host's
