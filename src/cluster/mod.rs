@@ -95,6 +95,9 @@ pub struct Network {
     pub dns: Vec<Ipv4Addr>,
 }
 
+/// The most instances of one group `mesobake lab` boots.
+pub const MAX_LAB_COUNT: u32 = 256;
+
 /// The netmask of a prefix length from 0 to 32 (`/0` is no mask at all).
 fn prefix_mask(len: u8) -> u32 {
     u32::MAX
@@ -640,6 +643,14 @@ impl Cluster {
                 return Err(ctx.err(gf.role.span(), &subj, "role", format!("role {} runs more than a Mesos agent: a group of identical instances can only be agents", gf.role.get_ref())));
             }
             let extras = ctx.extras(&gf.extras(), &subj, &services, gf.role.get_ref())?;
+            if let Some(n) = gf.lab_count.filter(|n| !(1..=MAX_LAB_COUNT).contains(n)) {
+                return Err(ctx.err(
+                    gf.name.span(),
+                    &subj,
+                    "lab-count",
+                    format!("{n} is not from 1 to {MAX_LAB_COUNT} (the VMs the lab boots on this machine)"),
+                ));
+            }
             groups.push(Group {
                 name: nm,
                 role: gf.role.get_ref().clone(),

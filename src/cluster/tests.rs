@@ -325,3 +325,13 @@ fn only_regular_cluster_files_of_bounded_size_are_read() {
     let e = format!("{:#}", load(&fifo, &profiles()).unwrap_err());
     assert!(e.contains("not a regular file"), "{e}");
 }
+
+#[test]
+fn lab_count_is_bounded() {
+    let base = "name = \"c\"\n[network]\ncidr = \"10.0.0.0/8\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\n[[group]]\nname = \"w\"\nrole = \"slave-only\"\n";
+    assert!(parse(&format!("{base}lab-count = {MAX_LAB_COUNT}\n")).is_ok());
+    for n in [0, MAX_LAB_COUNT + 1, u32::MAX] {
+        let e = err(&format!("{base}lab-count = {n}\n"));
+        assert!(e.contains("group \"w\"") && e.contains("lab-count"), "{e}");
+    }
+}
