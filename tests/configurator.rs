@@ -459,6 +459,21 @@ impl Fixture {
         assert_eq!(files, expected, "files in {dir} (shell {:?})", self.shell);
     }
 
+    /// Replaces one `KEY=value` line of the baked role.env (the builder writes each
+    /// key once; the configurator refuses a key given twice).
+    fn set_role_env(&self, line: &str) {
+        let key = line.split('=').next().unwrap();
+        let old = self.read("/etc/mesobake/role.env");
+        let mut new: String = old
+            .lines()
+            .filter(|l| l.split('=').next() != Some(key))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        new += line;
+        new += "\n";
+        self.write("/etc/mesobake/role.env", &new);
+    }
+
     fn node_env(&self, content: &str) {
         self.write("/etc/mesobake/node.env", content);
     }
@@ -746,7 +761,7 @@ fn appliance_without_user_data_is_a_one_node_cluster() {
 fn three_masters_from_user_data() {
     for sh in shells() {
         let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
-        fx.append("/etc/mesobake/role.env", "MESOBAKE_CLUSTER='lab cluster'\n");
+        fx.set_role_env("MESOBAKE_CLUSTER='lab cluster'");
         fx.node_env(&format!(
             "# written by cloud-init\nMESOBAKE_IP=10.0.0.12\nMESOBAKE_HOSTNAME=master2\nMESOBAKE_ZK_ID=2\n{THREE_MASTERS}"
         ));
@@ -942,7 +957,7 @@ fn aventer_layout_points_flag_files_at_etc_mesos_zk() {
 fn one_mechanism_per_flag_when_defaults_preset_ip_and_cluster() {
     for sh in shells() {
         let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
-        fx.append("/etc/mesobake/role.env", "MESOBAKE_CLUSTER=lab\n");
+        fx.set_role_env("MESOBAKE_CLUSTER=lab");
         fx.run().assert_ok();
         fx.assert_flag_dir(
             "/etc/mesos-master",
@@ -966,7 +981,7 @@ fn one_mechanism_per_flag_when_defaults_preset_ip_and_cluster() {
         let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
         fx.append("/etc/default/mesos", "IP=10.0.2.15\n");
         fx.append("/etc/default/mesos-master", "#CLUSTER=old\nCLUSTER=\n");
-        fx.append("/etc/mesobake/role.env", "MESOBAKE_CLUSTER=lab\n");
+        fx.set_role_env("MESOBAKE_CLUSTER=lab");
         fx.run().assert_ok();
         fx.assert_flag_dir(
             "/etc/mesos-master",
@@ -2052,5 +2067,68 @@ fn unnamed_instances_get_a_unique_name_from_their_address() {
         .assert_ok();
         assert_eq!(fx.read("/etc/mesos-agent/hostname"), "agent-a\n");
         assert!(!fx.exists("/etc/hostname") || fx.read("/etc/hostname") != "ip-10-0-0-5\n");
+    }
+}
+
+#[test]
+fn env_keys_are_matched_exactly_and_no_value_reaches_eval() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        let marker = fx.work.join("pwned");
+        // Were the two key names taken as one known key, `eval` would run a command
+        // named MESOBAKE_IP: put one on the PATH that leaves a mark.
+        let cmd = fx.work.join("bin/MESOBAKE_IP");
+        fs::write(&cmd, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).unwrap();
+        fs::set_permissions(&cmd, fs::Permissions::from_mode(0o755)).unwrap();
+        for line in [
+            "MESOBAKE_IP MESOBAKE_HOSTNAME=x\n",
+            "MESOBAKE_IP\tMESOBAKE_HOSTNAME=x\n",
+            "MESOBAKE_HOSTNAME MESOBAKE_ZK_ID=1\n",
+        ] {
+            fx.node_env(line);
+            let run = fx.assert_run_changes_nothing(&Boot::default());
+            run.assert_failed("line 1");
+            run.assert_failed("is not a key name");
+            assert!(!marker.exists(), "{sh:?}: {line:?} ran a command");
+        }
+        // A value that spells an assignment is a value, not a second assignment.
+        fx.node_env("MESOBAKE_CLUSTER=a=b\"c \"'d'\\'e\nMESOBAKE_HOSTNAME=web-2\n");
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(fx.read("/etc/mesos-master/cluster"), "a=bc d'e\n", "{sh:?}");
+        assert_eq!(fx.read("/etc/mesos-master/hostname"), "web-2\n");
+    }
+}
+
+#[test]
+fn a_key_given_twice_is_an_error_naming_both_lines() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.node_env("# two values\nMESOBAKE_HOSTNAME=a\n\nexport MESOBAKE_HOSTNAME=b\n");
+        let run = fx.assert_run_changes_nothing(&Boot::default());
+        run.assert_failed("line 4: MESOBAKE_HOSTNAME is already set on line 2");
+        // role.env then node.env is the documented layering, not a duplicate.
+        fx.node_env("MESOBAKE_CLUSTER=ours\n");
+        fx.run().assert_ok();
+    }
+}
+
+#[test]
+fn non_ascii_is_reported_as_not_ascii() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        for locale in ["C", "C.UTF-8"] {
+            fx.node_env("MESOBAKE_CLUSTER='caf\u{e9}'\n");
+            let boot = Boot {
+                env: vec![("LC_ALL", locale)],
+                ..Boot::default()
+            };
+            let run = fx.assert_run_changes_nothing(&boot);
+            run.assert_failed("MESOBAKE_CLUSTER is not ASCII");
+            assert!(!run.stdout.contains("control"), "{sh:?} {locale}: {run:#?}");
+            fx.node_env("MESOBAKE_CLUSTER='a\u{7}b'\n");
+            let run = fx.assert_run_changes_nothing(&boot);
+            run.assert_failed("MESOBAKE_CLUSTER contains control characters");
+        }
     }
 }

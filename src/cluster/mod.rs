@@ -95,12 +95,22 @@ pub struct Network {
     pub dns: Vec<Ipv4Addr>,
 }
 
+/// The most instances of one group `mesobake lab` boots.
+pub const MAX_LAB_COUNT: u32 = 256;
+
+/// The netmask of a prefix length from 0 to 32 (`/0` is no mask at all).
+fn prefix_mask(len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0)
+}
+
 impl Network {
     /// Whether `ip` lies in the CIDR.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         match self.cidr {
             Some((net, len)) => {
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                let mask = prefix_mask(len);
                 u32::from(ip) & mask == u32::from(net) & mask
             }
             None => false,
@@ -157,8 +167,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Loads and validates `path`; roles are looked up as `<profiles>/<role>.toml`.
 pub fn load(path: &Path, profiles: &Path) -> Result<Cluster> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading cluster file {}", path.display()))?;
+    let text = profile::read_config_file(path, "cluster file")?;
     let file: ClusterFile = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
     Cluster::resolve(path, &text, file, profiles)
@@ -567,16 +576,21 @@ impl Cluster {
             });
         }
         // ZooKeeper ids for members that have none: the smallest free ids, in file order.
-        let mut next = 1u8;
-        for n in nodes
-            .iter_mut()
-            .filter(|n| n.services.contains(&Service::Zookeeper) && n.zk_id.is_none())
-        {
-            while ids.contains_key(&next) {
-                next += 1;
+        // ZooKeeper ids run from 1 to 255 (a myid Mesos and the configurator take).
+        let mut free = (1..=u8::MAX).filter(|id| !ids.contains_key(id));
+        for (n, nf) in nodes.iter_mut().zip(&f.nodes) {
+            if !n.services.contains(&Service::Zookeeper) || n.zk_id.is_some() {
+                continue;
             }
-            ids.insert(next, n.name.clone());
-            n.zk_id = Some(next);
+            let Some(id) = free.next() else {
+                return Err(ctx.err(
+                    nf.name.span(),
+                    &format!("node \"{}\" ", n.name),
+                    "zk-id",
+                    "no ZooKeeper id is left: ids run from 1 to 255, and every one is taken by an earlier member; at most 255 nodes may run ZooKeeper".into(),
+                ));
+            };
+            n.zk_id = Some(id);
         }
         let masters = nodes
             .iter()
@@ -629,6 +643,14 @@ impl Cluster {
                 return Err(ctx.err(gf.role.span(), &subj, "role", format!("role {} runs more than a Mesos agent: a group of identical instances can only be agents", gf.role.get_ref())));
             }
             let extras = ctx.extras(&gf.extras(), &subj, &services, gf.role.get_ref())?;
+            if let Some(n) = gf.lab_count.filter(|n| !(1..=MAX_LAB_COUNT).contains(n)) {
+                return Err(ctx.err(
+                    gf.name.span(),
+                    &subj,
+                    "lab-count",
+                    format!("{n} is not from 1 to {MAX_LAB_COUNT} (the VMs the lab boots on this machine)"),
+                ));
+            }
             groups.push(Group {
                 name: nm,
                 role: gf.role.get_ref().clone(),
@@ -786,12 +808,10 @@ impl Cluster {
         let d = self.derive();
         let mut used: BTreeSet<Ipv4Addr> = self.nodes.iter().filter_map(|n| n.ip).collect();
         used.extend(self.network.gateway);
-        let size = if len >= 31 {
-            0
-        } else {
-            (1u32 << (32 - len)) - 2
-        };
-        let base = u32::from(net) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        // Host addresses, without the network and broadcast addresses (none on a /31
+        // or /32). Counted in u64: a /0 has 2^32 addresses.
+        let size = (1u64 << (32 - u32::from(len.min(32)))).saturating_sub(2) as u32;
+        let base = u32::from(net) & prefix_mask(len);
         let mut free = (1..=size)
             .rev()
             .map(|i| Ipv4Addr::from(base + i))

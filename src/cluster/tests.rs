@@ -243,3 +243,95 @@ fn derived_macs_are_stable_and_distinct() {
     assert_ne!(derived_mac("lab", "m1"), derived_mac("lab", "m2"));
     assert!(derived_mac("lab", "m1").starts_with("52:54:00:"));
 }
+
+/// A cluster with `n` ZooKeeper members on a /16 (room for them all), none with an id.
+fn zk_members(n: usize) -> String {
+    let mut s = String::from(
+        "name = \"big\"\n[network]\ncidr = \"10.9.0.0/16\"\n\n[[node]]\nname = \"m0\"\nrole = \"master\"\nip = \"10.9.0.2\"\n",
+    );
+    for i in 1..n {
+        s += &format!(
+            "\n[[node]]\nname = \"z{i}\"\nrole = \"master\"\nip = \"10.9.{}.{}\"\n",
+            (i + 3) / 250,
+            (i + 3) % 250 + 2
+        );
+    }
+    s
+}
+
+#[test]
+fn automatic_zookeeper_ids_stop_at_255_with_file_line_node_and_key() {
+    let c = parse(&zk_members(255)).unwrap();
+    let ids: BTreeSet<u8> = c.nodes.iter().filter_map(|n| n.zk_id).collect();
+    assert_eq!(ids.len(), 255);
+    assert!(!ids.contains(&0));
+    for n in [256, 257] {
+        let e = err(&zk_members(n));
+        assert!(e.contains("cluster.toml:"), "{e}");
+        assert!(e.contains("node \"z255\""), "{e}");
+        assert!(e.contains("zk-id"), "{e}");
+        assert!(e.contains("1 to 255"), "{e}");
+    }
+    // An explicit id taking the last free one leaves none for the next member.
+    let mut t = zk_members(255);
+    t += "\n[[node]]\nname = \"last\"\nrole = \"master\"\nip = \"10.9.9.9\"\nzk-id = 7\n";
+    let e = err(&t);
+    assert!(e.contains("node \"z254\"") && e.contains("zk-id"), "{e}");
+}
+
+#[test]
+fn every_cidr_prefix_length_is_handled() {
+    for len in 0..=32u32 {
+        let t = format!(
+            "name = \"c\"\n[network]\ncidr = \"0.0.0.0/{len}\"\n\n[[node]]\nname = \"m1\"\nrole = \"master\"\n"
+        );
+        let c = parse(&t).unwrap();
+        assert!(c.network.contains(Ipv4Addr::new(0, 0, 0, 0)));
+        assert_eq!(c.network.contains(Ipv4Addr::new(255, 0, 0, 0)), len == 0);
+        let lab = c.lab_members();
+        if len <= 30 {
+            let m = lab.unwrap();
+            assert_eq!(m.len(), 1);
+        } else {
+            assert!(lab.is_err(), "/{len} has no free host address");
+        }
+    }
+    let e = err("name = \"c\"\n[network]\ncidr = \"10.0.0.0/33\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\n");
+    assert!(e.contains("cidr"), "{e}");
+}
+
+#[test]
+fn only_regular_cluster_files_of_bounded_size_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    let mut text = THREE_PLUS_ONE.to_string();
+    while text.len() <= crate::profile::MAX_CONFIG_BYTES as usize {
+        text += "# padding padding padding padding padding padding padding padding\n";
+    }
+    std::fs::write(&big, text).unwrap();
+    let e = format!("{:#}", load(&big, &profiles()).unwrap_err());
+    assert!(e.contains("larger than"), "{e}");
+    let e = format!(
+        "{:#}",
+        load(Path::new("/dev/zero"), &profiles()).unwrap_err()
+    );
+    assert!(e.contains("not a regular file"), "{e}");
+    let fifo = dir.path().join("fifo.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let e = format!("{:#}", load(&fifo, &profiles()).unwrap_err());
+    assert!(e.contains("not a regular file"), "{e}");
+}
+
+#[test]
+fn lab_count_is_bounded() {
+    let base = "name = \"c\"\n[network]\ncidr = \"10.0.0.0/8\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\n[[group]]\nname = \"w\"\nrole = \"slave-only\"\n";
+    assert!(parse(&format!("{base}lab-count = {MAX_LAB_COUNT}\n")).is_ok());
+    for n in [0, MAX_LAB_COUNT + 1, u32::MAX] {
+        let e = err(&format!("{base}lab-count = {n}\n"));
+        assert!(e.contains("group \"w\"") && e.contains("lab-count"), "{e}");
+    }
+}

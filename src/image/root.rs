@@ -160,6 +160,22 @@ impl ImageRoot {
     /// `mode`. A symlink at `rel` is followed inside the image, so writing
     /// `etc/zookeeper/conf/zoo.cfg` lands where the guest would read it.
     pub fn write(&self, rel: &str, data: &[u8], mode: u32) -> Result<()> {
+        self.write_with(rel, mode, |f| f.write_all(data))
+    }
+
+    /// Like [`ImageRoot::write`], with the content streamed from an open file: holes
+    /// stay holes (and so do runs of zeros), and memory use stays at one buffer
+    /// whatever the file's size.
+    pub fn write_from(&self, rel: &str, src: &std::fs::File, mode: u32) -> Result<()> {
+        self.write_with(rel, mode, |f| copy_sparse(src, f))
+    }
+
+    fn write_with(
+        &self,
+        rel: &str,
+        mode: u32,
+        fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<()> {
         let r = self.follow_final_link(&clean(rel)?, 0)?;
         let (parent, name) = split(&r)?;
         let dir = self.mkdir_fd(parent, 0o755)?;
@@ -177,11 +193,11 @@ impl ImageRoot {
             Some(rustix::fs::Gid::ROOT),
         )
         .ok();
+        // After the chown, which clears setuid and setgid bits.
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
             .with_context(|| format!("setting the mode of /{}", r.display()))?;
         let mut f = std::fs::File::from(fd);
-        f.write_all(data)
-            .with_context(|| format!("writing /{} in the image", r.display()))?;
+        fill(&mut f).with_context(|| format!("writing /{} in the image", r.display()))?;
         f.flush()?;
         drop(f);
         rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, name)
@@ -280,6 +296,53 @@ impl ImageRoot {
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Copies `src` (its size as it is now) into the empty `dst`, leaving holes where `src`
+/// has holes or blocks of zeros. Reads and writes at offsets, one buffer at a time.
+fn copy_sparse(src: &std::fs::File, dst: &std::fs::File) -> std::io::Result<()> {
+    use rustix::fs::SeekFrom;
+    const CHUNK: usize = 1 << 20;
+    let len = rustix::fs::fstat(src)?.st_size as u64;
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    while off < len {
+        // The next data extent; a file system that cannot tell says "all data", and the
+        // zero check below still keeps the copy sparse.
+        let start = match rustix::fs::seek(src, SeekFrom::Data(off)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break,
+            Err(Errno::INVAL | Errno::NOTSUP) => off,
+            Err(e) => return Err(e.into()),
+        };
+        let end = match rustix::fs::seek(src, SeekFrom::Hole(start)) {
+            Ok(h) => h.min(len),
+            Err(_) => len,
+        };
+        let mut pos = start;
+        while pos < end {
+            let want = (end - pos).min(CHUNK as u64) as usize;
+            let n = rustix::io::pread(src, &mut buf[..want], pos)?;
+            if n == 0 {
+                // The file shrank while it was copied: what is left reads as zeros.
+                break;
+            }
+            let chunk = &buf[..n];
+            if chunk.iter().any(|&b| b != 0) {
+                let mut done = 0;
+                while done < n {
+                    done += rustix::io::pwrite(dst, &chunk[done..], pos + done as u64)?;
+                }
+            }
+            pos += n as u64;
+        }
+        if end <= start {
+            // Data only past the size taken at the start: the file grew; not copied.
+            break;
+        }
+        off = end;
+    }
+    dst.set_len(len)
 }
 
 fn split(r: &Path) -> Result<(&Path, &OsStr)> {

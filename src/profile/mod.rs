@@ -27,6 +27,50 @@ pub struct ProfileError {
     pub message: String,
 }
 
+/// The largest profile or topology file read, in bytes. Real ones are a few KiB; the
+/// limit keeps a mistaken path (a disk image, `/dev/zero`) from being read whole.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a profile or topology file: only a regular file (a FIFO, socket or device is
+/// refused before it is opened, and the open cannot block), at most
+/// [`MAX_CONFIG_BYTES`]. `what` names the file's kind in errors ("profile").
+pub fn read_config_file(path: &Path, what: &str) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let here = path.display();
+    let refuse = |ft: std::fs::FileType| -> Result<()> {
+        if !ft.is_file() {
+            bail!("{what} {here}: not a regular file");
+        }
+        Ok(())
+    };
+    let md = std::fs::metadata(path).with_context(|| format!("reading {what} {here}"))?;
+    refuse(md.file_type())?;
+    // O_NONBLOCK: if the path was swapped for a FIFO since the check, the open still
+    // returns at once and the check on the descriptor refuses it.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .with_context(|| format!("reading {what} {here}"))?;
+    let md = f
+        .metadata()
+        .with_context(|| format!("reading {what} {here}"))?;
+    refuse(md.file_type())?;
+    let too_big = || anyhow::anyhow!("{what} {here}: larger than {MAX_CONFIG_BYTES} bytes");
+    if md.len() > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {what} {here}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{what} {here}: not UTF-8 text"))
+}
+
 /// Loads `path`, its includes and the `extra` files layered on top (`--with`), and resolves
 /// them into a validated profile.
 pub fn load(path: &Path, extra: &[PathBuf]) -> Result<Profile> {
@@ -78,8 +122,7 @@ fn collect(path: &Path, out: &mut Vec<Loaded>, stack: &mut Vec<PathBuf>) -> Resu
             ),
         });
     }
-    let text = std::fs::read_to_string(&canon)
-        .with_context(|| format!("reading profile {}", path.display()))?;
+    let text = read_config_file(&canon, "profile")?;
     // Parse against the schema first: that is what gives file, line and key for any
     // unknown or mistyped setting.
     let parsed: ProfileFile = toml::from_str(&text).map_err(|e| ProfileError {

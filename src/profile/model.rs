@@ -28,10 +28,27 @@ pub struct ProfileFile {
     pub marathon: Option<MarathonFile>,
     /// Config trees laid over the image root, in order.
     pub overlays: Option<Vec<String>>,
+    /// What overlays not owned by root may carry.
+    pub overlay_policy: Option<OverlayPolicy>,
     /// What the export stage writes.
     pub output: Option<OutputFile>,
     /// How the image boots.
     pub boot: Option<BootFile>,
+}
+
+/// `[overlay-policy]`: file modes an overlay that root does not own may bring into the
+/// image. Such files land root-owned, so a setuid file from a user's checkout would
+/// become a root setuid program; they are refused unless allowed here (and warned about
+/// either way).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OverlayPolicy {
+    /// Allow setuid and setgid files.
+    #[serde(default)]
+    pub allow_setuid: bool,
+    /// Allow world-writable files (and world-writable directories without the sticky bit).
+    #[serde(default)]
+    pub allow_world_writable: bool,
 }
 
 /// `[boot]`
@@ -208,6 +225,8 @@ pub struct Profile {
     pub marathon_env: BTreeMap<String, String>,
     /// Overlay directories, in order.
     pub overlays: Vec<PathBuf>,
+    /// What overlays not owned by root may carry.
+    pub overlay_policy: OverlayPolicy,
     /// Output formats.
     pub formats: Vec<String>,
     /// The cgroup hierarchy to boot (None: the base's default).
@@ -330,6 +349,7 @@ impl Profile {
                 .into_iter()
                 .map(PathBuf::from)
                 .collect(),
+            overlay_policy: f.overlay_policy.unwrap_or_default(),
             formats,
             cgroup: f.boot.and_then(|b| b.cgroup),
             sources,
@@ -376,6 +396,12 @@ impl Profile {
         }
         for o in &self.overlays {
             s += &format!("overlay     {}\n", o.display());
+        }
+        if self.overlay_policy.allow_setuid {
+            s += "overlays    may bring setuid and setgid files\n";
+        }
+        if self.overlay_policy.allow_world_writable {
+            s += "overlays    may bring world-writable files\n";
         }
         if let Some(c) = self.cgroup {
             s += &format!("cgroup      {c}\n");

@@ -179,3 +179,41 @@ fn sizes_parse() {
     assert_eq!(parse_size("512M").unwrap(), 512 << 20);
     assert!(parse_size("6X").is_err());
 }
+
+#[test]
+fn only_regular_profile_files_of_bounded_size_are_read() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "inc/common.toml", COMMON);
+    let mut big = String::from("[role]\nservices = [\"agent\"]\n");
+    while big.len() <= MAX_CONFIG_BYTES as usize {
+        big += "# a comment that pads the file past the limit, line after line...\n";
+    }
+    let p = write(
+        d.path(),
+        "big.toml",
+        &format!("include = [\"inc/common.toml\"]\n{big}"),
+    );
+    let e = format!("{:#}", load(&p, &[]).unwrap_err());
+    assert!(e.contains("big.toml") && e.contains("larger than"), "{e}");
+    // An include of a device or a FIFO is refused before anything reads it.
+    let fifo = d.path().join("fifo.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for inc in ["/dev/zero", fifo.to_str().unwrap()] {
+        let p = write(
+            d.path(),
+            "p.toml",
+            &format!("include = [\"inc/common.toml\", {inc:?}]\n[role]\nservices = [\"agent\"]\n"),
+        );
+        let e = format!("{:#}", load(&p, &[]).unwrap_err());
+        assert!(e.contains("not a regular file") && e.contains(inc), "{e}");
+    }
+    let e = format!(
+        "{:#}",
+        load(&fifo, &[PathBuf::from("/dev/zero")]).unwrap_err()
+    );
+    assert!(e.contains("not a regular file"), "{e}");
+}

@@ -4,7 +4,6 @@
 //! Nothing node-specific is written here (`ip`, `hostname`, `quorum`, `/etc/mesos/zk`,
 //! `myid`): the configurator writes those at first boot.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +13,7 @@ use super::layout::{self, Init, Layout, Packaging};
 use super::BuildContext;
 use crate::image::{chroot, AttachedImage, ImageRoot};
 use crate::nodeconf::{self, Daemon};
-use crate::profile::{Profile, Service};
+use crate::profile::{OverlayPolicy, Profile, Service};
 
 /// The configurator script, installed at [`CONFIGURATOR_PATH`].
 pub const CONFIGURATOR: &str = include_str!("firstboot/mesobake-configure");
@@ -32,7 +31,9 @@ pub fn run(ctx: &mut BuildContext, img: &mut AttachedImage) -> Result<Layout> {
     layout.check_role(&profile)?;
     for o in &profile.overlays {
         ctx.progress.step(&format!("overlay {}", o.display()));
-        apply_overlay(&img.root, o)?;
+        for w in apply_overlay(&img.root, o, &profile.overlay_policy)? {
+            eprintln!("warning: {w}");
+        }
     }
     let mark = img.mount_chroot_fs()?;
     let r = (|| {
@@ -217,60 +218,299 @@ fn check_flag_dirs(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Resu
 /// Lays an overlay tree over the image root. Modes are kept; files become root-owned,
 /// because a checkout's owner (often uid 1000) means nothing inside the image. Writes
 /// resolve inside the root, and a symlink in the overlay that climbs out of the root is
-/// refused.
-pub fn apply_overlay(root: &ImageRoot, dir: &Path) -> Result<()> {
+/// refused. The tree is read through [`walk_overlay`], so no link in it is followed
+/// and nothing but directories and regular files is opened. Setuid, setgid and
+/// world-writable entries are refused from an overlay root does not own, unless
+/// `policy` allows them; the warnings about them are returned.
+pub fn apply_overlay(root: &ImageRoot, dir: &Path, policy: &OverlayPolicy) -> Result<Vec<String>> {
     if !dir.is_dir() {
         bail!(
             "overlay {}: no such directory (listed in the profile's overlays)",
             dir.display()
         );
     }
-    walk(root, dir, dir)
-}
-
-fn walk(root: &ImageRoot, top: &Path, dir: &Path) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading overlay {}", dir.display()))?
-        .collect::<std::io::Result<_>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let src = e.path();
-        let rel = src
-            .strip_prefix(top)
-            .expect("walked from top")
-            .to_string_lossy()
-            .into_owned();
-        let meta = std::fs::symlink_metadata(&src)?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&src)?;
-            let depth = Path::new(&rel).components().count() - 1;
-            let ups = target
-                .components()
-                .take_while(|c| matches!(c, std::path::Component::ParentDir))
-                .count();
-            if target.is_relative() && ups > depth {
+    let mut warnings = Vec::new();
+    walk_overlay(dir, &mut |rel, entry| match entry {
+        OverlayEntry::Link { target } => {
+            if escapes_root(rel, &target) {
                 bail!(
                     "overlay {}: symlink {rel} -> {} points outside the image root",
-                    top.display(),
+                    dir.display(),
                     target.display()
                 );
             }
-            root.symlink(&target, &rel)?;
-        } else if meta.is_dir() {
-            root.mkdir_all(&rel, mode)?;
-            walk(root, top, &src)?;
-        } else if meta.is_file() {
-            let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-            root.write(&rel, &data, mode)?;
-        } else {
-            bail!(
-                "overlay {}: {rel} is not a file, directory or symlink",
+            root.symlink(&target, rel)
+        }
+        OverlayEntry::Dir { mode, root_owned } => {
+            warnings.extend(check_mode(dir, rel, true, mode, root_owned, policy)?);
+            root.mkdir_all(rel, mode).map(drop)
+        }
+        OverlayEntry::File {
+            file,
+            mode,
+            root_owned,
+        } => {
+            warnings.extend(check_mode(dir, rel, false, mode, root_owned, policy)?);
+            root.write_from(rel, &file, mode)
+        }
+    })?;
+    Ok(warnings)
+}
+
+/// Whether a relative link target, taken from the link's directory, climbs above the
+/// overlay's root at any point (`a/../../..` as well as a leading `../..`). Absolute
+/// targets are image paths: the image resolves them inside itself.
+fn escapes_root(rel: &str, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = Path::new(rel).components().count().saturating_sub(1);
+    for c in target.components() {
+        match c {
+            std::path::Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return true,
+            },
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Refuses (or warns about) a setuid, setgid or world-writable overlay entry: inside the
+/// image it becomes root's.
+fn check_mode(
+    top: &Path,
+    rel: &str,
+    is_dir: bool,
+    mode: u32,
+    root_owned: bool,
+    policy: &OverlayPolicy,
+) -> Result<Option<String>> {
+    let setid: Vec<&str> = [(0o4000, "setuid"), (0o2000, "setgid")]
+        .into_iter()
+        .filter(|(bit, _)| !is_dir && mode & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
+    // A world-writable directory with the sticky bit (like /tmp) is the usual thing.
+    let world_writable = mode & 0o002 != 0 && !(is_dir && mode & 0o1000 != 0);
+    let mut what = setid.clone();
+    if world_writable {
+        what.push("world-writable");
+    }
+    if what.is_empty() {
+        return Ok(None);
+    }
+    let what = what.join(", ");
+    let kind = if is_dir { "directory" } else { "file" };
+    let allowed = (setid.is_empty() || policy.allow_setuid)
+        && (!world_writable || policy.allow_world_writable);
+    if !root_owned && !allowed {
+        let key = match (setid.is_empty(), world_writable) {
+            (false, true) => "allow-setuid = true and allow-world-writable = true",
+            (false, false) => "allow-setuid = true",
+            _ => "allow-world-writable = true",
+        };
+        bail!(
+            "overlay {}: {rel} is a {what} {kind} ({mode:04o}) in an overlay not owned by root; it would become root's in the image. Fix its mode, or set [overlay-policy] {key} in the profile if that is meant",
+            top.display()
+        );
+    }
+    Ok(Some(format!(
+        "overlay {}: {rel} is a {what} {kind} ({mode:04o}); it lands in the image owned by root",
+        top.display()
+    )))
+}
+
+/// One entry of an overlay tree, as [`walk_overlay`] found it.
+pub(crate) enum OverlayEntry {
+    /// A directory.
+    Dir {
+        /// Its permission bits.
+        mode: u32,
+        /// Whether it and every directory above it in the overlay belong to root.
+        root_owned: bool,
+    },
+    /// A symlink, never followed.
+    Link {
+        /// What it points to.
+        target: std::path::PathBuf,
+    },
+    /// A regular file, opened.
+    File {
+        /// The open file: what is hashed or copied is what was checked.
+        file: std::fs::File,
+        /// Its permission bits.
+        mode: u32,
+        /// Whether it and every directory above it in the overlay belong to root.
+        root_owned: bool,
+    },
+}
+
+/// Walks an overlay tree in name order, parents before children, handing each entry to
+/// `visit` with its path relative to `top`. Every entry is reached from its parent's
+/// open descriptor and opened with `O_NOFOLLOW`, so a file or directory swapped for a
+/// symlink mid-walk is never followed out of the tree. FIFOs, sockets and devices are
+/// refused from their `lstat`, before anything opens them; files are opened
+/// `O_NONBLOCK` and checked on the descriptor, so a swap between the check and the open
+/// cannot block either.
+pub(crate) fn walk_overlay(
+    top: &Path,
+    visit: &mut dyn FnMut(&str, OverlayEntry) -> Result<()>,
+) -> Result<()> {
+    use rustix::fs::OFlags;
+    let fd = rustix::fs::open(
+        top,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| format!("reading overlay {}", top.display()))?;
+    let root_owned = rustix::fs::fstat(&fd)?.st_uid == 0;
+    walk_dir(top, &fd, Path::new(""), root_owned, visit)
+}
+
+fn walk_dir(
+    top: &Path,
+    dir: &std::os::fd::OwnedFd,
+    prefix: &Path,
+    root_owned: bool,
+    visit: &mut dyn FnMut(&str, OverlayEntry) -> Result<()>,
+) -> Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    use std::os::unix::ffi::OsStrExt;
+    let reading = || format!("reading overlay {}", top.join(prefix).display());
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir).with_context(reading)? {
+        let e = e.with_context(reading)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(std::ffi::OsStr::from_bytes(n).to_owned());
+        }
+    }
+    names.sort();
+    for name in names {
+        let relp = prefix.join(&name);
+        let rel = relp.to_string_lossy().into_owned();
+        let changed = |e: rustix::io::Errno| {
+            anyhow::anyhow!(
+                "overlay {}: {rel} changed while it was read ({e}); is something editing the overlay?",
                 top.display()
-            );
+            )
+        };
+        let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .with_context(|| format!("reading overlay {}: {rel}", top.display()))?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, &name, Vec::new()).map_err(changed)?;
+                let target = std::ffi::OsStr::from_bytes(target.as_bytes()).into();
+                visit(&rel, OverlayEntry::Link { target })?;
+            }
+            FileType::Directory => {
+                let sub = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(changed)?;
+                let st = rustix::fs::fstat(&sub)?;
+                let owned = root_owned && st.st_uid == 0;
+                visit(
+                    &rel,
+                    OverlayEntry::Dir {
+                        mode: st.st_mode & 0o7777,
+                        root_owned: owned,
+                    },
+                )?;
+                walk_dir(top, &sub, &relp, owned, visit)?;
+            }
+            FileType::RegularFile => {
+                let fd = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::RDONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::NONBLOCK
+                        | OFlags::NOCTTY
+                        | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(changed)?;
+                let st = rustix::fs::fstat(&fd)?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                    bail!(
+                        "overlay {}: {rel} changed while it was read (it is no longer a regular file); is something editing the overlay?",
+                        top.display()
+                    );
+                }
+                visit(
+                    &rel,
+                    OverlayEntry::File {
+                        file: std::fs::File::from(fd),
+                        mode: st.st_mode & 0o7777,
+                        root_owned: root_owned && st.st_uid == 0,
+                    },
+                )?;
+            }
+            other => {
+                let what = match other {
+                    FileType::Fifo => "a FIFO",
+                    FileType::Socket => "a socket",
+                    FileType::CharacterDevice => "a character device",
+                    FileType::BlockDevice => "a block device",
+                    _ => "of an unknown type",
+                };
+                bail!(
+                    "overlay {}: {rel} is {what}: overlays may hold only files, directories and symlinks",
+                    top.display()
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// Every entry under an overlay tree, by relative path, for the configured layer's key:
+/// mode and content digest for files, target for links, mode for directories; a
+/// setuid, setgid or world-writable entry also records whether root owns it, which
+/// decides whether configure takes it. Read the way [`apply_overlay`] reads it.
+pub(crate) fn overlay_digests(dir: &Path) -> Result<Vec<(String, String)>> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    let owner = |mode: u32, root_owned: bool| {
+        if mode & 0o6002 != 0 && !root_owned {
+            " not root's"
+        } else {
+            ""
+        }
+    };
+    walk_overlay(dir, &mut |rel, entry| {
+        let v = match entry {
+            OverlayEntry::Link { target } => format!("link {}", target.display()),
+            OverlayEntry::Dir { mode, root_owned } => {
+                format!("dir {mode:o}{}", owner(mode, root_owned))
+            }
+            OverlayEntry::File {
+                mut file,
+                mode,
+                root_owned,
+            } => {
+                let mut h = Sha256::new();
+                std::io::copy(&mut file, &mut h)
+                    .with_context(|| format!("reading overlay {}: {rel}", dir.display()))?;
+                format!(
+                    "file {mode:o} {}{}",
+                    hex::encode(h.finalize()),
+                    owner(mode, root_owned)
+                )
+            }
+        };
+        out.push((rel.to_string(), v));
+        Ok(())
+    })?;
+    out.sort();
+    Ok(out)
 }
 
 /// The baked defaults the configurator reads first (`/etc/mesobake/role.env`).
@@ -486,6 +726,8 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
 mod tests {
     use super::*;
     use crate::profile::Service;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
 
     fn profile(services: &[Service]) -> Profile {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
@@ -744,7 +986,7 @@ mod tests {
         )
         .unwrap();
         let ir = ImageRoot::open(root.path()).unwrap();
-        apply_overlay(&ir, ov.path()).unwrap();
+        apply_overlay(&ir, ov.path(), &OverlayPolicy::default()).unwrap();
         let m = std::fs::metadata(root.path().join("usr/local/bin/tool")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o750);
 
@@ -753,11 +995,264 @@ mod tests {
             ov.path().join("usr/local/bin/evil"),
         )
         .unwrap();
-        let e = apply_overlay(&ir, ov.path()).unwrap_err();
+        let e = apply_overlay(&ir, ov.path(), &OverlayPolicy::default()).unwrap_err();
         assert!(
             format!("{e:#}").contains("points outside the image root"),
             "{e:#}"
         );
+    }
+
+    fn no_policy() -> OverlayPolicy {
+        OverlayPolicy::default()
+    }
+
+    #[test]
+    fn a_link_climbing_out_anywhere_in_its_target_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let ir = ImageRoot::open(root.path()).unwrap();
+        for (target, escapes) in [
+            ("a/../../../../etc/shadow", true),
+            ("../x/../../../etc/shadow", true),
+            ("./../../../etc/shadow", true),
+            ("../../etc/mesos", false),
+            ("a/b/../../../../etc/mesos", false),
+            ("/etc/shadow", false),
+        ] {
+            let ov = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(ov.path().join("usr/local")).unwrap();
+            std::os::unix::fs::symlink(target, ov.path().join("usr/local/link")).unwrap();
+            let r = apply_overlay(&ir, ov.path(), &no_policy());
+            assert_eq!(r.is_err(), escapes, "{target}: {r:?}");
+        }
+    }
+
+    /// Every regular file under `dir`, read without following links.
+    fn image_files(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                image_files(&p, out);
+            } else if md.is_file() {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_during_apply_never_brings_the_host_file_in() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("f"), "HOST-SECRET").unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let ov = base.path().join("ov");
+        let stage = base.path().join("stage");
+        std::fs::create_dir_all(ov.join("etc")).unwrap();
+        std::fs::create_dir_all(ov.join("sub")).unwrap();
+        std::fs::create_dir_all(&stage).unwrap();
+        std::fs::write(ov.join("etc/f"), "overlay").unwrap();
+        std::fs::write(ov.join("sub/f"), "overlay").unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, ov, stage, host) = (
+                stop.clone(),
+                ov.clone(),
+                stage.clone(),
+                host.path().to_owned(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // A file becomes a link to a host file, and back (atomic renames).
+                    std::os::unix::fs::symlink(host.join("f"), stage.join("l")).unwrap();
+                    std::fs::rename(stage.join("l"), ov.join("etc/f")).unwrap();
+                    std::fs::write(stage.join("r"), "overlay").unwrap();
+                    std::fs::rename(stage.join("r"), ov.join("etc/f")).unwrap();
+                    // A directory becomes a link to a host directory, and back.
+                    std::fs::rename(ov.join("sub"), stage.join("sub")).unwrap();
+                    std::os::unix::fs::symlink(&host, ov.join("sub")).unwrap();
+                    std::thread::yield_now();
+                    std::fs::remove_file(ov.join("sub")).unwrap();
+                    std::fs::rename(stage.join("sub"), ov.join("sub")).unwrap();
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let mut applied = 0;
+        while started.elapsed() < std::time::Duration::from_millis(3000) {
+            let root = tempfile::tempdir().unwrap();
+            let ir = ImageRoot::open(root.path()).unwrap();
+            // Refusing a tree that changes under the walk is fine; copying the host's
+            // file is not.
+            if apply_overlay(&ir, &ov, &no_policy()).is_ok() {
+                applied += 1;
+            }
+            let mut files = Vec::new();
+            image_files(root.path(), &mut files);
+            for (p, content) in files {
+                assert_ne!(
+                    content,
+                    b"HOST-SECRET",
+                    "{} came from the host",
+                    p.display()
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(applied > 0, "no apply ever finished");
+    }
+
+    /// Runs `f` on another thread and fails if it has not returned within 10 s.
+    fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("blocked: the walk opened something that never answers")
+    }
+
+    #[test]
+    fn a_fifo_in_an_overlay_is_refused_at_once() {
+        // overlay_digests is what the configured layer's key is made from.
+        let ov = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ov.path().join("etc")).unwrap();
+        std::fs::write(ov.path().join("etc/a"), "a").unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(ov.path().join("etc/pipe"))
+            .status()
+            .unwrap()
+            .success());
+        let dir = ov.path().to_owned();
+        let e = within_seconds(move || format!("{:#}", overlay_digests(&dir).unwrap_err()));
+        assert!(e.contains("etc/pipe is a FIFO"), "{e}");
+        let dir = ov.path().to_owned();
+        let e = within_seconds(move || {
+            let root = tempfile::tempdir().unwrap();
+            let ir = ImageRoot::open(root.path()).unwrap();
+            format!("{:#}", apply_overlay(&ir, &dir, &no_policy()).unwrap_err())
+        });
+        assert!(e.contains("etc/pipe is a FIFO"), "{e}");
+    }
+
+    #[test]
+    fn sparse_files_are_copied_sparse() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let ov = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ov.path().join("var/lib")).unwrap();
+        let size = 256u64 << 20;
+        let mut f = std::fs::File::create(ov.path().join("var/lib/sparse")).unwrap();
+        f.set_len(size).unwrap();
+        f.seek(SeekFrom::Start(size / 2)).unwrap();
+        f.write_all(b"middle").unwrap();
+        drop(f);
+        let root = tempfile::tempdir().unwrap();
+        let ir = ImageRoot::open(root.path()).unwrap();
+        apply_overlay(&ir, ov.path(), &no_policy()).unwrap();
+        let out = root.path().join("var/lib/sparse");
+        let md = std::fs::metadata(&out).unwrap();
+        assert_eq!(md.len(), size);
+        assert!(
+            md.blocks() * 512 < 1 << 20,
+            "{} bytes allocated for a file with 6 bytes of data",
+            md.blocks() * 512
+        );
+        let mut data = vec![0u8; 6];
+        let f = std::fs::File::open(&out).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut data, size / 2).unwrap();
+        assert_eq!(&data, b"middle");
+        // The copy is exact around the data too.
+        let mut around = vec![1u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut around, size / 2 - 4096).unwrap();
+        assert!(around.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn setuid_and_world_writable_files_need_root_or_the_profile() {
+        let setuid = |ov: &Path| {
+            std::fs::create_dir_all(ov.join("usr/bin")).unwrap();
+            std::fs::write(ov.join("usr/bin/su-ish"), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(
+                ov.join("usr/bin/su-ish"),
+                std::fs::Permissions::from_mode(0o4755),
+            )
+            .unwrap();
+        };
+        let world = |ov: &Path| {
+            std::fs::create_dir_all(ov.join("etc")).unwrap();
+            std::fs::write(ov.join("etc/open"), "x").unwrap();
+            std::fs::set_permissions(ov.join("etc/open"), std::fs::Permissions::from_mode(0o666))
+                .unwrap();
+        };
+        let user_owned = |ov: &Path| {
+            // The tests may run as root; give the tree to nobody as a checkout would be.
+            if rustix::process::geteuid().is_root() {
+                let uid = Some(rustix::fs::Uid::from_raw(65534));
+                for p in ["", "usr", "usr/bin", "usr/bin/su-ish", "etc", "etc/open"] {
+                    let Ok(md) = std::fs::metadata(ov.join(p)) else {
+                        continue;
+                    };
+                    rustix::fs::chown(ov.join(p), uid, None).unwrap();
+                    // chown clears setuid; put the mode back.
+                    std::fs::set_permissions(ov.join(p), md.permissions()).unwrap();
+                }
+            }
+        };
+        let apply = |ov: &Path, policy: OverlayPolicy| {
+            let root = tempfile::tempdir().unwrap();
+            let ir = ImageRoot::open(root.path()).unwrap();
+            apply_overlay(&ir, ov, &policy).map(|w| {
+                let modes: Vec<u32> = ["usr/bin/su-ish", "etc/open"]
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(root.path().join(p)).ok())
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .collect();
+                (w, modes)
+            })
+        };
+
+        let ov = tempfile::tempdir().unwrap();
+        setuid(ov.path());
+        user_owned(ov.path());
+        let e = format!("{:#}", apply(ov.path(), no_policy()).unwrap_err());
+        assert!(
+            e.contains("usr/bin/su-ish is a setuid file (4755)")
+                && e.contains("[overlay-policy] allow-setuid = true"),
+            "{e}"
+        );
+        let allow_setuid = OverlayPolicy {
+            allow_setuid: true,
+            ..no_policy()
+        };
+        let (w, modes) = apply(ov.path(), allow_setuid).unwrap();
+        assert_eq!(modes, [0o4755]);
+        assert!(w.len() == 1 && w[0].contains("setuid"), "{w:?}");
+
+        let ov = tempfile::tempdir().unwrap();
+        world(ov.path());
+        user_owned(ov.path());
+        let e = format!("{:#}", apply(ov.path(), allow_setuid).unwrap_err());
+        assert!(
+            e.contains("etc/open is a world-writable file")
+                && e.contains("allow-world-writable = true"),
+            "{e}"
+        );
+        let both = OverlayPolicy {
+            allow_setuid: true,
+            allow_world_writable: true,
+        };
+        let (w, _) = apply(ov.path(), both).unwrap();
+        assert!(w[0].contains("world-writable"), "{w:?}");
+
+        // From an overlay root owns: taken, with a warning.
+        if rustix::process::geteuid().is_root() {
+            let ov = tempfile::tempdir().unwrap();
+            setuid(ov.path());
+            let (w, modes) = apply(ov.path(), no_policy()).unwrap();
+            assert_eq!(modes, [0o4755]);
+            assert!(w[0].contains("usr/bin/su-ish is a setuid file"), "{w:?}");
+        }
     }
 
     #[test]
@@ -767,6 +1262,7 @@ mod tests {
         apply_overlay(
             &ir,
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays/common"),
+            &no_policy(),
         )
         .unwrap();
         let m = std::fs::metadata(root.path().join("usr/local/bin/mesobake-status")).unwrap();

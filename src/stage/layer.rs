@@ -350,42 +350,12 @@ fn binary_identity() -> String {
 /// Every entry under an overlay tree, by relative path: mode and content digest for
 /// files, target for links, mode for directories.
 fn overlay_digests(dir: &Path) -> Result<Vec<(String, String)>> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            // A missing overlay is reported by configure, with the profile that lists it.
-            Err(_) if d == dir => {
-                out.push((String::new(), "missing".into()));
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", d.display())),
-        };
-        for e in rd {
-            let e = e?;
-            let path = e.path();
-            let rel = path
-                .strip_prefix(dir)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .into_owned();
-            let md = std::fs::symlink_metadata(&path)?;
-            let mode = md.permissions().mode() & 0o7777;
-            let v = if md.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&path)?.display())
-            } else if md.is_dir() {
-                stack.push(path.clone());
-                format!("dir {mode:o}")
-            } else {
-                format!("file {mode:o} {}", crate::base::cache::sha256_file(&path)?)
-            };
-            out.push((rel, v));
-        }
+    if !dir.is_dir() {
+        // A missing overlay is reported by configure, with the profile that lists it.
+        return Ok(vec![(String::new(), "missing".into())]);
     }
-    out.sort();
-    Ok(out)
+    // Read exactly as configure reads it: no link followed, no FIFO or device opened.
+    crate::stage::configure::overlay_digests(dir)
 }
 
 /// Names the inputs that were added, removed or changed.
