@@ -146,7 +146,7 @@ pub struct MarathonFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct OutputFile {
     /// Output formats; `--format` on the command line wins.
-    pub formats: Option<Vec<String>>,
+    pub formats: Option<Vec<crate::settings::Format>>,
 }
 
 /// A service a role can run.
@@ -209,7 +209,7 @@ pub struct Profile {
     /// Overlay directories, in order.
     pub overlays: Vec<PathBuf>,
     /// Output formats.
-    pub formats: Vec<String>,
+    pub formats: Vec<crate::settings::Format>,
     /// The cgroup hierarchy to boot (None: the base's default).
     pub cgroup: Option<CgroupMode>,
     /// Every file that went into the profile with its SHA256, in merge order.
@@ -299,10 +299,11 @@ impl Profile {
                 }
             }
         }
-        let formats = f
-            .output
-            .and_then(|o| o.formats)
-            .unwrap_or_else(|| vec!["qcow2".into()]);
+        let formats = match f.output.and_then(|o| o.formats) {
+            None => vec![crate::settings::Format::Qcow2],
+            Some(v) => crate::settings::dedup_formats(v)
+                .map_err(|e| anyhow::anyhow!("{here}: [output] formats: {e}"))?,
+        };
         Ok(Profile {
             name,
             path: path.to_owned(),
@@ -380,7 +381,8 @@ impl Profile {
         if let Some(c) = self.cgroup {
             s += &format!("cgroup      {c}\n");
         }
-        s += &format!("formats     {}\n", self.formats.join(","));
+        let formats: Vec<&str> = self.formats.iter().map(|f| f.name()).collect();
+        s += &format!("formats     {}\n", formats.join(","));
         s += "stages      resolve -> base -> provision -> configure -> finalize -> export\n";
         s
     }

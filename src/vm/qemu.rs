@@ -14,14 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// CPU emulation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Hardware virtualisation.
-    Kvm,
-    /// Software emulation (always works, slower).
-    Tcg,
-}
+pub use crate::settings::{Accel, AccelChoice};
 
 impl Accel {
     fn args(self) -> &'static [&'static str] {
@@ -29,14 +22,6 @@ impl Accel {
             Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
             // Nested KVM on these machines hangs guests; TCG with the "max" model works.
             Accel::Tcg => &["-accel", "tcg", "-cpu", "max"],
-        }
-    }
-
-    /// Its name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
         }
     }
 }

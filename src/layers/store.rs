@@ -1,10 +1,11 @@
-//! Cached layers, each keyed by a hash of its inputs.
+//! Cached layers, each keyed by a hash of its inputs: their manifests, lookup, save.
 //!
 //! - `provisioned`: the disk after package installation and cleaning, as a sparse raw
 //!   file. Roles that share a package set (all three shipped profiles do) share one, so
 //!   building a second role, or rebuilding after an overlay edit, skips apt entirely.
 //! - `packed`: that disk as a compressed qcow2, made once per compression; a qcow2
-//!   output is this plus the changed clusters (see [`super::delta`]).
+//!   output is this plus the changed clusters (see [`super::delta`]); export makes and
+//!   uses it (`export::qcow2`).
 //! - `configured`: the delta from the provisioned disk to the finished one, plus what
 //!   configure found; an unchanged rebuild skips mounting the image at all.
 //!
@@ -18,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::BuildContext;
+use crate::context::BuildContext;
 use crate::base::cache::{Cache, LAYER_MANIFEST};
 use crate::run::Cmd;
 
