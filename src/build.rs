@@ -23,8 +23,7 @@ use crate::stage::{configure, finalize, provision};
 pub fn build(req: BuildRequest) -> Result<Vec<Output>> {
     context::preflight(&req)?;
     let out_dir = req.out_dir.clone();
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let work = tempfile::Builder::new()
         .prefix(".mesobake-work-")
         .tempdir_in(&out_dir)
@@ -59,29 +58,37 @@ pub fn build(req: BuildRequest) -> Result<Vec<Output>> {
 fn run_stages(mut setup: Setup) -> Result<(Vec<Output>, Timings)> {
     let spec = setup.req.profile.base.clone();
     let base = setup.stage("base", &format!("getting base {spec}"), |s| {
-        s.progress.suspend(|| base::obtain(&spec, &s.req.base_opts, &s.cache))
+        s.progress
+            .suspend(|| base::obtain(&spec, &s.req.base_opts, &s.cache))
     })?;
     let mut ctx = setup.with_base(base);
     let name = ctx.req.profile.name.clone();
     let prov = layers::provisioned(&mut ctx, |c, img| {
-        let report = c.stage("provision", &format!("installing packages into {name}"), |c| {
-            provision::run(c, img)
-        })?;
+        let report = c.stage(
+            "provision",
+            &format!("installing packages into {name}"),
+            |c| provision::run(c, img),
+        )?;
         // Cleaned like a finished image, so that the clusters apt and its lists dirtied
         // are not part of every role's delta.
-        c.stage("clean", "cleaning the provisioned disk", |c| finalize::run(c, img))?;
+        c.stage("clean", "cleaning the provisioned disk", |c| {
+            finalize::run(c, img)
+        })?;
         Ok(report)
     })?;
     let conf = layers::configured(&mut ctx, &prov, |c, img| {
         let layout = c.stage("configure", &format!("configuring {name}"), |c| {
             configure::run(c, img)
         })?;
-        c.stage("finalize", &format!("cleaning {name} for distribution"), |c| {
-            finalize::run(c, img)
-        })?;
+        c.stage(
+            "finalize",
+            &format!("cleaning {name} for distribution"),
+            |c| finalize::run(c, img),
+        )?;
         Ok(layout)
     })?;
-    let outputs = ctx.stage("export", "writing outputs", |c| export::run(c, &prov, &conf))?;
+    let outputs = ctx.stage("export", "writing outputs", |c| {
+        export::run(c, &prov, &conf)
+    })?;
     Ok((outputs, ctx.timings))
 }
-

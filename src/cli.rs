@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::base::BaseOptions;
-use crate::profile::{self, Service};
 use crate::context::{BuildRequest, ExportOptions};
+use crate::profile::{self, Service};
 use crate::settings::{AccelChoice, Format, MfDigest, Qcow2Compression};
 use crate::vm::verify::{self, VerifyOptions};
 

@@ -167,9 +167,7 @@ pub fn dedup_formats(list: impl IntoIterator<Item = Format>) -> Result<Vec<Forma
 }
 
 /// The compression of qcow2 outputs.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Qcow2Compression {
     /// Readable by every QEMU.
@@ -232,9 +230,7 @@ impl Accel {
 }
 
 /// How a VM runs: `auto` probes KVM briefly and falls back to TCG.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// Probe KVM briefly, fall back to TCG.
@@ -290,18 +286,15 @@ mod tests {
             .chain(["qcow3", "QCOW2", "vhd_fixed", "vpc", "iso", ""].map(String::from))
             .collect();
         for name in candidates {
-            let cli = crate::cli::Cli::try_parse_from([
-                "mesobake",
-                "build",
-                "p.toml",
-                "--format",
-                &name,
-            ])
-            .map_err(|e| e.to_string())
-            .and_then(|c| match c.cmd {
-                crate::cli::Cmd::Build(a) => dedup_formats(a.format).map_err(|e| e.to_string()),
-                _ => unreachable!(),
-            });
+            let cli =
+                crate::cli::Cli::try_parse_from(["mesobake", "build", "p.toml", "--format", &name])
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| match c.cmd {
+                        crate::cli::Cmd::Build(a) => {
+                            dedup_formats(a.format).map_err(|e| e.to_string())
+                        }
+                        _ => unreachable!(),
+                    });
             let toml = format!("[output]\nformats = [{name:?}]\n");
             let profile = toml::from_str::<crate::profile::ProfileFile>(&toml)
                 .map_err(|e| e.to_string())
@@ -319,7 +312,10 @@ mod tests {
                 (Err(c), Err(p)) if !name.is_empty() => {
                     let want = format!("unknown output format {name:?}");
                     assert!(c.contains(&want) && p.contains(&want), "{c}\n{p}");
-                    assert!(p.contains("line 2"), "the profile error names the line: {p}");
+                    assert!(
+                        p.contains("line 2"),
+                        "the profile error names the line: {p}"
+                    );
                 }
                 _ => {}
             }

@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::HumanBytes;
 use sha2::{Digest, Sha256};
 
 use super::cache::{hash_reader, normalize_sha256, Cache};
+use crate::progress::ByteMeter as Meter;
 use crate::run::{check_interrupted, verbose};
 
 /// SHA256SUMS files are a few kilobytes; anything this big is not one.
@@ -37,19 +38,7 @@ pub enum Expected {
     SumsFile(PathBuf),
 }
 
-/// How download progress is shown on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProgressMode {
-    /// A progress bar when stderr is a terminal, plain lines otherwise.
-    #[default]
-    Auto,
-    /// Always a progress bar (hidden by indicatif if stderr is not a terminal).
-    Bar,
-    /// A plain line every 10% (or every 64 MiB when the size is unknown), for logs and CI.
-    Lines,
-    /// Nothing.
-    Quiet,
-}
+pub use crate::progress::ProgressMode;
 
 /// Tuning for [`fetch_with`]. [`FetchOptions::default`] is what [`fetch`] uses.
 #[derive(Debug, Clone)]
@@ -81,6 +70,7 @@ impl Default for FetchOptions {
 
 /// The content does not hash to the expected digest. Nothing was cached, and a download
 /// that produced it was deleted.
+/// A download or local file did not have the digest it should have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "checksum mismatch for {url}\n  expected sha256: {expected}\n  actual sha256:   {actual}\n\
@@ -597,7 +587,7 @@ impl Partial {
             .with_context(|| format!("opening the partial download {}", path.display()))?;
         let mut hasher = Sha256::new();
         let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let label = meter.label.clone();
+        let label = meter.label().to_string();
         if existing > 0 {
             meter.note(&format!(
                 "mesobake: {url}: resuming an earlier download, checking the {} already here",
@@ -782,164 +772,6 @@ fn display_name(url: &str) -> String {
         .to_string()
 }
 
-/// Reports progress as a bar on a terminal or as occasional lines in logs.
-struct Meter {
-    label: String,
-    want_bar: bool,
-    lines: bool,
-    /// Created by [`Meter::begin`], so nothing is drawn before the size is known.
-    bar: Option<ProgressBar>,
-    total: Option<u64>,
-    started: Instant,
-    start_pos: u64,
-    pos: u64,
-    next_report: u64,
-}
-
-/// Without a known size, plain-line mode reports this often.
-const LINE_STEP_UNKNOWN: u64 = 64 << 20;
-
-impl Meter {
-    fn new(mode: ProgressMode, label: String) -> Meter {
-        use std::io::IsTerminal;
-        let (want_bar, lines) = match mode {
-            ProgressMode::Quiet => (false, false),
-            ProgressMode::Lines => (false, true),
-            ProgressMode::Bar => (true, false),
-            ProgressMode::Auto if io::stderr().is_terminal() => (true, false),
-            ProgressMode::Auto => (false, true),
-        };
-        Meter {
-            label,
-            want_bar,
-            lines,
-            bar: None,
-            total: None,
-            started: Instant::now(),
-            start_pos: 0,
-            pos: 0,
-            next_report: 0,
-        }
-    }
-
-    /// Starts (or restarts, after a retry) reporting at `pos` of `total` bytes.
-    fn begin(&mut self, pos: u64, total: Option<u64>) {
-        self.total = total;
-        self.started = Instant::now();
-        self.start_pos = pos;
-        self.pos = pos;
-        self.next_report = self.next_mark(pos);
-        if self.want_bar {
-            let bar = self.bar.get_or_insert_with(|| {
-                ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-            });
-            let style = match total {
-                Some(len) => {
-                    bar.set_length(len);
-                    ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, ETA {eta}",
-                    )
-                }
-                None => {
-                    ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec}")
-                }
-            };
-            if let Ok(style) = style {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(self.label.clone());
-            bar.set_position(pos);
-            // The rate and ETA should describe this transfer, not count resumed bytes.
-            bar.reset_eta();
-        } else if self.lines {
-            let of = match total {
-                Some(t) => format!("of {}", HumanBytes(t)),
-                None => "of an unknown size".to_string(),
-            };
-            if pos > 0 {
-                eprintln!(
-                    "mesobake: {}: resuming at {} {of}",
-                    self.label,
-                    HumanBytes(pos)
-                );
-            } else {
-                eprintln!("mesobake: {}: 0% {of}", self.label);
-            }
-        }
-    }
-
-    fn next_mark(&self, pos: u64) -> u64 {
-        match self.total {
-            Some(t) if t > 0 => {
-                // The first byte count at or past the next whole tenth of the total.
-                let next_tenth = (pos.saturating_mul(10) / t).saturating_add(1);
-                next_tenth.saturating_mul(t).div_ceil(10)
-            }
-            _ => (pos / LINE_STEP_UNKNOWN + 1) * LINE_STEP_UNKNOWN,
-        }
-    }
-
-    fn update(&mut self, pos: u64) {
-        self.pos = pos;
-        if let Some(bar) = &self.bar {
-            bar.set_position(pos);
-        } else if self.lines && pos >= self.next_report {
-            let secs = self.started.elapsed().as_secs_f64().max(0.001);
-            let rate = ((pos - self.start_pos) as f64 / secs) as u64;
-            let done = match self.total {
-                Some(t) if t > 0 => format!(
-                    "{}% ({} of {})",
-                    pos * 100 / t,
-                    HumanBytes(pos),
-                    HumanBytes(t)
-                ),
-                _ => format!("{}", HumanBytes(pos)),
-            };
-            eprintln!("mesobake: {}: {done}, {}/s", self.label, HumanBytes(rate));
-            self.next_report = self.next_mark(pos);
-        }
-    }
-
-    /// Renames what is being reported on, for a phase such as re-hashing a partial file.
-    fn set_label(&mut self, label: String) {
-        self.label = label;
-    }
-
-    /// Prints a message without tearing the bar.
-    fn note(&self, msg: &str) {
-        match &self.bar {
-            Some(bar) if !bar.is_hidden() => bar.println(msg),
-            _ if self.want_bar || self.lines || verbose() => eprintln!("{msg}"),
-            _ => {}
-        }
-    }
-
-    /// Removes the bar of a finished phase without the closing line.
-    fn clear(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-
-    fn finish(&mut self) {
-        self.clear();
-        if self.want_bar || self.lines {
-            eprintln!(
-                "mesobake: {}: done, {} in {:.1}s",
-                self.label,
-                HumanBytes(self.pos),
-                self.started.elapsed().as_secs_f64()
-            );
-        }
-    }
-
-    fn abandon(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.abandon();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1040,18 +872,6 @@ mod tests {
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
         assert_eq!(parse_content_range("bytes */200"), Some((0, Some(200))));
         assert_eq!(parse_content_range("items 1-2/3"), None);
-    }
-
-    #[test]
-    fn line_marks_step_by_tenths() {
-        let mut m = Meter::new(ProgressMode::Quiet, "x".into());
-        m.total = Some(1000);
-        assert_eq!(m.next_mark(0), 100);
-        assert_eq!(m.next_mark(150), 200);
-        m.total = Some(7);
-        assert_eq!(m.next_mark(0), 1);
-        m.total = None;
-        assert_eq!(m.next_mark(1), LINE_STEP_UNKNOWN);
     }
 
     #[test]

@@ -149,7 +149,11 @@ pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Res
             _ => write_disk(ctx, &st, f)?,
         };
         let size = written[0].size;
-        times.push((written[0].file.clone(), started.elapsed().as_secs_f64(), size));
+        times.push((
+            written[0].file.clone(),
+            started.elapsed().as_secs_f64(),
+            size,
+        ));
         outputs.extend(written);
     }
     if ctx.req.timings {
@@ -263,7 +267,12 @@ fn write_qcow2(
 /// A disk format that is one `qemu-img convert` (raw, vmdk, vdi, vhdx, vhd, vhd-fixed).
 fn write_disk(ctx: &BuildContext, st: &Staging, f: Format) -> Result<Vec<Output>> {
     let file = st.file(f);
-    st.convert(ctx, f, &st.dir.join(&file), &format!("converting to {file}"))?;
+    st.convert(
+        ctx,
+        f,
+        &st.dir.join(&file),
+        &format!("converting to {file}"),
+    )?;
     Ok(vec![st.describe(&file, f, OutputKind::Disk)?])
 }
 
@@ -280,7 +289,11 @@ fn write_ova(ctx: &BuildContext, st: &mut Staging) -> Result<Vec<Output>> {
         mtime: st.epoch,
     };
     ova::write_ova(&input, &st.dir.join(&file))?;
-    Ok(vec![st.describe(&file, Format::Ova, OutputKind::Appliance)?])
+    Ok(vec![st.describe(
+        &file,
+        Format::Ova,
+        OutputKind::Appliance,
+    )?])
 }
 
 /// The EC2 import kit: the shared streamOptimized VMDK, containers.json, user-data and

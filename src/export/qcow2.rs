@@ -80,8 +80,7 @@ pub fn from_layers(
     }
     let scratch = ctx.work.join("delta-parts");
     delta::apply_qcow2(&conf.delta, &conf.data, dest, &scratch)?;
-    std::fs::remove_dir_all(&scratch)
-        .with_context(|| format!("removing {}", scratch.display()))?;
+    std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
     Ok(true)
 }
 

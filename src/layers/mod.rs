@@ -97,7 +97,15 @@ pub fn provisioned(
                     ..Default::default()
                 };
                 let save = |p: &Path| store::copy_sparse(&work, p);
-                store::save(&c.cache, store::PROVISIONED, &key, inputs, "disk.raw", facts, save)
+                store::save(
+                    &c.cache,
+                    store::PROVISIONED,
+                    &key,
+                    inputs,
+                    "disk.raw",
+                    facts,
+                    save,
+                )
             })?;
             (disk, report)
         }
@@ -167,7 +175,15 @@ pub fn configured(
             ..Default::default()
         };
         let save = |p: &Path| move_file(&scratch, p);
-        store::save(&c.cache, store::CONFIGURED, &key, inputs, "delta.bin", facts, save)
+        store::save(
+            &c.cache,
+            store::CONFIGURED,
+            &key,
+            inputs,
+            "delta.bin",
+            facts,
+            save,
+        )
     })?;
     Ok(facts.into_configured(data))
 }

@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::context::BuildContext;
 use crate::base::cache::{Cache, LAYER_MANIFEST};
+use crate::context::BuildContext;
 use crate::run::Cmd;
 
 /// Bump when provisioning changes in a way the inputs would not show.
