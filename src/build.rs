@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::base::{self, cache::Cache};
+use crate::base::{self, cache::Cache, BaseImage};
 use crate::context::{self, BuildRequest, Setup, Timings};
 use crate::export::{self, Output};
 use crate::image::guard;
@@ -54,41 +54,38 @@ pub fn build(req: BuildRequest) -> Result<Vec<Output>> {
     Ok(outputs)
 }
 
-/// The stages, in order. A cached layer skips the stages inside its closure.
+/// The stages, in order. A cached layer skips the stages inside its closure. The
+/// provisioned layer is cleaned like a finished image, so that the clusters apt and its
+/// lists dirtied are not part of every role's delta.
 fn run_stages(mut setup: Setup) -> Result<(Vec<Output>, Timings)> {
-    let spec = setup.req.profile.base.clone();
-    let base = setup.stage("base", &format!("getting base {spec}"), |s| {
-        s.progress
-            .suspend(|| base::obtain(&spec, &s.req.base_opts, &s.cache))
-    })?;
+    let (spec, name) = (&setup.req.profile.base, &setup.req.profile.name);
+    let getting = format!("getting base {spec}");
+    let installing = format!("installing packages into {name}");
+    let configuring = format!("configuring {name}");
+    let cleaning = format!("cleaning {name} for distribution");
+    let base = setup.stage("base", &getting, obtain_base)?;
     let mut ctx = setup.with_base(base);
-    let name = ctx.req.profile.name.clone();
     let prov = layers::provisioned(&mut ctx, |c, img| {
-        let report = c.stage(
-            "provision",
-            &format!("installing packages into {name}"),
-            |c| provision::run(c, img),
-        )?;
-        // Cleaned like a finished image, so that the clusters apt and its lists dirtied
-        // are not part of every role's delta.
+        let report = c.stage("provision", &installing, |c| provision::run(c, img))?;
         c.stage("clean", "cleaning the provisioned disk", |c| {
             finalize::run(c, img)
         })?;
         Ok(report)
     })?;
     let conf = layers::configured(&mut ctx, &prov, |c, img| {
-        let layout = c.stage("configure", &format!("configuring {name}"), |c| {
-            configure::run(c, img)
-        })?;
-        c.stage(
-            "finalize",
-            &format!("cleaning {name} for distribution"),
-            |c| finalize::run(c, img),
-        )?;
+        let layout = c.stage("configure", &configuring, |c| configure::run(c, img))?;
+        c.stage("finalize", &cleaning, |c| finalize::run(c, img))?;
         Ok(layout)
     })?;
     let outputs = ctx.stage("export", "writing outputs", |c| {
         export::run(c, &prov, &conf)
     })?;
     Ok((outputs, ctx.timings))
+}
+
+/// Gets the base named in the profile (downloads draw their own progress bar).
+fn obtain_base(s: &mut Setup) -> Result<BaseImage> {
+    let spec = &s.req.profile.base;
+    s.progress
+        .suspend(|| base::obtain(spec, &s.req.base_opts, &s.cache))
 }

@@ -63,17 +63,9 @@ pub enum Cmd {
 pub struct BuildArgs {
     /// The role profile (TOML).
     pub profile: PathBuf,
-    /// Base: a name (ubuntu-24.04, ubuntu-22.04, ubuntu-20.04, ubuntu-16.04, ubuntu-14.04,
-    /// debian-12, debian-12-ubuntu-24.04-layout), a local image path, or an http(s) URL;
-    /// overrides the profile.
-    #[arg(long)]
-    pub base: Option<String>,
-    /// SHA256 of a URL or local base.
-    #[arg(long)]
-    pub base_sha256: Option<String>,
-    /// SHA256SUMS URL for a URL base.
-    #[arg(long)]
-    pub base_sha256sums: Option<String>,
+    /// The base and its checksums (the profile's `[base]`, overridden).
+    #[command(flatten)]
+    pub base: profile::BaseFile,
     /// Archive mirror for bootstrapped bases.
     #[arg(long)]
     pub mirror: Option<String>,
@@ -199,14 +191,10 @@ fn profiles(dir: &std::path::Path, json: bool) -> Result<i32> {
 
 fn build(a: BuildArgs, json: bool) -> Result<i32> {
     let mut prof = profile::load(&a.profile, &a.with)?;
-    if let Some(b) = a.base {
-        prof.base = b;
-        prof.base_sha256 = None;
-        prof.base_sha256sums = None;
-    }
+    prof.override_base(a.base);
     let base_opts = BaseOptions {
-        sha256: a.base_sha256.or(prof.base_sha256.clone()),
-        sha256sums: a.base_sha256sums.or(prof.base_sha256sums.clone()),
+        sha256: prof.base_sha256.clone(),
+        sha256sums: prof.base_sha256sums.clone(),
         mirror: a.mirror,
     };
     let formats = if a.format.is_empty() {

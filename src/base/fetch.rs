@@ -715,34 +715,46 @@ fn transfer(
             }
         };
         meter.begin(part.len, total);
-        let mut body = resp.into_reader();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            check_interrupted().map_err(Failure::Fatal)?;
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Failure::Retry(
-                        anyhow!(e).context(format!("reading {url} after {}", HumanBytes(part.len))),
-                    ))
-                }
-            };
-            part.append(&buf[..n])?;
-            meter.update(part.len);
-        }
-        if let Some(total) = total {
-            if part.len < total {
-                return Err(Failure::Retry(anyhow!(
-                    "{url}: the connection closed after {} of {} bytes",
-                    part.len,
-                    total
-                )));
-            }
-        }
-        return Ok(());
+        return append_body(url, resp, total, part, meter);
     }
+}
+
+/// Appends a response's body to the partial file; a body shorter than `total` is a
+/// transient failure (the next attempt resumes).
+fn append_body(
+    url: &str,
+    resp: ureq::Response,
+    total: Option<u64>,
+    part: &mut Partial,
+    meter: &mut Meter,
+) -> Result<(), Failure> {
+    let mut body = resp.into_reader();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        check_interrupted().map_err(Failure::Fatal)?;
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Failure::Retry(
+                    anyhow!(e).context(format!("reading {url} after {}", HumanBytes(part.len))),
+                ))
+            }
+        };
+        part.append(&buf[..n])?;
+        meter.update(part.len);
+    }
+    if let Some(total) = total {
+        if part.len < total {
+            return Err(Failure::Retry(anyhow!(
+                "{url}: the connection closed after {} of {} bytes",
+                part.len,
+                total
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `bytes START-END/TOTAL` (or `bytes */TOTAL`) into (START, TOTAL); TOTAL may be

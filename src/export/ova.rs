@@ -130,6 +130,10 @@ fn item(w: &mut XmlW, fields: &[(&str, String)]) -> std::io::Result<()> {
 
 /// The OVF descriptor for `app` with `disk` (a streamOptimized VMDK) and an optional seed
 /// ISO attached as a CD-ROM.
+///
+/// Long on purpose: the nested builder calls mirror the XML tree, in the element order
+/// OVF 1.0 requires, so the document reads top to bottom; the hardware section, the one
+/// part that varies, is its own function.
 pub fn descriptor(app: &Appliance, disk: &Member, iso: Option<&Member>) -> Result<String> {
     let mut w = quick_xml::Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(quick_xml::events::BytesDecl::new(

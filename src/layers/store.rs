@@ -110,7 +110,8 @@ fn local_deb_digests(sources: &[PathBuf]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for s in sources {
         let files: Vec<PathBuf> = if s.is_dir() {
-            std::fs::read_dir(s)?
+            std::fs::read_dir(s)
+                .with_context(|| format!("listing {}", s.display()))?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -147,8 +148,9 @@ pub fn key(inputs: &BTreeMap<String, String>) -> String {
 }
 
 fn mtime_ns(p: &Path) -> Result<u128> {
-    Ok(std::fs::metadata(p)?
-        .modified()?
+    Ok(std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading the time of {}", p.display()))?
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos())
@@ -179,8 +181,9 @@ pub fn lookup(cache: &Cache, kind: &str, key: &str) -> Result<Option<(PathBuf, L
 }
 
 fn check(dir: &Path, kind: &str, key: &str) -> Result<LayerManifest> {
-    let m: LayerManifest = serde_json::from_slice(&std::fs::read(dir.join(LAYER_MANIFEST))?)
-        .context("reading the layer manifest")?;
+    let path = dir.join(LAYER_MANIFEST);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: LayerManifest = serde_json::from_slice(&text).context("reading the layer manifest")?;
     if m.key != key || m.kind != kind {
         bail!("manifest says {}/{}", m.kind, m.key);
     }
@@ -221,7 +224,7 @@ pub fn save(
         &key[..12],
         std::process::id()
     ));
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let r = (|| {
         let path = tmp.join(file);
         make(&path).with_context(|| format!("saving the {kind} layer"))?;
@@ -236,7 +239,9 @@ pub fn save(
             disk_mtime_ns: mtime_ns(&path)?,
             extra: facts.extra,
         };
-        std::fs::write(tmp.join(LAYER_MANIFEST), serde_json::to_vec_pretty(&m)?)?;
+        let manifest = tmp.join(LAYER_MANIFEST);
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&m)?)
+            .with_context(|| format!("writing {}", manifest.display()))?;
         cache.publish_dir(&tmp, kind, key)
     })();
     match r {
@@ -254,7 +259,9 @@ pub fn save(
 /// (packed, configured) take this as their input so they never combine with another
 /// instance's bytes.
 pub fn instance(key: &str, file: &Path) -> Result<String> {
-    let size = std::fs::metadata(file)?.len();
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
     Ok(format!("{key} {size} {}", mtime_ns(file)?))
 }
 
@@ -372,7 +379,8 @@ fn overlay_digests(dir: &Path) -> Result<Vec<(String, String)>> {
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .into_owned();
-            let md = std::fs::symlink_metadata(&path)?;
+            let md = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             let mode = md.permissions().mode() & 0o7777;
             let v = if md.file_type().is_symlink() {
                 format!("link {}", std::fs::read_link(&path)?.display())
