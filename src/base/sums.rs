@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::cache::normalize_sha256;
+use super::fetch::FetchError;
 
 /// Finds the SHA256 of `file_name` in the text of a SHA256SUMS file.
 ///
