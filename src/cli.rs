@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::base::BaseOptions;
+use crate::context::{BuildRequest, ExportOptions};
 use crate::profile::{self, Service};
-use crate::stage::{self, BuildRequest};
-use crate::vm::qemu::Accel;
+use crate::settings::{AccelChoice, Format, MfDigest, Qcow2Compression};
 use crate::vm::verify::{self, VerifyOptions};
 
 /// Bakes bootable, self-configuring VM images for Apache Mesos clusters.
@@ -63,17 +63,9 @@ pub enum Cmd {
 pub struct BuildArgs {
     /// The role profile (TOML).
     pub profile: PathBuf,
-    /// Base: a name (ubuntu-24.04, ubuntu-22.04, ubuntu-20.04, ubuntu-16.04, ubuntu-14.04,
-    /// debian-12, debian-12-ubuntu-24.04-layout), a local image path, or an http(s) URL;
-    /// overrides the profile.
-    #[arg(long)]
-    pub base: Option<String>,
-    /// SHA256 of a URL or local base.
-    #[arg(long)]
-    pub base_sha256: Option<String>,
-    /// SHA256SUMS URL for a URL base.
-    #[arg(long)]
-    pub base_sha256sums: Option<String>,
+    /// The base and its checksums (the profile's `[base]`, overridden).
+    #[command(flatten)]
+    pub base: profile::BaseFile,
     /// Archive mirror for bootstrapped bases.
     #[arg(long)]
     pub mirror: Option<String>,
@@ -82,18 +74,18 @@ pub struct BuildArgs {
     pub with: Vec<PathBuf>,
     /// Output formats, comma-separated (qcow2, raw, vmdk, vdi, vhdx, vhd, vhd-fixed, ova,
     /// ec2); overrides [output] formats.
-    #[arg(long)]
-    pub format: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_format)]
+    pub format: Vec<Format>,
     /// Sign SHA256SUMS with this GnuPG key (detached, armoured: SHA256SUMS.asc).
     #[arg(long, value_name = "KEYID")]
     pub sign: Option<String>,
     /// The digest of the OVA's .mf: sha256, or sha1 for old hosts.
     #[arg(long, value_name = "sha256|sha1", default_value = "sha256")]
-    pub ova_digest: crate::export::ova::MfDigest,
+    pub ova_digest: MfDigest,
     /// qcow2 compression: zlib (every QEMU reads it) or zstd (much faster to write,
     /// needs QEMU >= 5.1 to read).
     #[arg(long, value_enum, default_value = "zlib")]
-    pub compression: crate::export::Qcow2Compression,
+    pub compression: Qcow2Compression,
     /// Output directory.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -140,8 +132,8 @@ pub struct VerifyArgs {
     #[arg(long, default_value = "zk://10.0.2.2:2181/mesos")]
     pub zk: String,
     /// kvm, tcg, or auto (probe KVM briefly, fall back to TCG).
-    #[arg(long, default_value = "auto")]
-    pub accel: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub accel: AccelChoice,
     /// Seconds to wait for the configured line.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -175,6 +167,11 @@ pub fn main(cli: Cli) -> Result<i32> {
     }
 }
 
+/// clap's parser for one `--format` item: the same words and message as the profile's.
+fn parse_format(s: &str) -> Result<Format> {
+    s.trim().parse()
+}
+
 fn profiles(dir: &std::path::Path, json: bool) -> Result<i32> {
     let all = profile::list(dir)?;
     if json {
@@ -194,21 +191,17 @@ fn profiles(dir: &std::path::Path, json: bool) -> Result<i32> {
 
 fn build(a: BuildArgs, json: bool) -> Result<i32> {
     let mut prof = profile::load(&a.profile, &a.with)?;
-    if let Some(b) = a.base {
-        prof.base = b;
-        prof.base_sha256 = None;
-        prof.base_sha256sums = None;
-    }
+    prof.override_base(a.base);
     let base_opts = BaseOptions {
-        sha256: a.base_sha256.or(prof.base_sha256.clone()),
-        sha256sums: a.base_sha256sums.or(prof.base_sha256sums.clone()),
+        sha256: prof.base_sha256.clone(),
+        sha256sums: prof.base_sha256sums.clone(),
         mirror: a.mirror,
     };
-    let formats = crate::export::parse_formats(if a.format.is_empty() {
-        &prof.formats
+    let formats = if a.format.is_empty() {
+        prof.formats.clone()
     } else {
-        &a.format
-    })?;
+        crate::settings::dedup_formats(a.format)?
+    };
     crate::base::check_spec(&prof.base, &base_opts)?;
     if a.dry_run {
         if json {
@@ -226,13 +219,13 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    let outputs = stage::build(BuildRequest {
+    let outputs = crate::build::build(BuildRequest {
         profile: prof,
         out_dir: a.out.clone(),
         base_opts,
         formats,
         timings: a.timings,
-        export: crate::export::ExportOptions {
+        export: ExportOptions {
             sign: a.sign,
             ova_digest: a.ova_digest,
             qcow2_compression: a.compression,
@@ -254,12 +247,6 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
 }
 
 fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
-    let accel = match a.accel.as_str() {
-        "auto" => None,
-        "kvm" => Some(Accel::Kvm),
-        "tcg" => Some(Accel::Tcg),
-        other => bail!("--accel {other}: use kvm, tcg or auto"),
-    };
     let services: Option<Vec<Service>> = match &a.role {
         None => None,
         Some(r) => {
@@ -280,7 +267,7 @@ fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
         seed: a.seed,
         services,
         zk: a.zk,
-        accel,
+        accel: a.accel.forced(),
         boot_timeout: Duration::from_secs(a.timeout),
         service_timeout: Duration::from_secs(a.service_timeout),
         memory_mb: a.memory,
@@ -377,8 +364,8 @@ pub enum LabAction {
         #[arg(long)]
         cpus: Option<u32>,
         /// kvm, tcg, or auto (probe KVM briefly, fall back to TCG).
-        #[arg(long, default_value = "auto")]
-        accel: String,
+        #[arg(long, value_enum, default_value_t)]
+        accel: AccelChoice,
         /// Seconds to wait for the ZooKeeper quorum and every node's configured line.
         #[arg(long, default_value_t = 1200)]
         timeout: u64,
@@ -453,19 +440,13 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             no_wait,
         } => {
             let c = load_cluster(&cluster, &profiles)?;
-            let accel = match accel.as_str() {
-                "auto" => None,
-                "kvm" => Some(Accel::Kvm),
-                "tcg" => Some(Accel::Tcg),
-                other => bail!("--accel {other}: use kvm, tcg or auto"),
-            };
             let state = lab::up(
                 &c,
                 &lab::UpOptions {
                     images,
                     memory_mb: memory.or(c.lab.memory).unwrap_or(lab::DEFAULT_MEMORY_MB),
                     cpus: cpus.or(c.lab.cpus).unwrap_or(lab::DEFAULT_CPUS),
-                    accel,
+                    accel: accel.forced(),
                     wait: (!no_wait).then(|| Duration::from_secs(timeout)),
                 },
             )?;

@@ -88,7 +88,6 @@ pub struct Cmd {
     envs: Vec<(OsString, OsString)>,
     dir: Option<std::path::PathBuf>,
     stdin: Option<Vec<u8>>,
-    inherit_stdout: bool,
     watch: Option<StdoutWatch>,
 }
 
@@ -104,7 +103,6 @@ impl Cmd {
             envs: Vec::new(),
             dir: None,
             stdin: None,
-            inherit_stdout: false,
             watch: None,
         }
     }
@@ -142,12 +140,6 @@ impl Cmd {
     /// Feeds `data` to the child's stdin instead of /dev/null.
     pub fn stdin_bytes(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(data.into());
-        self
-    }
-
-    /// Lets the child's stdout through to ours (for commands whose output the user reads).
-    pub fn show_output(mut self) -> Self {
-        self.inherit_stdout = true;
         self
     }
 
@@ -196,7 +188,7 @@ impl Cmd {
         };
         // Some tools (dpkg under apt) report the real error on stdout; show both tails.
         let mut stderr_tail = tail(&stderr, 20);
-        if !self.inherit_stdout && !stdout.is_empty() {
+        if !stdout.is_empty() {
             let out_tail = tail(&stdout, 12);
             stderr_tail = format!("{out_tail}\n{stderr_tail}").trim().to_string();
         }
@@ -227,11 +219,7 @@ impl Cmd {
             } else {
                 Stdio::null()
             })
-            .stdout(if self.inherit_stdout {
-                Stdio::inherit()
-            } else {
-                Stdio::piped()
-            })
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in &self.envs {
             cmd.env(k, v);

@@ -172,9 +172,9 @@ fn missing_host_tool_names_the_package() {
         return;
     }
     let bin_dir = tempfile::tempdir().unwrap();
-    for (tool, _) in mesobake::stage::BUILD_TOOLS
+    for (tool, _) in mesobake::context::BUILD_TOOLS
         .iter()
-        .chain(mesobake::stage::BOOTSTRAP_TOOLS)
+        .chain(mesobake::context::BOOTSTRAP_TOOLS)
     {
         if *tool == "sgdisk" {
             continue;

@@ -1,4 +1,5 @@
-//! The on-disk cache that base images (and, later, provisioned layers) live in.
+//! The on-disk cache that base images and the build's layers (provisioned, packed,
+//! configured: see [`crate::layers`]) live in.
 //!
 //! Layout under the cache root:
 //!

@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::HumanBytes;
 use sha2::{Digest, Sha256};
 
 use super::cache::{hash_reader, normalize_sha256, Cache};
+pub use super::sums::parse_sha256sums;
+use crate::progress::ByteMeter as Meter;
 use crate::run::{check_interrupted, verbose};
 
 /// SHA256SUMS files are a few kilobytes; anything this big is not one.
@@ -37,19 +39,7 @@ pub enum Expected {
     SumsFile(PathBuf),
 }
 
-/// How download progress is shown on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProgressMode {
-    /// A progress bar when stderr is a terminal, plain lines otherwise.
-    #[default]
-    Auto,
-    /// Always a progress bar (hidden by indicatif if stderr is not a terminal).
-    Bar,
-    /// A plain line every 10% (or every 64 MiB when the size is unknown), for logs and CI.
-    Lines,
-    /// Nothing.
-    Quiet,
-}
+pub use crate::progress::ProgressMode;
 
 /// Tuning for [`fetch_with`]. [`FetchOptions::default`] is what [`fetch`] uses.
 #[derive(Debug, Clone)]
@@ -81,6 +71,7 @@ impl Default for FetchOptions {
 
 /// The content does not hash to the expected digest. Nothing was cached, and a download
 /// that produced it was deleted.
+/// A download or local file did not have the digest it should have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "checksum mismatch for {url}\n  expected sha256: {expected}\n  actual sha256:   {actual}\n\
@@ -156,96 +147,6 @@ pub fn fetch_with(
         Source::Local(path) => verify_local(&path, &want, opts),
         Source::Http(url) => download(cache, &agent, &url, &want, opts),
     }
-}
-
-/// Finds the SHA256 of `file_name` in the text of a SHA256SUMS file.
-///
-/// Understands GNU lines (`<hex>  name`, and `<hex> *name` with the binary marker, including
-/// backslash-escaped names) and BSD lines (`SHA256 (name) = <hex>`, as `sha256sum --tag`,
-/// `shasum --tag` and Fedora's CHECKSUM files write them). Blank lines, `#` comments and
-/// lines for other files or algorithms are skipped; a malformed digest on the file's own
-/// line, or two different digests for it, is an error.
-pub fn parse_sha256sums(text: &str, file_name: &str) -> Result<String> {
-    let mut found: Option<String> = None;
-    for (idx, raw) in text.lines().enumerate() {
-        let line = raw.trim_end_matches('\r');
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let Some((digest, name)) = parse_sums_line(line) else {
-            continue;
-        };
-        if name != file_name && name.strip_prefix("./") != Some(file_name) {
-            continue;
-        }
-        let lineno = idx + 1;
-        let hex = normalize_sha256(digest).with_context(|| {
-            format!("line {lineno} for {file_name:?} has a malformed SHA256 {digest:?}")
-        })?;
-        match &found {
-            Some(prev) if *prev != hex => {
-                bail!("two different SHA256 entries for {file_name:?}: {prev} and {hex} (line {lineno})")
-            }
-            _ => found = Some(hex),
-        }
-    }
-    found.ok_or_else(|| {
-        FetchError::MissingSum {
-            file_name: file_name.to_string(),
-        }
-        .into()
-    })
-}
-
-/// Splits one checksum line into (digest, file name), or `None` if it is not one.
-fn parse_sums_line(line: &str) -> Option<(&str, String)> {
-    for prefix in ["SHA256 (", "SHA256(", "SHA2-256 (", "SHA2-256("] {
-        if let Some(rest) = line.strip_prefix(prefix) {
-            let (name, tail) = rest.rsplit_once(')')?;
-            let digest = tail.trim_start().strip_prefix('=')?.trim();
-            return Some((digest, name.to_string()));
-        }
-    }
-    // GNU coreutils prefixes the line with a backslash when the name contains a newline or
-    // a backslash, and escapes those in the name.
-    let (escaped, line) = match line.strip_prefix('\\') {
-        Some(rest) => (true, rest),
-        None => (false, line),
-    };
-    let (digest, rest) = line.split_once(' ')?;
-    // Standard form is one space and then ' ' (text) or '*' (binary); one bare space is
-    // accepted too since some tools write that.
-    let name = rest
-        .strip_prefix(' ')
-        .or_else(|| rest.strip_prefix('*'))
-        .unwrap_or(rest);
-    if name.is_empty() {
-        return None;
-    }
-    let name = if escaped {
-        unescape_gnu(name)
-    } else {
-        name.to_string()
-    };
-    Some((digest, name))
-}
-
-fn unescape_gnu(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut chars = name.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
 }
 
 /// Where a base comes from.
@@ -597,7 +498,7 @@ impl Partial {
             .with_context(|| format!("opening the partial download {}", path.display()))?;
         let mut hasher = Sha256::new();
         let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let label = meter.label.clone();
+        let label = meter.label().to_string();
         if existing > 0 {
             meter.note(&format!(
                 "mesobake: {url}: resuming an earlier download, checking the {} already here",
@@ -725,34 +626,46 @@ fn transfer(
             }
         };
         meter.begin(part.len, total);
-        let mut body = resp.into_reader();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            check_interrupted().map_err(Failure::Fatal)?;
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Failure::Retry(
-                        anyhow!(e).context(format!("reading {url} after {}", HumanBytes(part.len))),
-                    ))
-                }
-            };
-            part.append(&buf[..n])?;
-            meter.update(part.len);
-        }
-        if let Some(total) = total {
-            if part.len < total {
-                return Err(Failure::Retry(anyhow!(
-                    "{url}: the connection closed after {} of {} bytes",
-                    part.len,
-                    total
-                )));
-            }
-        }
-        return Ok(());
+        return append_body(url, resp, total, part, meter);
     }
+}
+
+/// Appends a response's body to the partial file; a body shorter than `total` is a
+/// transient failure (the next attempt resumes).
+fn append_body(
+    url: &str,
+    resp: ureq::Response,
+    total: Option<u64>,
+    part: &mut Partial,
+    meter: &mut Meter,
+) -> Result<(), Failure> {
+    let mut body = resp.into_reader();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        check_interrupted().map_err(Failure::Fatal)?;
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Failure::Retry(
+                    anyhow!(e).context(format!("reading {url} after {}", HumanBytes(part.len))),
+                ))
+            }
+        };
+        part.append(&buf[..n])?;
+        meter.update(part.len);
+    }
+    if let Some(total) = total {
+        if part.len < total {
+            return Err(Failure::Retry(anyhow!(
+                "{url}: the connection closed after {} of {} bytes",
+                part.len,
+                total
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `bytes START-END/TOTAL` (or `bytes */TOTAL`) into (START, TOTAL); TOTAL may be
@@ -782,222 +695,11 @@ fn display_name(url: &str) -> String {
         .to_string()
 }
 
-/// Reports progress as a bar on a terminal or as occasional lines in logs.
-struct Meter {
-    label: String,
-    want_bar: bool,
-    lines: bool,
-    /// Created by [`Meter::begin`], so nothing is drawn before the size is known.
-    bar: Option<ProgressBar>,
-    total: Option<u64>,
-    started: Instant,
-    start_pos: u64,
-    pos: u64,
-    next_report: u64,
-}
-
-/// Without a known size, plain-line mode reports this often.
-const LINE_STEP_UNKNOWN: u64 = 64 << 20;
-
-impl Meter {
-    fn new(mode: ProgressMode, label: String) -> Meter {
-        use std::io::IsTerminal;
-        let (want_bar, lines) = match mode {
-            ProgressMode::Quiet => (false, false),
-            ProgressMode::Lines => (false, true),
-            ProgressMode::Bar => (true, false),
-            ProgressMode::Auto if io::stderr().is_terminal() => (true, false),
-            ProgressMode::Auto => (false, true),
-        };
-        Meter {
-            label,
-            want_bar,
-            lines,
-            bar: None,
-            total: None,
-            started: Instant::now(),
-            start_pos: 0,
-            pos: 0,
-            next_report: 0,
-        }
-    }
-
-    /// Starts (or restarts, after a retry) reporting at `pos` of `total` bytes.
-    fn begin(&mut self, pos: u64, total: Option<u64>) {
-        self.total = total;
-        self.started = Instant::now();
-        self.start_pos = pos;
-        self.pos = pos;
-        self.next_report = self.next_mark(pos);
-        if self.want_bar {
-            let bar = self.bar.get_or_insert_with(|| {
-                ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-            });
-            let style = match total {
-                Some(len) => {
-                    bar.set_length(len);
-                    ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, ETA {eta}",
-                    )
-                }
-                None => {
-                    ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec}")
-                }
-            };
-            if let Ok(style) = style {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(self.label.clone());
-            bar.set_position(pos);
-            // The rate and ETA should describe this transfer, not count resumed bytes.
-            bar.reset_eta();
-        } else if self.lines {
-            let of = match total {
-                Some(t) => format!("of {}", HumanBytes(t)),
-                None => "of an unknown size".to_string(),
-            };
-            if pos > 0 {
-                eprintln!(
-                    "mesobake: {}: resuming at {} {of}",
-                    self.label,
-                    HumanBytes(pos)
-                );
-            } else {
-                eprintln!("mesobake: {}: 0% {of}", self.label);
-            }
-        }
-    }
-
-    fn next_mark(&self, pos: u64) -> u64 {
-        match self.total {
-            Some(t) if t > 0 => {
-                // The first byte count at or past the next whole tenth of the total.
-                let next_tenth = (pos.saturating_mul(10) / t).saturating_add(1);
-                next_tenth.saturating_mul(t).div_ceil(10)
-            }
-            _ => (pos / LINE_STEP_UNKNOWN + 1) * LINE_STEP_UNKNOWN,
-        }
-    }
-
-    fn update(&mut self, pos: u64) {
-        self.pos = pos;
-        if let Some(bar) = &self.bar {
-            bar.set_position(pos);
-        } else if self.lines && pos >= self.next_report {
-            let secs = self.started.elapsed().as_secs_f64().max(0.001);
-            let rate = ((pos - self.start_pos) as f64 / secs) as u64;
-            let done = match self.total {
-                Some(t) if t > 0 => format!(
-                    "{}% ({} of {})",
-                    pos * 100 / t,
-                    HumanBytes(pos),
-                    HumanBytes(t)
-                ),
-                _ => format!("{}", HumanBytes(pos)),
-            };
-            eprintln!("mesobake: {}: {done}, {}/s", self.label, HumanBytes(rate));
-            self.next_report = self.next_mark(pos);
-        }
-    }
-
-    /// Renames what is being reported on, for a phase such as re-hashing a partial file.
-    fn set_label(&mut self, label: String) {
-        self.label = label;
-    }
-
-    /// Prints a message without tearing the bar.
-    fn note(&self, msg: &str) {
-        match &self.bar {
-            Some(bar) if !bar.is_hidden() => bar.println(msg),
-            _ if self.want_bar || self.lines || verbose() => eprintln!("{msg}"),
-            _ => {}
-        }
-    }
-
-    /// Removes the bar of a finished phase without the closing line.
-    fn clear(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-
-    fn finish(&mut self) {
-        self.clear();
-        if self.want_bar || self.lines {
-            eprintln!(
-                "mesobake: {}: done, {} in {:.1}s",
-                self.label,
-                HumanBytes(self.pos),
-                self.started.elapsed().as_secs_f64()
-            );
-        }
-    }
-
-    fn abandon(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.abandon();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-
-    #[test]
-    fn gnu_text_and_binary_lines() {
-        let text = format!("{A}  other.img\n{B} *noble.img\n");
-        assert_eq!(parse_sha256sums(&text, "noble.img").unwrap(), B);
-        assert_eq!(parse_sha256sums(&text, "other.img").unwrap(), A);
-    }
-
-    #[test]
-    fn bsd_and_openssl_lines_with_comments_and_crlf() {
-        let upper = B.to_uppercase();
-        let text = format!(
-            "# Fedora-Cloud CHECKSUM\r\nSHA512 (x.qcow2) = {A}{A}\r\nSHA256 (x.qcow2) = {upper}\r\nSHA256(y.img)= {A}\n"
-        );
-        assert_eq!(parse_sha256sums(&text, "x.qcow2").unwrap(), B);
-        assert_eq!(parse_sha256sums(&text, "y.img").unwrap(), A);
-    }
-
-    #[test]
-    fn leading_dot_slash_and_escaped_names() {
-        let text = format!("{A}  ./base.img\n\\{B}  we\\\\ird\\nname\n");
-        assert_eq!(parse_sha256sums(&text, "base.img").unwrap(), A);
-        assert_eq!(parse_sha256sums(&text, "we\\ird\nname").unwrap(), B);
-    }
-
-    #[test]
-    fn missing_entry_names_the_file() {
-        let err = parse_sha256sums(&format!("{A}  other.img\n"), "noble.img").unwrap_err();
-        assert!(format!("{err:#}").contains("\"noble.img\""), "{err:#}");
-        assert!(matches!(
-            err.downcast_ref::<FetchError>(),
-            Some(FetchError::MissingSum { .. })
-        ));
-    }
-
-    #[test]
-    fn malformed_or_conflicting_digest_is_rejected() {
-        let short = parse_sha256sums("abc123  noble.img\n", "noble.img").unwrap_err();
-        assert!(format!("{short:#}").contains("malformed"), "{short:#}");
-        let bad = format!("{}  noble.img\n", "z".repeat(64));
-        assert!(parse_sha256sums(&bad, "noble.img").is_err());
-        let twice = format!("{A}  noble.img\n{B}  noble.img\n");
-        assert!(
-            format!("{:#}", parse_sha256sums(&twice, "noble.img").unwrap_err())
-                .contains("two different")
-        );
-        let same_twice = format!("{A}  noble.img\n{A} *noble.img\n");
-        assert_eq!(parse_sha256sums(&same_twice, "noble.img").unwrap(), A);
-        // Malformed lines for other files do not matter.
-        let noise = format!("garbage\nxyz  other\n{A}  noble.img\n");
-        assert_eq!(parse_sha256sums(&noise, "noble.img").unwrap(), A);
-    }
 
     #[test]
     fn url_file_names() {
@@ -1040,18 +742,6 @@ mod tests {
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
         assert_eq!(parse_content_range("bytes */200"), Some((0, Some(200))));
         assert_eq!(parse_content_range("items 1-2/3"), None);
-    }
-
-    #[test]
-    fn line_marks_step_by_tenths() {
-        let mut m = Meter::new(ProgressMode::Quiet, "x".into());
-        m.total = Some(1000);
-        assert_eq!(m.next_mark(0), 100);
-        assert_eq!(m.next_mark(150), 200);
-        m.total = Some(7);
-        assert_eq!(m.next_mark(0), 1);
-        m.total = None;
-        assert_eq!(m.next_mark(1), LINE_STEP_UNKNOWN);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod fetch;
 pub mod gc;
+pub mod sums;
 
 use std::path::{Path, PathBuf};
 

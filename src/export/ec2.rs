@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// One instance to launch and its user-data.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +103,8 @@ AMI=ami-XXXXXXXX\n\
     pub fn write(&self, dir: &Path) -> Result<Vec<String>> {
         let mut files = Vec::new();
         let mut put = |name: String, body: &str| -> Result<()> {
-            std::fs::write(dir.join(&name), body)?;
+            let p = dir.join(&name);
+            std::fs::write(&p, body).with_context(|| format!("writing {}", p.display()))?;
             files.push(name);
             Ok(())
         };

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{BuildFacts, Output};
-use crate::stage::BuildContext;
+use crate::context::BuildContext;
 
 /// `manifest.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -12,138 +12,23 @@ pub mod ec2;
 pub mod manifest;
 pub mod ova;
 pub mod pin;
+pub mod qcow2;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::base::cache::sha256_file;
+use crate::context::BuildContext;
+use crate::layers::{Configured, Provisioned};
 use crate::progress::PercentBar;
 use crate::run::Cmd;
 use crate::stage::layout::Layout;
-use crate::stage::BuildContext;
 
-/// An output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Format {
-    /// Compressed qcow2, for KVM/libvirt.
-    Qcow2,
-    /// A raw disk (sparse; EC2 import, `dd`).
-    Raw,
-    /// monolithicSparse VMDK, for VMware and VirtualBox.
-    Vmdk,
-    /// VirtualBox's native VDI (dynamic).
-    Vdi,
-    /// Hyper-V's VHDX (dynamic).
-    Vhdx,
-    /// VHD (qemu's `vpc`), dynamic, with the exact virtual size (`force_size`).
-    Vhd,
-    /// VHD with the fixed subformat, as Azure requires.
-    VhdFixed,
-    /// A VirtualBox/VMware appliance: OVF + streamOptimized VMDK + .mf in one tar.
-    Ova,
-    /// EC2 import kit: streamOptimized VMDK, containers.json, user-data, LAUNCH.md.
-    Ec2,
-}
-
-/// Every format, in the order outputs are written.
-pub const ALL_FORMATS: [Format; 9] = [
-    Format::Qcow2,
-    Format::Raw,
-    Format::Vmdk,
-    Format::Vdi,
-    Format::Vhdx,
-    Format::Vhd,
-    Format::VhdFixed,
-    Format::Ova,
-    Format::Ec2,
-];
-
-impl FromStr for Format {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Format> {
-        ALL_FORMATS
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "unknown output format {s:?}: supported formats are {}",
-                    ALL_FORMATS.map(|f| f.name()).join(", ")
-                )
-            })
-    }
-}
-
-impl Format {
-    /// The name used in profiles and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Qcow2 => "qcow2",
-            Format::Raw => "raw",
-            Format::Vmdk => "vmdk",
-            Format::Vdi => "vdi",
-            Format::Vhdx => "vhdx",
-            Format::Vhd => "vhd",
-            Format::VhdFixed => "vhd-fixed",
-            Format::Ova => "ova",
-            Format::Ec2 => "ec2",
-        }
-    }
-
-    /// The extension of the main output file (`NAME.EXT`).
-    pub fn ext(self) -> &'static str {
-        match self {
-            Format::VhdFixed => "fixed.vhd",
-            Format::Ec2 => "ec2.vmdk",
-            f => f.name(),
-        }
-    }
-
-    /// The qemu-img format of the disk this format writes.
-    pub fn qemu_name(self) -> &'static str {
-        match self {
-            Format::Qcow2 => "qcow2",
-            Format::Raw => "raw",
-            Format::Vmdk | Format::Ova | Format::Ec2 => "vmdk",
-            Format::Vdi => "vdi",
-            Format::Vhdx => "vhdx",
-            Format::Vhd | Format::VhdFixed => "vpc",
-        }
-    }
-
-    /// `qemu-img convert` options for this format.
-    pub fn qemu_options(self) -> &'static [&'static str] {
-        match self {
-            // -c compresses; -m 16 keeps 16 requests in flight. Not -W: out-of-order
-            // writes are ~2x faster but place clusters differently on every run, and
-            // the qcow2 would no longer be reproducible.
-            Format::Qcow2 => &["-c", "-m", "16"],
-            Format::Ova | Format::Ec2 => &["-o", "subformat=streamOptimized"],
-            // Without force_size, vpc rounds the size to a CHS geometry and the disk
-            // comes out a little smaller than the original.
-            Format::Vhd => &["-o", "subformat=dynamic,force_size=on"],
-            Format::VhdFixed => &["-o", "subformat=fixed,force_size=on"],
-            _ => &[],
-        }
-    }
-
-    /// [`qemu_options`](Self::qemu_options) plus the chosen qcow2 compression.
-    pub fn options_with(self, compression: Qcow2Compression) -> Vec<&'static str> {
-        let mut opts = self.qemu_options().to_vec();
-        if self == Format::Qcow2 && compression == Qcow2Compression::Zstd {
-            opts.extend(["-o", "compression_type=zstd"]);
-        }
-        opts
-    }
-
-    /// Checks the host tools this format needs.
-    pub fn check_tools(self) -> Result<()> {
-        crate::stage::check_tools(&[("qemu-img", "qemu-utils")])
-    }
-}
+pub use crate::context::ExportOptions;
+pub use crate::settings::{parse_formats, Format, Qcow2Compression, ALL_FORMATS};
 
 /// Converts `src` into `dest` with `qemu-img convert -p`, feeding its percentage to `bar`.
 pub fn convert(
@@ -174,58 +59,6 @@ pub fn last_percent(chunk: &[u8]) -> Option<f64> {
     let end = text.rfind("/100%)")?;
     let start = text[..end].rfind('(')? + 1;
     text[start..end].trim().parse().ok()
-}
-
-/// Export settings beyond the format list.
-#[derive(Debug, Clone, Default)]
-pub struct ExportOptions {
-    /// GnuPG key to sign SHA256SUMS with (detached, ASCII-armoured SHA256SUMS.asc).
-    pub sign: Option<String>,
-    /// The OVA manifest's digest.
-    pub ova_digest: ova::MfDigest,
-    /// qcow2 compression: zlib reads everywhere; zstd is several times faster to write
-    /// but needs QEMU 5.1 or later wherever the image is used.
-    pub qcow2_compression: Qcow2Compression,
-}
-
-/// The compression of qcow2 outputs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Qcow2Compression {
-    /// Readable by every QEMU.
-    #[default]
-    Zlib,
-    /// Faster; needs QEMU >= 5.1 to read.
-    Zstd,
-}
-
-impl ExportOptions {
-    /// Checks the host tools these options need, before the build starts.
-    pub fn check_tools(&self) -> Result<()> {
-        if self.sign.is_some() {
-            crate::stage::check_tools(&[("gpg", "gpg")])?;
-        }
-        Ok(())
-    }
-}
-
-/// Parses a comma-separated format list.
-pub fn parse_formats(list: &[String]) -> Result<Vec<Format>> {
-    let mut v = Vec::new();
-    for item in list
-        .iter()
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let f: Format = item.parse()?;
-        if !v.contains(&f) {
-            v.push(f);
-        }
-    }
-    if v.is_empty() {
-        bail!("no output format given");
-    }
-    Ok(v)
 }
 
 /// One published output file.
@@ -295,111 +128,33 @@ pub struct BuildFacts {
     pub skipped_mounts: Vec<String>,
 }
 
-/// Converts the disk into every requested format, then publishes outputs, SHA256SUMS (and
-/// its signature) and the manifest into the output directory.
-pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Vec<Output>> {
-    let staging = ctx.work.join("out");
-    std::fs::create_dir_all(&staging)?;
-    let name = ctx.req.profile.name.clone();
-    let virtual_size = std::fs::metadata(disk)?.len();
-    let seed = manifest::input_fingerprint(ctx, facts);
-    let epoch = pin::source_date_epoch();
-    let opts = ctx.req.export.clone();
+/// Converts the working disk into every requested format, then publishes outputs,
+/// SHA256SUMS (and its signature) and the manifest into the output directory.
+pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Result<Vec<Output>> {
+    let facts = BuildFacts {
+        packages: prov.report.packages.clone(),
+        debs: prov.report.debs.clone(),
+        layout: conf.layout.clone(),
+        skipped_mounts: conf.skipped_mounts.clone(),
+    };
+    let mut st = Staging::new(ctx, &facts)?;
     let mut outputs = Vec::new();
-    // The OVA and the EC2 kit share one streamOptimized VMDK, converted once.
-    let stream = ctx.work.join("stream.vmdk");
-    let mut have_stream = false;
     let mut times = Vec::new();
     for f in ctx.req.formats.clone() {
-        let started = std::time::Instant::now();
-        let file = format!("{name}.{}", f.ext());
-        let dest = staging.join(&file);
-        match f {
-            Format::Ova | Format::Ec2 => {
-                if !have_stream {
-                    let bar = ctx
-                        .progress
-                        .percent(&format!("converting to a streamOptimized VMDK for {file}"));
-                    convert(disk, &stream, "vmdk", f.qemu_options(), &bar)?;
-                    bar.done();
-                    pin::pin("vmdk", &stream, &seed, epoch)?;
-                    have_stream = true;
-                }
-            }
-            _ => {
-                let opts = f.options_with(ctx.req.export.qcow2_compression);
-                if !(f == Format::Qcow2 && crate::stage::pack::qcow2(ctx, &dest, &opts)?) {
-                    let bar = ctx.progress.percent(&format!("converting to {file}"));
-                    convert(disk, &dest, f.qemu_name(), &opts, &bar)?;
-                    bar.done();
-                }
-                pin::pin(f.qemu_name(), &dest, &seed, epoch)?;
-            }
-        }
-        match f {
-            Format::Ova => {
-                ctx.progress.step(&format!("packing {file}"));
-                ova::write_ova(
-                    &ova::OvaInput {
-                        appliance: appliance(ctx, virtual_size),
-                        vmdk: &stream,
-                        seed_iso: None,
-                        digest: opts.ova_digest,
-                        mtime: epoch,
-                    },
-                    &dest,
-                )?;
-                outputs.push(Output::describe(
-                    &staging,
-                    &file,
-                    f,
-                    OutputKind::Appliance,
-                    virtual_size,
-                )?);
-            }
-            Format::Ec2 => {
-                // A hard link: the OVA packs the same VMDK.
-                std::fs::hard_link(&stream, &dest)
-                    .or_else(|_| std::fs::copy(&stream, &dest).map(|_| ()))
-                    .with_context(|| format!("writing {file}"))?;
-                outputs.push(Output::describe(
-                    &staging,
-                    &file,
-                    f,
-                    OutputKind::Disk,
-                    virtual_size,
-                )?);
-                let p = &ctx.req.profile;
-                let kit = ec2::Ec2Kit {
-                    image: name.clone(),
-                    disk_file: file.clone(),
-                    disk_format: "vmdk".into(),
-                    nodes: vec![ec2::Ec2Node {
-                        name: name.clone(),
-                        user_data: ec2::default_user_data(
-                            p.runs(crate::profile::Service::Zookeeper),
-                        ),
-                    }],
-                    instance_type: if p.runs(crate::profile::Service::Marathon) {
-                        "t3.large".into()
-                    } else {
-                        "t3.medium".into()
-                    },
-                };
-                for t in kit.write(&staging)? {
-                    outputs.push(Output::describe(&staging, &t, f, OutputKind::Text, 0)?);
-                }
-            }
-            _ => outputs.push(Output::describe(
-                &staging,
-                &file,
-                f,
-                OutputKind::Disk,
-                virtual_size,
-            )?),
-        }
-        let size = std::fs::metadata(staging.join(&file))?.len();
-        times.push((file, started.elapsed().as_secs_f64(), size));
+        let started = Instant::now();
+        let written = match f {
+            Format::Qcow2 => write_qcow2(ctx, &st, prov, conf)?,
+            Format::Ova => write_ova(ctx, &mut st)?,
+            Format::Ec2 => write_ec2(ctx, &mut st)?,
+            _ => write_disk(ctx, &st, f)?,
+        };
+        let size = written[0].size;
+        times.push((
+            written[0].file.clone(),
+            started.elapsed().as_secs_f64(),
+            size,
+        ));
+        outputs.extend(written);
     }
     if ctx.req.timings {
         // Per output: conversion (and packing) time, digest included, and file size.
@@ -410,7 +165,180 @@ pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Ve
             );
         }
     }
-    let out_dir = ctx.req.out_dir.clone();
+    publish_all(ctx, &st.dir, &facts, &outputs)?;
+    Ok(outputs)
+}
+
+/// Where a build's outputs are written before they are published, and what pins them.
+struct Staging {
+    /// The staging directory, in the work dir (same filesystem as the output dir).
+    dir: PathBuf,
+    /// The image name (the profile's).
+    name: String,
+    /// The finished raw disk.
+    disk: PathBuf,
+    /// Its size.
+    virtual_size: u64,
+    /// What derived UUIDs and serials are seeded with.
+    seed: String,
+    /// SOURCE_DATE_EPOCH, or 0.
+    epoch: u64,
+    /// The streamOptimized VMDK the OVA and the EC2 kit share, once converted.
+    stream: Option<PathBuf>,
+}
+
+impl Staging {
+    fn new(ctx: &BuildContext, facts: &BuildFacts) -> Result<Staging> {
+        let dir = ctx.work.join("out");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let disk = ctx.disk();
+        let virtual_size = std::fs::metadata(&disk)
+            .with_context(|| format!("reading {}", disk.display()))?
+            .len();
+        Ok(Staging {
+            dir,
+            name: ctx.req.profile.name.clone(),
+            disk,
+            virtual_size,
+            seed: manifest::input_fingerprint(ctx, facts),
+            epoch: pin::source_date_epoch(),
+            stream: None,
+        })
+    }
+
+    /// The main file of format `f`.
+    fn file(&self, f: Format) -> String {
+        format!("{}.{}", self.name, f.ext())
+    }
+
+    /// Describes a staged file.
+    fn describe(&self, file: &str, f: Format, kind: OutputKind) -> Result<Output> {
+        let vsize = if kind == OutputKind::Text {
+            0
+        } else {
+            self.virtual_size
+        };
+        Output::describe(&self.dir, file, f, kind, vsize)
+    }
+
+    /// Converts the disk to `dest` with `f`'s options and pins it.
+    fn convert(&self, ctx: &BuildContext, f: Format, dest: &Path, what: &str) -> Result<()> {
+        let opts = f.options_with(ctx.req.export.qcow2_compression);
+        let bar = ctx.progress.percent(what);
+        convert(&self.disk, dest, f.qemu_name(), &opts, &bar)?;
+        bar.done();
+        pin::pin(f.qemu_name(), dest, &self.seed, self.epoch)?;
+        Ok(())
+    }
+
+    /// The streamOptimized VMDK that the OVA and the EC2 kit share, converted once.
+    fn stream(&mut self, ctx: &BuildContext, for_file: &str) -> Result<PathBuf> {
+        if let Some(s) = &self.stream {
+            return Ok(s.clone());
+        }
+        let stream = ctx.work.join("stream.vmdk");
+        let what = format!("converting to a streamOptimized VMDK for {for_file}");
+        self.convert(ctx, Format::Ova, &stream, &what)?;
+        self.stream = Some(stream.clone());
+        Ok(stream)
+    }
+}
+
+/// A qcow2: the packed provisioned layer plus the changed clusters, or a conversion of
+/// the whole disk when the delta is large.
+fn write_qcow2(
+    ctx: &mut BuildContext,
+    st: &Staging,
+    prov: &Provisioned,
+    conf: &Configured,
+) -> Result<Vec<Output>> {
+    let f = Format::Qcow2;
+    let file = st.file(f);
+    let dest = st.dir.join(&file);
+    let opts = f.options_with(ctx.req.export.qcow2_compression);
+    if qcow2::from_layers(ctx, prov, conf, &dest, &opts)? {
+        pin::pin(f.qemu_name(), &dest, &st.seed, st.epoch)?;
+    } else {
+        st.convert(ctx, f, &dest, &format!("converting to {file}"))?;
+    }
+    Ok(vec![st.describe(&file, f, OutputKind::Disk)?])
+}
+
+/// A disk format that is one `qemu-img convert` (raw, vmdk, vdi, vhdx, vhd, vhd-fixed).
+fn write_disk(ctx: &BuildContext, st: &Staging, f: Format) -> Result<Vec<Output>> {
+    let file = st.file(f);
+    st.convert(
+        ctx,
+        f,
+        &st.dir.join(&file),
+        &format!("converting to {file}"),
+    )?;
+    Ok(vec![st.describe(&file, f, OutputKind::Disk)?])
+}
+
+/// The OVA: descriptor, the shared streamOptimized VMDK and the `.mf`, in one tar.
+fn write_ova(ctx: &BuildContext, st: &mut Staging) -> Result<Vec<Output>> {
+    let file = st.file(Format::Ova);
+    let stream = st.stream(ctx, &file)?;
+    ctx.progress.step(&format!("packing {file}"));
+    let input = ova::OvaInput {
+        appliance: appliance(ctx, st.virtual_size),
+        vmdk: &stream,
+        seed_iso: None,
+        digest: ctx.req.export.ova_digest,
+        mtime: st.epoch,
+    };
+    ova::write_ova(&input, &st.dir.join(&file))?;
+    Ok(vec![st.describe(
+        &file,
+        Format::Ova,
+        OutputKind::Appliance,
+    )?])
+}
+
+/// The EC2 import kit: the shared streamOptimized VMDK, containers.json, user-data and
+/// LAUNCH.md.
+fn write_ec2(ctx: &BuildContext, st: &mut Staging) -> Result<Vec<Output>> {
+    use crate::profile::Service;
+    let f = Format::Ec2;
+    let file = st.file(f);
+    let stream = st.stream(ctx, &file)?;
+    let dest = st.dir.join(&file);
+    // A hard link: the OVA packs the same VMDK.
+    std::fs::hard_link(&stream, &dest)
+        .or_else(|_| std::fs::copy(&stream, &dest).map(|_| ()))
+        .with_context(|| format!("writing {file}"))?;
+    let mut outputs = vec![st.describe(&file, f, OutputKind::Disk)?];
+    let p = &ctx.req.profile;
+    let kit = ec2::Ec2Kit {
+        image: st.name.clone(),
+        disk_file: file.clone(),
+        disk_format: "vmdk".into(),
+        nodes: vec![ec2::Ec2Node {
+            name: st.name.clone(),
+            user_data: ec2::default_user_data(p.runs(Service::Zookeeper)),
+        }],
+        instance_type: if p.runs(Service::Marathon) {
+            "t3.large".into()
+        } else {
+            "t3.medium".into()
+        },
+    };
+    for t in kit.write(&st.dir)? {
+        outputs.push(st.describe(&t, f, OutputKind::Text)?);
+    }
+    Ok(outputs)
+}
+
+/// Writes the manifest and SHA256SUMS (signed if asked) beside the staged outputs, then
+/// publishes: the images first, then the files that describe them.
+fn publish_all(
+    ctx: &BuildContext,
+    staging: &Path,
+    facts: &BuildFacts,
+    outputs: &[Output],
+) -> Result<()> {
+    let out_dir = &ctx.req.out_dir;
     // Two builds into the same directory take turns updating SHA256SUMS and the manifest.
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -419,28 +347,29 @@ pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Ve
         .open(out_dir.join(".mesobake.lock"))
         .context("opening the output directory lock")?;
     fs4::fs_std::FileExt::lock_exclusive(&lock).context("locking the output directory")?;
-    let entry = manifest::Entry::new(ctx, facts, &outputs);
-    let mut m = manifest::Manifest::load(&out_dir)?;
-    m.images.insert(name, entry);
+    let entry = manifest::Entry::new(ctx, facts, outputs);
+    let mut m = manifest::Manifest::load(out_dir)?;
+    m.images.insert(ctx.req.profile.name.clone(), entry);
     let mut json = serde_json::to_vec_pretty(&m)?;
     json.push(b'\n');
-    std::fs::write(staging.join("manifest.json"), json)?;
+    write(&staging.join("manifest.json"), json)?;
     // SHA256SUMS covers the manifest too, so a signature vouches for both.
     let manifest_out =
-        Output::describe(&staging, "manifest.json", Format::Raw, OutputKind::Text, 0)?;
-    let mut listed = outputs.clone();
+        Output::describe(staging, "manifest.json", Format::Raw, OutputKind::Text, 0)?;
+    let mut listed = outputs.to_vec();
     listed.push(manifest_out);
-    let sums = manifest::sha256sums(&out_dir, &listed)?;
-    std::fs::write(staging.join("SHA256SUMS"), sums)?;
-    if let Some(key) = &opts.sign {
+    let sums = manifest::sha256sums(out_dir, &listed)?;
+    write(&staging.join("SHA256SUMS"), sums)?;
+    let sign = &ctx.req.export.sign;
+    if let Some(key) = sign {
         ctx.progress.step(&format!("signing SHA256SUMS with {key}"));
-        sign(&staging.join("SHA256SUMS"), key)?;
+        self::sign(&staging.join("SHA256SUMS"), key)?;
     }
-    // Publish: the images first, then the files that describe them. A signature from an
-    // earlier build no longer matches, so it goes before the new SHA256SUMS arrives.
-    for o in &outputs {
+    for o in outputs {
         publish(&staging.join(&o.file), &out_dir.join(&o.file))?;
     }
+    // A signature from an earlier build no longer matches, so it goes before the new
+    // SHA256SUMS arrives.
     for old in SIGNATURE_FILES {
         match std::fs::remove_file(out_dir.join(old)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -449,18 +378,19 @@ pub fn run(ctx: &mut BuildContext, disk: &Path, facts: &BuildFacts) -> Result<Ve
             _ => {}
         }
     }
-    publish(
-        &staging.join("manifest.json"),
-        &out_dir.join("manifest.json"),
-    )?;
-    publish(&staging.join("SHA256SUMS"), &out_dir.join("SHA256SUMS"))?;
-    if opts.sign.is_some() {
-        publish(
-            &staging.join("SHA256SUMS.asc"),
-            &out_dir.join("SHA256SUMS.asc"),
-        )?;
+    let mut last = vec!["manifest.json", "SHA256SUMS"];
+    if sign.is_some() {
+        last.push("SHA256SUMS.asc");
     }
-    Ok(outputs)
+    for f in last {
+        publish(&staging.join(f), &out_dir.join(f))?;
+    }
+    Ok(())
+}
+
+/// Writes a file, naming it in the error.
+fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Detached signatures of SHA256SUMS that `check` verifies.
@@ -503,7 +433,7 @@ fn appliance(ctx: &BuildContext, capacity: u64) -> ova::Appliance {
 
 /// Moves a finished file into place atomically (same filesystem: the work dir lives in
 /// the output directory).
-fn publish(from: &Path, to: &PathBuf) -> Result<()> {
+fn publish(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).with_context(|| format!("publishing {}", to.display()))
 }
 
@@ -547,24 +477,6 @@ mod tests {
         assert!(!Format::Qcow2
             .options_with(Qcow2Compression::Zlib)
             .contains(&"compression_type=zstd"));
-    }
-
-    #[test]
-    fn formats_parse_from_lists() {
-        assert_eq!(
-            parse_formats(&["qcow2,raw".into(), "qcow2".into()]).unwrap(),
-            vec![Format::Qcow2, Format::Raw]
-        );
-        assert!(
-            format!("{:#}", parse_formats(&["vmdk9".into()]).unwrap_err())
-                .contains("unknown output format \"vmdk9\"")
-        );
-        let all = parse_formats(&["qcow2,vmdk,vdi,vhdx,vhd,vhd-fixed,raw,ova,ec2".into()]).unwrap();
-        assert_eq!(all.len(), 9);
-        assert_eq!(
-            serde_json::to_string(&Format::VhdFixed).unwrap(),
-            "\"vhd-fixed\""
-        );
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use quick_xml::events::{BytesText, Event};
@@ -22,42 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::progress::PercentBar;
 
-/// The digest the `.mf` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MfDigest {
-    /// SHA256 (OVF 2.0; VirtualBox 5 and later, VMware 6.5 and later).
-    #[default]
-    Sha256,
-    /// SHA1, for old hosts that reject SHA256 manifests.
-    Sha1,
-}
+pub use crate::settings::MfDigest;
 
-impl FromStr for MfDigest {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<MfDigest> {
-        match s.to_ascii_lowercase().as_str() {
-            "sha256" => Ok(MfDigest::Sha256),
-            "sha1" => Ok(MfDigest::Sha1),
-            o => bail!("unknown OVA manifest digest {o:?}: use sha256 or sha1"),
-        }
-    }
-}
-
-impl MfDigest {
-    /// The label in `.mf` lines.
-    pub fn label(self) -> &'static str {
-        match self {
-            MfDigest::Sha256 => "SHA256",
-            MfDigest::Sha1 => "SHA1",
-        }
-    }
-
-    fn hasher(self) -> Hasher {
-        match self {
-            MfDigest::Sha256 => Hasher::Sha256(sha2::Digest::new()),
-            MfDigest::Sha1 => Hasher::Sha1(sha1::Digest::new()),
-        }
+fn hasher(d: MfDigest) -> Hasher {
+    match d {
+        MfDigest::Sha256 => Hasher::Sha256(sha2::Digest::new()),
+        MfDigest::Sha1 => Hasher::Sha1(sha1::Digest::new()),
     }
 }
 
@@ -161,6 +130,10 @@ fn item(w: &mut XmlW, fields: &[(&str, String)]) -> std::io::Result<()> {
 
 /// The OVF descriptor for `app` with `disk` (a streamOptimized VMDK) and an optional seed
 /// ISO attached as a CD-ROM.
+///
+/// Long on purpose: the nested builder calls mirror the XML tree, in the element order
+/// OVF 1.0 requires, so the document reads top to bottom; the hardware section, the one
+/// part that varies, is its own function.
 pub fn descriptor(app: &Appliance, disk: &Member, iso: Option<&Member>) -> Result<String> {
     let mut w = quick_xml::Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(quick_xml::events::BytesDecl::new(
@@ -451,7 +424,7 @@ pub fn write_ova(input: &OvaInput, dest: &Path) -> Result<()> {
                    r: &mut dyn Read|
      -> Result<()> {
         let mut h = header(size, input.mtime);
-        let mut hasher = input.digest.hasher();
+        let mut hasher = hasher(input.digest);
         let mut hashing = HashingReader {
             inner: r,
             hasher: &mut hasher,
@@ -779,7 +752,7 @@ pub fn check(ova: &Path) -> Result<OvaCheck> {
         let Some(want) = listed.remove(&e.name) else {
             bail!("{} is not listed in the .mf", e.name);
         };
-        let mut h = digest.hasher();
+        let mut h = hasher(digest);
         copy_hashing(member_reader(ova, e)?, &mut std::io::sink(), &mut h)?;
         let got = h.hex();
         if got != want {

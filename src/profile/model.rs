@@ -87,17 +87,24 @@ pub struct RoleFile {
     pub services: Option<Vec<Service>>,
 }
 
-/// `[base]`
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+/// `[base]`, and `build --base`, `--base-sha256`, `--base-sha256sums`: one definition
+/// for both (see [`Profile::override_base`]).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BaseFile {
-    /// A named base (`ubuntu-24.04`, `debian-12`, ...), a local image path or an http(s) URL.
+    /// Base: a name (ubuntu-24.04, ubuntu-22.04, ubuntu-20.04, ubuntu-16.04, ubuntu-14.04,
+    /// debian-12, debian-12-ubuntu-24.04-layout), a local image path, or an http(s) URL;
+    /// overrides the profile.
+    #[arg(long = "base", id = "base")]
     pub name: Option<String>,
-    /// The SHA256 of a URL base.
+    /// SHA256 of a URL or local base.
+    #[arg(long = "base-sha256", id = "base_sha256")]
     pub sha256: Option<String>,
-    /// A SHA256SUMS URL listing a URL base.
+    /// SHA256SUMS URL for a URL base.
+    #[arg(long = "base-sha256sums", id = "base_sha256sums")]
     pub sha256sums: Option<String>,
     /// The disk size of the image, e.g. "6G"; the root filesystem grows to fill it.
+    #[arg(skip)]
     pub disk_size: Option<String>,
 }
 
@@ -109,11 +116,13 @@ pub struct AptFile {
     pub sources: Option<Vec<AptSource>>,
 }
 
-/// One apt repository, written as a deb822 `.sources` file with `Signed-By`.
+/// One apt repository, written by provision as a one-line-style `.list` file pinned to its
+/// key with `signed-by`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AptSource {
-    /// File name under /etc/apt/sources.list.d (without `.sources`).
+    /// Names the files: /etc/apt/sources.list.d/mesobake-NAME.list and its key,
+    /// /etc/apt/keyrings/mesobake-NAME.gpg.
     pub name: String,
     /// Only for bases of this family ("ubuntu" or "debian"); all bases when unset.
     pub family: Option<String>,
@@ -163,7 +172,7 @@ pub struct MarathonFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct OutputFile {
     /// Output formats; `--format` on the command line wins.
-    pub formats: Option<Vec<String>>,
+    pub formats: Option<Vec<crate::settings::Format>>,
 }
 
 /// A service a role can run.
@@ -228,7 +237,7 @@ pub struct Profile {
     /// What overlays not owned by root may carry.
     pub overlay_policy: OverlayPolicy,
     /// Output formats.
-    pub formats: Vec<String>,
+    pub formats: Vec<crate::settings::Format>,
     /// The cgroup hierarchy to boot (None: the base's default).
     pub cgroup: Option<CgroupMode>,
     /// Every file that went into the profile with its SHA256, in merge order.
@@ -243,73 +252,20 @@ impl Profile {
         sources: Vec<(PathBuf, String)>,
     ) -> Result<Profile> {
         let here = path.display();
-        let role = f.role.unwrap_or_default();
-        let mut services = role.services.unwrap_or_default();
-        if services.is_empty() {
-            bail!("{here}: [role] services is empty or missing: list some of zookeeper, master, marathon, agent");
-        }
-        let before = services.len();
-        services.sort();
-        services.dedup();
-        if services.len() != before {
-            bail!("{here}: [role] services lists a service twice");
-        }
-        if services.contains(&Service::Master) && !services.contains(&Service::Zookeeper) {
-            bail!("{here}: [role] services has master without zookeeper: a master image runs its own ZooKeeper member; add \"zookeeper\"");
-        }
-        if services.contains(&Service::Marathon) && !services.contains(&Service::Master) {
-            bail!("{here}: [role] services has marathon without master: Marathon runs beside a Mesos master; add \"master\"");
-        }
+        let services = check_services(&here, f.role.unwrap_or_default().services)?;
         let base = f.base.unwrap_or_default();
         let base_name = base.name.unwrap_or_else(|| "ubuntu-24.04".to_string());
         let disk_size = parse_size(base.disk_size.as_deref().unwrap_or("6G"))
             .map_err(|e| anyhow::anyhow!("{here}: [base] disk-size: {e}"))?;
         let pk = f.packages.unwrap_or_default();
-        let packages = pk.install.unwrap_or_default();
-        if packages.is_empty() {
-            bail!("{here}: [packages] install is empty: list the Mesos, Marathon and ZooKeeper packages");
-        }
-        for p in &packages {
-            if p.is_empty()
-                || !p
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
-            {
-                bail!("{here}: [packages] install: {p:?} is not a package name");
-            }
-        }
+        let packages = check_packages(&here, pk.install.unwrap_or_default())?;
         let mesos = f.mesos.unwrap_or_default();
         let master_flags = mesos.master_flags.unwrap_or_default();
         let agent_flags = mesos.agent_flags.unwrap_or_default();
-        for (table, flags) in [
-            ("master-flags", &master_flags),
-            ("agent-flags", &agent_flags),
-        ] {
-            for k in flags.keys() {
-                if let Err(e) = crate::nodeconf::flag_name(k) {
-                    bail!("{here}: [mesos] {table}: {e}");
-                }
-            }
-            if let Err(e) = crate::nodeconf::check_flags(flags.keys().map(String::as_str)) {
-                bail!("{here}: [mesos] {table}: {e}. Remove it from the profile ({} are set per node at first boot)", crate::nodeconf::OWNED_FLAGS.join(", "));
-            }
-        }
+        check_flags(&here, "master-flags", &master_flags)?;
+        check_flags(&here, "agent-flags", &agent_flags)?;
         let marathon_env = f.marathon.and_then(|m| m.env).unwrap_or_default();
-        for k in marathon_env.keys() {
-            if !k.starts_with("MARATHON_") && !k.starts_with("LIBPROCESS_") && k != "JAVA_OPTS" {
-                bail!("{here}: [marathon] env: {k:?} must start with MARATHON_ or LIBPROCESS_");
-            }
-            if [
-                "MARATHON_MASTER",
-                "MARATHON_ZK",
-                "MARATHON_HOSTNAME",
-                "LIBPROCESS_IP",
-            ]
-            .contains(&k.as_str())
-            {
-                bail!("{here}: [marathon] env: {k} is set per node at first boot; remove it");
-            }
-        }
+        check_marathon_env(&here, &marathon_env)?;
         let apt_sources = f.apt.and_then(|a| a.sources).unwrap_or_default();
         for s in &apt_sources {
             if let Some(fam) = &s.family {
@@ -318,10 +274,11 @@ impl Profile {
                 }
             }
         }
-        let formats = f
-            .output
-            .and_then(|o| o.formats)
-            .unwrap_or_else(|| vec!["qcow2".into()]);
+        let formats = match f.output.and_then(|o| o.formats) {
+            None => vec![crate::settings::Format::Qcow2],
+            Some(v) => crate::settings::dedup_formats(v)
+                .map_err(|e| anyhow::anyhow!("{here}: [output] formats: {e}"))?,
+        };
         Ok(Profile {
             name,
             path: path.to_owned(),
@@ -354,6 +311,18 @@ impl Profile {
             cgroup: f.boot.and_then(|b| b.cgroup),
             sources,
         })
+    }
+
+    /// Applies the command line's base settings: a base given there replaces the profile's
+    /// with its checksums; a checksum given there replaces the profile's.
+    pub fn override_base(&mut self, cli: BaseFile) {
+        if let Some(b) = cli.name {
+            self.base = b;
+            self.base_sha256 = None;
+            self.base_sha256sums = None;
+        }
+        self.base_sha256 = cli.sha256.or(self.base_sha256.take());
+        self.base_sha256sums = cli.sha256sums.or(self.base_sha256sums.take());
     }
 
     /// Whether the role runs `s`.
@@ -406,10 +375,93 @@ impl Profile {
         if let Some(c) = self.cgroup {
             s += &format!("cgroup      {c}\n");
         }
-        s += &format!("formats     {}\n", self.formats.join(","));
+        let formats: Vec<&str> = self.formats.iter().map(|f| f.name()).collect();
+        s += &format!("formats     {}\n", formats.join(","));
         s += "stages      resolve -> base -> provision -> configure -> finalize -> export\n";
         s
     }
+}
+
+/// `[role] services`: some services, each once, masters with their ZooKeeper and Marathon
+/// with its master. Returns them in start order.
+fn check_services(
+    here: &impl std::fmt::Display,
+    services: Option<Vec<Service>>,
+) -> Result<Vec<Service>> {
+    let mut services = services.unwrap_or_default();
+    if services.is_empty() {
+        bail!("{here}: [role] services is empty or missing: list some of zookeeper, master, marathon, agent");
+    }
+    let before = services.len();
+    services.sort();
+    services.dedup();
+    if services.len() != before {
+        bail!("{here}: [role] services lists a service twice");
+    }
+    if services.contains(&Service::Master) && !services.contains(&Service::Zookeeper) {
+        bail!("{here}: [role] services has master without zookeeper: a master image runs its own ZooKeeper member; add \"zookeeper\"");
+    }
+    if services.contains(&Service::Marathon) && !services.contains(&Service::Master) {
+        bail!("{here}: [role] services has marathon without master: Marathon runs beside a Mesos master; add \"master\"");
+    }
+    Ok(services)
+}
+
+/// `[packages] install`: not empty, and every entry a package name (with an optional
+/// version or release).
+fn check_packages(here: &impl std::fmt::Display, packages: Vec<String>) -> Result<Vec<String>> {
+    if packages.is_empty() {
+        bail!(
+            "{here}: [packages] install is empty: list the Mesos, Marathon and ZooKeeper packages"
+        );
+    }
+    for p in &packages {
+        if p.is_empty()
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c))
+        {
+            bail!("{here}: [packages] install: {p:?} is not a package name");
+        }
+    }
+    Ok(packages)
+}
+
+/// `[mesos] master-flags` / `agent-flags`: Mesos flag names, none of those first boot sets.
+fn check_flags(
+    here: &impl std::fmt::Display,
+    table: &str,
+    flags: &BTreeMap<String, String>,
+) -> Result<()> {
+    for k in flags.keys() {
+        if let Err(e) = crate::nodeconf::flag_name(k) {
+            bail!("{here}: [mesos] {table}: {e}");
+        }
+    }
+    if let Err(e) = crate::nodeconf::check_flags(flags.keys().map(String::as_str)) {
+        bail!("{here}: [mesos] {table}: {e}. Remove it from the profile ({} are set per node at first boot)", crate::nodeconf::OWNED_FLAGS.join(", "));
+    }
+    Ok(())
+}
+
+/// `[marathon] env`: Marathon's and libprocess's variables, none of those first boot sets.
+fn check_marathon_env(here: &impl std::fmt::Display, env: &BTreeMap<String, String>) -> Result<()> {
+    for k in env.keys() {
+        if !k.starts_with("MARATHON_") && !k.starts_with("LIBPROCESS_") && k != "JAVA_OPTS" {
+            bail!("{here}: [marathon] env: {k:?} must start with MARATHON_ or LIBPROCESS_");
+        }
+        if [
+            "MARATHON_MASTER",
+            "MARATHON_ZK",
+            "MARATHON_HOSTNAME",
+            "LIBPROCESS_IP",
+        ]
+        .contains(&k.as_str())
+        {
+            bail!("{here}: [marathon] env: {k} is set per node at first boot; remove it");
+        }
+    }
+    Ok(())
 }
 
 /// Parses "6G", "512M", "4096" (bytes).

@@ -137,11 +137,15 @@ impl NodeSeed {
 
     /// Writes the seed files into `dir`.
     pub fn write_dir(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("user-data"), self.user_data())?;
-        std::fs::write(dir.join("meta-data"), self.meta_data())?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let write = |name: &str, body: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).with_context(|| format!("writing {}", p.display()))
+        };
+        write("user-data", self.user_data())?;
+        write("meta-data", self.meta_data())?;
         if let Some(n) = self.network_config() {
-            std::fs::write(dir.join("network-config"), n)?;
+            write("network-config", n)?;
         }
         Ok(())
     }

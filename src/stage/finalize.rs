@@ -122,7 +122,7 @@ fn clear_dir(dir: &Path) -> Result<()> {
                     .next()
                     .is_some_and(|s| s.parse::<u32>().is_ok());
             if rotated {
-                std::fs::remove_file(&p)?;
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             } else {
                 std::fs::OpenOptions::new()
                     .write(true)

@@ -2,8 +2,13 @@
 //!
 //! Guests get user-mode networking with `restrict=on`: they reach nothing outside, and
 //! the host reaches their ports only through `hostfwd` on 127.0.0.1. The boot disk is
-//! opened with `snapshot=on`, so verifying an image never changes it. QEMU is stopped by
-//! PID on every path, including panics, through [`Vm`]'s `Drop`.
+//! opened with `snapshot=on`, so verifying an image never changes it. QEMU is killed
+//! through its child handle on every path, including panics, by [`Vm`]'s `Drop`, unless
+//! the VM was detached for the lab, which then tracks it by PID.
+//!
+//! QEMU is the one external command that does not go through [`crate::run::Cmd`]: it
+//! keeps running beside the caller (and, for the lab, after mesobake exits), while the
+//! runner runs commands to completion.
 
 use std::fs::File;
 use std::io::Read;
@@ -14,14 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// CPU emulation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Hardware virtualisation.
-    Kvm,
-    /// Software emulation (always works, slower).
-    Tcg,
-}
+pub use crate::settings::{Accel, AccelChoice};
 
 impl Accel {
     fn args(self) -> &'static [&'static str] {
@@ -29,14 +27,6 @@ impl Accel {
             Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
             // Nested KVM on these machines hangs guests; TCG with the "max" model works.
             Accel::Tcg => &["-accel", "tcg", "-cpu", "max"],
-        }
-    }
-
-    /// Its name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
         }
     }
 }
@@ -209,7 +199,8 @@ impl Vm {
         self.child.take().map(|c| c.id())
     }
 
-    /// Stops QEMU by PID and waits for it.
+    /// Kills QEMU through its child handle (SIGKILL) and reaps it. A VM that was
+    /// [`detach`](Self::detach)ed has no handle here any more; the lab stops those by PID.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -1,10 +1,11 @@
-//! Cached layers, each keyed by a hash of its inputs.
+//! Cached layers, each keyed by a hash of its inputs: their manifests, lookup, save.
 //!
 //! - `provisioned`: the disk after package installation and cleaning, as a sparse raw
 //!   file. Roles that share a package set (all three shipped profiles do) share one, so
 //!   building a second role, or rebuilding after an overlay edit, skips apt entirely.
 //! - `packed`: that disk as a compressed qcow2, made once per compression; a qcow2
-//!   output is this plus the changed clusters (see [`super::delta`]).
+//!   output is this plus the changed clusters (see [`super::delta`]); export makes and
+//!   uses it (`export::qcow2`).
 //! - `configured`: the delta from the provisioned disk to the finished one, plus what
 //!   configure found; an unchanged rebuild skips mounting the image at all.
 //!
@@ -18,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::BuildContext;
 use crate::base::cache::{Cache, LAYER_MANIFEST};
+use crate::context::BuildContext;
 use crate::run::Cmd;
 
 /// Bump when provisioning changes in a way the inputs would not show.
@@ -109,7 +110,8 @@ fn local_deb_digests(sources: &[PathBuf]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for s in sources {
         let files: Vec<PathBuf> = if s.is_dir() {
-            std::fs::read_dir(s)?
+            std::fs::read_dir(s)
+                .with_context(|| format!("listing {}", s.display()))?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -146,8 +148,9 @@ pub fn key(inputs: &BTreeMap<String, String>) -> String {
 }
 
 fn mtime_ns(p: &Path) -> Result<u128> {
-    Ok(std::fs::metadata(p)?
-        .modified()?
+    Ok(std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading the time of {}", p.display()))?
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos())
@@ -178,8 +181,9 @@ pub fn lookup(cache: &Cache, kind: &str, key: &str) -> Result<Option<(PathBuf, L
 }
 
 fn check(dir: &Path, kind: &str, key: &str) -> Result<LayerManifest> {
-    let m: LayerManifest = serde_json::from_slice(&std::fs::read(dir.join(LAYER_MANIFEST))?)
-        .context("reading the layer manifest")?;
+    let path = dir.join(LAYER_MANIFEST);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: LayerManifest = serde_json::from_slice(&text).context("reading the layer manifest")?;
     if m.key != key || m.kind != kind {
         bail!("manifest says {}/{}", m.kind, m.key);
     }
@@ -220,7 +224,7 @@ pub fn save(
         &key[..12],
         std::process::id()
     ));
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let r = (|| {
         let path = tmp.join(file);
         make(&path).with_context(|| format!("saving the {kind} layer"))?;
@@ -235,7 +239,9 @@ pub fn save(
             disk_mtime_ns: mtime_ns(&path)?,
             extra: facts.extra,
         };
-        std::fs::write(tmp.join(LAYER_MANIFEST), serde_json::to_vec_pretty(&m)?)?;
+        let manifest = tmp.join(LAYER_MANIFEST);
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&m)?)
+            .with_context(|| format!("writing {}", manifest.display()))?;
         cache.publish_dir(&tmp, kind, key)
     })();
     match r {
@@ -253,7 +259,9 @@ pub fn save(
 /// (packed, configured) take this as their input so they never combine with another
 /// instance's bytes.
 pub fn instance(key: &str, file: &Path) -> Result<String> {
-    let size = std::fs::metadata(file)?.len();
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
     Ok(format!("{key} {size} {}", mtime_ns(file)?))
 }
 

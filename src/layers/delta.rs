@@ -174,7 +174,7 @@ pub fn apply_raw(delta: &Delta, data: &Path, disk: &Path) -> Result<()> {
 /// compressed from per-run files under `scratch`, zero runs are written as zeroes with
 /// unmapping allowed, which frees the compressed clusters they replace.
 pub fn apply_qcow2(delta: &Delta, data: &Path, image: &Path, scratch: &Path) -> Result<()> {
-    std::fs::create_dir_all(scratch)?;
+    std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let mut src = File::open(data).with_context(|| format!("opening {}", data.display()))?;
     let mut script = String::new();
     for (i, e) in delta.extents.iter().enumerate() {
