@@ -1002,17 +1002,10 @@ def check_docker(flags):
     # Mesos runs this through the shell, so a docker CLI that cannot be found
     # shows up as exit status 127.
     command = "%s -H unix://%s --version" % (docker, socket_path)
-    try:
-        process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, _ = process.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise Exit(prefix + "Timed out getting docker version")
-    if process.returncode != 0:
+    status, out, _ = run_shell(command, 5, prefix + "Timed out getting docker version")
+    if status != 0:
         raise Exit(prefix + "Failed to get docker version: Failed to execute '%s': "
-                   "exited with status %d" % (command, process.returncode))
+                   "exited with status %d" % (command, status))
     # Docker::__version(): the last word before the first comma, at most three
     # dot-separated components ("Docker version 20.10.24+dfsg1, build ...").
     words = out.decode(errors="replace").split(",")[0].split(" ")
@@ -1027,6 +1020,21 @@ def check_docker(flags):
                    ">=' %s'" % ("%d.%d.%d" % found, ".".join(map(str, DOCKER_MIN_VERSION))))
 
 
+def run_shell(command, timeout, timed_out):
+    """Runs COMMAND through /bin/sh, as Mesos runs the docker CLI (so a missing CLI
+    is exit status 127). Returns (status, stdout, stderr); raises Exit(TIMED_OUT)
+    after TIMEOUT seconds."""
+    process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise Exit(timed_out)
+    return process.returncode, out, err
+
+
 def recover_docker(flags, log):
     """DockerContainerizerProcess::recover() (src/slave/containerizer/docker.cpp) lists
     every Docker container with `docker -H unix://<socket> ps -a`; with no Docker
@@ -1036,18 +1044,11 @@ def recover_docker(flags, log):
     """
     log.info("Recovering Docker containers")
     command = "%s -H unix://%s ps -a" % (flags.get("docker"), flags.get("docker_socket"))
-    try:
-        process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, err = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise Exit("Failed to perform recovery: Failed to run '%s': timed out" % command)
-    if process.returncode != 0:
+    status, _, err = run_shell(
+        command, 60, "Failed to perform recovery: Failed to run '%s': timed out" % command)
+    if status != 0:
         raise Exit("Failed to perform recovery: Failed to run '%s': exited with status %d; "
-                   "stderr='%s'" % (command, process.returncode,
-                                    err.decode(errors="replace").strip()))
+                   "stderr='%s'" % (command, status, err.decode(errors="replace").strip()))
 
 
 def check_containerizers(flags):
