@@ -16,6 +16,7 @@ pub mod profile;
 pub mod progress;
 pub mod run;
 pub mod seed;
+pub mod service;
 pub mod settings;
 pub mod stage;
 pub mod vm;

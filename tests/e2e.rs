@@ -132,7 +132,7 @@ fn build_and_verify_master_slave_and_slave_only() {
     }
     assert_eq!(
         m["images"]["master-slave"]["profile"]["services"],
-        serde_json::json!(["zookeeper", "master", "marathon", "agent"])
+        serde_json::json!(["zookeeper", "master", "marathon", "agent", "node-exporter"])
     );
     assert_eq!(
         m["images"]["slave-only"]["profile"]["services"],
@@ -170,6 +170,7 @@ fn build_and_verify_master_slave_and_slave_only() {
             "master :5050",
             "marathon :8080",
             "agent :5051",
+            "node-exporter :9100",
         ];
         if role == "master-slave" {
             want.push("agent registered");
@@ -195,8 +196,16 @@ fn build_and_verify_master_slave_and_slave_only() {
             // Elected through ZooKeeper, and the node's own agent registered with it.
             assert!(detail("master :5050").contains("leader=master@10.0.2.15:5050"));
             assert!(detail("agent registered").contains("as active"));
+            // The optional node exporter, through the service table: profile -> image ->
+            // verify's probe of its metrics port.
+            assert!(detail("node-exporter :9100").contains("samples"));
         } else {
-            for n in ["zookeeper :2181", "master :5050", "marathon :8080"] {
+            for n in [
+                "zookeeper :2181",
+                "master :5050",
+                "marathon :8080",
+                "node-exporter :9100",
+            ] {
                 assert!(
                     detail(n).contains("not running"),
                     "{role} {n}: {}",

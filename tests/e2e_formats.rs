@@ -275,8 +275,9 @@ fn all_formats_check_and_the_ova_disk_boots() {
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let checks = r["checks"].as_array().unwrap();
     assert!(checks.iter().all(|c| c["ok"] == true), "{stdout}");
-    assert_eq!(checks.len(), 6, "{stdout}");
-    assert_eq!(checks[5]["name"], "agent registered", "{stdout}");
+    assert_eq!(checks.len(), 7, "{stdout}");
+    assert_eq!(checks[5]["name"], "node-exporter :9100", "{stdout}");
+    assert_eq!(checks[6]["name"], "agent registered", "{stdout}");
     let _ = std::fs::remove_dir_all(Path::new(&x));
 }
 

@@ -318,7 +318,8 @@ fn write_ec2(ctx: &BuildContext, st: &mut Staging) -> Result<Vec<Output>> {
             name: st.name.clone(),
             user_data: ec2::default_user_data(p.runs(Service::Zookeeper)),
         }],
-        instance_type: if p.runs(Service::Marathon) {
+        // A JVM (ZooKeeper, Marathon) wants the larger instance.
+        instance_type: if crate::service::wants_jvm_memory(&p.services) {
             "t3.large".into()
         } else {
             "t3.medium".into()
@@ -413,7 +414,6 @@ pub fn sign(sums: &Path, key: &str) -> Result<()> {
 /// The OVF's virtual machine for this build. Roles with the JVM services (ZooKeeper,
 /// Marathon) get 4 GiB; agents 2 GiB. Both can be changed in the import dialog.
 fn appliance(ctx: &BuildContext, capacity: u64) -> ova::Appliance {
-    use crate::profile::Service;
     let p = &ctx.req.profile;
     ova::Appliance {
         name: p.name.clone(),
@@ -422,7 +422,7 @@ fn appliance(ctx: &BuildContext, capacity: u64) -> ova::Appliance {
             _ => ova::GuestOs::Debian64,
         },
         cpus: 2,
-        memory_mb: if p.runs(Service::Zookeeper) || p.runs(Service::Marathon) {
+        memory_mb: if crate::service::wants_jvm_memory(&p.services) {
             4096
         } else {
             2048

@@ -187,15 +187,18 @@ pub enum Service {
     Marathon,
     /// The Mesos agent (`mesos-slave` or `mesos-agent`, by package layout).
     Agent,
+    /// The Prometheus node exporter (`prometheus-node-exporter`), optional on any role.
+    NodeExporter,
 }
 
 impl Service {
-    /// Every service, in start order.
-    pub const ALL: [Service; 4] = [
+    /// Every service, in start order (the order of [`crate::service::SERVICES`]).
+    pub const ALL: [Service; 5] = [
         Service::Zookeeper,
         Service::Master,
         Service::Marathon,
         Service::Agent,
+        Service::NodeExporter,
     ];
 }
 

@@ -635,17 +635,27 @@ pub fn systemd_dropin() -> &'static str {
     "# Written by mesobake: start only after mesobake-configure wrote this node's config.\n[Unit]\nAfter=mesobake-configure.service\n"
 }
 
+/// What the build does to an installed service's unit or job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAction {
+    /// systemd, a service the role runs: disabled at boot, ordered after the configurator,
+    /// which starts it once it wrote the service's config.
+    DisableAndOrder,
+    /// systemd, a service the role does not run: masked, because package upgrades
+    /// re-enable a merely disabled unit.
+    Mask,
+    /// upstart: a `manual` override for every job; the configurator starts the role's.
+    Manual,
+}
+
 /// The service actions for the role, as (action, unit) pairs; pure so it can be tested.
-/// The role's own services are disabled and started by the configurator after it wrote
-/// their config; the others are masked, because package upgrades re-enable a merely
-/// disabled unit.
-pub fn plan_overrides(profile: &Profile, layout: &Layout) -> Vec<(&'static str, String)> {
+pub fn plan_overrides(profile: &Profile, layout: &Layout) -> Vec<(ServiceAction, String)> {
     let mut v = Vec::new();
     for (s, unit) in &layout.installed {
         let action = match (layout.init, profile.runs(*s)) {
-            (Init::Systemd, true) => "disable+order",
-            (Init::Systemd, false) => "mask",
-            (Init::Upstart, _) => "manual",
+            (Init::Systemd, true) => ServiceAction::DisableAndOrder,
+            (Init::Systemd, false) => ServiceAction::Mask,
+            (Init::Upstart, _) => ServiceAction::Manual,
         };
         v.push((action, unit.clone()));
     }
@@ -656,7 +666,7 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
     let r = root.path();
     for (action, unit) in plan_overrides(profile, layout) {
         match action {
-            "disable+order" => {
+            ServiceAction::DisableAndOrder => {
                 chroot(r, &["systemctl", "disable", &unit])
                     .run()
                     .with_context(|| format!("disabling {unit}"))?;
@@ -666,18 +676,17 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
                     0o644,
                 )?;
             }
-            "mask" => {
+            ServiceAction::Mask => {
                 chroot(r, &["systemctl", "disable", &unit]).run().ok();
                 chroot(r, &["systemctl", "mask", &unit])
                     .run()
                     .with_context(|| format!("masking {unit}"))?;
             }
-            "manual" => root.write(
+            ServiceAction::Manual => root.write(
                 &format!("etc/init/{unit}.override"),
                 upstart_override().as_bytes(),
                 0o644,
             )?,
-            _ => unreachable!("plan_overrides returns known actions"),
         }
     }
     if layout.init == Init::Systemd && !wants_docker(profile) {
@@ -764,10 +773,10 @@ mod tests {
         assert_eq!(
             plan,
             vec![
-                ("mask", "zookeeper".to_string()),
-                ("mask", "mesos-master".to_string()),
-                ("mask", "marathon".to_string()),
-                ("disable+order", "mesos-slave".to_string()),
+                (ServiceAction::Mask, "zookeeper".to_string()),
+                (ServiceAction::Mask, "mesos-master".to_string()),
+                (ServiceAction::Mask, "marathon".to_string()),
+                (ServiceAction::DisableAndOrder, "mesos-slave".to_string()),
             ]
         );
         let env = role_env(&p, &layout(Init::Systemd, "mesos-slave"));
@@ -776,6 +785,31 @@ mod tests {
             env.contains("MESOBAKE_AGENT_DIR='/etc/mesos-slave'\n"),
             "{env}"
         );
+    }
+
+    #[test]
+    fn the_node_exporter_is_an_optional_service_from_the_table() {
+        let mut l = layout(Init::Systemd, "mesos-agent");
+        l.installed
+            .push((Service::NodeExporter, "prometheus-node-exporter".into()));
+        let plan = plan_overrides(&profile(&[Service::Agent]), &l);
+        assert!(plan.contains(&(ServiceAction::Mask, "prometheus-node-exporter".into())));
+        let p = profile(&[Service::Agent, Service::NodeExporter]);
+        let plan = plan_overrides(&p, &l);
+        assert!(plan.contains(&(
+            ServiceAction::DisableAndOrder,
+            "prometheus-node-exporter".into()
+        )));
+        // Started by the configurator, after the Mesos daemons.
+        let env = role_env(&p, &l);
+        assert!(
+            env.contains("MESOBAKE_SERVICES='mesos-agent prometheus-node-exporter'\n"),
+            "{env}"
+        );
+        // The shipped master+slave profile runs it.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let ms = crate::profile::load(&dir.join("master-slave.toml"), &[]).unwrap();
+        assert!(ms.runs(Service::NodeExporter));
     }
 
     #[test]
@@ -930,7 +964,7 @@ mod tests {
     fn upstart_gets_manual_overrides_for_every_job() {
         let p = profile(&[Service::Zookeeper, Service::Master, Service::Marathon]);
         let plan = plan_overrides(&p, &layout(Init::Upstart, "mesos-slave"));
-        assert!(plan.iter().all(|(a, _)| *a == "manual"));
+        assert!(plan.iter().all(|(a, _)| *a == ServiceAction::Manual));
         assert_eq!(plan.len(), 4);
         assert_eq!(upstart_override(), "manual\n");
         let env = role_env(&p, &layout(Init::Upstart, "mesos-slave"));

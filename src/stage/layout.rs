@@ -118,20 +118,13 @@ pub fn detect(root: &ImageRoot) -> Layout {
     } else {
         (None, None, None)
     };
-    let mut installed = Vec::new();
-    for s in Service::ALL {
-        let name = match s {
-            Service::Zookeeper => Some("zookeeper"),
-            Service::Master => Some("mesos-master"),
-            Service::Marathon => Some("marathon"),
-            Service::Agent => agent_service,
-        };
-        if let Some(n) = name {
-            if has_service(root, init, n) {
-                installed.push((s, n.to_string()));
-            }
-        }
-    }
+    let installed = crate::service::SERVICES
+        .iter()
+        .filter_map(|spec| {
+            let unit = spec.units.iter().find(|u| has_service(root, init, u))?;
+            Some((spec.service, unit.to_string()))
+        })
+        .collect();
     let packaging = match agent_service {
         Some("mesos-agent") => Some(Packaging::Aventer),
         Some(_) => Some(Packaging::Mesosphere),
@@ -216,6 +209,22 @@ mod tests {
         assert_eq!(l.agent_dir.as_deref(), Some("/etc/mesos-slave"));
         assert_eq!(l.unit(Service::Zookeeper), Some("zookeeper"));
         assert_eq!(l.unit(Service::Marathon), None);
+    }
+
+    #[test]
+    fn optional_services_are_found_by_the_table() {
+        let d = tempfile::tempdir().unwrap();
+        touch(d.path(), "lib/systemd/system/mesos-agent.service");
+        touch(
+            d.path(),
+            "lib/systemd/system/prometheus-node-exporter.service",
+        );
+        let l = detect(&ImageRoot::open(d.path()).unwrap());
+        assert_eq!(
+            l.unit(Service::NodeExporter),
+            Some("prometheus-node-exporter")
+        );
+        assert_eq!(l.unit(Service::Agent), Some("mesos-agent"));
     }
 
     #[test]

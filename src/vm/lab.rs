@@ -22,12 +22,14 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::probe;
 use super::qemu::{self, Accel, VmSpec};
-use super::verify::{self, four_letter, http_json, parse_configured};
+use super::verify::parse_configured;
 use crate::cluster::{Cluster, LabMember};
 use crate::profile::Service;
 use crate::run::Cmd;
 use crate::seed::NetIface;
+use crate::service::{ServiceSpec, SERVICES};
 
 /// Default memory per VM: four of them, plus the host, fit a 24 GiB machine many times
 /// over; ZooKeeper, the Mesos daemons and cloud-init need about 400 MB together.
@@ -37,14 +39,6 @@ pub const DEFAULT_CPUS: u32 = 1;
 
 /// The address the user-networking NIC gets inside each guest (QEMU's DHCP default).
 const MGMT_ADDR: &str = "10.0.2.15/24";
-
-/// Guest ports each service is reachable on.
-pub const SERVICE_PORTS: [(Service, u16); 4] = [
-    (Service::Zookeeper, 2181),
-    (Service::Master, 5050),
-    (Service::Marathon, 8080),
-    (Service::Agent, 5051),
-];
 
 /// What `lab up` needs beyond the topology.
 #[derive(Debug, Clone)]
@@ -215,10 +209,8 @@ fn start_vm(
     let iso = dir.join(format!("{}-seed.iso", m.name));
     seed.write_iso(&iso)?;
     let mut ports = BTreeMap::new();
-    for (svc, gp) in SERVICE_PORTS {
-        if m.services.contains(&svc) {
-            ports.insert(gp, qemu::free_port()?);
-        }
+    for spec in SERVICES.iter().filter(|s| m.services.contains(&s.service)) {
+        ports.insert(spec.port, qemu::free_port()?);
     }
     let serial = dir.join(format!("{}.serial.log", m.name));
     let spec = VmSpec {
@@ -341,15 +333,6 @@ fn configured(serial: &Path) -> Result<Option<String>> {
     last
 }
 
-/// ZooKeeper's mode from `srvr` through a forwarded port.
-pub fn zk_mode(port: u16) -> Result<String> {
-    let out = four_letter(port, "srvr")?;
-    out.lines()
-        .find_map(|l| l.strip_prefix("Mode: "))
-        .map(|m| m.trim().to_string())
-        .ok_or_else(|| anyhow::anyhow!("srvr reply has no Mode line"))
-}
-
 fn wait_ready(state: &State, t0: Instant, timeout: Duration) -> Result<()> {
     let zk: Vec<&VmState> = state
         .vms
@@ -372,7 +355,7 @@ fn wait_ready(state: &State, t0: Instant, timeout: Duration) -> Result<()> {
         if quorum_at.is_none() {
             let modes: Vec<String> = zk
                 .iter()
-                .map(|v| zk_mode(v.ports[&2181]).unwrap_or_default())
+                .map(|v| probe::zk_mode(v.ports[&2181]).unwrap_or_default())
                 .collect();
             let leaders = modes.iter().filter(|m| *m == "leader").count();
             let followers = modes.iter().filter(|m| *m == "follower").count();
@@ -477,71 +460,9 @@ pub struct NodeStatus {
     pub ports: BTreeMap<u16, u16>,
 }
 
-fn check(svc: Service, port: u16) -> Health {
-    let r: Result<(String, Option<serde_json::Value>, Option<serde_json::Value>)> = match svc {
-        Service::Zookeeper => zk_mode(port).map(|m| (m, None, None)),
-        Service::Master => verify::master_view(port).map(|v| {
-            let f = v.flags.clone();
-            let role = if v.leading {
-                format!("leading, {} agent(s)", v.agents.len())
-            } else {
-                format!("following {}", v.leader)
-            };
-            let agents: Vec<serde_json::Value> = v
-                .agents
-                .iter()
-                .map(|a| {
-                    serde_json::json!({
-                        "id": a["id"], "hostname": a["hostname"], "active": a["active"], "pid": a["pid"],
-                    })
-                })
-                .collect();
-            (
-                format!(
-                    "zk={} quorum={} {role}",
-                    f["zk"].as_str().unwrap_or("?"),
-                    f["quorum"].as_str().unwrap_or("?")
-                ),
-                Some(f),
-                Some(serde_json::json!({
-                    "leading": v.leading, "leader": v.leader, "pid": v.pid, "agents": agents,
-                })),
-            )
-        }),
-        Service::Marathon => http_json(port, "/v2/info").map(|i| {
-            (
-                format!(
-                    "master={}",
-                    i["marathon_config"]["master"].as_str().unwrap_or("?")
-                ),
-                None,
-                None,
-            )
-        }),
-        Service::Agent => http_json(port, "/state").map(|st| {
-            let f = st["flags"].clone();
-            let id = st["id"].as_str().unwrap_or("");
-            let reg = if id.is_empty() {
-                "not registered".to_string()
-            } else {
-                format!(
-                    "registered with {}",
-                    st["master_hostname"].as_str().unwrap_or("?")
-                )
-            };
-            (
-                format!(
-                    "master={} {} {reg}",
-                    f["master"].as_str().unwrap_or("?"),
-                    st["hostname"].as_str().unwrap_or("?")
-                ),
-                Some(f),
-                Some(serde_json::json!({
-                    "id": st["id"], "hostname": st["hostname"], "master_hostname": st["master_hostname"],
-                })),
-            )
-        }),
-    };
+fn check(spec: &ServiceSpec, port: u16) -> Health {
+    let svc = spec.service;
+    let r = probe::read(spec.probe, port).map(|r| (r.detail, r.flags, Some(r.state)));
     match r {
         Ok((detail, flags, state)) => Health {
             service: svc,
@@ -581,10 +502,10 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
             Err(e) => format!("{e}"),
         };
         let services = if running {
-            SERVICE_PORTS
+            SERVICES
                 .iter()
-                .filter(|(s, _)| v.services.contains(s))
-                .map(|(s, g)| check(*s, v.ports[g]))
+                .filter(|s| v.services.contains(&s.service))
+                .map(|s| check(s, v.ports[&s.port]))
                 .collect()
         } else {
             Vec::new()

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use super::probe;
 use super::qemu::{self, Accel, VmSpec};
 use crate::export::manifest::Manifest;
 use crate::profile::Service;
 use crate::seed::NodeSeed;
+use crate::service::SERVICES;
 
 /// Options for one verification boot.
 #[derive(Debug, Clone)]
@@ -108,13 +110,6 @@ pub fn parse_configured(line: &str) -> Option<Configured> {
     })
 }
 
-const PORTS: [(Service, u16); 4] = [
-    (Service::Zookeeper, 2181),
-    (Service::Master, 5050),
-    (Service::Marathon, 8080),
-    (Service::Agent, 5051),
-];
-
 /// Boots the image and checks it.
 pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     let image = &opts.image;
@@ -152,7 +147,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         None => None,
     };
     let mut forwards = Vec::new();
-    for (_, port) in PORTS {
+    for port in SERVICES.iter().map(|s| s.port) {
         forwards.push((qemu::free_port()?, port));
     }
     let host_port = |g: u16| {
@@ -249,71 +244,19 @@ fn run_checks(
             .split(',')
             .count();
     let quorum = (zk_hosts / 2 + 1).to_string();
-    for (svc, guest_port) in PORTS {
+    for spec in SERVICES {
+        let (svc, guest_port) = (spec.service, spec.port);
         let p = port(guest_port);
-        let runs = services.contains(&svc);
-        let name = format!("{} :{guest_port}", format!("{svc:?}").to_lowercase());
-        let (ok, detail) = if !runs {
+        let name = format!("{} :{guest_port}", spec.name);
+        let (ok, detail) = if !services.contains(&svc) {
             match not_answering(svc, p) {
                 Ok(()) => (true, "not running, as the role requires".to_string()),
                 Err(e) => (false, format!("{e:#}")),
             }
         } else {
-            let r = retry(timeout, || match svc {
-                Service::Zookeeper => {
-                    let out = four_letter(p, "srvr")?;
-                    let mode = out
-                        .lines()
-                        .find(|l| l.starts_with("Mode:"))
-                        .unwrap_or("")
-                        .to_string();
-                    if zk_hosts == 1 && mode != "Mode: standalone" {
-                        bail!("srvr says {mode:?}, expected standalone");
-                    }
-                    Ok(format!("srvr: {mode}"))
-                }
-                Service::Master => {
-                    let view = master_view(p)?;
-                    let flags = &view.flags;
-                    expect_zk_flag(flags, "zk", &c.zk)?;
-                    expect_flag(flags, "quorum", &quorum)?;
-                    expect_flag(flags, "ip", &c.ip)?;
-                    if flags["work_dir"].as_str().unwrap_or("").is_empty() {
-                        bail!("/state: work_dir is not set");
-                    }
-                    // One master: it must have won the election in ZooKeeper.
-                    let leader = &view.leader;
-                    if zk_hosts == 1 && !view.leading {
-                        bail!("/state: not the leading master (leader {leader:?}); is ZooKeeper reachable at {}?", c.zk);
-                    }
-                    Ok(format!(
-                        "/state: zk={} quorum={} ip={} leader={leader}",
-                        c.zk, quorum, c.ip
-                    ))
-                }
-                Service::Marathon => {
-                    let info = http_json(p, "/v2/info")?;
-                    let master = info["marathon_config"]["master"].as_str().unwrap_or("");
-                    if master != c.zk {
-                        bail!("/v2/info: master is {master:?}, expected {}", c.zk);
-                    }
-                    Ok(format!("/v2/info: master={master}"))
-                }
-                Service::Agent => {
-                    let st = http_json(p, "/state")?;
-                    let flags = &st["flags"];
-                    expect_zk_flag(flags, "master", &c.zk)?;
-                    expect_flag(flags, "ip", &c.ip)?;
-                    let host = st["hostname"].as_str().unwrap_or("");
-                    if host.is_empty() || host.starts_with("localhost") {
-                        bail!("/state: the agent calls itself {host:?}; frameworks reach tasks by that name");
-                    }
-                    Ok(format!(
-                        "/state: master={} containerizers={} hostname={host}",
-                        c.zk,
-                        flags["containerizers"].as_str().unwrap_or("(default)")
-                    ))
-                }
+            let r = retry(timeout, || {
+                let r = probe::read(spec.probe, p)?;
+                expect(svc, &r, c, zk_hosts, &quorum)
             });
             match r {
                 Ok(d) => (true, d),
@@ -333,6 +276,77 @@ fn run_checks(
             ok,
             detail,
         });
+    }
+}
+
+/// Checks one service's reading against what the node reported in its configured line;
+/// returns the check's detail.
+fn expect(
+    svc: Service,
+    r: &probe::Reading,
+    c: &Configured,
+    zk_hosts: usize,
+    quorum: &str,
+) -> Result<String> {
+    let null = serde_json::Value::Null;
+    let flags = r.flags.as_ref().unwrap_or(&null);
+    let st = &r.state;
+    match svc {
+        Service::Zookeeper => {
+            let mode = st["mode"].as_str().unwrap_or("");
+            if zk_hosts == 1 && mode != "standalone" {
+                bail!("srvr says Mode: {mode}, expected standalone");
+            }
+            Ok(format!("srvr: Mode: {mode}"))
+        }
+        Service::Master => {
+            expect_zk_flag(flags, "zk", &c.zk)?;
+            expect_flag(flags, "quorum", quorum)?;
+            expect_flag(flags, "ip", &c.ip)?;
+            if flags["work_dir"].as_str().unwrap_or("").is_empty() {
+                bail!("/state: work_dir is not set");
+            }
+            // One master: it must have won the election in ZooKeeper.
+            let leader = st["leader"].as_str().unwrap_or("");
+            if zk_hosts == 1 && st["leading"] != true {
+                bail!(
+                    "/state: not the leading master (leader {leader:?}); is ZooKeeper reachable at {}?",
+                    c.zk
+                );
+            }
+            Ok(format!(
+                "/state: zk={} quorum={quorum} ip={} leader={leader}",
+                c.zk, c.ip
+            ))
+        }
+        Service::Marathon => {
+            let master = st["master"].as_str().unwrap_or("");
+            if master != c.zk {
+                bail!("/v2/info: master is {master:?}, expected {}", c.zk);
+            }
+            Ok(format!("/v2/info: master={master}"))
+        }
+        Service::Agent => {
+            expect_zk_flag(flags, "master", &c.zk)?;
+            expect_flag(flags, "ip", &c.ip)?;
+            let host = st["hostname"].as_str().unwrap_or("");
+            if host.is_empty() || host.starts_with("localhost") {
+                bail!(
+                    "/state: the agent calls itself {host:?}; frameworks reach tasks by that name"
+                );
+            }
+            Ok(format!(
+                "/state: master={} containerizers={} hostname={host}",
+                c.zk,
+                flags["containerizers"].as_str().unwrap_or("(default)")
+            ))
+        }
+        Service::NodeExporter => {
+            if st["build_info"] != true {
+                bail!("/metrics has no node_exporter_build_info: not the node exporter?");
+            }
+            Ok(r.detail.clone())
+        }
     }
 }
 
