@@ -11,7 +11,7 @@ mod model;
 
 pub use model::*;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -99,7 +99,7 @@ pub struct Network {
 pub const MAX_LAB_COUNT: u32 = 256;
 
 /// The netmask of a prefix length from 0 to 32 (`/0` is no mask at all).
-fn prefix_mask(len: u8) -> u32 {
+pub(crate) fn prefix_mask(len: u8) -> u32 {
     u32::MAX
         .checked_shl(32 - u32::from(len.min(32)))
         .unwrap_or(0)
@@ -349,42 +349,26 @@ pub fn derived_mac(cluster: &str, node: &str) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
 }
 
-impl Cluster {
-    fn resolve(path: &Path, text: &str, f: ClusterFile, profiles: &Path) -> Result<Cluster> {
-        let ctx = Ctx { path, text };
-        let name = f.name.get_ref().clone();
-        if !valid_name(&name) {
-            return Err(ctx.err(f.name.span(), "", "name", format!("{name:?} must be letters, digits and '-' (it names VMs, instance ids and the lab's run dir)")));
-        }
-        // Network.
-        let n = &f.network;
+/// What earlier nodes took: addresses, MACs and ZooKeeper ids, each with its node's name.
+#[derive(Default)]
+struct Taken {
+    ips: BTreeMap<Ipv4Addr, String>,
+    macs: BTreeMap<String, String>,
+    ids: BTreeMap<u8, String>,
+}
+
+/// The steps of [`Cluster::resolve`], in the order it takes them.
+impl Ctx<'_> {
+    /// `[network]`: a static cidr (with gateway and name servers) or DHCP, not both.
+    fn network(&self, n: &NetworkFile) -> Result<Network> {
         let dhcp = n.dhcp.as_ref().is_some_and(|d| *d.get_ref());
         let cidr = match &n.cidr {
             None => None,
-            Some(c) => {
-                let s = c.get_ref();
-                let parsed = s.split_once('/').and_then(|(a, l)| {
-                    Some((
-                        a.parse::<Ipv4Addr>().ok()?,
-                        l.parse::<u8>().ok().filter(|l| *l <= 32)?,
-                    ))
-                });
-                match parsed {
-                    Some(v) => Some(v),
-                    None => {
-                        return Err(ctx.err(
-                            c.span(),
-                            "[network] ",
-                            "cidr",
-                            format!("{s:?} is not an IPv4 CIDR like 10.0.0.0/24"),
-                        ))
-                    }
-                }
-            }
+            Some(c) => Some(self.cidr(c)?),
         };
         if dhcp && cidr.is_some() {
             let span = n.cidr.as_ref().expect("set").span();
-            return Err(ctx.err(
+            return Err(self.err(
                 span,
                 "[network] ",
                 "cidr",
@@ -393,7 +377,7 @@ impl Cluster {
         }
         if !dhcp && cidr.is_none() {
             return Err(ClusterError {
-                path: path.to_owned(),
+                path: self.path.to_owned(),
                 line: 1,
                 subject: "[network] ".into(),
                 key: "cidr".into(),
@@ -408,9 +392,9 @@ impl Cluster {
             dns: Vec::new(),
         };
         if let Some(g) = &n.gateway {
-            let ip = parse_ip(&ctx, g, "[network] ", "gateway")?;
+            let ip = parse_ip(self, g, "[network] ", "gateway")?;
             if !network.contains(ip) {
-                return Err(ctx.err(
+                return Err(self.err(
                     g.span(),
                     "[network] ",
                     "gateway",
@@ -422,7 +406,7 @@ impl Cluster {
         if let Some(d) = &n.dns {
             for s in d.get_ref() {
                 let ip = s.parse::<Ipv4Addr>().map_err(|_| {
-                    ctx.err(
+                    self.err(
                         d.span(),
                         "[network] ",
                         "dns",
@@ -432,12 +416,36 @@ impl Cluster {
                 network.dns.push(ip);
             }
         }
-        for k in f.ssh_keys.iter().flat_map(|k| k.get_ref()) {
+        Ok(network)
+    }
+
+    /// `cidr = "10.0.0.0/24"`: an address and a prefix length from 0 to 32.
+    fn cidr(&self, c: &toml::Spanned<String>) -> Result<(Ipv4Addr, u8)> {
+        let s = c.get_ref();
+        let parsed = s.split_once('/').and_then(|(a, l)| {
+            Some((
+                a.parse::<Ipv4Addr>().ok()?,
+                l.parse::<u8>().ok().filter(|l| *l <= 32)?,
+            ))
+        });
+        parsed.ok_or_else(|| {
+            self.err(
+                c.span(),
+                "[network] ",
+                "cidr",
+                format!("{s:?} is not an IPv4 CIDR like 10.0.0.0/24"),
+            )
+        })
+    }
+
+    /// `ssh-keys`: one OpenSSH public key line each.
+    fn ssh_keys(&self, keys: &Option<toml::Spanned<Vec<String>>>) -> Result<()> {
+        for k in keys.iter().flat_map(|k| k.get_ref()) {
             if k.contains(['\n', '\r'])
                 || !(k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-"))
             {
-                let span = f.ssh_keys.as_ref().expect("set").span();
-                return Err(ctx.err(
+                let span = keys.as_ref().expect("set").span();
+                return Err(self.err(
                     span,
                     "",
                     "ssh-keys",
@@ -448,142 +456,32 @@ impl Cluster {
                 ));
             }
         }
+        Ok(())
+    }
 
-        // Nodes.
-        let mut names: BTreeMap<String, String> = BTreeMap::new();
-        let mut ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-        let mut macs: BTreeMap<String, String> = BTreeMap::new();
-        let mut ids: BTreeMap<u8, String> = BTreeMap::new();
+    /// `[[node]]`s, in file order; then ZooKeeper ids for the members that have none.
+    fn nodes(
+        &self,
+        files: &[NodeFile],
+        cluster: &str,
+        network: &Network,
+        profiles: &Path,
+        names: &mut BTreeMap<String, String>,
+    ) -> Result<Vec<Node>> {
+        let mut taken = Taken::default();
         let mut nodes = Vec::new();
-        for nf in &f.nodes {
-            let nm = nf.name.get_ref().clone();
-            let subj = format!("node \"{nm}\" ");
-            if !valid_name(&nm) {
-                return Err(ctx.err(
-                    nf.name.span(),
-                    &subj,
-                    "name",
-                    "must be a hostname label: letters, digits and '-', at most 63".into(),
-                ));
-            }
-            if names.insert(nm.clone(), "node".into()).is_some() {
-                return Err(ctx.err(
-                    nf.name.span(),
-                    &subj,
-                    "name",
-                    "another node already has this name".into(),
-                ));
-            }
-            let services = ctx.role(&nf.role, &subj, profiles)?;
-            let ip = match &nf.ip {
-                None => None,
-                Some(s) => {
-                    let ip = parse_ip(&ctx, s, &subj, "ip")?;
-                    if dhcp {
-                        return Err(ctx.err(s.span(), &subj, "ip", "the network uses DHCP ([network] dhcp = true): give a cidr to use static addresses".into()));
-                    }
-                    if !network.contains(ip) {
-                        let (net, len) = network.cidr.expect("static");
-                        return Err(ctx.err(
-                            s.span(),
-                            &subj,
-                            "ip",
-                            format!("{ip} is outside the cluster network {net}/{len}"),
-                        ));
-                    }
-                    if Some(ip) == network.gateway {
-                        return Err(ctx.err(s.span(), &subj, "ip", format!("{ip} is the gateway")));
-                    }
-                    if let Some(other) = ips.insert(ip, nm.clone()) {
-                        return Err(ctx.err(
-                            s.span(),
-                            &subj,
-                            "ip",
-                            format!("{ip} is already node \"{other}\"'s address"),
-                        ));
-                    }
-                    Some(ip)
-                }
-            };
-            let zk_id = match &nf.zk_id {
-                None => None,
-                Some(z) => {
-                    if !services.contains(&Service::Zookeeper) {
-                        return Err(ctx.err(
-                            z.span(),
-                            &subj,
-                            "zk-id",
-                            format!("role {} runs no ZooKeeper", nf.role.get_ref()),
-                        ));
-                    }
-                    let v = *z.get_ref();
-                    if !(1..=255).contains(&v) {
-                        return Err(ctx.err(
-                            z.span(),
-                            &subj,
-                            "zk-id",
-                            format!("{v} is not from 1 to 255"),
-                        ));
-                    }
-                    if let Some(other) = ids.insert(v as u8, nm.clone()) {
-                        return Err(ctx.err(
-                            z.span(),
-                            &subj,
-                            "zk-id",
-                            format!("ZooKeeper id {v} is already node \"{other}\"'s"),
-                        ));
-                    }
-                    Some(v as u8)
-                }
-            };
-            let mac = match &nf.mac {
-                None => derived_mac(&name, &nm),
-                Some(m) => {
-                    let s = m.get_ref().to_ascii_lowercase();
-                    let ok = s.len() == 17
-                        && s.split(':').count() == 6
-                        && s.split(':')
-                            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-                    if !ok {
-                        return Err(ctx.err(
-                            m.span(),
-                            &subj,
-                            "mac",
-                            format!("{s:?} is not a MAC address like 52:54:00:12:34:56"),
-                        ));
-                    }
-                    s
-                }
-            };
-            if let Some(other) = macs.insert(mac.clone(), nm.clone()) {
-                let span = nf.mac.as_ref().map(|m| m.span()).unwrap_or(nf.name.span());
-                return Err(ctx.err(
-                    span,
-                    &subj,
-                    "mac",
-                    format!("{mac} is already node \"{other}\"'s"),
-                ));
-            }
-            let extras = ctx.extras(&nf.extras(), &subj, &services, nf.role.get_ref())?;
-            nodes.push(Node {
-                name: nm,
-                role: nf.role.get_ref().clone(),
-                services,
-                ip,
-                zk_id,
-                mac,
-                extras,
-            });
+        for nf in files {
+            nodes.push(self.node(nf, cluster, network, profiles, names, &mut taken)?);
         }
         // ZooKeeper ids for members that have none: the smallest free ids, in file order.
         // ZooKeeper ids run from 1 to 255 (a myid Mesos and the configurator take).
-        let mut free = (1..=u8::MAX).filter(|id| !ids.contains_key(id));
-        for (n, nf) in nodes.iter_mut().zip(&f.nodes) {
+        let mut free = (1..=u8::MAX).filter(|id| !taken.ids.contains_key(id));
+        for (n, nf) in nodes.iter_mut().zip(files) {
             if !n.services.contains(&Service::Zookeeper) || n.zk_id.is_some() {
                 continue;
             }
             let Some(id) = free.next() else {
-                return Err(ctx.err(
+                return Err(self.err(
                     nf.name.span(),
                     &format!("node \"{}\" ", n.name),
                     "zk-id",
@@ -592,6 +490,163 @@ impl Cluster {
             };
             n.zk_id = Some(id);
         }
+        Ok(nodes)
+    }
+
+    /// One `[[node]]`: its name, role, address, ZooKeeper id, MAC and extras.
+    fn node(
+        &self,
+        nf: &NodeFile,
+        cluster: &str,
+        network: &Network,
+        profiles: &Path,
+        names: &mut BTreeMap<String, String>,
+        taken: &mut Taken,
+    ) -> Result<Node> {
+        let nm = nf.name.get_ref().clone();
+        let subj = format!("node \"{nm}\" ");
+        if !valid_name(&nm) {
+            return Err(self.err(
+                nf.name.span(),
+                &subj,
+                "name",
+                "must be a hostname label: letters, digits and '-', at most 63".into(),
+            ));
+        }
+        if names.insert(nm.clone(), "node".into()).is_some() {
+            return Err(self.err(
+                nf.name.span(),
+                &subj,
+                "name",
+                "another node already has this name".into(),
+            ));
+        }
+        let services = self.role(&nf.role, &subj, profiles)?;
+        let ip = match &nf.ip {
+            None => None,
+            Some(s) => Some(self.node_ip(s, &nm, &subj, network, &mut taken.ips)?),
+        };
+        let zk_id = match &nf.zk_id {
+            None => None,
+            Some(z) => Some(self.node_zk_id(z, nf, &services, &subj, &mut taken.ids)?),
+        };
+        let mac = match &nf.mac {
+            None => derived_mac(cluster, &nm),
+            Some(m) => self.mac(m, &subj)?,
+        };
+        if let Some(other) = taken.macs.insert(mac.clone(), nm.clone()) {
+            let span = nf.mac.as_ref().map(|m| m.span()).unwrap_or(nf.name.span());
+            return Err(self.err(
+                span,
+                &subj,
+                "mac",
+                format!("{mac} is already node \"{other}\"'s"),
+            ));
+        }
+        let extras = self.extras(&nf.extras(), &subj, &services, nf.role.get_ref())?;
+        Ok(Node {
+            name: nm,
+            role: nf.role.get_ref().clone(),
+            services,
+            ip,
+            zk_id,
+            mac,
+            extras,
+        })
+    }
+
+    /// A node's static address: in the cidr, not the gateway, not another node's.
+    fn node_ip(
+        &self,
+        s: &toml::Spanned<String>,
+        nm: &str,
+        subj: &str,
+        network: &Network,
+        ips: &mut BTreeMap<Ipv4Addr, String>,
+    ) -> Result<Ipv4Addr> {
+        let ip = parse_ip(self, s, subj, "ip")?;
+        // The network step let through exactly one of a cidr and DHCP.
+        let dhcp = network.cidr.is_none();
+        if dhcp {
+            return Err(self.err(s.span(), subj, "ip", "the network uses DHCP ([network] dhcp = true): give a cidr to use static addresses".into()));
+        }
+        if !network.contains(ip) {
+            let (net, len) = network.cidr.expect("static");
+            return Err(self.err(
+                s.span(),
+                subj,
+                "ip",
+                format!("{ip} is outside the cluster network {net}/{len}"),
+            ));
+        }
+        if Some(ip) == network.gateway {
+            return Err(self.err(s.span(), subj, "ip", format!("{ip} is the gateway")));
+        }
+        if let Some(other) = ips.insert(ip, nm.to_string()) {
+            return Err(self.err(
+                s.span(),
+                subj,
+                "ip",
+                format!("{ip} is already node \"{other}\"'s address"),
+            ));
+        }
+        Ok(ip)
+    }
+
+    /// A node's given ZooKeeper id: its role runs ZooKeeper, from 1 to 255, no other
+    /// node's.
+    fn node_zk_id(
+        &self,
+        z: &toml::Spanned<i64>,
+        nf: &NodeFile,
+        services: &[Service],
+        subj: &str,
+        ids: &mut BTreeMap<u8, String>,
+    ) -> Result<u8> {
+        if !services.contains(&Service::Zookeeper) {
+            return Err(self.err(
+                z.span(),
+                subj,
+                "zk-id",
+                format!("role {} runs no ZooKeeper", nf.role.get_ref()),
+            ));
+        }
+        let v = *z.get_ref();
+        if !(1..=255).contains(&v) {
+            return Err(self.err(z.span(), subj, "zk-id", format!("{v} is not from 1 to 255")));
+        }
+        if let Some(other) = ids.insert(v as u8, nf.name.get_ref().clone()) {
+            return Err(self.err(
+                z.span(),
+                subj,
+                "zk-id",
+                format!("ZooKeeper id {v} is already node \"{other}\"'s"),
+            ));
+        }
+        Ok(v as u8)
+    }
+
+    /// A node's given MAC, lower-cased: six colon-separated hex pairs.
+    fn mac(&self, m: &toml::Spanned<String>, subj: &str) -> Result<String> {
+        let s = m.get_ref().to_ascii_lowercase();
+        let ok = s.len() == 17
+            && s.split(':').count() == 6
+            && s.split(':')
+                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(self.err(
+                m.span(),
+                subj,
+                "mac",
+                format!("{s:?} is not a MAC address like 52:54:00:12:34:56"),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// At least one node runs a Mesos master; an even number of masters is a warning.
+    fn masters(&self, nodes: &[Node]) -> Result<Vec<String>> {
+        let path = self.path;
         let masters = nodes
             .iter()
             .filter(|n| n.services.contains(&Service::Master))
@@ -616,14 +671,22 @@ impl Cluster {
                 masters - 1
             ));
         }
+        Ok(warnings)
+    }
 
-        // Groups.
+    /// `[[group]]`s: agent-only roles, names no node or other group has.
+    fn groups(
+        &self,
+        files: &[GroupFile],
+        profiles: &Path,
+        names: &mut BTreeMap<String, String>,
+    ) -> Result<Vec<Group>> {
         let mut groups = Vec::new();
-        for gf in &f.groups {
+        for gf in files {
             let nm = gf.name.get_ref().clone();
             let subj = format!("group \"{nm}\" ");
             if !valid_name(&nm) {
-                return Err(ctx.err(
+                return Err(self.err(
                     gf.name.span(),
                     &subj,
                     "name",
@@ -631,20 +694,20 @@ impl Cluster {
                 ));
             }
             if names.insert(nm.clone(), "group".into()).is_some() {
-                return Err(ctx.err(
+                return Err(self.err(
                     gf.name.span(),
                     &subj,
                     "name",
                     "a node or group already has this name".into(),
                 ));
             }
-            let services = ctx.role(&gf.role, &subj, profiles)?;
+            let services = self.role(&gf.role, &subj, profiles)?;
             if services != [Service::Agent] {
-                return Err(ctx.err(gf.role.span(), &subj, "role", format!("role {} runs more than a Mesos agent: a group of identical instances can only be agents", gf.role.get_ref())));
+                return Err(self.err(gf.role.span(), &subj, "role", format!("role {} runs more than a Mesos agent: a group of identical instances can only be agents", gf.role.get_ref())));
             }
-            let extras = ctx.extras(&gf.extras(), &subj, &services, gf.role.get_ref())?;
+            let extras = self.extras(&gf.extras(), &subj, &services, gf.role.get_ref())?;
             if let Some(n) = gf.lab_count.filter(|n| !(1..=MAX_LAB_COUNT).contains(n)) {
-                return Err(ctx.err(
+                return Err(self.err(
                     gf.name.span(),
                     &subj,
                     "lab-count",
@@ -659,6 +722,26 @@ impl Cluster {
                 extras,
             });
         }
+        Ok(groups)
+    }
+}
+
+impl Cluster {
+    /// Validates the file in the order a reader meets it: the name, the network and the
+    /// SSH keys, then the nodes (and the masters among them), then the groups. Node and
+    /// group names share one namespace.
+    fn resolve(path: &Path, text: &str, f: ClusterFile, profiles: &Path) -> Result<Cluster> {
+        let ctx = Ctx { path, text };
+        let name = f.name.get_ref().clone();
+        if !valid_name(&name) {
+            return Err(ctx.err(f.name.span(), "", "name", format!("{name:?} must be letters, digits and '-' (it names VMs, instance ids and the lab's run dir)")));
+        }
+        let network = ctx.network(&f.network)?;
+        ctx.ssh_keys(&f.ssh_keys)?;
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let nodes = ctx.nodes(&f.nodes, &name, &network, profiles, &mut names)?;
+        let warnings = ctx.masters(&nodes)?;
+        let groups = ctx.groups(&f.groups, profiles, &mut names)?;
         Ok(Cluster {
             name,
             path: path.to_owned(),
@@ -796,72 +879,6 @@ impl Cluster {
         s.instance_id = format!("{}-{}-{}", self.name, g.name, s.digest());
         s
     }
-
-    /// Nodes and group instances as the lab boots them: (name, role, services, seed
-    /// user-data source, address, MAC). Instances of a group share the group's user-data;
-    /// addresses the topology leaves open are handed out from the top of the CIDR, the
-    /// way a cloud's DHCP would.
-    pub fn lab_members(&self) -> Result<Vec<LabMember>> {
-        let Some((net, len)) = self.network.cidr else {
-            anyhow::bail!("{}: the lab needs a static cluster network ([network] cidr): its private network has no DHCP server", self.path.display());
-        };
-        let d = self.derive();
-        let mut used: BTreeSet<Ipv4Addr> = self.nodes.iter().filter_map(|n| n.ip).collect();
-        used.extend(self.network.gateway);
-        // Host addresses, without the network and broadcast addresses (none on a /31
-        // or /32). Counted in u64: a /0 has 2^32 addresses.
-        let size = (1u64 << (32 - u32::from(len.min(32)))).saturating_sub(2) as u32;
-        let base = u32::from(net) & prefix_mask(len);
-        let mut free = (1..=size)
-            .rev()
-            .map(|i| Ipv4Addr::from(base + i))
-            .filter(|ip| !used.contains(ip));
-        let mut out = Vec::new();
-        for n in &self.nodes {
-            let mut seed = self.node_seed(&d, n, Target::NoCloud);
-            let ip = match n.ip {
-                Some(ip) => ip,
-                None => {
-                    let ip = free.next().with_context(|| {
-                        format!("no free address left in the cidr for node {}", n.name)
-                    })?;
-                    seed.network = self.network_config(&n.mac, Some(ip)).into_iter().collect();
-                    ip
-                }
-            };
-            out.push(LabMember {
-                name: n.name.clone(),
-                role: n.role.clone(),
-                services: n.services.clone(),
-                ip,
-                mac: n.mac.clone(),
-                seed,
-            });
-        }
-        for g in &self.groups {
-            for i in 1..=g.lab_count {
-                let name = format!("{}-{i}", g.name);
-                let mac = derived_mac(&self.name, &name);
-                let ip = free
-                    .next()
-                    .with_context(|| format!("no free address left in the cidr for {name}"))?;
-                let mut seed = self.group_seed(&d, g);
-                // Per instance: the NoCloud instance id and the network (the platform's
-                // part); the user-data stays byte for byte the group's.
-                seed.instance_id = format!("{}-{name}-{}", self.name, seed.digest());
-                seed.network = self.network_config(&mac, Some(ip)).into_iter().collect();
-                out.push(LabMember {
-                    name,
-                    role: g.role.clone(),
-                    services: g.services.clone(),
-                    ip,
-                    mac,
-                    seed,
-                });
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// What `mesobake seed` wrote for one node or group.
@@ -937,23 +954,6 @@ impl Cluster {
         }
         Ok(written)
     }
-}
-
-/// One VM of the lab.
-#[derive(Debug, Clone)]
-pub struct LabMember {
-    /// VM name (node name, or `<group>-<n>`).
-    pub name: String,
-    /// Its role (profile name; the image is `<role>.qcow2`).
-    pub role: String,
-    /// The role's services.
-    pub services: Vec<Service>,
-    /// Its cluster address.
-    pub ip: Ipv4Addr,
-    /// Its cluster NIC's MAC.
-    pub mac: String,
-    /// Its seed.
-    pub seed: NodeSeed,
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeSet;
 
 fn profiles() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles")

@@ -14,6 +14,9 @@
 //! `/proc/PID/cmdline` is still a QEMU running that VM's overlay, so `up` twice starts no
 //! duplicates, `down` stops exactly its own processes, and a crashed VM shows as down.
 
+mod addresses;
+pub use addresses::LabMember;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +28,7 @@ use sha2::{Digest, Sha256};
 use super::probe;
 use super::qemu::{self, Accel, VmSpec};
 use super::verify::parse_configured;
-use crate::cluster::{Cluster, LabMember};
+use crate::cluster::Cluster;
 use crate::profile::Service;
 use crate::run::Cmd;
 use crate::seed::NetIface;

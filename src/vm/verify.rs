@@ -110,6 +110,28 @@ pub fn parse_configured(line: &str) -> Option<Configured> {
     })
 }
 
+/// The seed ISO for the boot: the one given (an ISO, or a directory made into one), or
+/// for an agent-only image a ZooKeeper URL alone; none for roles that run ZooKeeper.
+fn seed_iso(opts: &VerifyOptions, services: &[Service], tmp: &Path) -> Result<Option<PathBuf>> {
+    let iso = tmp.join("seed.iso");
+    match &opts.seed {
+        Some(p) if p.is_dir() => crate::seed::iso_from_dir(p, &iso)?,
+        Some(p) => return Ok(Some(p.clone())),
+        None if !services.contains(&Service::Zookeeper) => {
+            // An agent-only image needs to be told where ZooKeeper is; this is exactly
+            // what an autoscaling group's shared user-data does.
+            let mut s = NodeSeed {
+                instance_id: format!("mesobake-verify-{}", std::process::id()),
+                ..Default::default()
+            };
+            s.node_env.insert("MESOBAKE_ZK".into(), opts.zk.clone());
+            s.write_iso(&iso)?;
+        }
+        None => return Ok(None),
+    }
+    Ok(Some(iso))
+}
+
 /// Boots the image and checks it.
 pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     let image = &opts.image;
@@ -125,27 +147,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     let tmp = tempfile::Builder::new()
         .prefix("mesobake-verify-")
         .tempdir()?;
-    let seed = match &opts.seed {
-        Some(p) if p.is_dir() => {
-            let iso = tmp.path().join("seed.iso");
-            crate::seed::iso_from_dir(p, &iso)?;
-            Some(iso)
-        }
-        Some(p) => Some(p.clone()),
-        None if !services.contains(&Service::Zookeeper) => {
-            // An agent-only image needs to be told where ZooKeeper is; this is exactly
-            // what an autoscaling group's shared user-data does.
-            let mut s = NodeSeed {
-                instance_id: format!("mesobake-verify-{}", std::process::id()),
-                ..Default::default()
-            };
-            s.node_env.insert("MESOBAKE_ZK".into(), opts.zk.clone());
-            let iso = tmp.path().join("seed.iso");
-            s.write_iso(&iso)?;
-            Some(iso)
-        }
-        None => None,
-    };
+    let seed = seed_iso(opts, &services, tmp.path())?;
     let mut forwards = Vec::new();
     for port in SERVICES.iter().map(|s| s.port) {
         forwards.push((qemu::free_port()?, port));

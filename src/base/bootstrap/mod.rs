@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::cache::Cache;
 use super::NamedBase;
+use crate::image::disk::Partition;
 use crate::image::guard;
 use crate::run::Cmd;
 
@@ -406,6 +407,7 @@ fn sgdisk_args(layout: &Layout, ids: &Ids) -> Vec<String> {
     a
 }
 
+/// Builds the disk in `tmp` (`disk.qcow2`), in the steps the module docs list.
 fn build(
     nb: &NamedBase,
     layout: &Layout,
@@ -415,6 +417,46 @@ fn build(
 ) -> Result<()> {
     let ids = Ids::new(key, layout);
     let root = tmp.join("root");
+    mmdebstrap(nb, layout, mirror, &ids, tmp, &root)?;
+    let disk = tmp.join("disk.raw");
+    let parts = partition(layout, &ids, &disk)?;
+    let part = |n: u32| {
+        parts
+            .iter()
+            .find(|p| p.number == n)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("partition {n} missing"))
+    };
+    let (bios, esp, rootp) = (
+        part(layout.bios.number)?,
+        part(layout.esp.number)?,
+        part(layout.root.number)?,
+    );
+    write_esp(layout, &ids, tmp, &disk, &esp)?;
+    if let Some(b) = &layout.boot {
+        write_boot(b, &ids, tmp, &root, &disk, &part(b.number)?)?;
+    }
+    write_root(layout, &ids, tmp, &root, &disk, &rootp)?;
+    boot_loader(tmp, &disk, &bios)?;
+    Cmd::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&disk)
+        .arg(tmp.join("disk.qcow2"))
+        .run()
+        .context("converting the base to qcow2")?;
+    Ok(())
+}
+
+/// Step 1: `mmdebstrap` into `root`, with hooks that write fstab, grub config and the
+/// boot loader images (into `tmp`).
+fn mmdebstrap(
+    nb: &NamedBase,
+    layout: &Layout,
+    mirror: Option<&str>,
+    ids: &Ids,
+    tmp: &Path,
+    root: &Path,
+) -> Result<()> {
     std::fs::write(tmp.join("essential-hook.sh"), ESSENTIAL_HOOK)?;
     std::fs::write(tmp.join("customize-hook.sh"), CUSTOMIZE_HOOK)?;
     let sources = mirror
@@ -425,7 +467,7 @@ fn build(
             )
         })
         .unwrap_or_default();
-    let (grub_fs_uuid, boot_dir, kernel_root) = layout.grub(&ids);
+    let (grub_fs_uuid, boot_dir, kernel_root) = layout.grub(ids);
     let mut cmd = Cmd::new("mmdebstrap")
         .args(["--mode=root", "--variant=minbase", "--components=main"])
         .arg(format!("--include={}", PACKAGES.join(",")))
@@ -445,14 +487,14 @@ fn build(
             "--customize-hook=sh {} \"$1\"",
             tmp.join("customize-hook.sh").display()
         ))
-        .env("MESOBAKE_FSTAB", layout.fstab(&ids))
+        .env("MESOBAKE_FSTAB", layout.fstab(ids))
         .env("MESOBAKE_GRUB_FS_UUID", &grub_fs_uuid)
         .env("MESOBAKE_BOOT_DIR", boot_dir)
         .env("MESOBAKE_KERNEL_ROOT", &kernel_root)
         .env("MESOBAKE_WORK", tmp)
         .env("MESOBAKE_APT_SOURCES", &sources)
         .arg(nb.codename)
-        .arg(&root);
+        .arg(root);
     if let Some(m) = mirror {
         cmd = cmd.arg(m);
     }
@@ -462,29 +504,23 @@ fn build(
     );
     cmd.run()
         .with_context(|| format!("bootstrapping {} with mmdebstrap", nb.codename))?;
+    Ok(())
+}
 
-    let disk = tmp.join("disk.raw");
-    File::create(&disk)?.set_len(layout.disk_size)?;
+/// Step 2, the partitions: a sparse `disk` file of the layout's size with its GPT, and
+/// the partitions as they lie on it.
+fn partition(layout: &Layout, ids: &Ids, disk: &Path) -> Result<Vec<Partition>> {
+    File::create(disk)?.set_len(layout.disk_size)?;
     Cmd::new("sgdisk")
-        .args(sgdisk_args(layout, &ids))
-        .arg(&disk)
+        .args(sgdisk_args(layout, ids))
+        .arg(disk)
         .run()
         .context("writing the partition table")?;
-    let parts = crate::image::disk::partitions(&disk)?;
-    let part = |n: u32| {
-        parts
-            .iter()
-            .find(|p| p.number == n)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("partition {n} missing"))
-    };
-    let (bios, esp, rootp) = (
-        part(layout.bios.number)?,
-        part(layout.esp.number)?,
-        part(layout.root.number)?,
-    );
+    crate::image::disk::partitions(disk)
+}
 
-    // ESP: a FAT file with grub's EFI image, never mounted.
+/// Step 2, the ESP: a FAT file with grub's EFI image, never mounted, copied into `esp`.
+fn write_esp(layout: &Layout, ids: &Ids, tmp: &Path, disk: &Path, esp: &Partition) -> Result<()> {
     let esp_img = tmp.join("esp.img");
     Cmd::new("mkfs.vfat")
         .args([
@@ -518,51 +554,65 @@ fn build(
             .arg(dest)
             .run()?;
     }
-    copy_into(&esp_img, &disk, esp.offset)?;
+    copy_into(&esp_img, disk, esp.offset)
+}
 
-    // A separate /boot: the tree's /boot becomes its own filesystem, and the root keeps an
-    // empty /boot to mount it on.
-    if let Some(b) = &layout.boot {
-        let bootp = part(b.number)?;
-        let boot_tree = tmp.join("boot-tree");
-        std::fs::rename(root.join("boot"), &boot_tree).context("splitting off /boot")?;
-        std::fs::create_dir(root.join("boot"))?;
-        let mode = std::fs::metadata(&boot_tree)?.permissions();
-        std::fs::set_permissions(root.join("boot"), mode)?;
-        let boot_img = tmp.join("boot.ext4");
-        make_ext4(&boot_tree, &ids.boot_uuid, b.label, bootp.size, &boot_img)
-            .context("making the /boot filesystem")?;
-        copy_into(&boot_img, &disk, bootp.offset)?;
-    }
+/// Step 2, a separate /boot: the tree's /boot becomes its own filesystem (in `bootp`),
+/// and the root keeps an empty /boot to mount it on.
+fn write_boot(
+    b: &Part,
+    ids: &Ids,
+    tmp: &Path,
+    root: &Path,
+    disk: &Path,
+    bootp: &Partition,
+) -> Result<()> {
+    let boot_tree = tmp.join("boot-tree");
+    std::fs::rename(root.join("boot"), &boot_tree).context("splitting off /boot")?;
+    std::fs::create_dir(root.join("boot"))?;
+    let mode = std::fs::metadata(&boot_tree)?.permissions();
+    std::fs::set_permissions(root.join("boot"), mode)?;
+    let boot_img = tmp.join("boot.ext4");
+    make_ext4(&boot_tree, &ids.boot_uuid, b.label, bootp.size, &boot_img)
+        .context("making the /boot filesystem")?;
+    copy_into(&boot_img, disk, bootp.offset)
+}
 
+/// Step 2, the root: the tree as an ext4 file, copied into `rootp`.
+fn write_root(
+    layout: &Layout,
+    ids: &Ids,
+    tmp: &Path,
+    root: &Path,
+    disk: &Path,
+    rootp: &Partition,
+) -> Result<()> {
     let root_img = tmp.join("root.ext4");
     make_ext4(
-        &root,
+        root,
         &ids.root_uuid,
         layout.root.label,
         rootp.size,
         &root_img,
     )
     .context("making the root filesystem")?;
-    copy_into(&root_img, &disk, rootp.offset)?;
+    copy_into(&root_img, disk, rootp.offset)
+}
 
+/// Step 3, the boot loader: grub's BIOS images from the hooks (in `tmp`) into the MBR and
+/// the BIOS boot partition; then the partition table must still verify.
+fn boot_loader(tmp: &Path, disk: &Path, bios: &Partition) -> Result<()> {
     install_bios_grub(
-        &disk,
+        disk,
         bios.offset / 512,
         bios.size / 512,
         &tmp.join("boot.img"),
         &tmp.join("core.img"),
     )?;
-    let check = Cmd::new("sgdisk").arg("-v").arg(&disk).read()?;
+    let check = Cmd::new("sgdisk").arg("-v").arg(disk).read()?;
     if !check.contains("No problems found") {
         bail!("the new partition table does not verify:\n{check}");
     }
-    Cmd::new("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(&disk)
-        .arg(tmp.join("disk.qcow2"))
-        .run()
-        .context("converting the base to qcow2")?;
     Ok(())
 }
 
