@@ -84,7 +84,7 @@ impl Entry {
                 services: p
                     .services
                     .iter()
-                    .map(|s| format!("{s:?}").to_lowercase())
+                    .map(|s| crate::service::spec(*s).name.to_string())
                     .collect(),
                 sha256: combined,
                 files: p

@@ -339,7 +339,7 @@ impl Profile {
         let svc: Vec<_> = self
             .services
             .iter()
-            .map(|s| format!("{s:?}").to_lowercase())
+            .map(|s| crate::service::spec(*s).name.to_string())
             .collect();
         s += &format!("profile     {} ({})\n", self.name, self.path.display());
         s += &format!("description {}\n", self.description);

@@ -537,7 +537,7 @@ pub fn status_table(rows: &[NodeStatus]) -> String {
             r.services
                 .iter()
                 .map(|h| {
-                    let name = format!("{:?}", h.service).to_lowercase();
+                    let name = crate::service::spec(h.service).name;
                     let d = if h.ok {
                         h.detail.clone()
                     } else {
