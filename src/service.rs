@@ -36,8 +36,6 @@ pub enum Memory {
 pub struct ServiceSpec {
     /// The service.
     pub service: Service,
-    /// Its name in profiles, verify's checks and lab status.
-    pub name: &'static str,
     /// The systemd unit or upstart job names it may be installed under, in preference
     /// order; the first one the image has is used (Mesosphere names the agent
     /// `mesos-slave`, AVENTER `mesos-agent`). The same names serve both init systems.
@@ -55,7 +53,6 @@ pub struct ServiceSpec {
 pub const SERVICES: &[ServiceSpec] = &[
     ServiceSpec {
         service: Service::Zookeeper,
-        name: "zookeeper",
         units: &["zookeeper"],
         port: 2181,
         probe: Probe::ZkSrvr,
@@ -63,7 +60,6 @@ pub const SERVICES: &[ServiceSpec] = &[
     },
     ServiceSpec {
         service: Service::Master,
-        name: "master",
         units: &["mesos-master"],
         port: 5050,
         probe: Probe::MesosMaster,
@@ -71,7 +67,6 @@ pub const SERVICES: &[ServiceSpec] = &[
     },
     ServiceSpec {
         service: Service::Marathon,
-        name: "marathon",
         units: &["marathon"],
         port: 8080,
         probe: Probe::Marathon,
@@ -79,7 +74,6 @@ pub const SERVICES: &[ServiceSpec] = &[
     },
     ServiceSpec {
         service: Service::Agent,
-        name: "agent",
         units: &["mesos-agent", "mesos-slave"],
         port: 5051,
         probe: Probe::MesosAgent,
@@ -87,7 +81,6 @@ pub const SERVICES: &[ServiceSpec] = &[
     },
     ServiceSpec {
         service: Service::NodeExporter,
-        name: "node-exporter",
         // Debian's and Ubuntu's `prometheus-node-exporter`.
         units: &["prometheus-node-exporter"],
         port: 9100,
@@ -122,9 +115,9 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), SERVICES.len(), "one port each");
         for s in SERVICES {
-            // The profile spells a service the way the table names it.
+            // Manifests and checks name a service the way profiles spell it.
             let parsed: Service =
-                serde_json::from_value(serde_json::Value::String(s.name.into())).unwrap();
+                serde_json::from_value(serde_json::Value::String(s.service.name().into())).unwrap();
             assert_eq!(parsed, s.service);
         }
     }

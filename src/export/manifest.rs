@@ -81,11 +81,7 @@ impl Entry {
         Entry {
             profile: ProfileRecord {
                 name: p.name.clone(),
-                services: p
-                    .services
-                    .iter()
-                    .map(|s| crate::service::spec(*s).name.to_string())
-                    .collect(),
+                services: p.services.iter().map(|s| s.name().to_string()).collect(),
                 sha256: combined,
                 files: p
                     .sources

@@ -192,6 +192,17 @@ pub enum Service {
 }
 
 impl Service {
+    /// Its name in profiles, manifests, verify's checks and `lab status` (the serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Zookeeper => "zookeeper",
+            Service::Master => "master",
+            Service::Marathon => "marathon",
+            Service::Agent => "agent",
+            Service::NodeExporter => "node-exporter",
+        }
+    }
+
     /// Every service, in start order (the order of [`crate::service::SERVICES`]).
     pub const ALL: [Service; 5] = [
         Service::Zookeeper,
@@ -336,11 +347,7 @@ impl Profile {
     /// A human-readable plan for `--dry-run`.
     pub fn plan(&self) -> String {
         let mut s = String::new();
-        let svc: Vec<_> = self
-            .services
-            .iter()
-            .map(|s| crate::service::spec(*s).name.to_string())
-            .collect();
+        let svc: Vec<_> = self.services.iter().map(|s| s.name().to_string()).collect();
         s += &format!("profile     {} ({})\n", self.name, self.path.display());
         s += &format!("description {}\n", self.description);
         s += &format!("services    {}\n", svc.join(" "));

@@ -156,7 +156,7 @@ impl Layout {
             .services
             .iter()
             .filter(|s| self.unit(**s).is_none())
-            .map(|s| crate::service::spec(*s).name.to_string())
+            .map(|s| s.name().to_string())
             .collect();
         if !missing.is_empty() {
             bail!(

@@ -537,7 +537,7 @@ pub fn status_table(rows: &[NodeStatus]) -> String {
             r.services
                 .iter()
                 .map(|h| {
-                    let name = crate::service::spec(h.service).name;
+                    let name = h.service.name();
                     let d = if h.ok {
                         h.detail.clone()
                     } else {

@@ -249,7 +249,7 @@ fn run_checks(
     for spec in SERVICES {
         let (svc, guest_port) = (spec.service, spec.port);
         let p = port(guest_port);
-        let name = format!("{} :{guest_port}", spec.name);
+        let name = format!("{} :{guest_port}", svc.name());
         let (ok, detail) = if !services.contains(&svc) {
             match not_answering(svc, p) {
                 Ok(()) => (true, "not running, as the role requires".to_string()),
