@@ -40,16 +40,6 @@ const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
 const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
-fn output(c: &mut Command) -> String {
-    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// A partition of the output image attached read-only and mounted read-only; both are
 /// undone on drop.
 struct RoMount {
@@ -59,7 +49,7 @@ struct RoMount {
 
 impl RoMount {
     fn new(image: &Path, offset: u64, size: u64, dir: PathBuf) -> RoMount {
-        let dev = output(
+        let dev = tool(
             Command::new("losetup")
                 .args(["--find", "--show", "--read-only", "--offset"])
                 .arg(offset.to_string())
@@ -71,7 +61,7 @@ impl RoMount {
         .to_string();
         std::fs::create_dir_all(&dir).unwrap();
         let m = RoMount { dev, dir };
-        output(
+        tool(
             Command::new("mount")
                 .args(["-t", "ext4", "-o", "ro,noload"])
                 .arg(&m.dev)
@@ -95,7 +85,7 @@ impl Drop for RoMount {
 
 /// `blkid -p` of a byte range of the image: TYPE, LABEL, UUID.
 fn probe(image: &Path, offset: u64, size: u64) -> (String, String, String) {
-    let text = output(
+    let text = tool(
         Command::new("blkid")
             .args(["-p", "-o", "export", "--offset"])
             .arg(offset.to_string())
@@ -286,7 +276,7 @@ fn check_ubuntu_layout(raw: &Path, mnt: &Path) {
     assert_eq!(std::fs::metadata(raw).unwrap().len(), DISK_SIZE);
     // Partition table: numbers, types, order on disk.
     let dump: serde_json::Value =
-        serde_json::from_str(&output(Command::new("sfdisk").arg("--json").arg(raw))).unwrap();
+        serde_json::from_str(&tool(Command::new("sfdisk").arg("--json").arg(raw))).unwrap();
     let table = &dump["partitiontable"];
     assert_eq!(table["label"], "gpt");
     let sector = table["sectorsize"].as_u64().unwrap_or(512);
@@ -349,7 +339,7 @@ fn check_ubuntu_layout(raw: &Path, mnt: &Path) {
 
     let rootfs = RoMount::new(raw, root.1 * sector, root.2 * sector, mnt.join("root"));
     // The root filesystem fills the grown partition (resize2fs ran).
-    let sb = output(Command::new("dumpe2fs").arg("-h").arg(&rootfs.dev));
+    let sb = tool(Command::new("dumpe2fs").arg("-h").arg(&rootfs.dev));
     let field = |k: &str| -> u64 {
         sb.lines()
             .find_map(|l| l.strip_prefix(k))
