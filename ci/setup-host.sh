@@ -16,7 +16,7 @@ pkgs=(
   grub-pc-bin grub-efi-amd64-bin grub2-common  # boot loaders written from the host
   genisoimage                  # NoCloud seed ISOs (volume label cidata)
   gpg                          # --sign: detached signature of SHA256SUMS; check verifies it
-  virt-v2v                     # e2e_formats: an independent OVF consumer (virt-v2v -i ova)
+  virt-v2v                     # e2e (formats): an independent OVF consumer (virt-v2v -i ova)
   dpkg-dev                     # stand-in test packages and the local .deb repo
   zookeeper python3-kazoo      # tests/standins.rs: leader election through a real ZooKeeper
   python3 curl ca-certificates zstd

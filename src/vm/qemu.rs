@@ -76,8 +76,11 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The QEMU system emulator mesobake boots guests with.
+const QEMU: &str = "qemu-system-x86_64";
+
 fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
-    let mut c = Command::new("qemu-system-x86_64");
+    let mut c = Command::new(QEMU);
     c.args(accel.args());
     c.args([
         "-m",
@@ -217,27 +220,92 @@ impl Drop for Vm {
 
 /// Starts the VM with KVM if a short probe shows guests actually run under it here, else
 /// with TCG. `/dev/kvm` existing is not enough: nested KVM can hang a guest right after
-/// the kernel is decompressed, so the probe waits for the kernel's first line.
+/// the kernel is decompressed, so the probe waits for the kernel's first line. A failed
+/// probe is remembered for this boot of the host and this QEMU binary (see
+/// [`KvmMemory`]), so later boots do not each spend the probe's 20 s.
 pub fn start_auto(spec: &VmSpec, forced: Option<Accel>) -> Result<Vm> {
     if let Some(a) = forced {
         return Vm::start(spec, a);
     }
+    let memory = KvmMemory::here();
     if File::options()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok()
     {
+        if memory.as_ref().is_some_and(|m| m.failed_before()) {
+            eprintln!(
+                "mesobake: KVM failed its probe earlier in this host boot ({}); using TCG \
+                 (--accel kvm forces a try)",
+                memory.as_ref().unwrap().path.display()
+            );
+            return Vm::start(spec, Accel::Tcg);
+        }
         let mut vm = Vm::start(spec, Accel::Kvm)?;
         match vm.wait_for_line(&["Linux version"], Duration::from_secs(20)) {
             Ok(_) => return Ok(vm),
             Err(e) => {
                 vm.stop();
                 eprintln!("mesobake: KVM probe failed ({e:#}); falling back to TCG");
+                if let Some(m) = &memory {
+                    m.record_failure();
+                }
             }
         }
     }
     Vm::start(spec, Accel::Tcg)
+}
+
+/// A failed KVM probe, remembered in a runtime directory (tmpfs, emptied when the host
+/// reboots) under a key of the host's boot ID and the QEMU binary's size and mtime: a
+/// reboot, a kernel module change that needs one, or another QEMU probes again.
+struct KvmMemory {
+    path: PathBuf,
+    key: String,
+}
+
+impl KvmMemory {
+    fn here() -> Option<KvmMemory> {
+        let dir = if rustix::process::geteuid().is_root() {
+            PathBuf::from("/run/mesobake")
+        } else {
+            PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("mesobake")
+        };
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let qemu = which_qemu()?;
+        let meta = std::fs::metadata(&qemu).ok()?;
+        let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(KvmMemory {
+            path: dir.join("kvm-probe-failed"),
+            key: format!(
+                "{} {} {} {}",
+                boot.trim(),
+                qemu.display(),
+                meta.len(),
+                mtime.as_secs()
+            ),
+        })
+    }
+
+    fn failed_before(&self) -> bool {
+        std::fs::read_to_string(&self.path).is_ok_and(|s| s.trim() == self.key)
+    }
+
+    /// Best effort: without the record, the next boot just probes again.
+    fn record_failure(&self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&self.path, format!("{}\n", self.key));
+    }
+}
+
+/// The QEMU binary that [`qemu_command`] runs, found on PATH.
+fn which_qemu() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(QEMU))
+        .find(|p| p.is_file())
 }
 
 /// Keeps a failed run's serial log: copies it next to `dest_dir` and returns the path.
@@ -245,4 +313,31 @@ pub fn keep_log(log: &Path, dest: &Path) -> Result<PathBuf> {
     std::fs::copy(log, dest)
         .with_context(|| format!("keeping the serial log at {}", dest.display()))?;
     Ok(dest.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_kvm_probe_is_remembered_only_under_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = KvmMemory {
+            path: dir.path().join("run/kvm-probe-failed"),
+            key: "boot-a /usr/bin/qemu 1 2".into(),
+        };
+        assert!(!m.failed_before(), "nothing recorded yet");
+        m.record_failure();
+        assert!(m.failed_before());
+        let other_boot = KvmMemory {
+            path: m.path.clone(),
+            key: "boot-b /usr/bin/qemu 1 2".into(),
+        };
+        assert!(!other_boot.failed_before(), "a host reboot probes again");
+        let other_qemu = KvmMemory {
+            path: m.path.clone(),
+            key: "boot-a /usr/bin/qemu 1 3".into(),
+        };
+        assert!(!other_qemu.failed_before(), "another QEMU binary probes again");
+    }
 }

@@ -1,6 +1,8 @@
-//! End-to-end tier for the distribution formats: one real build in every format, then
-//! `mesobake check`, independent re-checks with `tar`, `sha256sum` and `qemu-img`, an
-//! OVF consumer (virt-v2v, when installed), and a boot of the VMDK taken out of the OVA.
+//! The distribution formats, as part of the e2e tier (tests/e2e.rs): one real build in
+//! every format, then `mesobake check`, independent re-checks with `tar`, `sha256sum` and
+//! `qemu-img`, an OVF consumer (virt-v2v, when installed), and, through [`check_boot`], a
+//! boot of the VMDK taken out of the OVA (run by e2e.rs beside its other boots, so that
+//! no boot leaves a core idle).
 //!
 //! The build is the one combination the other tiers do not boot: the base copies the
 //! default real base's disk layout (`debian-12-ubuntu-24.04-layout`: Debian 12 on the
@@ -9,14 +11,8 @@
 //! The raw output is checked with outside tools only (sfdisk, blkid, losetup, a read-only
 //! mount, dumpe2fs): the layout survived, root grew to the profile's size, fstab is by
 //! LABEL, and grub.cfg on the separate /boot carries the cgroup setting.
-//!
-//! Needs root, the host tools from `ci/setup-host.sh`, and `MESOBAKE_E2E=1`, like
-//! tests/e2e.rs; it shares that test's cache directory (target/e2e-cache), so with a warm
-//! cache the build reuses the bootstrapped base and the provisioned layer.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -108,12 +104,9 @@ fn on_path(t: &str) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn all_formats_check_and_the_ova_disk_boots() {
-    if !enabled() {
-        return;
-    }
-    standins();
+/// Builds master-slave in every format and checks them all without booting. Returns the
+/// VMDK taken out of the OVA, for [`check_boot`].
+pub fn build_and_check() -> PathBuf {
     let out = repo().join("target/e2e-formats-out");
     let _ = std::fs::remove_dir_all(&out);
     let out_s = out.to_string_lossy().into_owned();
@@ -248,27 +241,20 @@ fn all_formats_check_and_the_ova_disk_boots() {
         eprintln!("e2e-formats: no virt-v2v on this host; skipping the independent OVF parse");
     }
 
-    // The VMDK from the OVA boots and configures itself. The Apache-flavoured stand-in
-    // agent (Docker containerizer, systemd support left on) only starts when the image
-    // really booted cgroup v1, and it must register with the node's own master.
-    let vmdk = x.join("master-slave-disk1.vmdk");
-    let stdout = run_ok_text(
-        mesobake(&[
-            "verify",
-            &vmdk.to_string_lossy(),
-            "--role",
-            "master-slave",
-            "--json",
-        ]),
-        "verify the VMDK extracted from the OVA",
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    x.join("master-slave-disk1.vmdk")
+}
+
+/// The VMDK from the OVA boots and configures itself. The Apache-flavoured stand-in agent
+/// (Docker containerizer, systemd support left on) only starts when the image really
+/// booted cgroup v1, and it must register with the node's own master. `stdout` is
+/// `mesobake verify --json`'s.
+pub fn check_boot(stdout: &str) {
+    let r: serde_json::Value = serde_json::from_str(stdout).unwrap();
     let checks = r["checks"].as_array().unwrap();
     assert!(checks.iter().all(|c| c["ok"] == true), "{stdout}");
     assert_eq!(checks.len(), 7, "{stdout}");
     assert_eq!(checks[5]["name"], "node-exporter :9100", "{stdout}");
     assert_eq!(checks[6]["name"], "agent registered", "{stdout}");
-    let _ = std::fs::remove_dir_all(Path::new(&x));
 }
 
 /// The Ubuntu 24.04 cloud image's layout, as outside tools see it in a raw output.
