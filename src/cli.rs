@@ -155,6 +155,20 @@ pub struct CheckArgs {
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
     crate::run::set_verbose(cli.verbose);
+    // Before the interrupt handler starts its thread: see crate::isolate.
+    let mounts_or_boots = match &cli.cmd {
+        Cmd::Build(a) => !a.dry_run,
+        Cmd::Verify(_) => true,
+        _ => false,
+    };
+    if mounts_or_boots {
+        if let Err(e) = crate::isolate::enter() {
+            eprintln!(
+                "mesobake: warning: {e:#}; if mesobake is killed, its mounts, loop devices \
+                 and child processes may stay behind (`mesobake clean` finds them)"
+            );
+        }
+    }
     crate::run::install_interrupt_handler()?;
     match cli.cmd {
         Cmd::Profiles { dir } => profiles(&dir, cli.json),

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod context;
 pub mod export;
 pub mod image;
+pub mod isolate;
 pub mod layers;
 pub mod nodeconf;
 pub mod profile;

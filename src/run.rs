@@ -26,17 +26,35 @@ pub fn verbose() -> bool {
     VERBOSE.load(Ordering::Relaxed)
 }
 
-/// Installs the Ctrl-C handler. The first Ctrl-C only raises a flag: running children are
-/// killed and the error unwinds through the guards. A second one exits at once.
+/// How many interrupting signals arrived (SIGINT, SIGTERM or SIGHUP).
+static SIGNALS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Installs the handler for Ctrl-C, SIGTERM (CI cancellation, `systemctl stop`) and
+/// SIGHUP (a closed terminal), which all mean "stop". The first only raises a flag:
+/// running children get SIGINT and the error unwinds through the guards. The second
+/// stops children at once (SIGKILL) and still unwinds. The third exits on the spot; a
+/// build's mounts and children then go with its namespaces ([`crate::isolate`]).
 pub fn install_interrupt_handler() -> Result<()> {
     ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            eprintln!("mesobake: interrupted twice, exiting without cleanup");
-            std::process::exit(130);
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        match SIGNALS.fetch_add(1, Ordering::SeqCst) {
+            0 => eprintln!("mesobake: interrupted, cleaning up"),
+            1 => eprintln!(
+                "mesobake: interrupted again: stopping running commands at once, then \
+                 cleaning up (once more exits without cleanup)"
+            ),
+            _ => {
+                eprintln!("mesobake: interrupted three times, exiting without cleanup");
+                std::process::exit(130);
+            }
         }
-        eprintln!("mesobake: interrupted, cleaning up");
     })
-    .context("installing the Ctrl-C handler")
+    .context("installing the signal handler")
+}
+
+/// Whether a second signal asked not to wait for children to stop by themselves.
+fn hurry() -> bool {
+    SIGNALS.load(Ordering::SeqCst) >= 2
 }
 
 thread_local! {
@@ -291,7 +309,7 @@ impl Cmd {
                 break st;
             }
             if interrupt_pending() {
-                stop_child(&mut child);
+                stop_child(&mut child, &self.program);
                 bail!(Interrupted);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -307,15 +325,27 @@ impl Cmd {
 /// Stops a child and everything it started. Each child runs in its own process group
 /// (so a terminal's Ctrl-C reaches only mesobake, which decides the order of teardown);
 /// the group first gets SIGINT, as from a terminal, so tools like mmdebstrap and apt
-/// can clean up, then SIGKILL if the leader has not exited in 30 s.
-fn stop_child(child: &mut std::process::Child) {
+/// can clean up, then SIGKILL if the leader has not exited in 30 s or a second signal
+/// came. A wait longer than a second says what it waits for.
+fn stop_child(child: &mut std::process::Child, program: &OsStr) {
     let group = rustix::process::Pid::from_raw(child.id() as i32);
     if let Some(g) = group {
         let _ = rustix::process::kill_process_group(g, rustix::process::Signal::INT);
     }
-    for _ in 0..300 {
+    for tick in 0..300 {
         if let Ok(Some(_)) = child.try_wait() {
             break;
+        }
+        if hurry() {
+            break;
+        }
+        if tick == 10 {
+            eprintln!(
+                "mesobake: waiting up to 30 s for {} (pid {}) to stop; interrupt again to \
+                 stop it at once",
+                program.to_string_lossy(),
+                child.id()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -12,9 +12,15 @@ use anyhow::{Context, Result};
 use crate::run::Cmd;
 
 /// A loop device attached to (a slice of) a disk image file.
+///
+/// It is attached with autoclear and held open (`_hold`), so the kernel detaches it once
+/// its last mount and last open file are gone, even when mesobake is killed outright:
+/// the build's mounts vanish with its mount namespace ([`crate::isolate`]) and mesobake's
+/// open files with mesobake.
 #[derive(Debug)]
 pub struct LoopDevice {
     dev: Option<PathBuf>,
+    _hold: Option<std::fs::File>,
 }
 
 impl LoopDevice {
@@ -39,7 +45,13 @@ impl LoopDevice {
             .read()
             .with_context(|| format!("attaching {} to a loop device", file.display()))?;
         let dev = PathBuf::from(out.trim());
-        Ok(LoopDevice { dev: Some(dev) })
+        // Guarded from here: a failure below still detaches it.
+        let mut guard = LoopDevice {
+            dev: Some(dev),
+            _hold: None,
+        };
+        guard._hold = Some(crate::isolate::loop_autoclear(guard.path())?);
+        Ok(guard)
     }
 
     /// The device node, e.g. /dev/loop3.
@@ -49,10 +61,31 @@ impl LoopDevice {
 
     /// Detaches the device, reporting failure.
     pub fn close(mut self) -> Result<()> {
+        let hold = self._hold.take();
         match self.dev.take() {
-            Some(d) => detach(&d),
+            Some(d) => {
+                // With our file open, `losetup -d` only marks the device for clearing;
+                // closing the file clears it.
+                let r = detach(&d);
+                drop(hold);
+                wait_detached(&d);
+                r
+            }
             None => Ok(()),
         }
+    }
+}
+
+/// Waits (briefly) until the kernel has finished clearing `dev`, which it may do after
+/// the last close returns: callers check right after that nothing is attached.
+fn wait_detached(dev: &Path) {
+    let Some(name) = dev.file_name() else { return };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    for _ in 0..40 {
+        if !backing.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -70,10 +103,13 @@ fn detach(dev: &Path) -> Result<()> {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
+        let hold = self._hold.take();
         if let Some(d) = self.dev.take() {
             if let Err(e) = detach_ignoring_interrupt(&d) {
                 eprintln!("mesobake: warning: {e:#}");
             }
+            drop(hold);
+            wait_detached(&d);
         }
     }
 }
@@ -315,6 +351,12 @@ pub fn loops_under(dir: &Path) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loop_info64_has_the_kernels_size() {
+        // linux/loop.h: 5 u64, 4 u32, 64 + 64 + 32 bytes, 2 u64.
+        assert_eq!(std::mem::size_of::<crate::isolate::LoopInfo64>(), 232);
+    }
+
     use super::*;
 
     #[test]
