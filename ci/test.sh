@@ -8,7 +8,8 @@
 #      (qemu-img, sha256sum, tar, sfdisk, blkid, virt-v2v) and mesobake check, then boots
 #      three at once: both qcow2 roles and the VMDK taken from the OVA. It also checks
 #      that failed and interrupted builds leave nothing behind, and rebuilds from layers.
-#      e2e_lab builds master and slave-only, boots 3 masters and a group of agents
+#      e2e_lab builds master and slave-only (mesos containerizer), boots 3 masters and
+#      a group with one agent
 #      with `mesobake lab up`, checks the ZooKeeper quorum, one elected Mesos master
 #      with the agents registered under their own names, then kills the leader's VM
 #      and checks that another master takes over with the agents re-registered, and

@@ -691,8 +691,9 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
     }
     if layout.init == Init::Systemd && !wants_docker(profile) {
         // The shared package set brings Docker to every role; only agents with the docker
-        // containerizer need the daemon running (it costs boot time and memory).
-        for unit in ["docker.service", "docker.socket"] {
+        // containerizer need the daemon running (it costs boot time and memory), and
+        // containerd only serves Docker here.
+        for unit in ["docker.service", "docker.socket", "containerd.service"] {
             if root.exists(&format!("lib/systemd/system/{unit}")) {
                 chroot(r, &["systemctl", "disable", unit])
                     .run()
