@@ -2,18 +2,21 @@
 # The test command (README): installs what the tests need, then runs every tier.
 #   1. unit and CLI tests (no root, no VM)
 #   2. the end-to-end tier (root): bootstraps debian-12 and the Ubuntu 24.04
-#      disk-layout test base, builds master-slave and slave-only (stand-in Mesos in
-#      AVENTER's layout, real zookeeperd) and master-slave in every output format
-#      (Mesosphere's layout booted in cgroup v1), checks the outputs with outside tools
-#      (qemu-img, sha256sum, tar, sfdisk, blkid, virt-v2v) and mesobake check, then boots
-#      three at once: both qcow2 roles and the VMDK taken from the OVA. It also checks
-#      that failed and interrupted builds leave nothing behind, and rebuilds from layers.
+#      disk-layout test base. Fault injection first: a master-slave build is stopped
+#      during apt by SIGINT, then SIGTERM (each must unwind and leave nothing), then
+#      killed with SIGKILL (no mount, loop device or process may outlive it; check must
+#      refuse the directory, mesobake clean must remove the work). Then the real builds:
+#      master-slave and slave-only (stand-in Mesos in AVENTER's layout, real zookeeperd)
+#      and master-slave in every output format into a path with a space (Mesosphere's
+#      layout booted in cgroup v1), checked with outside tools (qemu-img, sha256sum,
+#      tar, sfdisk, blkid, virt-v2v) and mesobake check; then three boots at once: both
+#      qcow2 roles and the VMDK taken from the OVA. Also: failed builds leave nothing,
+#      and rebuilds reuse the layers.
 #      e2e_lab builds master and slave-only (mesos containerizer), boots 3 masters and
-#      a group with one agent
-#      with `mesobake lab up`, checks the ZooKeeper quorum, one elected Mesos master
-#      with the agents registered under their own names, then kills the leader's VM
-#      and checks that another master takes over with the agents re-registered, and
-#      that `lab down` leaves no QEMU.
+#      a group with one agent with `mesobake lab up`, checks the ZooKeeper quorum, one
+#      elected Mesos master with the agent registered under a name from its address,
+#      then kills the leader's VM and checks that another master takes over with the
+#      agent re-registered, and that `lab down` leaves no QEMU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then

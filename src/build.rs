@@ -16,6 +16,7 @@ use crate::export::{self, Output};
 use crate::image::guard;
 use crate::layers;
 use crate::progress::Progress;
+use crate::recover;
 use crate::stage::{configure, finalize, provision};
 
 /// Builds an image from a profile, end to end. Outputs appear in `out_dir` only when the
@@ -24,21 +25,29 @@ pub fn build(req: BuildRequest) -> Result<Vec<Output>> {
     context::preflight(&req)?;
     let out_dir = req.out_dir.clone();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    // Work that killed builds left here and in the cache goes first (crate::recover).
+    for s in recover::stale_in_output_dir(&out_dir)? {
+        let done = recover::clean(&s)?;
+        eprintln!("mesobake: removed {}", done.describe());
+    }
+    let cache = Cache::open(None)?;
+    let _cache_use = recover::use_cache(&cache)?;
     let work = tempfile::Builder::new()
-        .prefix(".mesobake-work-")
+        .prefix(recover::WORK_PREFIX)
         .tempdir_in(&out_dir)
         .with_context(|| format!("creating a work dir in {}", out_dir.display()))?
         .keep();
+    let claim = recover::claim(&work);
     let started = Instant::now();
     let show_timings = req.timings;
     let setup = Setup {
         req,
         work: work.clone(),
-        cache: Cache::open(None)?,
+        cache,
         progress: Progress::new(),
         timings: Timings::new(),
     };
-    let result = run_stages(setup);
+    let result = claim.and_then(|_claim| run_stages(setup));
     // The work dir goes on every path; remove_work_dir refuses if anything is still
     // mounted under it, so a failed teardown never deletes inside a mounted image.
     let cleanup = guard::remove_work_dir(&work);

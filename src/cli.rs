@@ -50,6 +50,10 @@ pub enum Cmd {
     },
     /// Re-verify an output directory: digests, signature, qemu-img check, OVA structure.
     Check(CheckArgs),
+    /// Remove what killed builds left: stale work directories in the given output
+    /// directories and the cache's temporary entries (stopping leftover processes,
+    /// unmounting and detaching first). Live builds' work is never touched.
+    Clean(CleanArgs),
     /// Inspect and prune the cache of bases and provisioned layers.
     Cache {
         /// What to do.
@@ -145,6 +149,15 @@ pub struct VerifyArgs {
     pub memory: u32,
 }
 
+/// `mesobake clean`.
+#[derive(Debug, clap::Args)]
+pub struct CleanArgs {
+    /// Output directories to look in for stale `.mesobake-work-*` directories (the
+    /// cache's temporary entries are always looked at).
+    #[arg(default_value = ".")]
+    pub dirs: Vec<PathBuf>,
+}
+
 /// `mesobake check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -177,6 +190,7 @@ pub fn main(cli: Cli) -> Result<i32> {
         Cmd::Seed(a) => seed_cmd(a, cli.json),
         Cmd::Lab { action } => lab_cmd(action, cli.json),
         Cmd::Check(a) => check_cmd(a, cli.json),
+        Cmd::Clean(a) => clean_cmd(a, cli.json),
         Cmd::Cache { action } => cache_cmd(action, cli.json),
     }
 }
@@ -309,13 +323,47 @@ fn cache_cmd(action: CacheAction, json: bool) -> Result<i32> {
     use crate::base::gc;
     let cache = crate::base::cache::Cache::open(None)?;
     let entries = match action {
-        CacheAction::Ls => gc::list(&cache)?,
+        CacheAction::Ls => {
+            let mut all = gc::list(&cache)?;
+            // Work of running or killed builds, counted like an entry so that the total is
+            // what the cache takes on disk; `mesobake clean` removes the stale part.
+            let (n, bytes) = crate::recover::cache_tmp_usage(&cache);
+            if n > 0 {
+                all.push(gc::Entry {
+                    kind: "tmp".into(),
+                    key: format!("{n} entries"),
+                    size: bytes,
+                    last_used: 0,
+                    path: cache.tmp_dir(),
+                });
+            }
+            all
+        }
         CacheAction::Gc { keep, max_size } => {
             let max = max_size
                 .as_deref()
                 .map(crate::profile::parse_size)
                 .transpose()?;
-            gc::gc(&cache, keep, max)?
+            let mut removed = gc::gc(&cache, keep, max)?;
+            // Killed builds' temporary entries are garbage too, when no build is running.
+            let (stale, lock) = crate::recover::find(&cache, &[])?;
+            for s in &stale {
+                crate::recover::clean(s)?;
+                removed.push(gc::Entry {
+                    kind: "tmp".into(),
+                    key: s
+                        .path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into(),
+                    size: s.bytes,
+                    last_used: 0,
+                    path: s.path.clone(),
+                });
+            }
+            drop(lock);
+            removed
         }
         CacheAction::Clear => gc::clear(&cache)?,
     };
@@ -323,6 +371,39 @@ fn cache_cmd(action: CacheAction, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
         print!("{}", gc::table(&entries));
+    }
+    Ok(0)
+}
+
+fn clean_cmd(a: CleanArgs, json: bool) -> Result<i32> {
+    use crate::recover;
+    let cache = crate::base::cache::Cache::open(None)?;
+    let (stale, cache_lock) = recover::find(&cache, &a.dirs)?;
+    let cache_checked = cache_lock.is_some();
+    let mut done = Vec::new();
+    for s in &stale {
+        let c = recover::clean(s)?;
+        if !json {
+            println!("removed {}", c.describe());
+        }
+        done.push(c);
+    }
+    drop(cache_lock);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"removed": done, "cache_tmp_checked": cache_checked})
+        );
+        return Ok(0);
+    }
+    if done.is_empty() {
+        println!("nothing to clean");
+    }
+    if !cache_checked {
+        println!(
+            "the cache ({}) is in use by a running build: its temporary entries were left alone",
+            cache.root().display()
+        );
     }
     Ok(0)
 }

@@ -104,7 +104,13 @@ pub fn enter() -> Result<Isolation> {
 /// The worker's first steps: die with the supervisor, own process group, signals back.
 unsafe fn worker_setup(alive: libc::c_int, old_mask: &libc::sigset_t) {
     // SIGTERM, not SIGKILL: a killed supervisor still lets the worker unwind its guards.
-    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
+    libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGTERM as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
     libc::setpgid(0, 0);
     libc::sigprocmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut());
     // The supervisor may have died before the death signal was armed: its end of the

@@ -15,6 +15,7 @@ pub mod layers;
 pub mod nodeconf;
 pub mod profile;
 pub mod progress;
+pub mod recover;
 pub mod run;
 pub mod seed;
 pub mod service;

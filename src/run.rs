@@ -84,7 +84,7 @@ pub fn check_interrupted() -> Result<()> {
 
 /// The error a build stops with after Ctrl-C.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted by the user")]
+#[error("interrupted (Ctrl-C, SIGTERM or SIGHUP)")]
 pub struct Interrupted;
 
 /// A command failed: the printable command line, how it ended and the tail of stderr.

@@ -28,7 +28,8 @@ pub struct Entry {
     pub path: PathBuf,
 }
 
-fn disk_usage(p: &Path) -> u64 {
+/// Bytes allocated at or under `p` (sparse files count what they use).
+pub fn disk_usage(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::symlink_metadata(p) else {
         return 0;

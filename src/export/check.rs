@@ -111,7 +111,25 @@ pub fn check_dir(dir: &Path) -> Result<Report> {
         dir: dir.display().to_string(),
         items: Vec::new(),
     };
-    let sums = read_sums(dir)?;
+    // A build's work directory means one is running here or was killed here: the files
+    // beside it are about to change, or are what the killed build left.
+    for w in crate::recover::work_dirs_in(dir)? {
+        let name = w.file_name().unwrap_or_default().to_string_lossy();
+        r.push(
+            &name,
+            "no build work",
+            Err(anyhow::anyhow!(
+                "a build is running here or was killed here: wait for it, or run `mesobake clean {}`",
+                dir.display()
+            )),
+        );
+    }
+    let sums = match read_sums(dir) {
+        Ok(s) => s,
+        // A killed build publishes nothing: say what is there rather than what is not.
+        Err(_) if !r.items.is_empty() => return Ok(r),
+        Err(e) => return Err(e),
+    };
     for (f, want) in &sums {
         let p = dir.join(f);
         r.push(

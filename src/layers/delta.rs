@@ -195,10 +195,14 @@ pub fn apply_qcow2(delta: &Delta, data: &Path, image: &Path, scratch: &Path) -> 
             if copied != len {
                 bail!("the delta's data file is shorter than its extents");
             }
-            let p = part.to_str().context("scratch path is not UTF-8")?;
-            if p.contains(char::is_whitespace) {
-                bail!("qemu-io cannot read a data file whose path has spaces: {p}");
-            }
+            // qemu-io splits its commands at spaces with no quoting, so data files are
+            // named relative to `scratch`, its working directory, and never contain one,
+            // whatever the output path is.
+            let p = part
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("scratch file name")?
+                .to_string();
             if len == CLUSTER && off % CLUSTER == 0 {
                 // Compressed, like the rest of the image. qcow2 refuses a compressed write
                 // over an allocated cluster, so the cluster is discarded first; the data
@@ -212,11 +216,15 @@ pub fn apply_qcow2(delta: &Delta, data: &Path, image: &Path, scratch: &Path) -> 
         }
     }
     // Commas in an --image-opts value are escaped by doubling them.
+    // The image goes by absolute path: qemu-io runs in `scratch`.
+    let image =
+        &std::path::absolute(image).with_context(|| format!("resolving {}", image.display()))?;
     let file = image
         .to_str()
         .context("image path is not UTF-8")?
         .replace(',', ",,");
     Cmd::new("qemu-io")
+        .current_dir(scratch)
         .arg("--image-opts")
         .arg(format!(
             "driver=qcow2,file.driver=file,file.filename={file},pass-discard-other=on"
@@ -347,7 +355,8 @@ mod tests {
         drop(f);
         let delta = diff(&old, &new, &data).unwrap();
         assert!(delta.extents.iter().any(|e| e.zero));
-        let img = d.path().join("out,1.qcow2");
+        // Commas and spaces, as in any output path a user may pick.
+        let img = d.path().join("out, 1.qcow2");
         Cmd::new("qemu-img")
             .args(["convert", "-c", "-O", "qcow2"])
             .arg(&old)
@@ -356,7 +365,7 @@ mod tests {
             .unwrap();
         let twin = d.path().join("twin.qcow2");
         std::fs::copy(&img, &twin).unwrap();
-        apply_qcow2(&delta, &data, &img, &d.path().join("scratch")).unwrap();
+        apply_qcow2(&delta, &data, &img, &d.path().join("scratch dir")).unwrap();
         apply_qcow2(&delta, &data, &twin, &d.path().join("scratch2")).unwrap();
         assert!(
             std::fs::read(&img).unwrap() == std::fs::read(&twin).unwrap(),

@@ -275,7 +275,11 @@ impl KvmMemory {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
         let qemu = which_qemu()?;
         let meta = std::fs::metadata(&qemu).ok()?;
-        let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        let mtime = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
         Some(KvmMemory {
             path: dir.join("kvm-probe-failed"),
             key: format!(
@@ -338,6 +342,9 @@ mod tests {
             path: m.path.clone(),
             key: "boot-a /usr/bin/qemu 1 3".into(),
         };
-        assert!(!other_qemu.failed_before(), "another QEMU binary probes again");
+        assert!(
+            !other_qemu.failed_before(),
+            "another QEMU binary probes again"
+        );
     }
 }

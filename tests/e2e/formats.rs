@@ -107,7 +107,8 @@ fn on_path(t: &str) -> bool {
 /// Builds master-slave in every format and checks them all without booting. Returns the
 /// VMDK taken out of the OVA, for [`check_boot`].
 pub fn build_and_check() -> PathBuf {
-    let out = repo().join("target/e2e-formats-out");
+    // A space in the output path, as users pick them (qemu-io once failed on one).
+    let out = repo().join("target/e2e formats-out");
     let _ = std::fs::remove_dir_all(&out);
     let out_s = out.to_string_lossy().into_owned();
     let mut build = mesobake(&[
