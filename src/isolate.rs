@@ -15,7 +15,9 @@
 //! - **Processes.** apt, dpkg, mmdebstrap, qemu-img and QEMU run in the PID namespace.
 //!   When its init (the working mesobake) exits, however it exits, the kernel kills every
 //!   process in it. If the supervisor is killed, the worker gets SIGTERM and cleans up as
-//!   after Ctrl-C.
+//!   after Ctrl-C. (As a namespace's init, the worker receives only the signals it has a
+//!   handler for, and SIGKILL from outside: `run::install_interrupt_handler` installs
+//!   them right after `enter`.)
 //! - **Signals.** The worker runs in its own process group, so a terminal's Ctrl-C
 //!   reaches it once, through the supervisor, and never twice.
 //!
@@ -114,14 +116,15 @@ unsafe fn worker_setup(alive: libc::c_int, old_mask: &libc::sigset_t) {
     libc::setpgid(0, 0);
     libc::sigprocmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut());
     // The supervisor may have died before the death signal was armed: its end of the
-    // pipe is then closed.
+    // pipe is then closed. Nothing has been done yet, so just go. (A signal would not
+    // do: the init of a PID namespace ignores signals it has no handler for.)
     let mut p = libc::pollfd {
         fd: alive,
         events: libc::POLLIN,
         revents: 0,
     };
     if libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLHUP != 0 {
-        libc::raise(libc::SIGTERM);
+        libc::_exit(143);
     }
     libc::close(alive);
 }
