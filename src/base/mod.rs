@@ -7,6 +7,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod digest;
 pub mod fetch;
 pub mod gc;
 pub mod sums;
