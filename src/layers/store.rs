@@ -496,7 +496,6 @@ mod tests {
     }
 }
 
-
 /// Each layer kind, damaged without a change of size or mtime, must be refused.
 #[cfg(test)]
 mod damage_tests {
@@ -526,7 +525,9 @@ mod damage_tests {
     /// Flips a byte of a cached layer and checks that lookup reports it (the kind and
     /// both digests), drops it, and that the caller's rebuild (a new save) is then used.
     fn flipped_is_dropped(cache: &Cache, kind: &str, k: &str, file: &Path, offset: u64) {
-        let (found, m) = lookup(cache, kind, k).unwrap().expect("intact layer is a hit");
+        let (found, m) = lookup(cache, kind, k)
+            .unwrap()
+            .expect("intact layer is a hit");
         assert_eq!(found, file);
         let recorded = m.digest.clone();
         assert!(recorded.starts_with(digest::EXTENT_DIGEST), "{recorded}");
@@ -584,7 +585,9 @@ mod damage_tests {
         });
         // A byte of guest data, not of qcow2's metadata: `qemu-img check` cannot see it.
         let bytes = std::fs::read(&packed).unwrap();
-        let at = bytes.windows(4096).position(|w| w.iter().all(|&b| b == 0x5a));
+        let at = bytes
+            .windows(4096)
+            .position(|w| w.iter().all(|&b| b == 0x5a));
         flipped_is_dropped(&cache, PACKED, &k, &packed, at.unwrap() as u64 + 7);
     }
 
@@ -613,6 +616,9 @@ mod damage_tests {
         std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
         let mut said = String::new();
         let hit = lookup_reporting(&cache, CONFIGURED, &k, |msg| said = msg.into()).unwrap();
-        assert!(hit.is_none() && said.contains("no content digest"), "{said}");
+        assert!(
+            hit.is_none() && said.contains("no content digest"),
+            "{said}"
+        );
     }
 }
