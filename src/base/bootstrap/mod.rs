@@ -864,6 +864,23 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_base_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(d.path().to_path_buf())).unwrap();
+        let key = "k1111111111111111";
+        let disk = publish_base(&cache, key, &[9u8; 100_000], true);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let mut said = String::new();
+        assert!(cached(&cache, key, |m| said = m.into()).unwrap().is_none());
+        assert!(cache.layer_get(BASE, key).is_none(), "{said}");
+    }
+
+    #[test]
     fn a_base_cached_without_a_digest_is_checked_by_its_sha256() {
         let d = tempfile::tempdir().unwrap();
         let cache = Cache::open(Some(d.path().to_path_buf())).unwrap();
