@@ -599,6 +599,35 @@ fn corrupted_cache_entry_is_detected_and_downloaded_again() {
 }
 
 #[test]
+fn damage_that_keeps_size_and_mtime_is_detected_and_downloaded_again() {
+    let server = Server::start();
+    let data = image(SIZE, 14);
+    server.put("/noble.img", data.clone());
+    let (_d, cache) = temp_cache();
+    let expected = Expected::Sha256(sha(&data));
+    let blob = fetch_with(&cache, &server.url("/noble.img"), &expected, &opts()).unwrap();
+    let mtime = fs::metadata(&blob).unwrap().modified().unwrap();
+    make_writable(&blob);
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[SIZE / 3] ^= 0x01;
+    fs::write(&blob, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let again = fetch_with(&cache, &server.url("/noble.img"), &expected, &opts()).unwrap();
+    assert_eq!(
+        fs::read(&again).unwrap(),
+        data,
+        "the damaged blob was replaced by a good download"
+    );
+    assert_eq!(server.requests_for("/noble.img").len(), 2);
+}
+
+#[test]
 fn truncated_cache_entry_is_detected_and_downloaded_again() {
     let server = Server::start();
     let data = image(SIZE, 13);

@@ -128,3 +128,6 @@ echo
 echo "mesobake stage timings (cold, then warm):"
 grep '^timing' "$out/cold.log" | tr '\n' ';'; echo
 grep '^timing' "$out/warm.log" | tr '\n' ';'; echo
+echo
+echo "verification (every build checks each cached layer's content digest before use):"
+bash ci/bench/verify-cost.sh "$MESOBAKE_CACHE_DIR"

@@ -7,6 +7,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod digest;
 pub mod fetch;
 pub mod gc;
 pub mod sums;
@@ -187,15 +188,17 @@ pub fn check_spec(spec: &str, opts: &BaseOptions) -> Result<()> {
 pub fn obtain(spec: &str, opts: &BaseOptions, cache: &Cache) -> Result<BaseImage> {
     check_spec(spec, opts)?;
     if let Some(nb) = named(spec) {
-        let path = match nb.source {
+        let (path, sha256) = match nb.source {
             Source::Download { url, sums } => {
-                fetch::fetch(cache, url, &Expected::SumsUrl(sums.to_string()))
-                    .with_context(|| format!("getting base {}", nb.name))?
+                let path = fetch::fetch(cache, url, &Expected::SumsUrl(sums.to_string()))
+                    .with_context(|| format!("getting base {}", nb.name))?;
+                let sha256 = digest_of_cached(&path)?;
+                (path, sha256)
             }
+            // Verified against the SHA256 its layer records (see bootstrap::cached).
             Source::Bootstrap => bootstrap::bootstrap(cache, nb, opts.mirror.as_deref())
                 .with_context(|| format!("bootstrapping base {}", nb.name))?,
         };
-        let sha256 = digest_of_cached(&path)?;
         return Ok(BaseImage {
             spec: spec.into(),
             path,
@@ -243,7 +246,7 @@ pub fn obtain(spec: &str, opts: &BaseOptions, cache: &Cache) -> Result<BaseImage
     })
 }
 
-/// Cached blobs are named by their digest; a bootstrapped base's layer records it.
+/// Cached blobs are named by their digest (verified by the cache on every get).
 fn digest_of_cached(path: &Path) -> Result<String> {
     match path.file_name().and_then(|n| n.to_str()) {
         Some(n) if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(n.to_string()),

@@ -56,7 +56,7 @@ pub fn from_layers(
             let bar = ctx
                 .progress
                 .percent("compressing the provisioned layer (once per package set)");
-            let f = layer::save(
+            let (f, _) = layer::save(
                 &ctx.cache,
                 layer::PACKED,
                 &key,

@@ -75,14 +75,8 @@ pub fn provisioned(
     let _lock = ctx
         .cache
         .lock_entry(&format!("{}-{key}", store::PROVISIONED))?;
-    let (disk, report) = match store::lookup(&ctx.cache, store::PROVISIONED, &key)? {
-        Some((disk, m)) => {
-            let report = ProvisionReport {
-                packages: m.packages,
-                debs: m.debs,
-            };
-            (disk, report)
-        }
+    let (disk, m) = match store::lookup(&ctx.cache, store::PROVISIONED, &key)? {
+        Some(hit) => hit,
         None => {
             explain_miss(ctx, store::PROVISIONED, &key, &inputs);
             let work = ctx.disk();
@@ -90,7 +84,7 @@ pub fn provisioned(
                 prepare_disk(c, &work)
             })?;
             let report = with_image(ctx, |c, img| provision(c, img))?;
-            let disk = ctx.stage("layer", "saving the provisioned layer", |c| {
+            ctx.stage("layer", "saving the provisioned layer", |c| {
                 let facts = store::LayerFacts {
                     packages: report.packages.clone(),
                     debs: report.debs.clone(),
@@ -106,11 +100,14 @@ pub fn provisioned(
                     facts,
                     save,
                 )
-            })?;
-            (disk, report)
+            })?
         }
     };
-    let instance = store::instance(&key, &disk)?;
+    let instance = store::instance(&key, &m);
+    let report = ProvisionReport {
+        packages: m.packages,
+        debs: m.debs,
+    };
     Ok(Provisioned {
         disk,
         key,
@@ -168,7 +165,7 @@ pub fn configured(
         skipped_mounts,
         os_release,
     };
-    let data = ctx.stage("layer", "saving the configured layer", |c| {
+    let (data, _) = ctx.stage("layer", "saving the configured layer", |c| {
         let extra = serde_json::to_value(&facts)?;
         let facts = store::LayerFacts {
             extra,

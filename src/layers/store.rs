@@ -9,8 +9,10 @@
 //! - `configured`: the delta from the provisioned disk to the finished one, plus what
 //!   configure found; an unchanged rebuild skips mounting the image at all.
 //!
-//! Each layer directory holds one file and a manifest of its inputs; a miss under `-v`
-//! names the inputs that differ from the newest layer of the same kind.
+//! Each layer directory holds one file and a manifest of its inputs and of the file's
+//! content digest ([`crate::base::digest`]); every lookup re-computes the digest, and a
+//! layer whose bytes no longer match is dropped and rebuilt. A miss under `-v` names the
+//! inputs that differ from the newest layer of the same kind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::base::cache::{Cache, LAYER_MANIFEST};
+use crate::base::digest;
 use crate::context::BuildContext;
 use crate::run::Cmd;
 
@@ -52,10 +55,11 @@ pub struct LayerManifest {
     pub debs: Vec<(String, String)>,
     /// The layer's one file, in its directory.
     pub file: String,
-    /// Size and modification time of `file` when it was published, to detect damage.
-    pub disk_size: u64,
-    /// Modification time in nanoseconds.
-    pub disk_mtime_ns: u128,
+    /// The extent digest of `file`, computed from the published file by the process
+    /// that published it. Empty in manifests older mesobakes wrote: such a layer cannot
+    /// be verified and is rebuilt.
+    #[serde(default)]
+    pub digest: String,
     /// Kind-specific facts (the configured layer's delta and layout).
     #[serde(default)]
     pub extra: serde_json::Value,
@@ -147,20 +151,22 @@ pub fn key(inputs: &BTreeMap<String, String>) -> String {
     hex::encode(h.finalize())
 }
 
-fn mtime_ns(p: &Path) -> Result<u128> {
-    Ok(std::fs::metadata(p)
-        .and_then(|m| m.modified())
-        .with_context(|| format!("reading the time of {}", p.display()))?
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos())
+/// Looks up a layer and checks it before use: the manifest must parse and match the
+/// kind and key, the file's content digest must be the recorded one, and a qcow2 must
+/// pass `qemu-img check`. A damaged entry is removed, reported on stderr (naming the
+/// kind and, for changed bytes, both digests) and returned as a miss, never used: the
+/// caller rebuilds it. Returns the layer's file and manifest.
+pub fn lookup(cache: &Cache, kind: &str, key: &str) -> Result<Option<(PathBuf, LayerManifest)>> {
+    lookup_reporting(cache, kind, key, |msg| eprintln!("mesobake: {msg}"))
 }
 
-/// Looks up a layer and checks it before use: the manifest must parse and match the
-/// kind and key, the file must have the recorded size and time, and a qcow2 must pass
-/// `qemu-img check`. A damaged entry is removed and reported as a miss, never used.
-/// Returns the layer's file and manifest.
-pub fn lookup(cache: &Cache, kind: &str, key: &str) -> Result<Option<(PathBuf, LayerManifest)>> {
+/// [`lookup`], handing the damage message to `report` (tests read it).
+fn lookup_reporting(
+    cache: &Cache,
+    kind: &str,
+    key: &str,
+    report: impl FnOnce(&str),
+) -> Result<Option<(PathBuf, LayerManifest)>> {
     let Some(dir) = cache.layer_get(kind, key) else {
         return Ok(None);
     };
@@ -170,10 +176,10 @@ pub fn lookup(cache: &Cache, kind: &str, key: &str) -> Result<Option<(PathBuf, L
             Ok(Some((dir.join(&m.file), m)))
         }
         Err(e) => {
-            eprintln!(
-                "mesobake: cached layer {kind}/{} is damaged ({e:#}); rebuilding it",
+            report(&format!(
+                "cached {kind} layer {} is damaged ({e:#}); dropping it and rebuilding it",
                 &key[..12]
-            );
+            ));
             cache.remove_layer(kind, key)?;
             Ok(None)
         }
@@ -181,22 +187,18 @@ pub fn lookup(cache: &Cache, kind: &str, key: &str) -> Result<Option<(PathBuf, L
 }
 
 fn check(dir: &Path, kind: &str, key: &str) -> Result<LayerManifest> {
-    let path = dir.join(LAYER_MANIFEST);
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let m: LayerManifest = serde_json::from_slice(&text).context("reading the layer manifest")?;
-    if m.key != key || m.kind != kind {
-        bail!("manifest says {}/{}", m.kind, m.key);
-    }
-    if m.file.contains('/') || m.file.is_empty() || m.file == LAYER_MANIFEST {
-        bail!("manifest names a bad file {:?}", m.file);
-    }
+    let m = read_manifest(dir, kind, key)?;
     let file = dir.join(&m.file);
-    let size = std::fs::metadata(&file)
-        .with_context(|| format!("{} is missing", m.file))?
-        .len();
-    if size != m.disk_size || mtime_ns(&file)? != m.disk_mtime_ns {
-        bail!("{} changed since it was cached", m.file);
+    if !file.is_file() {
+        bail!("{} is missing", m.file);
     }
+    if m.digest.is_empty() {
+        bail!(
+            "its manifest records no content digest (an older mesobake cached it), so it \
+             cannot be verified"
+        );
+    }
+    digest::verify(&file, &m.digest).with_context(|| format!("{} changed", m.file))?;
     if m.file.ends_with(".qcow2") {
         Cmd::new("qemu-img")
             .args(["check", "-q"])
@@ -207,9 +209,25 @@ fn check(dir: &Path, kind: &str, key: &str) -> Result<LayerManifest> {
     Ok(m)
 }
 
+/// Reads a layer's manifest and checks that it names this layer and one plain file.
+fn read_manifest(dir: &Path, kind: &str, key: &str) -> Result<LayerManifest> {
+    let path = dir.join(LAYER_MANIFEST);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: LayerManifest = serde_json::from_slice(&text).context("reading the layer manifest")?;
+    if m.key != key || m.kind != kind {
+        bail!("manifest says {}/{}", m.kind, m.key);
+    }
+    if m.file.contains('/') || m.file.is_empty() || m.file == LAYER_MANIFEST {
+        bail!("manifest names a bad file {:?}", m.file);
+    }
+    Ok(m)
+}
+
 /// Saves a layer: `make` writes the layer's file `file` into the directory it is given
-/// (a private directory in the cache), then the manifest is written and the directory
-/// published by one rename. Returns the published file's path.
+/// (a private directory in the cache), then its content digest and the manifest are
+/// written and the directory published by one rename. Returns the published file's
+/// path and manifest (the one found there, should another build have published the
+/// layer first).
 pub fn save(
     cache: &Cache,
     kind: &str,
@@ -218,7 +236,7 @@ pub fn save(
     file: &str,
     facts: LayerFacts,
     make: impl FnOnce(&Path) -> Result<()>,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, LayerManifest)> {
     let tmp = cache.tmp_dir().join(format!(
         "layer-{kind}-{}-{}",
         &key[..12],
@@ -228,6 +246,9 @@ pub fn save(
     let r = (|| {
         let path = tmp.join(file);
         make(&path).with_context(|| format!("saving the {kind} layer"))?;
+        // The digest is taken from this file, which the rename below publishes as it is,
+        // in this process: a copy could lay out its holes differently (see digest).
+        let digest = digest::extent_digest(&path)?;
         let m = LayerManifest {
             kind: kind.into(),
             key: key.into(),
@@ -235,17 +256,18 @@ pub fn save(
             packages: facts.packages,
             debs: facts.debs,
             file: file.into(),
-            disk_size: std::fs::metadata(&path)?.len(),
-            disk_mtime_ns: mtime_ns(&path)?,
+            digest,
             extra: facts.extra,
         };
         let manifest = tmp.join(LAYER_MANIFEST);
         std::fs::write(&manifest, serde_json::to_vec_pretty(&m)?)
             .with_context(|| format!("writing {}", manifest.display()))?;
-        cache.publish_dir(&tmp, kind, key)
+        let dir = cache.publish_dir(&tmp, kind, key)?;
+        let m = read_manifest(&dir, kind, key)?;
+        Ok((dir.join(&m.file), m))
     })();
     match r {
-        Ok(dir) => Ok(dir.join(file)),
+        Ok(saved) => Ok(saved),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
@@ -253,16 +275,13 @@ pub fn save(
     }
 }
 
-/// Names one instance of a layer: its key plus its file's size and time. A layer
-/// rebuilt from the same inputs (after `cache gc`, or damage) has the same key but, since
-/// apt and ext4 are not byte-reproducible, different bytes; layers derived from it
-/// (packed, configured) take this as their input so they never combine with another
-/// instance's bytes.
-pub fn instance(key: &str, file: &Path) -> Result<String> {
-    let size = std::fs::metadata(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .len();
-    Ok(format!("{key} {size} {}", mtime_ns(file)?))
+/// Names one instance of a layer: its key plus its content digest. A layer rebuilt
+/// from the same inputs (after `cache gc`, or damage) has the same key but, since apt
+/// and ext4 are not byte-reproducible, different bytes and so a different digest;
+/// layers derived from it (packed, configured) take this as their input so they never
+/// combine with another instance's bytes.
+pub fn instance(key: &str, m: &LayerManifest) -> String {
+    format!("{key} {}", m.digest)
 }
 
 /// Copies a raw disk keeping it sparse (GNU cp finds the holes with SEEK_DATA).
@@ -434,14 +453,13 @@ mod tests {
             )
             .unwrap()
         };
-        let first = instance(&k, &save_one(1)).unwrap();
+        let first = instance(&k, &save_one(1).1);
         assert_eq!(
             first,
-            instance(&k, &lookup(&cache, PROVISIONED, &k).unwrap().unwrap().0).unwrap()
+            instance(&k, &lookup(&cache, PROVISIONED, &k).unwrap().unwrap().1)
         );
         cache.remove_layer(PROVISIONED, &k).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        let second = instance(&k, &save_one(2)).unwrap();
+        let second = instance(&k, &save_one(2).1);
         assert_ne!(
             first, second,
             "layers derived from the first must not match the second"
@@ -456,7 +474,7 @@ mod tests {
         std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
         let inputs = m(&[("base", "x")]);
         let k = key(&inputs);
-        let disk = save(
+        let (disk, _) = save(
             &cache,
             PROVISIONED,
             &k,
@@ -475,5 +493,132 @@ mod tests {
         std::fs::write(&disk, b"garbage").unwrap();
         assert!(lookup(&cache, PROVISIONED, &k).unwrap().is_none());
         assert!(cache.layer_get(PROVISIONED, &k).is_none());
+    }
+}
+
+/// Each layer kind, damaged without a change of size or mtime, must be refused.
+#[cfg(test)]
+mod damage_tests {
+    use super::*;
+    use crate::base::digest::damage::flip_byte_keeping_mtime;
+    use std::os::unix::fs::FileExt;
+
+    fn cache() -> (tempfile::TempDir, Cache) {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(d.path().join("cache"))).unwrap();
+        (d, cache)
+    }
+
+    /// Saves a layer of `kind` whose file `make` writes; returns its key and path.
+    fn saved(
+        cache: &Cache,
+        kind: &str,
+        file: &str,
+        make: impl FnOnce(&Path) -> Result<()>,
+    ) -> (String, PathBuf) {
+        let inputs: BTreeMap<String, String> = [("kind".to_string(), kind.to_string())].into();
+        let k = key(&inputs);
+        let (p, _) = save(cache, kind, &k, inputs, file, Default::default(), make).unwrap();
+        (k, p)
+    }
+
+    /// Flips a byte of a cached layer and checks that lookup reports it (the kind and
+    /// both digests), drops it, and that the caller's rebuild (a new save) is then used.
+    fn flipped_is_dropped(cache: &Cache, kind: &str, k: &str, file: &Path, offset: u64) {
+        let (found, m) = lookup(cache, kind, k)
+            .unwrap()
+            .expect("intact layer is a hit");
+        assert_eq!(found, file);
+        let recorded = m.digest.clone();
+        assert!(recorded.starts_with(digest::EXTENT_DIGEST), "{recorded}");
+        let rebuild = tempfile::NamedTempFile::new().unwrap();
+        copy_sparse(file, rebuild.path()).unwrap();
+        flip_byte_keeping_mtime(file, offset);
+        let now = digest::extent_digest(file).unwrap();
+        let mut said = String::new();
+        let hit = lookup_reporting(cache, kind, k, |msg| said = msg.to_string()).unwrap();
+        assert!(
+            hit.is_none(),
+            "a {kind} layer with a flipped byte must not be used"
+        );
+        assert!(cache.layer_get(kind, k).is_none(), "and it is dropped");
+        let named = format!("cached {kind} layer {}", &k[..12]);
+        for part in [&named, "damaged", &recorded, &now, "rebuilding"] {
+            assert!(said.contains(part), "{part:?} not in {said:?}");
+        }
+        // The caller's miss path makes the layer again; that copy is a hit.
+        let (again, m2) = save(cache, kind, k, m.inputs, &m.file, Default::default(), |p| {
+            copy_sparse(rebuild.path(), p)
+        })
+        .unwrap();
+        assert_eq!(lookup(cache, kind, k).unwrap().unwrap().0, again);
+        assert_eq!(m2.digest, digest::extent_digest(&again).unwrap());
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_provisioned_disk_is_caught() {
+        let (d, cache) = cache();
+        let src = d.path().join("disk.raw");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(256 << 20).unwrap();
+        f.write_all_at(&[0x5a; 1 << 20], 0).unwrap();
+        f.write_all_at(b"bookworm/sid\n", 200 << 20).unwrap();
+        drop(f);
+        let (k, disk) = saved(&cache, PROVISIONED, "disk.raw", |p| copy_sparse(&src, p));
+        flipped_is_dropped(&cache, PROVISIONED, &k, &disk, (200 << 20) + 2);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_packed_qcow2_is_caught() {
+        let (d, cache) = cache();
+        let src = d.path().join("disk.raw");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(16 << 20).unwrap();
+        f.write_all_at(&[0x5a; 256 << 10], 4 << 20).unwrap();
+        drop(f);
+        let (k, packed) = saved(&cache, PACKED, "disk.qcow2", |p| {
+            Cmd::new("qemu-img")
+                .args(["convert", "-O", "qcow2"])
+                .arg(&src)
+                .arg(p)
+                .run()
+        });
+        // A byte of guest data, not of qcow2's metadata: `qemu-img check` cannot see it.
+        let bytes = std::fs::read(&packed).unwrap();
+        let at = bytes
+            .windows(4096)
+            .position(|w| w.iter().all(|&b| b == 0x5a));
+        flipped_is_dropped(&cache, PACKED, &k, &packed, at.unwrap() as u64 + 7);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_configured_delta_is_caught() {
+        let (_d, cache) = cache();
+        let (k, data) = saved(&cache, CONFIGURED, "delta.bin", |p| {
+            Ok(std::fs::write(p, vec![0x42; 3 << 16])?)
+        });
+        flipped_is_dropped(&cache, CONFIGURED, &k, &data, 1 << 16);
+    }
+
+    #[test]
+    fn a_layer_cached_without_a_digest_is_rebuilt() {
+        let (_d, cache) = cache();
+        let (k, data) = saved(&cache, CONFIGURED, "delta.bin", |p| {
+            Ok(std::fs::write(p, b"delta")?)
+        });
+        let manifest = data.with_file_name(LAYER_MANIFEST);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        let o = m.as_object_mut().unwrap();
+        o.remove("digest");
+        o.insert("disk_size".into(), 5.into());
+        o.insert("disk_mtime_ns".into(), 1.into());
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let mut said = String::new();
+        let hit = lookup_reporting(&cache, CONFIGURED, &k, |msg| said = msg.into()).unwrap();
+        assert!(
+            hit.is_none() && said.contains("no content digest"),
+            "{said}"
+        );
     }
 }
