@@ -2558,6 +2558,16 @@ fn credential_files_are_read_like_mesos() {
         "m-missing-url",
         &format!("Failed to read credentials file '{}':", missing.display()),
     );
+    // Nor is the value ever the file's contents: inline JSON is a path.
+    expect_failure(
+        master(
+            "m-inline",
+            &[r#"--credentials={"credentials":[{"principal":"a","secret":"b"}]}"#],
+        ),
+        d,
+        "m-inline",
+        r#"Failed to read credentials file '{"credentials":[{"principal":"a","secret":"b"}]}':"#,
+    );
     expect_failure(
         master(
             "m-empty",

@@ -15,7 +15,12 @@ get wrong:
   (for instance once as MARATHON_MASTER and once as --master), an argument left
   over, a bad number or a missing --master stop the process with
   `[scallop] Error: ...` and exit status 1;
-* the HTTP endpoints a deployment check uses: /ping, /v2/info, /v2/leader.
+* the HTTP endpoints a deployment check uses: /ping, /v2/info, /v2/leader,
+  behind HTTP basic authentication with --http_credentials (HttpModule);
+* registration as a framework with the leading Mesos master, found in
+  ZooKeeper like the scheduler driver does, over the Mesos stand-in's own
+  /master/standin/subscribe call, with --mesos_authentication's credential;
+  a refused registration crashes Marathon like MarathonScheduler.error().
 
 Like the Mesos stand-in, it keeps to Python 3.4 syntax so that it runs in every
 guest image mesobake targets.

@@ -23,7 +23,13 @@ part an image baker can get wrong:
   changes (over a stand-in-only HTTP call);
 * the HTTP endpoints a deployment check looks at (/health, /state, /flags,
   /redirect, also under /master/ and /slave(1)/), with the flags the process
-  ended up with, so a test can assert what the init wrapper passed.
+  ended up with, so a test can assert what the init wrapper passed;
+* authentication driven by the real flags: --credentials / --credential /
+  --http_credentials files in both of credentials.hpp's forms, agents and
+  frameworks refused without a valid credential (the principal and secret
+  travel in the stand-in's own registration calls; real Mesos runs CRAM-MD5),
+  and HTTP basic authentication in the mesos-{master,agent}-{readonly,readwrite}
+  realms.
 
 See ci/standins/README.md for the real source of each behaviour.
 
