@@ -1781,11 +1781,16 @@ fn flag_names_are_loaded_like_stout() {
     }
 
     // Flags that the old table lacked load, and aliases show under the name used.
+    // (--authenticate_http, now --authenticate_http_readwrite, needs credentials.)
+    let credentials = dir.path().join("credentials");
+    fs::write(&credentials, "operator operator-secret\n").unwrap();
+    fs::set_permissions(&credentials, fs::Permissions::from_mode(0o600)).unwrap();
     let port = free_port();
     let args = [
         "--ip=127.0.0.1".to_string(),
         format!("--port={port}"),
         work.clone(),
+        format!("--credentials={}", credentials.display()),
         "--authenticate_http=true".to_string(),
         "--user_sorter=random".to_string(),
         "--authentication_v0_timeout=30secs".to_string(),
@@ -2203,6 +2208,34 @@ fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
         agent_id
     );
 
+    // Marathon finds the leader in the same group and registers as a framework.
+    let marathon_root = packages.extract(MARATHON_DEB);
+    let marathon_port = free_port();
+    let mut marathon_proc = Proc::spawn(
+        marathon(
+            marathon_root.path(),
+            &[
+                "--master",
+                &zk_url,
+                "--http_port",
+                &marathon_port.to_string(),
+                "--hostname",
+                "127.0.0.1",
+            ],
+        ),
+        dir.path(),
+        "marathon",
+    );
+    marathon_proc.wait_http(marathon_port, "/ping");
+    let framework_id = wait_for(Duration::from_secs(30), "Marathon to register", || {
+        let info = try_json("127.0.0.1", marathon_port, "/v2/info")?;
+        info["frameworkId"].as_str().map(str::to_string)
+    });
+    assert_eq!(
+        try_json("127.0.0.2", port, "/frameworks").unwrap()["frameworks"][0]["id"],
+        framework_id
+    );
+
     // The leader dies; its session ends, the other master leads, and the
     // agent re-registers with it under the same ID.
     first.kill();
@@ -2221,6 +2254,11 @@ fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
     assert_eq!(agent_state["id"], agent_id);
     assert_eq!(znodes(zk.port, "/mesos").len(), 1);
     assert!(second.stderr().contains("Elected as the leading master!"));
+    // Marathon follows the new leader with the same framework ID.
+    wait_for(Duration::from_secs(60), "Marathon to re-register", || {
+        let frameworks = try_json("127.0.0.3", port, "/frameworks")?;
+        (frameworks["frameworks"][0]["id"] == framework_id.as_str()).then_some(())
+    });
 }
 
 #[test]
@@ -2348,4 +2386,872 @@ fn aventer_wrapper_lists_in_directory_order_and_reports_missing_dirs() {
         get_json(port, "/flags")["flags"]["attributes"],
         expected_attributes
     );
+}
+
+// ---------------------------------------------------------------------------
+// Authentication (issue 15): credential files, agents, frameworks, HTTP.
+// ---------------------------------------------------------------------------
+
+/// RFC 4648 base64, for `Authorization: Basic` headers.
+fn base64(data: &[u8]) -> String {
+    const TABLE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// An HTTP/1.0 request to 127.0.0.1 with optional basic credentials:
+/// status, response head and body.
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    if let Some((user, password)) = auth {
+        let token = base64(format!("{user}:{password}").as_bytes());
+        request.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The value of a response header (case-insensitive name).
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
+}
+
+/// Writes a secret-bearing file the way an operator should: 0600.
+fn write_secret(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The credentials file of the tests: JSON, as Mesos documents it.
+const CREDENTIALS_JSON: &str = r#"{"credentials": [
+  {"principal": "agent", "secret": "agent-secret"},
+  {"principal": "marathon", "secret": "marathon-secret"},
+  {"principal": "operator", "secret": "operator-secret"},
+  {"principal": "colon", "secret": "has:colon"}
+]}"#;
+
+fn master_args(port: u16, extra: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        "--registry=in_memory".to_string(),
+        "--no-hostname_lookup".to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    args
+}
+
+fn start_master(root: &Path, dir: &Path, name: &str, port: u16, extra: &[String]) -> Proc {
+    let args = master_args(port, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut master = Proc::spawn(mesos(root, "mesos-master", &args), dir, name);
+    master.wait_http(port, "/health");
+    master
+}
+
+fn agent_command(
+    root: &Path,
+    sysroot: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    master: &str,
+    extra: &[String],
+) -> Command {
+    let mut args = vec![
+        "--ip=127.0.0.1".to_string(),
+        format!("--port={port}"),
+        format!("--master={master}"),
+        format!("--work_dir={}", dir.join(name).display()),
+        "--no-hostname_lookup".to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = mesos(root, "mesos-agent", &args);
+    cmd.env(SYSROOT_ENV, sysroot);
+    cmd
+}
+
+#[test]
+fn credential_files_are_read_like_mesos() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let root = root.path();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sysroot = fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let master = |name: &str, extra: &[&str]| -> Command {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let args = master_args(free_port(), &extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = name;
+        mesos(root, "mesos-master", &args)
+    };
+    let missing = d.join("missing");
+    write_secret(&d.join("empty"), "");
+    write_secret(&d.join("three-words"), "agent agent-secret extra\n");
+    write_secret(&d.join("tab"), "agent\tagent-secret\n");
+
+    // Master: src/master/master.cpp Master::initialize() and
+    // src/credentials/credentials.hpp.
+    expect_failure(
+        master("m-missing", &[&format!("--credentials={}", missing.display())]),
+        d,
+        "m-missing",
+        &format!(
+            "Failed to read credentials file '{}': No such file or directory (see --credentials flag)",
+            missing.display()
+        ),
+    );
+    // A Path flag is not fetched, but stout's Path drops file://.
+    expect_failure(
+        master(
+            "m-missing-url",
+            &[&format!("--credentials=file://{}", missing.display())],
+        ),
+        d,
+        "m-missing-url",
+        &format!("Failed to read credentials file '{}':", missing.display()),
+    );
+    // Nor is the value ever the file's contents: inline JSON is a path.
+    expect_failure(
+        master(
+            "m-inline",
+            &[r#"--credentials={"credentials":[{"principal":"a","secret":"b"}]}"#],
+        ),
+        d,
+        "m-inline",
+        r#"Failed to read credentials file '{"credentials":[{"principal":"a","secret":"b"}]}':"#,
+    );
+    expect_failure(
+        master(
+            "m-empty",
+            &[&format!("--credentials={}", d.join("empty").display())],
+        ),
+        d,
+        "m-empty",
+        "Credentials file must contain at least one credential (see --credentials flag)",
+    );
+    expect_failure(
+        master(
+            "m-three",
+            &[&format!(
+                "--credentials={}",
+                d.join("three-words").display()
+            )],
+        ),
+        d,
+        "m-three",
+        "Invalid credential format at line 1 (see --credentials flag)",
+    );
+    // Only single spaces separate principal and secret.
+    expect_failure(
+        master(
+            "m-tab",
+            &[&format!("--credentials={}", d.join("tab").display())],
+        ),
+        d,
+        "m-tab",
+        "Invalid credential format at line 1 (see --credentials flag)",
+    );
+    // HTTP authentication without credentials is fatal...
+    expect_failure(
+        master("m-http", &["--authenticate_http_readonly"]),
+        d,
+        "m-http",
+        "No credentials provided for the default 'basic' HTTP authenticator for realm \
+         'mesos-master-readonly'",
+    );
+    expect_failure(
+        master("m-http-rw", &["--authenticate_http_readwrite"]),
+        d,
+        "m-http-rw",
+        "No credentials provided for the default 'basic' HTTP authenticator for realm \
+         'mesos-master-readwrite'",
+    );
+    // ...but agent authentication without credentials only warns: the master
+    // starts and refuses every agent.
+    let port = free_port();
+    let mut m = start_master(
+        root,
+        d,
+        "m-agents",
+        port,
+        &["--authenticate_agents".to_string()],
+    );
+    let stderr = m.stderr();
+    assert!(
+        stderr.contains("Master only allowing authenticated agents to register")
+            && stderr.contains("No credentials provided, authentication requests will be refused"),
+        "{stderr}"
+    );
+    m.kill();
+    // A world-readable file works, with a warning.
+    let open = d.join("open.json");
+    fs::write(&open, CREDENTIALS_JSON).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+    let port = free_port();
+    let m = start_master(
+        root,
+        d,
+        "m-open",
+        port,
+        &[format!("--credentials={}", open.display())],
+    );
+    assert!(
+        m.stderr().contains(&format!(
+            "Permissions on credentials file '{}' are too open. It is recommended that your \
+             credentials file is NOT accessible by others.",
+            open.display()
+        )),
+        "{}",
+        m.stderr()
+    );
+    drop(m);
+
+    // Agent: src/slave/slave.cpp Slave::initialize(), readCredential().
+    let agent = |name: &str, extra: &[String]| {
+        agent_command(root, &sysroot, d, name, free_port(), "127.0.0.1:1", extra)
+    };
+    expect_failure(
+        agent("a-missing", &[format!("--credential={}", missing.display())]),
+        d,
+        "a-missing",
+        &format!(
+            "Failed to read credential file '{}': No such file or directory (see --credential flag)",
+            missing.display()
+        ),
+    );
+    expect_failure(
+        agent(
+            "a-empty",
+            &[format!("--credential={}", d.join("empty").display())],
+        ),
+        d,
+        "a-empty",
+        &format!(
+            "Empty credential file '{}' (see --credential flag)",
+            d.join("empty").display()
+        ),
+    );
+    write_secret(
+        &d.join("two-lines"),
+        "agent agent-secret\nother other-secret\n",
+    );
+    expect_failure(
+        agent(
+            "a-two",
+            &[format!("--credential={}", d.join("two-lines").display())],
+        ),
+        d,
+        "a-two",
+        "Expecting only one credential (see --credential flag)",
+    );
+    expect_failure(
+        agent(
+            "a-three",
+            &[format!("--credential={}", d.join("three-words").display())],
+        ),
+        d,
+        "a-three",
+        "Invalid credential format (see --credential flag)",
+    );
+    expect_failure(
+        agent("a-http", &["--authenticate_http_readonly".to_string()]),
+        d,
+        "a-http",
+        "No credentials provided for the default 'basic' HTTP authenticator for realm \
+         'mesos-agent-readonly'",
+    );
+    expect_failure(
+        agent(
+            "a-http-creds",
+            &[format!("--http_credentials={}", missing.display())],
+        ),
+        d,
+        "a-http-creds",
+        "(see --http_credentials flag)",
+    );
+}
+
+#[test]
+fn master_refuses_agents_without_valid_credentials() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let root = root.path();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sysroot = fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let credentials = d.join("credentials.json");
+    write_secret(&credentials, CREDENTIALS_JSON);
+    let port = free_port();
+    // file:// works for --credentials: stout's Path drops it.
+    let master = start_master(
+        root,
+        d,
+        "master",
+        port,
+        &[
+            "--authenticate_agents".to_string(),
+            format!("--credentials=file://{}", credentials.display()),
+        ],
+    );
+    let leader = format!("127.0.0.1:{port}");
+
+    // Without a credential: the master drops the registration, the agent
+    // keeps trying and stays unregistered.
+    let bare_port = free_port();
+    let mut bare = Proc::spawn(
+        agent_command(root, &sysroot, d, "bare", bare_port, &leader, &[]),
+        d,
+        "bare",
+    );
+    bare.wait_http(bare_port, "/health");
+    let refusal = format!(
+        "Refusing registration of agent at slave(1)@127.0.0.1:{bare_port} because it is not \
+         authenticated"
+    );
+    wait_for(Duration::from_secs(15), "two refusals", || {
+        (master.stderr().matches(&refusal).count() >= 2).then_some(())
+    });
+    assert_eq!(get_json(bare_port, "/state")["id"], "");
+
+    // With the text form of the credential file: registered.
+    let good = d.join("agent.credential");
+    write_secret(&good, "agent agent-secret\n");
+    let good_port = free_port();
+    let mut agent = Proc::spawn(
+        agent_command(
+            root,
+            &sysroot,
+            d,
+            "good",
+            good_port,
+            &leader,
+            &[format!("--credential={}", good.display())],
+        ),
+        d,
+        "good",
+    );
+    agent.wait_http(good_port, "/health");
+    let id = wait_for(Duration::from_secs(30), "the agent to register", || {
+        let state = try_json("127.0.0.1", good_port, "/state")?;
+        (state["id"] != "").then(|| state["id"].clone())
+    });
+    assert!(agent.stderr().contains("Agent using credential for: agent"));
+    let state = get_json(port, "/state");
+    let pids: Vec<&str> = state["slaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_str().unwrap())
+        .collect();
+    assert_eq!(pids, [format!("slave(1)@127.0.0.1:{good_port}")]);
+    assert_eq!(state["slaves"][0]["id"], id);
+
+    // JSON credential, wrong secret: the master refuses the authentication
+    // and the agent exits (Slave::_authenticate()).
+    let wrong = d.join("wrong.credential");
+    write_secret(
+        &wrong,
+        r#"{"principal": "agent", "secret": "not-the-secret"}"#,
+    );
+    expect_failure(
+        agent_command(
+            root,
+            &sysroot,
+            d,
+            "wrong",
+            free_port(),
+            &leader,
+            &[format!("--credential={}", wrong.display())],
+        ),
+        d,
+        "wrong",
+        &format!("Master master@127.0.0.1:{port} refused authentication"),
+    );
+    // A trailing space is not part of the secret (tokenized), but a carriage
+    // return is.
+    let crlf = d.join("crlf.credential");
+    write_secret(&crlf, "agent agent-secret\r\n");
+    expect_failure(
+        agent_command(
+            root,
+            &sysroot,
+            d,
+            "crlf",
+            free_port(),
+            &leader,
+            &[format!("--credential={}", crlf.display())],
+        ),
+        d,
+        "crlf",
+        "refused authentication",
+    );
+    assert_eq!(get_json(bare_port, "/state")["id"], "");
+    drop(master);
+
+    // An agent with a credential authenticates whatever the master's flags:
+    // a master without --credentials refuses it, and the agent exits.
+    let open_port = free_port();
+    let _open = start_master(root, d, "open-master", open_port, &[]);
+    expect_failure(
+        agent_command(
+            root,
+            &sysroot,
+            d,
+            "to-open",
+            free_port(),
+            &format!("127.0.0.1:{open_port}"),
+            &[format!("--credential={}", good.display())],
+        ),
+        d,
+        "to-open",
+        &format!("Master master@127.0.0.1:{open_port} refused authentication"),
+    );
+}
+
+#[test]
+fn mesos_http_endpoints_need_basic_auth_in_their_realm() {
+    let packages = Packages::build();
+    let root = packages.extract(MESOS_DEB);
+    let root = root.path();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let credentials = d.join("credentials.json");
+    write_secret(&credentials, CREDENTIALS_JSON);
+    let port = free_port();
+    let _master = start_master(
+        root,
+        d,
+        "master",
+        port,
+        &[
+            "--authenticate_http_readonly".to_string(),
+            "--authenticate_http_readwrite".to_string(),
+            format!("--credentials={}", credentials.display()),
+        ],
+    );
+    let operator = Some(("operator", "operator-secret"));
+    for path in [
+        "/state",
+        "/master/state",
+        "/flags",
+        "/master/flags",
+        "/slaves",
+        "/frameworks",
+    ] {
+        let (status, head, body) = http_request(port, "GET", path, None, "");
+        assert_eq!(status, 401, "{path}: {head}");
+        assert_eq!(
+            header(&head, "WWW-Authenticate").as_deref(),
+            Some(r#"Basic realm="mesos-master-readonly""#),
+            "{path}"
+        );
+        assert_eq!(body, "");
+        let (status, _, _) = http_request(port, "GET", path, Some(("operator", "wrong")), "");
+        assert_eq!(status, 401, "{path}");
+        let (status, _, body) = http_request(port, "GET", path, operator, "");
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // libprocess splits user:password on every ':': such a secret never works.
+    let (status, _, _) = http_request(port, "GET", "/state", Some(("colon", "has:colon")), "");
+    assert_eq!(status, 401);
+    // /health (and /redirect, /version) have no realm.
+    assert_eq!(http_request(port, "GET", "/health", None, "").0, 200);
+    assert_eq!(http_request(port, "GET", "/version", None, "").0, 200);
+
+    // /teardown is read-write.
+    let (status, head, _) = http_request(port, "POST", "/teardown", None, "");
+    assert_eq!(status, 401);
+    assert_eq!(
+        header(&head, "WWW-Authenticate").as_deref(),
+        Some(r#"Basic realm="mesos-master-readwrite""#)
+    );
+    let (status, _, body) = http_request(port, "POST", "/teardown", operator, "");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            400,
+            "Missing 'frameworkId' query parameter in the request body"
+        )
+    );
+    let (status, _, body) = http_request(
+        port,
+        "POST",
+        "/master/teardown",
+        operator,
+        "frameworkId=nope",
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "No framework found with specified ID")
+    );
+    assert_eq!(http_request(port, "GET", "/teardown", operator, "").0, 405);
+
+    // Only the read-only realm: read-write endpoints stay open.
+    let ro_port = free_port();
+    let _ro = start_master(
+        root,
+        d,
+        "ro-master",
+        ro_port,
+        &[
+            "--authenticate_http_readonly".to_string(),
+            format!("--credentials={}", credentials.display()),
+        ],
+    );
+    assert_eq!(http_request(ro_port, "GET", "/state", None, "").0, 401);
+    assert_eq!(http_request(ro_port, "POST", "/teardown", None, "").0, 400);
+
+    // The agent's own realms and --http_credentials.
+    let sysroot = fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let http_credentials = d.join("agent-http.json");
+    write_secret(&http_credentials, "operator operator-secret\n");
+    let agent_port = free_port();
+    let mut agent = Proc::spawn(
+        agent_command(
+            root,
+            &sysroot,
+            d,
+            "agent",
+            agent_port,
+            "127.0.0.1:1",
+            &[
+                "--authenticate_http_readonly".to_string(),
+                format!("--http_credentials={}", http_credentials.display()),
+            ],
+        ),
+        d,
+        "agent",
+    );
+    agent.wait_http(agent_port, "/health");
+    for path in ["/state", "/slave(1)/state", "/flags"] {
+        let (status, head, _) = http_request(agent_port, "GET", path, None, "");
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(
+            header(&head, "WWW-Authenticate").as_deref(),
+            Some(r#"Basic realm="mesos-agent-readonly""#)
+        );
+        assert_eq!(http_request(agent_port, "GET", path, operator, "").0, 200);
+    }
+}
+
+#[test]
+fn marathon_registers_as_a_framework_with_mesos_authentication() {
+    let packages = Packages::build();
+    let mesos_root = packages.extract(MESOS_DEB);
+    let marathon_root = packages.extract(MARATHON_DEB);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // Without any authentication flags Marathon registers and shows its
+    // framework ID.
+    let open_port = free_port();
+    let _open = start_master(mesos_root.path(), d, "open-master", open_port, &[]);
+    let http_port = free_port();
+    let mut plain = Proc::spawn(
+        marathon(
+            marathon_root.path(),
+            &[
+                "--master",
+                &format!("127.0.0.1:{open_port}"),
+                "--http_port",
+                &http_port.to_string(),
+                "--hostname",
+                "127.0.0.1",
+            ],
+        ),
+        d,
+        "plain",
+    );
+    plain.wait_http(http_port, "/ping");
+    let framework_id = wait_for(Duration::from_secs(30), "Marathon to register", || {
+        let info = try_json("127.0.0.1", http_port, "/v2/info")?;
+        info["frameworkId"].as_str().map(str::to_string)
+    });
+    let frameworks = get_json(open_port, "/frameworks");
+    assert_eq!(frameworks["frameworks"][0]["id"], framework_id);
+    assert_eq!(frameworks["frameworks"][0]["name"], "marathon");
+    let master_id = get_json(open_port, "/state")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(framework_id, format!("{master_id}-0000"));
+    drop(plain);
+
+    // A master that requires framework authentication.
+    let credentials = d.join("credentials.json");
+    write_secret(&credentials, CREDENTIALS_JSON);
+    let port = free_port();
+    let master = start_master(
+        mesos_root.path(),
+        d,
+        "master",
+        port,
+        &[
+            "--authenticate_frameworks".to_string(),
+            format!("--credentials={}", credentials.display()),
+        ],
+    );
+    let run_marathon = |name: &str, extra: &[&str]| -> Command {
+        let http_port = free_port().to_string();
+        let master = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "--master",
+            &master,
+            "--http_port",
+            &http_port,
+            "--hostname",
+            "127.0.0.1",
+        ];
+        args.extend_from_slice(extra);
+        let _ = name;
+        marathon(marathon_root.path(), &args)
+    };
+
+    // Without credentials: refused by the master, and Marathon crashes
+    // (MarathonScheduler.error -> CrashStrategy.MesosSchedulerError).
+    let (status, stdout, _) = run_to_exit(run_marathon("none", &[]), d, "none");
+    assert_eq!(status.code(), Some(106), "{stdout}");
+    assert!(
+        stdout.contains("Error: Framework at scheduler-"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("is not authenticated"), "{stdout}");
+    assert!(master
+        .stderr()
+        .contains("Refusing subscription of framework 'marathon' at scheduler-"));
+
+    // A principal without --mesos_authentication sends no credential either.
+    let secret = d.join("marathon.secret");
+    write_secret(&secret, "marathon-secret");
+    let (status, stdout, _) = run_to_exit(
+        run_marathon(
+            "no-toggle",
+            &[
+                "--mesos_authentication_principal",
+                "marathon",
+                "--mesos_authentication_secret_file",
+                secret.to_str().unwrap(),
+            ],
+        ),
+        d,
+        "no-toggle",
+    );
+    assert_eq!(status.code(), Some(106), "{stdout}");
+    assert!(stdout.contains("is not authenticated"), "{stdout}");
+
+    // The secret file is read whole: a trailing newline is part of the secret.
+    let newline = d.join("newline.secret");
+    write_secret(&newline, "marathon-secret\n");
+    let (status, stdout, _) = run_to_exit(
+        run_marathon(
+            "newline",
+            &[
+                "--mesos_authentication",
+                "--mesos_authentication_principal",
+                "marathon",
+                "--mesos_authentication_secret_file",
+                newline.to_str().unwrap(),
+            ],
+        ),
+        d,
+        "newline",
+    );
+    assert_eq!(status.code(), Some(106), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "Master master@127.0.0.1:{port} refused authentication"
+        )) && stdout.contains("Error: Master refused authentication"),
+        "{stdout}"
+    );
+
+    // --mesos_authentication needs a principal (scallop's dependsOnAll).
+    let (status, _, stderr) = run_to_exit(
+        run_marathon("no-principal", &["--mesos_authentication"]),
+        d,
+        "no-principal",
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("[scallop] Error: When specifying 'mesos_authentication'"),
+        "{stderr}"
+    );
+
+    // The right secret, from MARATHON_* variables as /etc/default/marathon
+    // would set them: registered, with the principal.
+    let http_port = free_port();
+    let mut cmd = marathon(marathon_root.path(), &[]);
+    cmd.env("MARATHON_MASTER", format!("127.0.0.1:{port}"))
+        .env("MARATHON_HTTP_PORT", http_port.to_string())
+        .env("MARATHON_HOSTNAME", "127.0.0.1")
+        .env("MARATHON_MESOS_AUTHENTICATION", "")
+        .env("MARATHON_MESOS_AUTHENTICATION_PRINCIPAL", "marathon")
+        .env("MARATHON_MESOS_AUTHENTICATION_SECRET_FILE", &secret);
+    let mut good = Proc::spawn(cmd, d, "good");
+    good.wait_http(http_port, "/ping");
+    let framework_id = wait_for(Duration::from_secs(30), "Marathon to register", || {
+        let info = try_json("127.0.0.1", http_port, "/v2/info")?;
+        info["frameworkId"].as_str().map(str::to_string)
+    });
+    let state = get_json(port, "/state");
+    assert_eq!(state["frameworks"][0]["id"], framework_id);
+    assert_eq!(state["frameworks"][0]["principal"], "marathon");
+    assert!(good
+        .stdout()
+        .contains("Authenticate with Mesos as marathon"));
+
+    // A missing secret file stops Marathon.
+    let (status, stdout, _) = run_to_exit(
+        run_marathon(
+            "missing",
+            &[
+                "--mesos_authentication",
+                "--mesos_authentication_principal",
+                "marathon",
+                "--mesos_authentication_secret_file",
+                d.join("missing").to_str().unwrap(),
+            ],
+        ),
+        d,
+        "missing",
+    );
+    assert_ne!(status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("FileNotFoundException"), "{stdout}");
+}
+
+#[test]
+fn marathon_api_needs_http_basic_auth() {
+    let packages = Packages::build();
+    let root = packages.extract(MARATHON_DEB);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No Mesos master: Marathon keeps retrying and serves its API meanwhile.
+    let start = |name: &str, extra: &[&str], env: &[(&str, &str)]| -> (Proc, u16) {
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut args = vec!["--master", "127.0.0.1:1", "--http_port", &port_text];
+        args.extend_from_slice(extra);
+        let mut cmd = marathon(root.path(), &args);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let mut proc = Proc::spawn(cmd, d, name);
+        proc.wait_http(port, "/v2/info");
+        (proc, port)
+    };
+
+    let (_default_realm, port) = start("creds", &["--http_credentials", "admin:s3cret"], &[]);
+    for path in ["/ping", "/v2/info", "/v2/apps", "/v2/leader"] {
+        let (status, head, _) = http_request(port, "GET", path, None, "");
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(
+            header(&head, "WWW-Authenticate").as_deref(),
+            Some(r#"basic realm="Mesosphere""#),
+            "{path}"
+        );
+        assert_eq!(
+            http_request(port, "GET", path, Some(("admin", "wrong")), "").0,
+            401
+        );
+        assert_eq!(
+            http_request(port, "GET", path, Some(("admin", "s3cret")), "").0,
+            200,
+            "{path}"
+        );
+    }
+
+    // --http_realm, and credentials from MARATHON_HTTP_CREDENTIALS.
+    let (_realm, port) = start(
+        "realm",
+        &["--http_realm", "mesobake"],
+        &[("MARATHON_HTTP_CREDENTIALS", "admin:pa:ss")],
+    );
+    let (status, head, _) = http_request(port, "GET", "/ping", None, "");
+    assert_eq!(status, 401);
+    assert_eq!(
+        header(&head, "WWW-Authenticate").as_deref(),
+        Some(r#"basic realm="mesobake""#)
+    );
+    // `(.+):(.+)` is greedy: the user name runs to the last colon (`admin:pa`),
+    // while Jetty splits what a client sends at the first one: a password
+    // with a colon locks everybody out.
+    assert_eq!(
+        http_request(port, "GET", "/ping", Some(("admin", "pa:ss")), "").0,
+        401
+    );
+    assert_eq!(
+        http_request(port, "GET", "/ping", Some(("admin:pa", "ss")), "").0,
+        401
+    );
+
+    // MESOSPHERE_HTTP_CREDENTIALS is the default of --http_credentials.
+    let (_env, port) = start(
+        "env",
+        &[],
+        &[("MESOSPHERE_HTTP_CREDENTIALS", "admin:s3cret")],
+    );
+    assert_eq!(http_request(port, "GET", "/ping", None, "").0, 401);
+    assert_eq!(
+        http_request(port, "GET", "/ping", Some(("admin", "s3cret")), "").0,
+        200
+    );
+
+    // A value without a colon is logged and leaves the API open.
+    let (open, port) = start("malformed", &["--http_credentials", "admin"], &[]);
+    assert_eq!(http_request(port, "GET", "/ping", None, "").0, 200);
+    assert!(open
+        .stdout()
+        .contains("The HTTP credentials must be specified in the form of 'user:password'."));
+
+    // Without credentials everything answers.
+    let (_none, port) = start("none", &[], &[]);
+    assert!(!http_request(port, "GET", "/ping", None, "").1.is_empty());
+    assert_eq!(http_request(port, "GET", "/ping", None, "").0, 200);
 }

@@ -15,12 +15,18 @@ get wrong:
   (for instance once as MARATHON_MASTER and once as --master), an argument left
   over, a bad number or a missing --master stop the process with
   `[scallop] Error: ...` and exit status 1;
-* the HTTP endpoints a deployment check uses: /ping, /v2/info, /v2/leader.
+* the HTTP endpoints a deployment check uses: /ping, /v2/info, /v2/leader,
+  behind HTTP basic authentication with --http_credentials (HttpModule);
+* registration as a framework with the leading Mesos master, found in
+  ZooKeeper like the scheduler driver does, over the Mesos stand-in's own
+  /master/standin/subscribe call, with --mesos_authentication's credential;
+  a refused registration crashes Marathon like MarathonScheduler.error().
 
 Like the Mesos stand-in, it keeps to Python 3.4 syntax so that it runs in every
 guest image mesobake targets.
 """
 
+import base64
 import datetime
 import getpass
 import http.server
@@ -30,6 +36,11 @@ import re
 import socket
 import socketserver
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
 
 VERSION = "1.10.17"
 
@@ -225,6 +236,16 @@ def parse(args):
 
     if not ZK_URL.match(values["zk"]):
         raise ScallopError("Validation failure for 'zk' option parameters: %s" % values["zk"])
+    # MarathonConf: dependsOnAll(mesosAuthentication, List(mesosAuthenticationPrincipal))
+    # and mutuallyExclusive(mesosAuthenticationSecret, mesosAuthenticationSecretFile).
+    # Scallop counts --disable_mesos_authentication as supplied too.
+    if "mesos_authentication" in by_option and "mesos_authentication_principal" not in by_option:
+        raise ScallopError("When specifying 'mesos_authentication', you must also "
+                           "specify values for 'mesos_authentication_principal'")
+    if "mesos_authentication_secret" in by_option and \
+            "mesos_authentication_secret_file" in by_option:
+        raise ScallopError("There should be only one or zero of the following options: "
+                           "mesos_authentication_secret, mesos_authentication_secret_file")
     return values
 
 
@@ -248,7 +269,7 @@ def info_document(values):
         "buildref": "standin",
         "elected": True,
         "leader": "%s:%d" % (values["hostname"], values["http_port"]),
-        # The stand-in never registers with a Mesos master.
+        # Filled in once the stand-in has registered with a Mesos master.
         "frameworkId": None,
         "event_subscriber": None,
         "marathon_config": {},
@@ -261,9 +282,51 @@ def info_document(values):
     return document
 
 
-def make_handler(values):
+def basic_credentials(values):
+    """HttpModule.createSecurityHandler(): --http_credentials (default: the
+    MESOSPHERE_HTTP_CREDENTIALS variable) must match `(.+):(.+)` (greedy: the
+    user name ends at the LAST colon); anything else is logged and leaves the
+    API open."""
+    text = values["http_credentials"]
+    if text is None:
+        return None
+    match = re.match(r"^(.+):(.+)$", text)
+    if match is None:
+        log("ERROR", "The HTTP credentials must be specified in the form of "
+                     "'user:password'.", "mesosphere.marathon.api.HttpModule")
+        return None
+    return match.group(1), match.group(2)
+
+
+def authorized(credentials, header):
+    """Jetty's BasicAuthenticator: `basic` in any case, base64, split at the
+    first colon."""
+    if credentials is None:
+        return True
+    if header is None:
+        return False
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip().encode()).decode("iso-8859-1")
+    except ValueError:
+        return False
+    user, colon, password = decoded.partition(":")
+    return bool(colon) and (user, password) == credentials
+
+
+def make_handler(values, framework=None):
     leader = "%s:%d" % (values["hostname"], values["http_port"])
-    info = json.dumps(info_document(values), sort_keys=True).encode()
+    document = info_document(values)
+    credentials = basic_credentials(values)
+    realm = values["http_realm"]
+
+    def info():
+        if framework is not None:
+            document["frameworkId"] = framework.get("id")
+        return json.dumps(document, sort_keys=True).encode()
+
     routes = {
         "/ping": (200, "text/plain; charset=utf-8", b"pong"),
         "/v2/info": (200, "application/json", info),
@@ -276,9 +339,21 @@ def make_handler(values):
         server_version = "marathon-standin/" + VERSION
 
         def do_GET(self):
+            if not authorized(credentials, self.headers.get("Authorization")):
+                # The constraint covers /* (every path, /ping included).
+                body = b"<html><body><h2>HTTP ERROR 401</h2></body></html>"
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'basic realm="%s"' % realm)
+                self.send_header("Content-Type", "text/html;charset=iso-8859-1")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             path = self.path.split("?", 1)[0].rstrip("/")
             status, content_type, body = routes.get(
                 path, (404, "application/json", b'{"message": "not found"}'))
+            if callable(body):
+                body = body()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -289,6 +364,230 @@ def make_handler(values):
             pass
 
     return Handler
+
+
+# ---------------------------------------------------------------------------
+# The Mesos side: MarathonSchedulerDriver and the scheduler driver, over the
+# Mesos stand-in's own HTTP calls (/master/standin/subscribe). Real Marathon
+# uses libmesos' MesosSchedulerDriver: CRAM-MD5 authentication, then
+# RegisterFrameworkMessage over libprocess.
+# ---------------------------------------------------------------------------
+
+MESOS_SCHEDULER_ERROR = 106  # CrashStrategy.MesosSchedulerError
+UNCAUGHT_EXCEPTION = 107  # CrashStrategy.UncaughtException
+
+
+def crash(code, message, logger):
+    log("ERROR", message, logger)
+    os._exit(code)
+
+
+def framework_credential(values):
+    """MarathonSchedulerDriver.newDriver(): a credential only with
+    --mesos_authentication; the secret is --mesos_authentication_secret, else
+    the WHOLE secret file as UTF-8 (no trimming: a trailing newline is part of
+    the secret). None without --mesos_authentication."""
+    if not values["mesos_authentication"]:
+        return None
+    principal = values["mesos_authentication_principal"]
+    secret = values["mesos_authentication_secret"]
+    if secret is None and values["mesos_authentication_secret_file"] is not None:
+        path = values["mesos_authentication_secret_file"]
+        try:
+            with open(path, "rb") as handle:
+                secret = handle.read().decode("utf-8", "replace")
+        except (IOError, OSError) as error:
+            # java.io.FileNotFoundException, thrown out of newDriver (close
+            # paraphrase; the exit code is the stand-in's choice).
+            crash(UNCAUGHT_EXCEPTION, "java.io.FileNotFoundException: %s (%s)"
+                  % (path, error.strerror), "mesosphere.marathon.MarathonSchedulerDriver$")
+    credential = {"principal": principal}
+    if secret is not None:
+        credential["secret"] = secret
+    log("INFO", "Authenticate with Mesos as %s" % principal,
+        "mesosphere.marathon.MarathonSchedulerDriver$")
+    return credential
+
+
+def framework_info(values):
+    info = {
+        "name": values["framework_name"],
+        "user": values["mesos_user"],
+        "failover_timeout": float(values["failover_timeout"]),
+        "checkpoint": values["checkpoint"],
+        "hostname": values["hostname"],
+        "webui_url": values["webui_url"] or "http://%s:%d" % (
+            values["hostname"], values["http_port"]),
+        "capabilities": [{"type": "PARTITION_AWARE"}],
+    }
+    if values["mesos_role"] is not None:
+        info["role"] = values["mesos_role"]
+    # The principal is set whether or not --mesos_authentication is.
+    if values["mesos_authentication_principal"] is not None:
+        info["principal"] = values["mesos_authentication_principal"]
+    return info
+
+
+def post_json(address, path, document, timeout=3.0):
+    request = urllib.request.Request(
+        "http://%s:%d%s" % (address["ip"], address["port"], path),
+        data=json.dumps(document).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read().decode() or "null")
+    except urllib.error.HTTPError as error:
+        try:
+            return error.code, json.loads(error.read().decode() or "null")
+        except ValueError:
+            return error.code, None
+
+
+class Framework(object):
+    """Registers with the leading master and follows it, like the agents."""
+
+    def __init__(self, values):
+        self.values = values
+        self.lock = threading.Lock()
+        self.leader = None  # MasterInfo
+        self.id = None
+        self.pid = "scheduler-%s@%s:%d" % (uuid.uuid4(), values["hostname"],
+                                           values["http_port"])
+        self.credential = framework_credential(values)
+        self.info = framework_info(values)
+
+    def get(self, key):
+        with self.lock:
+            return getattr(self, key)
+
+    def detected(self, leader):
+        with self.lock:
+            if leader is not None and (self.leader is None
+                                       or leader.get("id") != self.leader.get("id")):
+                log("INFO", "New master detected at %s" % leader.get("pid"),
+                    "org.apache.mesos.MesosSchedulerDriver")
+            self.leader = leader
+
+    def error(self, message):
+        """MarathonScheduler.error(): log and crash."""
+        log("WARN", "Error: %s\nIn case Mesos does not allow registration with the "
+                    "current frameworkId, follow the instructions for recovery here: "
+                    "https://mesosphere.github.io/marathon/docs/framework-id.html" % message,
+            "mesosphere.marathon.MarathonScheduler")
+        os._exit(MESOS_SCHEDULER_ERROR)
+
+    def run(self, static):
+        registered_with = None
+        while True:
+            with self.lock:
+                leader = static or self.leader
+            if leader is None:
+                time.sleep(0.2)
+                continue
+            try:
+                if registered_with is not None and (
+                        static is not None or registered_with == leader.get("id")):
+                    status, _ = post_json(leader["address"], "/master/standin/framework_ping",
+                                          {"id": self.id})
+                    if status == 200:
+                        time.sleep(1.0)
+                        continue
+                info = dict(self.info)
+                if self.id:
+                    info["id"] = self.id
+                call = {"framework_info": info, "pid": self.pid}
+                if self.credential is not None:
+                    call["credential"] = self.credential
+                status, answer = post_json(leader["address"], "/master/standin/subscribe", call)
+            except (OSError, ValueError):
+                time.sleep(0.5)
+                continue
+            if status == 401:
+                # src/sched/sched.cpp: "Master ... refused authentication",
+                # then Scheduler::error("Master refused authentication").
+                log("ERROR", "Master %s refused authentication" % leader.get("pid"),
+                    "org.apache.mesos.MesosSchedulerDriver")
+                self.error("Master refused authentication")
+            if status == 403 and answer:
+                # A FrameworkErrorMessage from the master.
+                self.error(answer.get("error", ""))
+            if status != 200 or not answer:
+                time.sleep(0.5)
+                continue
+            with self.lock:
+                again = self.id is not None
+                self.id = answer["framework_id"]
+            registered_with = answer["master_info"]["id"]
+            if again:
+                log("INFO", "Re-registered to %s" % answer["master_info"]["pid"],
+                    "mesosphere.marathon.MarathonScheduler")
+            else:
+                log("INFO", "Registered as %s to master '%s'"
+                    % (self.id, answer["master_info"]["id"]),
+                    "mesosphere.marathon.MarathonScheduler")
+
+
+def static_master(text):
+    """--master host:port (or master@host:port)."""
+    address = text.strip()
+    for prefix in ("master@", "http://"):
+        if address.startswith(prefix):
+            address = address[len(prefix):]
+    host, _, port = address.rstrip("/").rpartition(":")
+    try:
+        ip = socket.gethostbyname(host)
+        port = int(port)
+    except (OSError, ValueError):
+        return None
+    return {"id": None, "pid": "master@%s:%d" % (ip, port),
+            "address": {"ip": ip, "port": port, "hostname": host}}
+
+
+def watch_leader(url, framework):
+    """The driver's ZooKeeper master detector: the lowest json.info_ znode
+    under the URL's path holds the leading master's MasterInfo."""
+    try:
+        from kazoo.client import KazooClient
+    except ImportError:
+        log("ERROR", "The TEST STAND-IN needs python3-kazoo to follow a zk:// "
+                     "--master; not registering with Mesos")
+        return
+    rest = url[len("zk://"):]
+    servers, _, path = rest.partition("/")
+    path = "/" + path.rstrip("/")
+    auth = None
+    if "@" in servers:
+        credentials, servers = servers.rsplit("@", 1)
+        auth = [("digest", credentials)]
+    client = KazooClient(hosts=servers, auth_data=auth,
+                         connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0},
+                         command_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0})
+
+    def run():
+        client.start_async()
+        while True:
+            try:
+                if not client.connected:
+                    time.sleep(0.2)
+                    continue
+                children = client.get_children(path) if client.exists(path) else []
+                members = []
+                for child in children:
+                    prefix, _, number = child.rpartition("_")
+                    if prefix == "json.info" and number.isdigit():
+                        members.append((int(number), child))
+                leader = None
+                if members:
+                    data, _ = client.get(path + "/" + min(members)[1])
+                    leader = json.loads(data.decode())
+                framework.detected(leader)
+            except Exception:  # kazoo raises many kinds; keep polling.
+                pass
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=run)
+    thread.daemon = True
+    thread.start()
 
 
 def main(argv, environ):
@@ -307,9 +606,12 @@ def main(argv, environ):
         log("ERROR", "The Marathon stand-in serves plain HTTP only; "
                      "--disable_http is not supported")
         return 1
+    if values["http_credentials"] is None:
+        values["http_credentials"] = environ.get("MESOSPHERE_HTTP_CREDENTIALS")
+    framework = Framework(values)
     address = values["http_address"] or "0.0.0.0"
     try:
-        server = _Server((address, values["http_port"]), make_handler(values))
+        server = _Server((address, values["http_port"]), make_handler(values, framework))
     except OSError as error:
         log("ERROR", "Failed to bind to %s:%d: %s" % (
             address, values["http_port"], os.strerror(error.errno) if error.errno else error))
@@ -318,6 +620,18 @@ def main(argv, environ):
         "mesosphere.marathon.api.HttpModule")
     log("INFO", "Elected as leader: %s:%d" % (values["hostname"], values["http_port"]),
         "mesosphere.marathon.core.election.ElectionServiceImpl")
+    master = values["master"].strip()
+    static = None
+    if master.startswith("zk://"):
+        watch_leader(master, framework)
+    else:
+        static = static_master(master)
+        if static is None:
+            log("ERROR", "Cannot parse --master %s; not registering with Mesos" % master)
+    if static is not None or master.startswith("zk://"):
+        thread = threading.Thread(target=framework.run, args=(static,))
+        thread.daemon = True
+        thread.start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -23,7 +23,13 @@ part an image baker can get wrong:
   changes (over a stand-in-only HTTP call);
 * the HTTP endpoints a deployment check looks at (/health, /state, /flags,
   /redirect, also under /master/ and /slave(1)/), with the flags the process
-  ended up with, so a test can assert what the init wrapper passed.
+  ended up with, so a test can assert what the init wrapper passed;
+* authentication driven by the real flags: --credentials / --credential /
+  --http_credentials files in both of credentials.hpp's forms, agents and
+  frameworks refused without a valid credential (the principal and secret
+  travel in the stand-in's own registration calls; real Mesos runs CRAM-MD5),
+  and HTTP basic authentication in the mesos-{master,agent}-{readonly,readwrite}
+  realms.
 
 See ci/standins/README.md for the real source of each behaviour.
 
@@ -35,6 +41,7 @@ stand-in is installed into guest images of every release mesobake targets,
 down to Ubuntu 14.04.
 """
 
+import base64
 import datetime
 import getpass
 import http.server
@@ -175,8 +182,9 @@ KINDS = {
     # flags::SecurePathOrValue (--zk, --master): the file is read, but the flag
     # keeps printing as the file:// path so /flags does not leak its contents.
     "secure": (lambda text: text, True),
-    # Path flags are never fetched (stout's fetch<Path> specialisation).
-    "path": (lambda text: text, False),
+    # Path flags are never fetched (stout's fetch<Path> specialisation), but
+    # stout's Path() drops a leading file:// (stout/path.hpp).
+    "path": (lambda text: path_value(text), False),
     "bool": (parse_bool, False),
     "int": (lambda text: _parse_integer(text, -2 ** 31, 2 ** 31 - 1), True),
     "uint16": (lambda text: _parse_integer(text, 0, 65535), True),
@@ -1151,10 +1159,12 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class Request(object):
-    def __init__(self, method, path, body):
+    def __init__(self, method, path, body, headers=None, peer=None):
         self.method = method
         self.path = path
         self.body = body
+        self.headers = headers or {}
+        self.peer = peer
 
 
 def make_handler(routes):
@@ -1172,7 +1182,8 @@ def make_handler(routes):
             if route is None:
                 self.respond(404, "text/plain; charset=utf-8", b"")
                 return
-            status, content_type, payload, headers = route(Request(method, path, body))
+            status, content_type, payload, headers = route(
+                Request(method, path, body, self.headers, self.client_address))
             self.respond(status, content_type, payload, headers)
 
         def do_GET(self):
@@ -1218,7 +1229,217 @@ def post_json(ip, port, path, document, timeout=3.0):
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read().decode() or "null")
     except urllib.error.HTTPError as error:
-        return error.code, None
+        try:
+            return error.code, json.loads(error.read().decode() or "null")
+        except ValueError:
+            return error.code, None
+
+
+# ---------------------------------------------------------------------------
+# Authentication: credential files, CRAM-MD5 stand-in, HTTP basic realms.
+# ---------------------------------------------------------------------------
+
+# src/master/constants.hpp, src/slave/constants.hpp: the HTTP realms.
+MASTER_READONLY_REALM = "mesos-master-readonly"
+MASTER_READWRITE_REALM = "mesos-master-readwrite"
+MASTER_SCHEDULER_REALM = "mesos-master-scheduler"
+AGENT_READONLY_REALM = "mesos-agent-readonly"
+AGENT_READWRITE_REALM = "mesos-agent-readwrite"
+
+
+class CredentialError(Exception):
+    """A credential(s) file could not be used; the message is credentials.hpp's."""
+
+
+def path_value(text):
+    """stout's Path(): a leading file:// is dropped (Path flags are never
+    fetched, but the Path constructor strips the scheme), nothing else."""
+    if text.startswith("file://"):
+        return text[len("file://"):]
+    return text
+
+
+def _tokenize(text, delimiter):
+    # stout strings::tokenize(): split, dropping empty tokens.
+    return [token for token in text.split(delimiter) if token != ""]
+
+
+def _read_file(path, what, log):
+    """The common start of credentials::read() / readCredential(): None for an
+    empty file, a warning when others may access it."""
+    log.info("Loading %s for authentication from '%s'" % (what, path))
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (IOError, OSError) as error:
+        raise CredentialError("Failed to read %s file '%s': %s"
+                              % (what, path, error.strerror))
+    if not data:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        log.warning("Failed to stat %s file '%s': %s" % (what, path, error.strerror))
+    else:
+        if mode & 0o007:
+            log.warning("Permissions on %s file '%s' are too open. It is "
+                        "recommended that your %s file is NOT accessible by others."
+                        % (what, path, what))
+    return data.decode("utf-8", "replace")
+
+
+def _credential_message(document):
+    """protobuf::parse<Credential>(): principal required, secret optional."""
+    if not isinstance(document, dict):
+        return None
+    principal = document.get("principal")
+    secret = document.get("secret", "")
+    if not isinstance(principal, str) or not isinstance(secret, str):
+        return None
+    return (principal, secret)
+
+
+def read_credentials(path, log):
+    """src/credentials/credentials.hpp credentials::read(): JSON
+    {"credentials": [{"principal", "secret"}, ...]}, else the deprecated text
+    form, one `principal secret` per line (split on single spaces only).
+    Returns None for an empty file."""
+    text = _read_file(path, "credentials", log)
+    if text is None:
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        entries = document.get("credentials", [])
+        if isinstance(entries, list):
+            parsed = [_credential_message(entry) for entry in entries]
+            if all(entry is not None for entry in parsed):
+                return parsed
+    credentials = []
+    for line in _tokenize(text, "\n"):
+        pairs = _tokenize(line, " ")
+        if len(pairs) != 2:
+            raise CredentialError("Invalid credential format at line %d"
+                                  % (len(credentials) + 1))
+        credentials.append((pairs[0], pairs[1]))
+    return credentials
+
+
+def read_credential(path, log):
+    """credentials::readCredential(): JSON {"principal", "secret"}, else one
+    `principal secret` line. Returns None for an empty file."""
+    text = _read_file(path, "credential", log)
+    if text is None:
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        credential = _credential_message(document)
+        if credential is not None:
+            return credential
+    lines = _tokenize(text, "\n")
+    if len(lines) != 1:
+        raise CredentialError("Expecting only one credential")
+    pairs = _tokenize(lines[0], " ")
+    if len(pairs) != 2:
+        raise CredentialError("Invalid credential format")
+    return (pairs[0], pairs[1])
+
+
+def load_credentials(flags, name, log):
+    """The master's --credentials and the agent's --http_credentials:
+    Master::initialize() / Slave::initialize()."""
+    if flags.get(name) is None:
+        return None
+    try:
+        credentials = read_credentials(path_value(flags.get(name)), log)
+    except CredentialError as error:
+        raise Exit("%s (see --%s flag)" % (error, name))
+    if credentials is None:
+        raise Exit("Credentials file must contain at least one credential "
+                   "(see --%s flag)" % name)
+    return credentials
+
+
+def initialize_http_authenticators(realm, names, credentials, log):
+    """src/common/http.cpp initializeHttpAuthenticators() for the default
+    'basic' authenticator (the only one a default build has)."""
+    for name in names.split(","):
+        if name != "basic":
+            # Close paraphrase: the real message comes from the module manager.
+            raise Exit("HTTP authenticator '%s' not found. Check the spelling "
+                       "(compare to 'basic') or verify that the authenticator "
+                       "was loaded successfully (see --modules)" % name)
+        if credentials is None:
+            raise Exit("No credentials provided for the default 'basic' HTTP "
+                       "authenticator for realm '%s'" % realm)
+        log.info("Creating default 'basic' HTTP authenticator for realm '%s'" % realm)
+
+
+class HttpAuthentication(object):
+    """libprocess' route() realms with BasicAuthenticator
+    (3rdparty/libprocess/src/authenticator.cpp): a realm that has an
+    authenticator answers 401 without a valid `Authorization: Basic` header;
+    a realm without one lets every request through."""
+
+    def __init__(self):
+        self.realms = {}  # realm -> {principal: secret}
+
+    def enable(self, realm, credentials):
+        table = {}
+        for principal, secret in credentials:
+            table[principal] = secret  # a hashmap: the last one wins
+        self.realms[realm] = table
+
+    def principal(self, realm, request):
+        """None when the request is refused, "" when the realm is open."""
+        table = self.realms.get(realm)
+        if table is None:
+            return ""
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        components = header.split(" ")
+        if len(components) != 2 or components[0] != "Basic":
+            return None
+        try:
+            decoded = base64.b64decode(components[1].encode(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        # strings::split(decoded, ":") must give exactly two parts: a secret
+        # with a ':' in it can never be used over HTTP.
+        parts = decoded.split(":")
+        if len(parts) != 2 or table.get(parts[0]) != parts[1]:
+            return None
+        return parts[0]
+
+    def route(self, realm, handler):
+        def authenticated(request):
+            if self.principal(realm, request) is None:
+                # process::http::Unauthorized: the challenge, no body.
+                return 401, "text/plain; charset=utf-8", b"", {
+                    "WWW-Authenticate": 'Basic realm="%s"' % realm}
+            return handler(request)
+        return authenticated
+
+
+def cram_md5_authenticate(credentials, credential):
+    """Stand-in for the CRAM-MD5 exchange (src/authentication/cram_md5/):
+    True when the master's --credentials hold this principal with this
+    secret. A master without --credentials refuses everyone
+    ("No credentials provided, authentication requests will be refused")."""
+    if credentials is None or not isinstance(credential, dict):
+        return False
+    principal = credential.get("principal")
+    secret = credential.get("secret", "")
+    table = {}
+    for known_principal, known_secret in credentials:
+        table[known_principal] = known_secret
+    return principal in table and table[principal] == secret
 
 
 # ---------------------------------------------------------------------------
@@ -1403,7 +1624,66 @@ class Master(object):
         self.elected_time = None
         self.slaves = {}  # id -> /state entry
         self.next_slave = 0
+        self.frameworks = {}  # id -> /state entry
+        self.completed_frameworks = {}
+        self.next_framework = 0
+        self.credentials = None  # --credentials: [(principal, secret)]
+        self.http = HttpAuthentication()
         self.start_time = time.time()
+
+    def authenticate(self, kind, pid, credential):
+        """Master::authenticate(): the stand-in CRAM-MD5 exchange. Returns the
+        principal, or None when refused (the authenticatee then fails)."""
+        if cram_md5_authenticate(self.credentials, credential):
+            return credential["principal"]
+        # Close paraphrase of Master::_authenticate()'s warning.
+        self.log.warning("Failed to authenticate %s %s: Authentication failed" % (kind, pid))
+        return None
+
+    def initialize_authentication(self):
+        """Master::initialize(): the authentication part, in its order."""
+        flags, log = self.flags, self.log
+        if flags.true("authenticate_frameworks"):
+            log.info("Master only allowing authenticated frameworks to register")
+        else:
+            log.info("Master allowing unauthenticated frameworks to register")
+        if flags.true("authenticate_agents"):
+            log.info("Master only allowing authenticated agents to register")
+        else:
+            log.info("Master allowing unauthenticated agents to register")
+        if flags.true("authenticate_http_frameworks"):
+            log.info("Master only allowing authenticated HTTP frameworks to register")
+        else:
+            log.info("Master allowing HTTP frameworks to register without authentication")
+        self.credentials = load_credentials(flags, "credentials", log)
+        names = flags.get("authenticators").split(",")
+        if names == [""]:
+            raise Exit("No authenticator specified")
+        if len(names) > 1:
+            raise Exit("Multiple authenticators not supported")
+        if names[0] != "crammd5":
+            raise Exit("Authenticator '%s' not found. Check the spelling (compare "
+                       "to 'crammd5') or verify that the authenticator was loaded "
+                       "successfully (see --modules)" % names[0])
+        log.info("Using default 'crammd5' authenticator")
+        if self.credentials is None:
+            # src/authentication/cram_md5/authenticator.cpp: only a warning;
+            # every authentication attempt is then refused.
+            log.warning("No credentials provided, authentication requests will be refused")
+        log.info("Initializing server SASL")
+        for flag, realm in (("authenticate_http_readonly", MASTER_READONLY_REALM),
+                            ("authenticate_http_readwrite", MASTER_READWRITE_REALM)):
+            if flags.true(flag):
+                initialize_http_authenticators(
+                    realm, flags.get("http_authenticators"), self.credentials, log)
+                self.http.enable(realm, self.credentials)
+        if flags.true("authenticate_http_frameworks"):
+            if flags.get("http_framework_authenticators") is None:
+                raise Exit("Missing `--http_framework_authenticators` flag. This must "
+                           "be used in conjunction with `--authenticate_http_frameworks`")
+            initialize_http_authenticators(
+                MASTER_SCHEDULER_REALM, flags.get("http_framework_authenticators"),
+                self.credentials, log)
 
     def elected(self):
         return self.leader is not None and self.leader["id"] == self.info["id"]
@@ -1458,6 +1738,9 @@ class Master(object):
             slaves = [dict(entry) for _, entry in sorted(self.slaves.items())]
             document = dict(self.document)
             document.update(
+                frameworks=[dict(entry) for _, entry in sorted(self.frameworks.items())],
+                completed_frameworks=[dict(entry) for _, entry
+                                      in sorted(self.completed_frameworks.items())],
                 leader=self.leader["pid"], leader_info=self.leader,
                 elected_time=self.elected_time, slaves=slaves,
                 activated_slaves=sum(1 for entry in slaves if entry["active"]),
@@ -1481,6 +1764,19 @@ class Master(object):
             agent = json.loads(request.body.decode())
         except ValueError:
             return text_response(400, "Bad JSON")
+        # Real agents with a --credential authenticate first (CRAM-MD5 over
+        # libprocess); stand-in agents send the credential along. A refused
+        # authentication makes the agent exit.
+        if agent.get("credential") is not None:
+            if self.authenticate("agent", agent.get("pid"), agent["credential"]) is None:
+                return json_response({"error": "Authentication refused"}, 401)
+        elif self.flags.true("authenticate_agents"):
+            # Master::registerSlave() / reregisterSlave(): dropped, no answer;
+            # the agent keeps retrying.
+            self.log.warning("Refusing %s of agent at %s because it is not authenticated"
+                             % ("re-registration" if agent.get("id") else "registration",
+                                agent.get("pid")))
+            return json_response({"error": "not authenticated"}, 403)
         with self.lock:
             now = time.time()
             slave_id = agent.get("id") or ""
@@ -1512,6 +1808,119 @@ class Master(object):
                 reserved_resources={}, attributes=agent.get("attributes") or {})
             return json_response({"id": slave_id, "master_info": self.info})
 
+    def subscribe(self, request):
+        """Stand-in only: how the Marathon stand-in registers as a framework
+        (real schedulers authenticate with CRAM-MD5 and send
+        RegisterFrameworkMessage / a SUBSCRIBE call over libprocess)."""
+        if request.method != "POST":
+            return text_response(405)
+        if not self.elected():
+            return text_response(503, "Not the leading master")
+        try:
+            call = json.loads(request.body.decode())
+            info = call["framework_info"]
+            pid = call["pid"]
+        except (ValueError, KeyError, TypeError):
+            return text_response(400, "Bad JSON")
+        name = info.get("name", "")
+        principal = None
+        if call.get("credential") is not None:
+            principal = self.authenticate("framework", pid, call["credential"])
+            if principal is None:
+                return json_response({"error": "Authentication refused"}, 401)
+        # Master::validateFrameworkAuthentication(), then Master::subscribe().
+        error = None
+        framework_id = info.get("id") or ""
+        if framework_id and framework_id in self.completed_frameworks:
+            error = "Framework has been removed"
+        elif self.flags.true("authenticate_frameworks") and principal is None:
+            error = "Framework at %s is not authenticated" % pid
+        elif principal is not None and info.get("principal") not in (None, principal):
+            error = ("Framework principal '%s' does not match authenticated "
+                     "principal '%s'" % (info["principal"], principal))
+        if error is not None:
+            self.log.info("Refusing subscription of framework '%s' at %s: %s"
+                          % (name, pid, error))
+            # FrameworkErrorMessage: the driver calls Scheduler::error().
+            return json_response({"error": error}, 403)
+        with self.lock:
+            now = time.time()
+            if not framework_id:
+                # Master::newFrameworkId(): <master id>-<4 digits>.
+                framework_id = "%s-%04d" % (self.info["id"], self.next_framework)
+                self.next_framework += 1
+                self.log.info("Registered framework %s (%s) at %s"
+                              % (framework_id, name, pid))
+                entry = {"id": framework_id, "registered_time": now}
+            else:
+                entry = self.frameworks.get(framework_id) or {
+                    "id": framework_id, "registered_time": now}
+                entry["reregistered_time"] = now
+                self.log.info("Re-registered framework %s (%s) at %s"
+                              % (framework_id, name, pid))
+            entry.update(
+                name=name, pid=pid, user=info.get("user", ""),
+                principal=info.get("principal"), hostname=info.get("hostname", ""),
+                webui_url=info.get("webui_url", ""), role=info.get("role", "*"),
+                roles=[info.get("role", "*")],
+                failover_timeout=info.get("failover_timeout", 0),
+                checkpoint=bool(info.get("checkpoint", False)),
+                capabilities=info.get("capabilities", []),
+                active=True, connected=True, recovered=False,
+                tasks=[], completed_tasks=[], offers=[], executors=[],
+                resources={}, used_resources={}, offered_resources={})
+            if entry.get("principal") is None:
+                del entry["principal"]
+            self.frameworks[framework_id] = entry
+            return json_response({"framework_id": framework_id, "master_info": self.info})
+
+    def framework_ping(self, request):
+        """Stand-in only: a framework checks that this master still knows it."""
+        try:
+            framework = json.loads(request.body.decode())
+        except ValueError:
+            return text_response(400, "Bad JSON")
+        with self.lock:
+            if self.elected() and framework.get("id") in self.frameworks:
+                return json_response({"master_id": self.info["id"]})
+            if framework.get("id") in self.completed_frameworks:
+                return json_response({"error": "Framework has been removed"}, 410)
+        return text_response(404)
+
+    def frameworks_endpoint(self, _request):
+        with self.lock:
+            return json_response({
+                "frameworks": [dict(entry) for _, entry in sorted(self.frameworks.items())],
+                "completed_frameworks": [dict(entry) for _, entry
+                                         in sorted(self.completed_frameworks.items())],
+                "unregistered_frameworks": []})
+
+    def teardown(self, request):
+        """Master::Http::teardown() (src/master/http.cpp): POST with
+        frameworkId=<id> in a query-string body."""
+        if not self.elected():
+            return self.redirect(request)
+        if request.method != "POST":
+            return 405, "text/plain; charset=utf-8", (
+                "Expecting one of { 'POST' }, but received '%s'" % request.method).encode(), {
+                    "Allow": "POST"}
+        try:
+            values = urllib.parse.parse_qs(request.body.decode(), keep_blank_values=True)
+        except (ValueError, UnicodeDecodeError) as error:
+            return text_response(400, "Unable to decode query string: %s" % error)
+        if "frameworkId" not in values:
+            return text_response(400, "Missing 'frameworkId' query parameter in the "
+                                      "request body")
+        framework_id = values["frameworkId"][-1]
+        with self.lock:
+            entry = self.frameworks.pop(framework_id, None)
+            if entry is None:
+                return text_response(400, "No framework found with specified ID")
+            entry.update(active=False, connected=False, unregistered_time=time.time())
+            self.completed_frameworks[framework_id] = entry
+            self.log.info("Removed framework %s" % framework_id)
+        return text_response(200)
+
     def ping(self, request):
         """Stand-in only: an agent checks that this master still knows it."""
         try:
@@ -1535,17 +1944,27 @@ def run_master(program, argv, environ):
     def flags_json(_request):
         return json_response({"flags": flags.as_json()})
 
+    # The realm of each route as src/master/master.cpp installs it; libprocess
+    # authenticates before the handler runs (so before any redirect).
+    readonly = lambda handler: master.http.route(MASTER_READONLY_REALM, handler)
+    readwrite = lambda handler: master.http.route(MASTER_READWRITE_REALM, handler)
     routes = {"/version": version_response}
     for prefix in ("", "/master"):
         routes[prefix + "/health"] = health_response
-        routes[prefix + "/flags"] = flags_json
+        routes[prefix + "/flags"] = readonly(flags_json)
         routes[prefix + "/redirect"] = master.redirect
         # Leader-only endpoints: a non-leading master answers 307 or 503.
-        routes[prefix + "/state"] = master.leader_only(master.state)
-        routes[prefix + "/state-summary"] = master.leader_only(master.state)
-        routes[prefix + "/slaves"] = master.leader_only(master.slaves_endpoint)
+        routes[prefix + "/state"] = readonly(master.leader_only(master.state))
+        routes[prefix + "/state-summary"] = readonly(master.leader_only(master.state))
+        routes[prefix + "/slaves"] = readonly(master.leader_only(master.slaves_endpoint))
+        routes[prefix + "/frameworks"] = readonly(
+            master.leader_only(master.frameworks_endpoint))
+        routes[prefix + "/teardown"] = readwrite(master.teardown)
+        # Stand-in transport, no realm: credentials travel in the body.
         routes[prefix + "/standin/register"] = master.register
         routes[prefix + "/standin/ping"] = master.ping
+        routes[prefix + "/standin/subscribe"] = master.subscribe
+        routes[prefix + "/standin/framework_ping"] = master.framework_ping
 
     try:
         log.initialize(flags)
@@ -1615,6 +2034,11 @@ def run_master(program, argv, environ):
 
     log.info("Master %s (%s) started on %s:%d" % (master_id, hostname, ip, port))
     log.info("Flags at startup: " + flags.startup_line())
+    try:
+        master.initialize_authentication()
+    except Exit as error:
+        log.exit(error)
+        return 1
     if flags.get("zk") is None:
         # The standalone contender elects this master at once.
         master.detected(master.info)
@@ -1634,9 +2058,10 @@ class Agent(object):
     """The registration side of src/slave/slave.cpp, over the stand-ins' own
     HTTP calls: detect the leading master, (re-)register, keep checking."""
 
-    def __init__(self, log, document):
+    def __init__(self, log, document, credential=None):
         self.log = log
         self.document = document
+        self.credential = credential  # (principal, secret) from --credential
         self.lock = threading.Lock()
         self.leader = None  # MasterInfo of the detected leader
         self.registered_with = None  # MasterInfo id we registered with
@@ -1653,12 +2078,18 @@ class Agent(object):
             self.leader = leader
 
     def registration(self):
-        return {
+        document = {
             "id": self.document["id"], "pid": self.document["pid"],
             "hostname": self.document["hostname"], "port": self.document["port"],
             "resources": self.document["resources"],
             "attributes": self.document["attributes"], "version": VERSION,
         }
+        if self.credential is not None:
+            # Stand-in transport: real agents run a CRAM-MD5 exchange
+            # (--authenticatee=crammd5) and never send the secret itself.
+            document["credential"] = {"principal": self.credential[0],
+                                      "secret": self.credential[1]}
+        return document
 
     def run(self, static):
         while True:
@@ -1687,8 +2118,14 @@ class Agent(object):
                 self.log.warning("Failed to reach master %s: %s" % (leader.get("pid"), error))
                 time.sleep(0.5)
                 continue
+            if status == 401:
+                # Slave::_authenticate(): a refused authentication is fatal.
+                self.log.exit(Exit("Master %s refused authentication" % leader.get("pid")))
+                os._exit(1)
             if status != 200 or not answer:
-                time.sleep(0.5)
+                # Refused registrations get no answer: retry, like
+                # doReliableRegistration() does with its backoff.
+                time.sleep(1.0 if status == 403 else 0.5)
                 continue
             info = answer["master_info"]
             with self.lock:
@@ -1701,6 +2138,29 @@ class Agent(object):
             else:
                 self.log.info("Registered with master %s; given agent ID %s"
                               % (info["pid"], answer["id"]))
+
+
+def agent_authentication(flags, log, http_auth):
+    """Slave::initialize(): --credential, --http_credentials and the HTTP
+    realms, in that order. Returns the credential or None."""
+    credential = None
+    if flags.get("credential") is not None:
+        path = path_value(flags.get("credential"))
+        try:
+            credential = read_credential(path, log)
+        except CredentialError as error:
+            raise Exit("%s (see --credential flag)" % error)
+        if credential is None:
+            raise Exit("Empty credential file '%s' (see --credential flag)" % path)
+        log.info("Agent using credential for: %s" % credential[0])
+    http_credentials = load_credentials(flags, "http_credentials", log)
+    names = flags.get("http_authenticators") or "basic"
+    for flag, realm in (("authenticate_http_readonly", AGENT_READONLY_REALM),
+                        ("authenticate_http_readwrite", AGENT_READWRITE_REALM)):
+        if flags.true(flag):
+            initialize_http_authenticators(realm, names, http_credentials, log)
+            http_auth.enable(realm, http_credentials)
+    return credential
 
 
 def static_master(text):
@@ -1733,12 +2193,14 @@ def run_agent(program, argv, environ):
         return json_response({"flags": flags.as_json()})
 
     agent_lock = threading.Lock()
+    http_auth = HttpAuthentication()
     routes = {"/version": version_response}
     # The agent's libprocess ID is still slave(1), and it is the delegate.
+    # Realms as src/slave/slave.cpp installs them.
     for prefix in ("", "/slave(1)"):
         routes[prefix + "/health"] = health_response
-        routes[prefix + "/state"] = serve
-        routes[prefix + "/flags"] = flags_json
+        routes[prefix + "/state"] = http_auth.route(AGENT_READONLY_REALM, serve)
+        routes[prefix + "/flags"] = http_auth.route(AGENT_READONLY_REALM, flags_json)
 
     try:
         log.initialize(flags)
@@ -1761,6 +2223,7 @@ def run_agent(program, argv, environ):
         check_containerizers(flags)
         if flags.get("master") is not None:
             check_master_detector(flags)
+        credential = agent_authentication(flags, log, http_auth)
         make_dir(flags.get("work_dir"), "agent work directory")
         attributes = parse_attributes(flags.get("attributes"))
         resources = parse_resources(flags.get("resources"),
@@ -1794,7 +2257,7 @@ def run_agent(program, argv, environ):
     log.info("Agent resources: " + ";".join(
         "%s:%s" % (key, resources[key]) for key in sorted(resources)))
 
-    agent = Agent(log, document)
+    agent = Agent(log, document, credential)
     agent.lock = agent_lock
     master = (flags.get("master") or "").strip()
     static = None
