@@ -298,10 +298,17 @@ fn grow_disk(disk: &Path, size: u64) -> Result<()> {
         .context("moving the GPT backup header")?;
     let parts = crate::image::disk::partitions(disk)?;
     let root = crate::image::disk::root_partition(&parts)?.clone();
-    let grow = Cmd::new("growpart")
-        .arg(disk)
-        .arg(root.number.to_string())
-        .output();
+    // growpart parses sfdisk's listing, which a space in the path breaks: it gets the
+    // disk by its bare file name, from the disk's directory.
+    let (dir, name) = (
+        disk.parent().filter(|d| !d.as_os_str().is_empty()),
+        disk.file_name().context("the disk has no file name")?,
+    );
+    let mut grow = Cmd::new("growpart").arg(name).arg(root.number.to_string());
+    if let Some(d) = dir {
+        grow = grow.current_dir(d);
+    }
+    let grow = grow.output();
     if let Err(e) = grow {
         // growpart exits 1 with NOCHANGE when the partition can't grow (not the last one).
         if !format!("{e:#}").contains("NOCHANGE") {
