@@ -437,6 +437,10 @@ pub struct SeedArgs {
     /// Where the roles' profiles are (`<role>.toml`).
     #[arg(long, default_value = "profiles")]
     pub profiles: PathBuf,
+    /// Make new secrets instead of reusing those in `<out>/secrets/` (every node then
+    /// needs its new seed).
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 /// `mesobake lab` actions.
@@ -498,7 +502,33 @@ fn load_cluster(
 }
 
 fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
-    let c = load_cluster(&a.cluster, &a.profiles)?;
+    use crate::seed::secrets::{self, Origin};
+    let mut c = load_cluster(&a.cluster, &a.profiles)?;
+    if c.auth {
+        let dir = secrets::dir_in(&a.out);
+        let (s, origin) = secrets::load_or_create(&dir, a.rotate)?;
+        let how = match origin {
+            Origin::Generated => "generated",
+            Origin::Reused => "reused",
+            Origin::Rotated => "rotated (boot every node with its new seed)",
+        };
+        eprintln!(
+            "mesobake: secrets {how}: {} (keep it; the operator's login is in {})",
+            dir.display(),
+            dir.join(secrets::OPERATOR_FILE).display()
+        );
+        c.secrets = Some(s);
+    } else if a.rotate {
+        anyhow::bail!(
+            "--rotate: {} turns authentication off ([security] auth = false), so there are no secrets to rotate",
+            a.cluster.display()
+        );
+    } else {
+        eprintln!(
+            "mesobake: warning: {}: [security] auth = false: the seeds carry no secrets and the cluster runs WITHOUT authentication",
+            a.cluster.display()
+        );
+    }
     let out = c.write_seeds(&a.out)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -16,7 +16,11 @@
 use std::fmt;
 
 /// Flags the configurator writes at first boot (or derives from `attributes/` and
-/// `resources/`): a profile or a node must never set them again.
+/// `resources/`): a profile or a node must never set them again. The authentication flags
+/// are written when the node's seed carries secrets (`/etc/mesobake/secrets.env`), and
+/// owned always, with their deprecated names (`authenticate_slaves` and `authenticate`
+/// are the same flags to Mesos 1.11 as `authenticate_agents` and
+/// `authenticate_frameworks`, `src/master/flags.cpp`).
 pub const OWNED_FLAGS: &[&str] = &[
     "ip",
     "hostname",
@@ -26,6 +30,14 @@ pub const OWNED_FLAGS: &[&str] = &[
     "cluster",
     "attributes",
     "resources",
+    "authenticate_agents",
+    "authenticate_slaves",
+    "authenticate_frameworks",
+    "authenticate",
+    "authenticate_http_readwrite",
+    "credentials",
+    "credential",
+    "http_credentials",
 ];
 
 /// The Mesos daemon a flag goes to.

@@ -259,6 +259,17 @@ impl Fixture {
         self.link("/var/lib/zookeeper/myid", "/etc/zookeeper/conf/myid");
         // Marathon >= 1.5 ships this one line.
         self.write("/etc/default/marathon", "MARATHON_MESOS_USER=root\n");
+        // Its preinst adds the system user `marathon`, whom its unit runs as. Here the
+        // test's own uid stands for it, so that the script can chown to it unprivileged.
+        let (uid, gid) = self.owner();
+        self.write(
+            "/etc/passwd",
+            &format!(
+                "root:x:0:0:root:/root:/bin/bash
+                 marathon:x:{uid}:{gid}::/home/marathon:/usr/sbin/nologin
+"
+            ),
+        );
         match self.layout {
             Layout::Mesosphere => {
                 self.write("/etc/mesos/zk", "zk://localhost:2181/mesos\n");
@@ -359,6 +370,29 @@ impl Fixture {
             "case \" ${FAKE_RUNNING:-} \" in *\" $1 \"*) echo \"start: Job is already running: $1\" >&2; exit 1;; esac\n\
              echo \"$1 start/running, process 4242\"",
         );
+    }
+
+    /// The uid and gid the test runs as (which own everything in the root).
+    fn owner(&self) -> (u32, u32) {
+        let meta = fs::metadata(&self.root).unwrap();
+        (meta.uid(), meta.gid())
+    }
+
+    /// secrets.env the way cloud-init writes it: 0600, owned by the user running the
+    /// script (root on a real node).
+    fn secrets_env(&self, content: &str) {
+        self.write("/etc/mesobake/secrets.env", content);
+        self.chmod("/etc/mesobake/secrets.env", 0o600);
+    }
+
+    fn chmod(&self, path: &str, mode: u32) {
+        fs::set_permissions(self.guest(path), fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Permission bits and owner uid of a guest file (not following a last symlink).
+    fn mode(&self, path: &str) -> (u32, u32) {
+        let meta = fs::symlink_metadata(self.guest(path)).unwrap();
+        (meta.mode() & 0o7777, meta.uid())
     }
 
     fn guest(&self, path: &str) -> PathBuf {
@@ -2130,5 +2164,405 @@ fn non_ascii_is_reported_as_not_ascii() {
             let run = fx.assert_run_changes_nothing(&boot);
             run.assert_failed("MESOBAKE_CLUSTER contains control characters");
         }
+    }
+}
+
+// --- authentication (secrets.env from mesobake seed) ---------------------------------
+
+const AGENT_SECRET: &str = "AgentSecret0123456789abcdefABCDEF";
+const MARATHON_SECRET: &str = "MarathonSecret0123456789abcdefAB";
+const OPERATOR_SECRET: &str = "OperatorSecret0123456789abcdefAB";
+
+/// secrets.env for a master, as `mesobake seed` writes it.
+fn master_secrets() -> String {
+    format!(
+        "# Written by cloud-init from mesobake's seed. Secrets: root only (0600).\n\
+         MESOBAKE_AGENT_PRINCIPAL='agent'\nMESOBAKE_AGENT_SECRET='{AGENT_SECRET}'\n\
+         MESOBAKE_MARATHON_PRINCIPAL='marathon'\nMESOBAKE_MARATHON_SECRET='{MARATHON_SECRET}'\n\
+         MESOBAKE_OPERATOR_PRINCIPAL='operator'\nMESOBAKE_OPERATOR_SECRET='{OPERATOR_SECRET}'\n"
+    )
+}
+
+/// secrets.env for an agent-only node: no Marathon credential.
+fn agent_secrets() -> String {
+    format!(
+        "MESOBAKE_AGENT_PRINCIPAL='agent'\nMESOBAKE_AGENT_SECRET='{AGENT_SECRET}'\n\
+         MESOBAKE_OPERATOR_PRINCIPAL='operator'\nMESOBAKE_OPERATOR_SECRET='{OPERATOR_SECRET}'\n"
+    )
+}
+
+/// No secret may reach the status line or the notes.
+fn assert_no_secret_printed(run: &Run) {
+    for secret in [AGENT_SECRET, MARATHON_SECRET, OPERATOR_SECRET] {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "a secret was printed: {run:#?}"
+        );
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+const AUTH_FILES: [&str; 4] = [
+    "/etc/mesos/credentials",
+    "/etc/mesos/agent-credential",
+    "/etc/mesos/http-credentials",
+    "/etc/marathon/mesos-secret",
+];
+
+#[test]
+fn master_slave_with_secrets_authenticates_agents_frameworks_http_and_marathon() {
+    for sh in shells() {
+        for layout in [Layout::Mesosphere, Layout::Aventer] {
+            let fx = Fixture::new(&sh, layout, MASTER_SLAVE);
+            let agent_dir = format!("/etc/{}", layout.agent());
+            let (uid, _) = fx.owner();
+            fx.secrets_env(&master_secrets());
+            let run = fx.run();
+            run.assert_ok();
+            assert_eq!(
+                run.stdout,
+                configured_line("master-slave", IP, "zk://10.0.2.15:2181/mesos")
+            );
+            assert_no_secret_printed(&run);
+
+            // Master: every principal in Mesos's JSON credentials form, root-only.
+            let creds = json(&fx.read("/etc/mesos/credentials"));
+            assert_eq!(
+                creds,
+                serde_json::json!({"credentials": [
+                    {"principal": "agent", "secret": AGENT_SECRET},
+                    {"principal": "marathon", "secret": MARATHON_SECRET},
+                    {"principal": "operator", "secret": OPERATOR_SECRET},
+                ]})
+            );
+            assert_eq!(fx.mode("/etc/mesos/credentials"), (0o600, uid));
+            for (flag, value) in [
+                ("authenticate_agents", "true"),
+                ("authenticate_frameworks", "true"),
+                ("authenticate_http_readwrite", "true"),
+                // A Path flag: a plain path (stout's Path would drop file:// too).
+                ("credentials", "/etc/mesos/credentials"),
+            ] {
+                assert_eq!(
+                    fx.read(&format!("/etc/mesos-master/{flag}")),
+                    format!("{value}\n"),
+                    "{layout:?}"
+                );
+            }
+            let mut master_flags = vec![
+                "authenticate_agents",
+                "authenticate_frameworks",
+                "authenticate_http_readwrite",
+                "credentials",
+                "hostname",
+                "ip",
+                "quorum",
+                "work_dir",
+            ];
+            if layout == Layout::Aventer {
+                master_flags.push("zk");
+            }
+            fx.assert_flag_dir("/etc/mesos-master", &master_flags);
+
+            // Agent: its own credential, and the operator for its HTTP endpoints.
+            assert_eq!(
+                json(&fx.read("/etc/mesos/agent-credential")),
+                serde_json::json!({"principal": "agent", "secret": AGENT_SECRET})
+            );
+            assert_eq!(
+                json(&fx.read("/etc/mesos/http-credentials")),
+                serde_json::json!({"credentials": [{"principal": "operator", "secret": OPERATOR_SECRET}]})
+            );
+            assert_eq!(fx.mode("/etc/mesos/agent-credential"), (0o600, uid));
+            assert_eq!(fx.mode("/etc/mesos/http-credentials"), (0o600, uid));
+            assert_eq!(
+                fx.read(&format!("{agent_dir}/credential")),
+                "/etc/mesos/agent-credential\n"
+            );
+            assert_eq!(
+                fx.read(&format!("{agent_dir}/authenticate_http_readwrite")),
+                "true\n"
+            );
+            assert_eq!(
+                fx.read(&format!("{agent_dir}/http_credentials")),
+                "/etc/mesos/http-credentials\n"
+            );
+
+            // Marathon: the secret file holds the secret and nothing else (Marathon reads
+            // it byte for byte), readable by the marathon user only.
+            assert_eq!(fx.read("/etc/marathon/mesos-secret"), MARATHON_SECRET);
+            assert_eq!(fx.mode("/etc/marathon/mesos-secret"), (0o400, uid));
+            let m = fx.read("/etc/default/marathon");
+            assert!(
+                m.ends_with(&format!(
+                    "LIBPROCESS_IP=10.0.2.15\n# Authentication, from /etc/mesobake/secrets.env:\n\
+                     MARATHON_MESOS_AUTHENTICATION=\n\
+                     MARATHON_MESOS_AUTHENTICATION_PRINCIPAL=marathon\n\
+                     MARATHON_MESOS_AUTHENTICATION_SECRET_FILE=/etc/marathon/mesos-secret\n\
+                     MARATHON_HTTP_CREDENTIALS=operator:{OPERATOR_SECRET}\n"
+                )),
+                "{m}"
+            );
+            assert_eq!(fx.mode("/etc/default/marathon"), (0o600, uid));
+            // node.env and configured.env stay secret-free and world-readable.
+            assert!(!fx
+                .read("/var/lib/mesobake/configured.env")
+                .contains("Secret"));
+            assert_eq!(fx.mode("/var/lib/mesobake/configured.env").0, 0o644);
+
+            let again = fx.assert_run_changes_nothing(&Boot::default());
+            again.assert_ok();
+            assert_no_secret_printed(&again);
+        }
+    }
+}
+
+#[test]
+fn agent_only_node_gets_its_credential_and_http_auth_only() {
+    for sh in shells() {
+        for layout in [Layout::Mesosphere, Layout::Aventer] {
+            let fx = Fixture::new(&sh, layout, SLAVE_ONLY);
+            let agent_dir = format!("/etc/{}", layout.agent());
+            fx.node_env("MESOBAKE_ZK='zk://10.0.0.11:2181/mesos'\n");
+            fx.secrets_env(&agent_secrets());
+            let run = fx.run();
+            run.assert_ok();
+            assert_no_secret_printed(&run);
+            assert_eq!(
+                json(&fx.read("/etc/mesos/agent-credential"))["secret"],
+                AGENT_SECRET
+            );
+            assert_eq!(fx.mode("/etc/mesos/agent-credential").0, 0o600);
+            assert_eq!(fx.mode("/etc/mesos/http-credentials").0, 0o600);
+            assert!(!fx.exists("/etc/mesos/credentials"));
+            assert!(!fx.exists("/etc/marathon/mesos-secret"));
+            let mut flags = vec![
+                "authenticate_http_readwrite",
+                "credential",
+                "hostname",
+                "http_credentials",
+                "ip",
+                "work_dir",
+            ];
+            if layout == Layout::Aventer {
+                flags.insert(5, "master");
+            }
+            fx.assert_flag_dir(&agent_dir, &flags);
+            assert_eq!(
+                fx.read("/var/lib/mesobake/auth-files"),
+                format!(
+                    "/etc/mesos/agent-credential\n/etc/mesos/http-credentials\n\
+                     {agent_dir}/credential\n{agent_dir}/authenticate_http_readwrite\n\
+                     {agent_dir}/http_credentials\n"
+                )
+            );
+            fx.assert_run_changes_nothing(&Boot::default()).assert_ok();
+        }
+    }
+}
+
+#[test]
+fn without_secrets_nothing_authenticates_as_before() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Aventer, MASTER_SLAVE);
+        fx.run().assert_ok();
+        for f in AUTH_FILES {
+            assert!(!fx.exists(f), "{f}");
+        }
+        assert!(!fx.exists("/var/lib/mesobake/auth-files"));
+        fx.assert_flag_dir(
+            "/etc/mesos-master",
+            &["hostname", "ip", "quorum", "work_dir", "zk"],
+        );
+        fx.assert_flag_dir(
+            "/etc/mesos-agent",
+            &["hostname", "ip", "master", "work_dir"],
+        );
+        assert!(!fx.read("/etc/default/marathon").contains("AUTHENTICATION"));
+        assert_eq!(fx.mode("/etc/default/marathon").0, 0o644);
+    }
+}
+
+#[test]
+fn secrets_that_disappear_take_their_files_with_them() {
+    for sh in shells() {
+        for layout in [Layout::Mesosphere, Layout::Aventer] {
+            let fx = Fixture::new(&sh, layout, MASTER_SLAVE);
+            let agent_dir = format!("/etc/{}", layout.agent());
+            let before = fx.snapshot().into_keys().collect::<Vec<_>>();
+            fx.secrets_env(&master_secrets());
+            fx.run().assert_ok();
+            assert!(fx.exists("/var/lib/mesobake/auth-files"));
+            fx.remove("/etc/mesobake/secrets.env");
+            let run = fx.run();
+            run.assert_ok();
+            for f in AUTH_FILES {
+                assert!(!fx.exists(f), "{f} left behind ({layout:?})");
+            }
+            for flag in [
+                "/etc/mesos-master/authenticate_agents",
+                "/etc/mesos-master/authenticate_frameworks",
+                "/etc/mesos-master/authenticate_http_readwrite",
+                "/etc/mesos-master/credentials",
+            ] {
+                assert!(!fx.exists(flag), "{flag}");
+            }
+            for flag in [
+                "credential",
+                "authenticate_http_readwrite",
+                "http_credentials",
+            ] {
+                assert!(!fx.exists(&format!("{agent_dir}/{flag}")), "{flag}");
+            }
+            assert!(!fx.exists("/var/lib/mesobake/auth-files"));
+            let m = fx.read("/etc/default/marathon");
+            assert!(
+                !m.contains("AUTHENTICATION") && !m.contains("HTTP_CREDENTIALS"),
+                "{m}"
+            );
+            assert_eq!(fx.mode("/etc/default/marathon").0, 0o644);
+            // Nothing else either: what is left is what a run without secrets leaves.
+            let fresh = Fixture::new(&sh, layout, MASTER_SLAVE);
+            fresh.run().assert_ok();
+            let strip = |fx: &Fixture| -> Vec<PathBuf> { fx.snapshot().into_keys().collect() };
+            let mut left = strip(&fx);
+            left.retain(|p| !before.contains(p));
+            let mut want = strip(&fresh);
+            want.retain(|p| !before.contains(p));
+            // The tmp dir under /etc/mesobake stays from the secrets run (empty).
+            left.retain(|p| !p.starts_with("etc/marathon") && !p.starts_with("etc/mesobake/tmp"));
+            want.retain(|p| !p.starts_with("etc/mesobake/tmp"));
+            assert_eq!(left, want, "{layout:?}");
+        }
+    }
+}
+
+#[test]
+fn secrets_env_must_be_a_root_owned_0600_file() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.secrets_env(&master_secrets());
+        for mode in [0o644, 0o640, 0o604, 0o400, 0o700] {
+            fx.chmod("/etc/mesobake/secrets.env", mode);
+            let run = fx.assert_run_changes_nothing(&Boot::default());
+            run.assert_failed("/etc/mesobake/secrets.env has mode");
+            run.assert_failed("it must be 0600");
+            assert_no_secret_printed(&run);
+        }
+        fx.chmod("/etc/mesobake/secrets.env", 0o600);
+        // Owned by someone else than the user running the script (root on a node).
+        let (uid, _) = fx.owner();
+        let other: &'static str = Box::leak((uid + 1).to_string().into_boxed_str());
+        let run = fx.assert_run_changes_nothing(&Boot {
+            env: vec![("MESOBAKE_SELF_UID", other)],
+            ..Boot::default()
+        });
+        run.assert_failed(&format!("is owned by uid {uid}, not root ({other})"));
+        // A symlink, even to a good file, is not what cloud-init writes.
+        fs::rename(
+            fx.guest("/etc/mesobake/secrets.env"),
+            fx.guest("/etc/mesobake/elsewhere"),
+        )
+        .unwrap();
+        fx.link("/etc/mesobake/secrets.env", "elsewhere");
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("is a symlink");
+    }
+}
+
+#[test]
+fn missing_or_malformed_credentials_fail_without_showing_a_secret() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        // An agent's secrets on a master: Marathon's credential is missing.
+        fx.secrets_env(&agent_secrets());
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("has no MESOBAKE_MARATHON_PRINCIPAL and MESOBAKE_MARATHON_SECRET, which role master-slave needs");
+        for (bad, why) in [
+            ("tooShort123", "MESOBAKE_AGENT_SECRET in /etc/mesobake/secrets.env must be 16 to 128 letters and digits"),
+            ("has-a-dash-0123456789abcdef", "MESOBAKE_AGENT_SECRET in /etc/mesobake/secrets.env must be 16 to 128"),
+        ] {
+            fx.secrets_env(&master_secrets().replace(AGENT_SECRET, bad));
+            let run = fx.assert_run_changes_nothing(&Boot::default());
+            run.assert_failed(why);
+            assert!(!run.stdout.contains(bad) && !run.stderr.contains(bad), "{run:#?}");
+        }
+        fx.secrets_env(&master_secrets().replace("='operator'", "='op erator'"));
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("MESOBAKE_OPERATOR_PRINCIPAL in /etc/mesobake/secrets.env must be");
+        // Secrets in node.env are not taken (node.env is world-readable).
+        fx.remove("/etc/mesobake/secrets.env");
+        fx.node_env(&master_secrets());
+        let run = fx.run();
+        run.assert_ok();
+        assert!(
+            run.stderr
+                .contains("MESOBAKE_AGENT_SECRET belongs in /etc/mesobake/secrets.env"),
+            "{run:#?}"
+        );
+        assert_no_secret_printed(&run);
+        assert!(!fx.exists("/etc/mesos/credentials"));
+    }
+}
+
+#[test]
+fn authentication_flags_the_image_already_has_are_refused() {
+    for sh in shells() {
+        // The deprecated name is the same flag to Mesos.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.write("/etc/mesos-master/authenticate_slaves", "true\n");
+        fx.secrets_env(&master_secrets());
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("/etc/mesos-master/authenticate_slaves is already in the image");
+        let fx = Fixture::new(&sh, Layout::Aventer, MASTER_SLAVE);
+        fx.write("/etc/mesos-agent/?no-authenticate_http_readwrite", "");
+        fx.secrets_env(&master_secrets());
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed(
+                "/etc/mesos-agent/?no-authenticate_http_readwrite is already in the image",
+            );
+        // Node extras may not set them either (owned flags), secrets or not.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.node_env("MESOBAKE_MASTER_FLAGS='Authenticate=true'\n");
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("--authenticate is written by mesobake-configure");
+        // Nor the profile's Marathon extras.
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+        fx.write(
+            "/etc/mesobake/marathon.env",
+            "MARATHON_HTTP_CREDENTIALS=me:pw\n",
+        );
+        fx.secrets_env(&master_secrets());
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("/etc/mesobake/marathon.env sets Marathon's authentication");
+    }
+}
+
+#[test]
+fn marathon_secret_goes_to_the_marathon_user_or_stays_roots() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        let (uid, gid) = fx.owner();
+        fx.secrets_env(&master_secrets());
+        fx.run().assert_ok();
+        let meta = fs::metadata(fx.guest("/etc/marathon/mesos-secret")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (uid, gid, 0o400)
+        );
+        // An image without the user: root keeps it (Marathon then runs as root).
+        let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER);
+        fx.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+        fx.secrets_env(&master_secrets());
+        let run = fx.run();
+        run.assert_ok();
+        assert!(
+            run.stderr.contains("the image has no marathon user"),
+            "{run:#?}"
+        );
+        assert_eq!(fx.mode("/etc/marathon/mesos-secret"), (0o400, uid));
     }
 }

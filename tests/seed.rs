@@ -258,3 +258,184 @@ fn bad_topologies_name_node_and_key_and_write_nothing() {
         "{err}"
     );
 }
+
+/// The `write_files` entries of a user-data, path -> (permissions, content).
+fn write_files(ud: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut path = String::new();
+    let mut perms = String::new();
+    for line in ud.lines() {
+        let l = line.trim_start();
+        if let Some(p) = l.strip_prefix("- path: ") {
+            path = p.to_string();
+        } else if let Some(p) = l.strip_prefix("permissions: ") {
+            perms = p.to_string();
+        } else if let Some(c) = l.strip_prefix("content: ") {
+            let content: String = serde_json::from_str(c).unwrap();
+            out.insert(path.clone(), (perms.clone(), content));
+        }
+    }
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn seed(topo: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let o = mesobake(&args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+fn secrets_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(out.join("secrets/credentials.json")).unwrap())
+        .unwrap()
+}
+
+fn secret_of(v: &serde_json::Value, principal: &str) -> String {
+    v["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["principal"] == principal)
+        .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn secrets_are_made_once_kept_private_and_given_only_to_the_nodes_that_use_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(&topo, CLUSTER).unwrap();
+    let out = dir.path().join("seeds");
+    let err = seed(&topo, &out, &[]);
+    assert!(err.contains("secrets generated"), "{err}");
+
+    // secrets/: private, Mesos's JSON form plus the operator's curl -u line.
+    assert_eq!(mode(&out.join("secrets")), 0o700);
+    assert_eq!(mode(&out.join("secrets/credentials.json")), 0o600);
+    assert_eq!(mode(&out.join("secrets/operator")), 0o600);
+    let v = secrets_json(&out);
+    let (agent, marathon, operator) = (
+        secret_of(&v, "agent"),
+        secret_of(&v, "marathon"),
+        secret_of(&v, "operator"),
+    );
+    for s in [&agent, &marathon, &operator] {
+        assert_eq!(s.len(), 32);
+        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric()), "{s}");
+    }
+    assert!(agent != marathon && marathon != operator && agent != operator);
+    assert_eq!(
+        fs::read_to_string(out.join("secrets/operator")).unwrap(),
+        format!("operator:{operator}\n")
+    );
+
+    for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
+        // Every file that carries a secret is private on the host.
+        for f in [
+            format!("{n}.iso"),
+            format!("{n}.user-data"),
+            format!("{n}/user-data"),
+        ] {
+            assert_eq!(mode(&out.join(&f)), 0o600, "{f}");
+        }
+        for f in [format!("{n}.user-data"), format!("{n}/user-data")] {
+            let ud = fs::read_to_string(out.join(&f)).unwrap();
+            let files = write_files(&ud);
+            let (perms, node_env) = &files["/etc/mesobake/node.env"];
+            assert_eq!(perms, "'0644'");
+            for s in [&agent, &marathon, &operator] {
+                assert!(!node_env.contains(s.as_str()), "{f}: node.env has a secret");
+            }
+            let (perms, secrets) = &files["/etc/mesobake/secrets.env"];
+            assert_eq!(perms, "'0600'", "{f}");
+            assert!(
+                ud.contains("- path: /etc/mesobake/secrets.env\n    owner: root:root\n"),
+                "{ud}"
+            );
+            assert!(secrets.contains(&format!("MESOBAKE_AGENT_SECRET='{agent}'\n")));
+            assert!(secrets.contains(&format!("MESOBAKE_OPERATOR_SECRET='{operator}'\n")));
+            assert!(secrets.contains("MESOBAKE_OPERATOR_PRINCIPAL='operator'\n"));
+            // Marathon's secret only where Marathon and the masters run.
+            let master = n.starts_with('m');
+            assert_eq!(
+                ud.contains(&marathon),
+                master,
+                "{f}: Marathon's secret where it does not belong, or missing"
+            );
+            if master {
+                assert!(secrets.contains("MESOBAKE_MARATHON_PRINCIPAL='marathon'\n"));
+            }
+        }
+    }
+    // No secret on the ISO's meta-data or network-config, nor in the listing.
+    assert_eq!(mode(&out.join("m1/meta-data")) & 0o044, 0o044);
+
+    // The next run reuses them: same seeds, same instance ids.
+    let ud1 = fs::read_to_string(out.join("a1/user-data")).unwrap();
+    let meta1 = fs::read_to_string(out.join("a1/meta-data")).unwrap();
+    let err = seed(&topo, &out, &[]);
+    assert!(err.contains("secrets reused"), "{err}");
+    assert_eq!(secrets_json(&out), v);
+    assert_eq!(fs::read_to_string(out.join("a1/user-data")).unwrap(), ud1);
+    assert_eq!(fs::read_to_string(out.join("a1/meta-data")).unwrap(), meta1);
+
+    // --rotate: new secrets everywhere, and new instance ids so cloud-init writes them.
+    let err = seed(&topo, &out, &["--rotate"]);
+    assert!(err.contains("secrets rotated"), "{err}");
+    let v2 = secrets_json(&out);
+    for p in ["agent", "marathon", "operator"] {
+        assert_ne!(secret_of(&v2, p), secret_of(&v, p), "{p}");
+    }
+    let ud2 = fs::read_to_string(out.join("a1/user-data")).unwrap();
+    assert!(!ud2.contains(&agent) && ud2.contains(&secret_of(&v2, "agent")));
+    assert_ne!(fs::read_to_string(out.join("a1/meta-data")).unwrap(), meta1);
+    assert_eq!(mode(&out.join("secrets/credentials.json")), 0o600);
+}
+
+#[test]
+fn auth_off_gives_seeds_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(&topo, format!("{CLUSTER}\n[security]\nauth = false\n")).unwrap();
+    let out = dir.path().join("seeds");
+    let err = seed(&topo, &out, &[]);
+    assert!(err.contains("WITHOUT authentication"), "{err}");
+    assert!(!out.join("secrets").exists());
+    let ud = fs::read_to_string(out.join("m1/user-data")).unwrap();
+    assert!(!ud.contains("secrets.env"), "{ud}");
+    assert!(!write_files(&ud).contains_key("/etc/mesobake/secrets.env"));
+    assert_ne!(mode(&out.join("m1/user-data")), 0o600);
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--rotate",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no secrets to rotate"));
+    // A typo in [security] is refused, not read as "off".
+    fs::write(&topo, format!("{CLUSTER}\n[security]\nauht = false\n")).unwrap();
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("auht"));
+}

@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::profile::{self, Service};
+use crate::seed::secrets::{Needs, Secrets};
 use crate::seed::{NetIface, NodeSeed};
 
 /// A problem in cluster.toml, located by line and named by node and key.
@@ -137,6 +138,11 @@ pub struct Cluster {
     pub lab: LabFile,
     /// Things that are allowed but probably wrong (an even number of masters).
     pub warnings: Vec<String>,
+    /// Whether nodes authenticate (`[security] auth`, default true).
+    pub auth: bool,
+    /// The cluster's secrets, which the seeds carry: `mesobake seed` and `lab` set them
+    /// from their `secrets/` when `auth` is on. None gives seeds without authentication.
+    pub secrets: Option<Secrets>,
 }
 
 /// What is derived from the masters, once.
@@ -751,6 +757,8 @@ impl Cluster {
             groups,
             lab: f.lab.unwrap_or_default(),
             warnings,
+            auth: f.security.and_then(|s| s.auth).unwrap_or(true),
+            secrets: None,
         })
     }
 
@@ -838,6 +846,19 @@ impl Cluster {
         })
     }
 
+    /// The secrets.env settings for a node or group running `services` (none without
+    /// secrets).
+    fn secrets_env(&self, services: &[Service]) -> BTreeMap<String, String> {
+        let Some(s) = &self.secrets else {
+            return BTreeMap::new();
+        };
+        s.env_for(Needs {
+            master: services.contains(&Service::Master),
+            agent: services.contains(&Service::Agent),
+            marathon: services.contains(&Service::Marathon),
+        })
+    }
+
     /// The seed of one node.
     pub fn node_seed(&self, d: &Derived, n: &Node, target: Target) -> NodeSeed {
         let mut env = self.common_env(d, &n.extras);
@@ -857,6 +878,7 @@ impl Cluster {
             instance_id: String::new(),
             hostname: n.name.clone(),
             node_env: env,
+            secrets_env: self.secrets_env(&n.services),
             ssh_keys: self.ssh_keys.clone(),
             network: Vec::new(),
         };
@@ -873,6 +895,7 @@ impl Cluster {
             instance_id: String::new(),
             hostname: String::new(),
             node_env: self.common_env(d, &g.extras),
+            secrets_env: self.secrets_env(&g.services),
             ssh_keys: self.ssh_keys.clone(),
             network: Vec::new(),
         };
@@ -916,7 +939,11 @@ impl Cluster {
             files.push(format!("{name}/"));
             nocloud.write_iso(&out.join(format!("{name}.iso")))?;
             files.push(format!("{name}.iso"));
-            std::fs::write(out.join(format!("{name}.user-data")), ec2.user_data())?;
+            crate::seed::write_user_data(
+                &out.join(format!("{name}.user-data")),
+                &ec2.user_data(),
+                ec2.has_secrets(),
+            )?;
             files.push(format!("{name}.user-data"));
             let nc = out.join(format!("{name}.network-config"));
             match nocloud.network_config() {

@@ -24,6 +24,17 @@ pub struct ClusterFile {
     pub groups: Vec<GroupFile>,
     /// `mesobake lab` VM sizing.
     pub lab: Option<LabFile>,
+    /// Authentication (on unless `[security] auth = false`).
+    pub security: Option<SecurityFile>,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SecurityFile {
+    /// Mesos and Marathon authentication with generated secrets (default true). `false`
+    /// gives seeds without secrets: every node runs unauthenticated, as before.
+    pub auth: Option<bool>,
 }
 
 /// `[network]`

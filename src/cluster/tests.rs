@@ -336,3 +336,40 @@ fn lab_count_is_bounded() {
         assert!(e.contains("group \"w\"") && e.contains("lab-count"), "{e}");
     }
 }
+
+#[test]
+fn auth_is_on_by_default_and_lab_seeds_carry_each_role_its_secrets() {
+    let mut c = parse(THREE_PLUS_ONE).unwrap();
+    assert!(c.auth, "authentication is the default");
+    assert!(
+        !parse(&format!("{THREE_PLUS_ONE}\n[security]\nauth = false\n"))
+            .unwrap()
+            .auth
+    );
+    // Without secrets (auth off, or before `seed`/`lab` loaded them): no entry.
+    let lab = c.lab_members().unwrap();
+    assert!(lab.iter().all(|m| !m.seed.has_secrets()));
+    let s = crate::seed::secrets::Secrets::generate().unwrap();
+    c.secrets = Some(s.clone());
+    let lab = c.lab_members().unwrap();
+    for m in &lab {
+        let env = &m.seed.secrets_env;
+        assert_eq!(env["MESOBAKE_AGENT_SECRET"], s.agent.secret, "{}", m.name);
+        assert_eq!(env["MESOBAKE_OPERATOR_SECRET"], s.operator.secret);
+        let master = m.role == "master";
+        assert_eq!(
+            env.contains_key("MESOBAKE_MARATHON_SECRET"),
+            master,
+            "{}",
+            m.name
+        );
+        assert!(!m.seed.node_env_text().contains(&s.agent.secret));
+        assert!(m.seed.user_data().contains("/etc/mesobake/secrets.env"));
+    }
+    // The same code makes `mesobake seed`'s seeds: the same secrets.env.
+    let d = c.derive();
+    assert_eq!(
+        c.node_seed(&d, &c.nodes[0], Target::Ec2).secrets_env,
+        lab[0].seed.secrets_env
+    );
+}

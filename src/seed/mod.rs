@@ -7,9 +7,15 @@
 //! know `to: default`) and `nameservers`.
 //!
 //! Node settings travel as `/etc/mesobake/node.env`, written by cloud-init's
-//! `write_files`; the first-boot configurator reads that file.
+//! `write_files`; the first-boot configurator reads that file. A node's credentials
+//! ([`secrets`]) travel in a separate entry, `/etc/mesobake/secrets.env`, root-owned 0600,
+//! so node.env stays world-readable and secret-free. Every seed file that carries a
+//! secret (user-data, the ISO) is 0600 on the host too.
+
+pub mod secrets;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -25,6 +31,9 @@ pub struct NodeSeed {
     pub hostname: String,
     /// `MESOBAKE_*` settings for /etc/mesobake/node.env.
     pub node_env: BTreeMap<String, String>,
+    /// The node's credentials for /etc/mesobake/secrets.env (root, 0600); empty means no
+    /// such file, and the node runs without authentication.
+    pub secrets_env: BTreeMap<String, String>,
     /// SSH public keys for the default user.
     pub ssh_keys: Vec<String>,
     /// Interfaces for network-config (v2); none means no network-config file, so
@@ -52,14 +61,37 @@ fn yq(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
 
+/// `KEY='value'` lines under a header, the way the configurator parses them.
+fn env_text(header: &str, env: &BTreeMap<String, String>) -> String {
+    let mut s = format!("# {header}\n");
+    for (k, v) in env {
+        s += &format!("{k}='{}'\n", v.replace('\'', r"'\''"));
+    }
+    s
+}
+
 impl NodeSeed {
     /// The node.env file content.
     pub fn node_env_text(&self) -> String {
-        let mut s = String::from("# Written by cloud-init from mesobake's seed.\n");
-        for (k, v) in &self.node_env {
-            s += &format!("{k}='{}'\n", v.replace('\'', r"'\''"));
-        }
-        s
+        env_text(
+            "Written by cloud-init from mesobake's seed.",
+            &self.node_env,
+        )
+    }
+
+    /// The secrets.env file content (None when the seed carries no secrets).
+    pub fn secrets_env_text(&self) -> Option<String> {
+        (!self.secrets_env.is_empty()).then(|| {
+            env_text(
+                "Written by cloud-init from mesobake's seed. Secrets: root only (0600).",
+                &self.secrets_env,
+            )
+        })
+    }
+
+    /// Whether any file of this seed carries a secret (and must be 0600 on the host).
+    pub fn has_secrets(&self) -> bool {
+        !self.secrets_env.is_empty()
     }
 
     /// The `#cloud-config` user-data.
@@ -78,6 +110,11 @@ impl NodeSeed {
         s += "write_files:\n  - path: /etc/mesobake/node.env\n    owner: root:root\n    permissions: '0644'\n    content: ";
         s += &yq(&self.node_env_text());
         s += "\n";
+        if let Some(text) = self.secrets_env_text() {
+            s += "  - path: /etc/mesobake/secrets.env\n    owner: root:root\n    permissions: '0600'\n    content: ";
+            s += &yq(&text);
+            s += "\n";
+        }
         s
     }
 
@@ -135,14 +172,18 @@ impl NodeSeed {
         s
     }
 
-    /// Writes the seed files into `dir`.
+    /// Writes the seed files into `dir` (user-data 0600 when it carries secrets).
     pub fn write_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let write = |name: &str, body: String| {
             let p = dir.join(name);
             std::fs::write(&p, body).with_context(|| format!("writing {}", p.display()))
         };
-        write("user-data", self.user_data())?;
+        write_user_data(
+            &dir.join("user-data"),
+            &self.user_data(),
+            self.has_secrets(),
+        )?;
         write("meta-data", self.meta_data())?;
         if let Some(n) = self.network_config() {
             write("network-config", n)?;
@@ -150,15 +191,33 @@ impl NodeSeed {
         Ok(())
     }
 
-    /// Writes a NoCloud ISO at `iso` (files staged in a temp dir beside it).
+    /// Writes a NoCloud ISO at `iso` (files staged in a temp dir beside it). The ISO is
+    /// made inside that private (0700) dir and renamed into place, 0600 when the seed
+    /// carries secrets: it is never readable by others, not even half written.
     pub fn write_iso(&self, iso: &Path) -> Result<()> {
         let parent = iso.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()
             .prefix(".seed-")
             .tempdir_in(parent)?;
-        self.write_dir(tmp.path())?;
-        iso_from_dir(tmp.path(), iso)
+        let files = tmp.path().join("files");
+        self.write_dir(&files)?;
+        let staged = tmp.path().join("seed.iso");
+        iso_from_dir(&files, &staged)?;
+        let mode = if self.has_secrets() { 0o600 } else { 0o644 };
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, iso).with_context(|| format!("writing {}", iso.display()))
     }
+}
+
+/// Writes a user-data file: privately (0600, see [`secrets::write_private`]) when it
+/// carries secrets, else as an ordinary file.
+pub fn write_user_data(path: &Path, body: &str, private: bool) -> Result<()> {
+    if private {
+        return secrets::write_private(path, body.as_bytes());
+    }
+    // A user-data that carried secrets before keeps its 0600 otherwise.
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Makes a NoCloud ISO (label `cidata`) from a directory holding user-data and meta-data.
@@ -212,5 +271,45 @@ mod tests {
             s.meta_data(),
             "instance-id: \"i-1\"\nlocal-hostname: \"a1\"\n"
         );
+        assert!(!ud.contains("secrets.env"), "no secrets, no entry: {ud}");
+    }
+
+    #[test]
+    fn secrets_go_in_their_own_private_entry() {
+        let mut s = NodeSeed {
+            instance_id: "i-1".into(),
+            ..Default::default()
+        };
+        s.node_env
+            .insert("MESOBAKE_ZK".into(), "zk://m1:2181/mesos".into());
+        s.secrets_env
+            .insert("MESOBAKE_AGENT_SECRET".into(), "Abc123".into());
+        let ud = s.user_data();
+        let at = ud.find("- path: /etc/mesobake/secrets.env").expect(&ud);
+        assert!(
+            ud[at..].starts_with("- path: /etc/mesobake/secrets.env\n    owner: root:root\n    permissions: '0600'\n    content: \"# "),
+            "{ud}"
+        );
+        assert!(ud[at..].contains("MESOBAKE_AGENT_SECRET='Abc123'"));
+        assert!(
+            !ud[..at].contains("Abc123"),
+            "node.env is secret-free: {ud}"
+        );
+        assert!(!s.node_env_text().contains("Abc123"));
+
+        let tmp = tempfile::tempdir().unwrap();
+        s.write_dir(tmp.path()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&tmp.path().join("user-data")), 0o600);
+        s.secrets_env.clear();
+        s.write_dir(tmp.path()).unwrap();
+        assert_eq!(mode(&tmp.path().join("user-data")), 0o644 & !umask());
+    }
+
+    fn umask() -> u32 {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        std::fs::write(&p, "").unwrap();
+        0o666 & !std::fs::metadata(&p).unwrap().permissions().mode()
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! State lives in a run dir beside cluster.toml (`.mesobake-lab/<name>/`): `state.json`
 //! (PIDs, ports, addresses), per-VM qcow2 overlays backed by the role images (which are
-//! never written), seed ISOs and serial logs. A PID counts as ours only while
+//! never written), seed ISOs (0600: they carry the lab's secrets), serial logs and
+//! `secrets/` (see [`secrets_dir`]). A PID counts as ours only while
 //! `/proc/PID/cmdline` is still a QEMU running that VM's overlay, so `up` twice starts no
 //! duplicates, `down` stops exactly its own processes, and a crashed VM shows as down.
 
@@ -31,6 +32,7 @@ use super::verify::parse_configured;
 use crate::cluster::Cluster;
 use crate::profile::Service;
 use crate::run::Cmd;
+use crate::seed::secrets::{self, Credential, Secrets};
 use crate::seed::NetIface;
 use crate::service::{ServiceSpec, SERVICES};
 
@@ -259,12 +261,32 @@ fn start_vm(
     ))
 }
 
+/// The lab's secrets: `secrets/` in its run dir, made on the first `lab up` the way
+/// `mesobake seed` makes them, kept by `lab down` and reused by the next `lab up`.
+pub fn secrets_dir(c: &Cluster) -> PathBuf {
+    secrets::dir_in(&run_dir(c))
+}
+
+/// The operator credential of a running lab, for the probes: from its `secrets/` when
+/// there are any.
+pub fn operator(c: &Cluster) -> Result<Option<Credential>> {
+    Ok(Secrets::load(&secrets_dir(c))?.map(|s| s.operator))
+}
+
 /// `lab up`: starts every VM that is not already running, then (with `wait`) waits for
 /// the ZooKeeper quorum and every node's configured line, and prints how long each took.
+/// The VMs' seeds come from the same code as `mesobake seed`'s, so they carry the lab's
+/// secrets (authentication on) unless the topology says `[security] auth = false`.
 pub fn up(c: &Cluster, opts: &UpOptions) -> Result<State> {
-    let members = c.lab_members()?;
     let dir = run_dir(c);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut c = c.clone();
+    if c.auth {
+        let (s, _) = secrets::load_or_create(&secrets_dir(&c), false)?;
+        c.secrets = Some(s);
+    }
+    let c = &c;
+    let members = c.lab_members()?;
     let mut state = load_state(&dir)?.unwrap_or_default();
     if state.mcast.is_empty() {
         state.mcast = mcast_for(&dir);
@@ -463,9 +485,9 @@ pub struct NodeStatus {
     pub ports: BTreeMap<u16, u16>,
 }
 
-fn check(spec: &ServiceSpec, port: u16) -> Health {
+fn check(spec: &ServiceSpec, port: u16, auth: Option<&Credential>) -> Health {
     let svc = spec.service;
-    let r = probe::read(spec.probe, port).map(|r| (r.detail, r.flags, Some(r.state)));
+    let r = probe::read_as(spec.probe, port, auth).map(|r| (r.detail, r.flags, Some(r.state)));
     match r {
         Ok((detail, flags, state)) => Health {
             service: svc,
@@ -496,6 +518,7 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
             dir.join("state.json").display()
         );
     };
+    let auth = operator(c)?;
     let mut out = Vec::new();
     for v in &state.vms {
         let running = v.pid.is_some_and(|p| is_our_qemu(p, &v.overlay));
@@ -508,7 +531,7 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
             SERVICES
                 .iter()
                 .filter(|s| v.services.contains(&s.service))
-                .map(|s| check(s, v.ports[&s.port]))
+                .map(|s| check(s, v.ports[&s.port], auth.as_ref()))
                 .collect()
         } else {
             Vec::new()

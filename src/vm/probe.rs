@@ -5,7 +5,8 @@
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use super::verify::{four_letter, http_get, http_json, master_view};
+use super::verify::{four_letter, http_get, http_json, http_json_as, master_view};
+use crate::seed::secrets::Credential;
 use crate::service::Probe;
 
 /// What one probe saw.
@@ -30,8 +31,16 @@ pub fn zk_mode(port: u16) -> Result<String> {
         .ok_or_else(|| anyhow::anyhow!("srvr reply has no Mode line"))
 }
 
-/// Reads one service through `port` on 127.0.0.1.
+/// Reads one service through `port` on 127.0.0.1, without credentials.
 pub fn read(probe: Probe, port: u16) -> Result<Reading> {
+    read_as(probe, port, None)
+}
+
+/// Reads one service through `port` on 127.0.0.1; `auth` (the operator credential) logs
+/// in where the service asks for it. Marathon's API wants HTTP basic auth on a cluster
+/// with secrets; the Mesos probes read only read-only endpoints (`/flags`, `/state`),
+/// which stay open, so they go without.
+pub fn read_as(probe: Probe, port: u16, auth: Option<&Credential>) -> Result<Reading> {
     match probe {
         Probe::ZkSrvr => {
             let mode = zk_mode(port)?;
@@ -70,7 +79,7 @@ pub fn read(probe: Probe, port: u16) -> Result<Reading> {
             })
         }
         Probe::Marathon => {
-            let info = http_json(port, "/v2/info")?;
+            let info = http_json_as(port, "/v2/info", auth)?;
             let master = info["marathon_config"]["master"]
                 .as_str()
                 .unwrap_or("?")

@@ -13,6 +13,7 @@ use super::probe;
 use super::qemu::{self, Accel, VmSpec};
 use crate::export::manifest::Manifest;
 use crate::profile::Service;
+use crate::seed::secrets::Credential;
 use crate::seed::NodeSeed;
 use crate::service::SERVICES;
 
@@ -450,9 +451,47 @@ pub fn four_letter(port: u16, word: &str) -> Result<String> {
 
 /// A minimal HTTP/1.0 GET: returns the status line and the body.
 pub fn http_get(port: u16, path: &str) -> Result<(String, String)> {
-    let (head, body) = http_get_head(port, path)?;
+    http_get_as(port, path, None)
+}
+
+/// [`http_get`] with optional HTTP basic auth (`auth`: the principal and secret).
+pub fn http_get_as(port: u16, path: &str, auth: Option<&Credential>) -> Result<(String, String)> {
+    let (head, body) = http_get_head_as(port, path, auth)?;
     let status = head.lines().next().unwrap_or("").to_string();
     Ok((status, body))
+}
+
+/// Standard base64 (RFC 4648, with padding), for the basic-auth header.
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The `Authorization` header line (with CRLF) for HTTP basic auth, or nothing.
+fn auth_header(auth: Option<&Credential>) -> String {
+    match auth {
+        Some(c) => format!(
+            "Authorization: Basic {}\r\n",
+            base64(format!("{}:{}", c.principal, c.secret).as_bytes())
+        ),
+        None => String::new(),
+    }
 }
 
 /// What a Mesos master says about itself: its flags (`/flags`, which every master serves)
@@ -512,10 +551,20 @@ pub fn master_view(port: u16) -> Result<MasterView> {
 
 /// A minimal HTTP/1.0 GET: returns the response head (status line and headers) and body.
 pub fn http_get_head(port: u16, path: &str) -> Result<(String, String)> {
+    http_get_head_as(port, path, None)
+}
+
+/// [`http_get_head`] with optional HTTP basic auth.
+pub fn http_get_head_as(
+    port: u16,
+    path: &str,
+    auth: Option<&Credential>,
+) -> Result<(String, String)> {
     let mut s = connect(port)?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{}Connection: close\r\n\r\n",
+        auth_header(auth)
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).ok();
@@ -528,7 +577,22 @@ pub fn http_get_head(port: u16, path: &str) -> Result<(String, String)> {
 
 /// GET `path` and parse the 200 reply as JSON.
 pub fn http_json(port: u16, path: &str) -> Result<serde_json::Value> {
-    let (status, body) = http_get(port, path)?;
+    http_json_as(port, path, None)
+}
+
+/// [`http_json`] with optional HTTP basic auth.
+pub fn http_json_as(port: u16, path: &str, auth: Option<&Credential>) -> Result<serde_json::Value> {
+    let (status, body) = http_get_as(port, path, auth)?;
+    if status.contains(" 401") {
+        bail!(
+            "GET {path}: {status} ({})",
+            if auth.is_some() {
+                "the credential was refused: do the seeds' secrets/ belong to this cluster?"
+            } else {
+                "it wants a login: the operator credential from the seeds' secrets/"
+            }
+        );
+    }
     if !status.contains(" 200") {
         bail!("GET {path}: {status}");
     }
@@ -564,5 +628,22 @@ mod tests {
         assert_eq!(c.ip, "10.0.2.15");
         assert_eq!(c.zk, "zk://10.0.2.15:2181/mesos");
         assert!(parse_configured("mesobake: configuration FAILED: no zk").is_none());
+    }
+
+    #[test]
+    fn basic_auth_is_base64_of_principal_and_secret() {
+        // RFC 7617's example.
+        let c = Credential {
+            principal: "Aladdin".into(),
+            secret: "open sesame".into(),
+        };
+        assert_eq!(
+            auth_header(Some(&c)),
+            "Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n"
+        );
+        assert_eq!(auth_header(None), "");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
     }
 }
