@@ -15,8 +15,10 @@
 #      e2e_lab builds master and slave-only (mesos containerizer), boots 3 masters and
 #      a group with one agent with `mesobake lab up`, checks the ZooKeeper quorum, one
 #      elected Mesos master with the agent registered under a name from its address,
-#      then kills the leader's VM and checks that another master takes over with the
-#      agent re-registered, and that `lab down` leaves no QEMU.
+#      checks authentication (on by default: refusals without credentials, acceptance
+#      with them, 0600 secrets, none in the images), then kills the leader's VM and
+#      checks that another master takes over with the agent re-registered, and that
+#      `lab down` leaves no QEMU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then

@@ -11,7 +11,11 @@
 //! registered with it under a name from its own address, `lab up` again starts nothing;
 //! then the leading master's VM is killed, and another master takes over with the agent
 //! re-registered while ZooKeeper keeps its quorum; after `lab down` none of the lab's QEMU
-//! processes is left.
+//! processes is left. Authentication is on, as for every cluster from cluster.toml: the
+//! test reads the lab's secrets, checks the master's authentication flags, refusals
+//! without credentials (an agent, a framework, a read-write endpoint, Marathon's API)
+//! and acceptance with them, that host files holding secrets are 0600, and that no
+//! secret is in the images.
 //!
 //! Four VMs share two cores under TCG, so the lab is kept to what only a lab shows. The
 //! agent runs the mesos containerizer alone: the Docker daemon costs each boot about a
@@ -168,9 +172,10 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
         "{srvr}"
     );
     let leader = check_one_leader_with_the_agents(&rows);
+    let run_dir = tmp.path().join(".mesobake-lab/e2e");
+    check_authentication(&rows, &leader, &run_dir, &images);
 
     // Up again: nothing new starts.
-    let run_dir = tmp.path().join(".mesobake-lab/e2e");
     let before = qemu_under(&run_dir);
     assert_eq!(before.len(), rows.len());
     run_ok_text(
@@ -226,6 +231,174 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
 
     run_ok_text(mesobake(&["lab", "down", &topo_s]), "lab down");
     assert!(qemu_under(&run_dir).is_empty(), "QEMU left after lab down");
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`, with basic auth when given; returns the
+/// status line and the body.
+fn http(port: u64, method: &str, path: &str, auth: Option<&str>, body: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    if let Some(a) = auth {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(a);
+        req += &format!("Authorization: Basic {b}\r\n");
+    }
+    req += &format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.lines().next().unwrap_or("").to_string();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// Authentication, on by default for a cluster from cluster.toml, with secrets that live
+/// only in the seeds (issue 15): the master's flags, refusals without credentials and
+/// acceptance with them (agents, frameworks, HTTP read-write, Marathon's API), the host
+/// copies' modes, and no secret in the images the nodes booted.
+fn check_authentication(rows: &[serde_json::Value], leader: &str, run_dir: &Path, images: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets_dir = run_dir.join("secrets");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&secrets_dir), 0o700);
+    let creds: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(secrets_dir.join("credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let secret_of = |p: &str| {
+        creds["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["principal"] == p)
+            .unwrap_or_else(|| panic!("no {p} credential: {creds}"))["secret"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (agent, marathon, operator) = (
+        secret_of("agent"),
+        secret_of("marathon"),
+        secret_of("operator"),
+    );
+    // Every host file that holds a secret is 0600.
+    let mut carriers = Vec::new();
+    let mut stack = vec![run_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if e.file_type().unwrap().is_file() {
+                let bytes = std::fs::read(&p).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                if text.contains(&agent) || text.contains(&operator) {
+                    assert_eq!(mode(&p), 0o600, "{} holds a secret", p.display());
+                    carriers.push(p);
+                }
+            }
+        }
+    }
+    assert!(
+        carriers.len() >= 4,
+        "the secrets, each node's user-data: {carriers:?}"
+    );
+
+    let row = rows.iter().find(|r| r["name"] == leader).unwrap();
+    let m = svc(row, "master");
+    for f in [
+        "authenticate_agents",
+        "authenticate_frameworks",
+        "authenticate_http_readwrite",
+    ] {
+        assert_eq!(m["flags"][f], "true", "{f}: {m}");
+    }
+    let port = |r: &serde_json::Value, p: &str| r["ports"][p].as_u64().unwrap();
+    let mp = port(row, "5050");
+    let op = format!("operator:{operator}");
+    // Read-write endpoints: 401 without credentials, served with them (a teardown of no
+    // framework is a bad request).
+    let (st, _) = http(mp, "POST", "/teardown", None, "");
+    assert!(st.contains(" 401"), "teardown without credentials: {st}");
+    let (st, _) = http(
+        mp,
+        "POST",
+        "/teardown",
+        Some(&format!("operator:{marathon}")),
+        "",
+    );
+    assert!(st.contains(" 401"), "teardown with a wrong secret: {st}");
+    let (st, body) = http(mp, "POST", "/teardown", Some(&op), "");
+    assert!(
+        st.contains(" 400"),
+        "teardown with the operator's credentials: {st} {body}"
+    );
+    // An agent and a framework without credentials are refused; the lab's agent (checked
+    // above) and Marathon, with them, are accepted. (The stand-ins' registration calls
+    // stand for Mesos's CRAM-MD5 handshake; ci/standins/README.md.)
+    let intruder = r#"{"pid":"slave(1)@10.77.0.99:5051","hostname":"intruder","port":5051}"#;
+    let (st, _) = http(mp, "POST", "/master/standin/register", None, intruder);
+    assert!(st.contains(" 403"), "an agent without a credential: {st}");
+    let forged = format!(
+        r#"{{"pid":"slave(1)@10.77.0.99:5051","hostname":"intruder","port":5051,"credential":{{"principal":"agent","secret":"{marathon}"}}}}"#
+    );
+    let (st, _) = http(mp, "POST", "/master/standin/register", None, &forged);
+    assert!(st.contains(" 401"), "an agent with a wrong secret: {st}");
+    let framework =
+        r#"{"framework_info":{"name":"intruder"},"pid":"scheduler(1)@10.77.0.99:4000"}"#;
+    let (st, body) = http(mp, "POST", "/master/standin/subscribe", None, framework);
+    assert!(
+        st.contains(" 403") && body.contains("not authenticated"),
+        "{st} {body}"
+    );
+    let mar = port(row, "8080");
+    let (st, _) = http(mar, "GET", "/v2/info", None, "");
+    assert!(st.contains(" 401"), "Marathon without a password: {st}");
+    let (st, body) = http(mar, "GET", "/v2/info", Some(&op), "");
+    assert!(
+        st.contains(" 200"),
+        "Marathon with the operator's password: {st}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        info["frameworkId"].as_str().is_some_and(|f| !f.is_empty()),
+        "Marathon registered as an authenticated framework: {info}"
+    );
+    let _ = agent;
+
+    // No secret in any image the nodes booted: the disks, decompressed, scanned whole.
+    for img in ["master.qcow2", "slave-only.qcow2"] {
+        let raw = run_dir.join("scan.raw");
+        let st = std::process::Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(images.join(img))
+            .arg(&raw)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let found = std::process::Command::new("grep")
+            .args(["-c", "-a", "-F"])
+            .args(["-e", &secret_of("agent"), "-e", &marathon, "-e", &operator])
+            .arg(&raw)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&raw);
+        assert_eq!(
+            found.status.code(),
+            Some(1),
+            "a secret is in {img}: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
 }
 
 /// Sends SIGKILL to a PID with kill(1): a crash, not a shutdown.
