@@ -41,6 +41,7 @@ pub fn run(ctx: &mut BuildContext, img: &mut AttachedImage) -> Result<Layout> {
         layout.cgroup = Some(cg);
         write_role_files(&img.root, &profile, &layout)?;
         check_flag_dirs(&img.root, &profile, &layout)?;
+        create_task_user(&img.root, &profile)?;
         apply_service_overrides(&img.root, &profile, &layout)
     })();
     let u = img.unmount_chroot_fs(mark);
@@ -616,6 +617,47 @@ fn write_role_files(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Res
     Ok(())
 }
 
+/// The unprivileged user tasks run as: Marathon's default `MARATHON_MESOS_USER`, which it
+/// sends as `FrameworkInfo.user`. With Mesos's default `--switch_user` the agent chowns
+/// the task's sandbox to this user and runs the task as it, so agents must have it;
+/// every role must name the same user, so it is one constant.
+pub const TASK_USER: &str = "mesos-task";
+
+/// The command (argv inside the image) that creates [`TASK_USER`], or None for a role
+/// that runs no agent: only agents run tasks, so masters need no such account. A system
+/// account with its own group, a home for tools that want one, and no login shell or
+/// password, so nobody can log in as it.
+pub fn task_user_command(profile: &Profile) -> Option<Vec<&'static str>> {
+    profile.runs(Service::Agent).then(|| {
+        vec![
+            "useradd",
+            "--system",
+            "--user-group",
+            "--home-dir",
+            "/var/lib/mesos-task",
+            "--create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            TASK_USER,
+        ]
+    })
+}
+
+/// Creates the task user in an agent image. An image that already has it (an overlay's
+/// passwd, a base that made it) keeps it: useradd refuses an existing name.
+fn create_task_user(root: &ImageRoot, profile: &Profile) -> Result<()> {
+    let Some(argv) = task_user_command(profile) else {
+        return Ok(());
+    };
+    let r = root.path();
+    if chroot(r, &["getent", "passwd", TASK_USER]).succeeds()? {
+        return Ok(());
+    }
+    chroot(r, &argv)
+        .run()
+        .with_context(|| format!("creating the task user {TASK_USER}"))
+}
+
 /// Whether the role's agent uses the docker containerizer, so the Docker daemon must run.
 pub fn wants_docker(profile: &Profile) -> bool {
     profile.runs(Service::Agent)
@@ -826,6 +868,46 @@ mod tests {
         assert!(!wants_docker(
             &crate::profile::load(&dir.join("master.toml"), &[]).unwrap()
         ));
+    }
+
+    #[test]
+    fn agent_roles_create_the_task_user_and_master_only_roles_do_not() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let want = [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--home-dir",
+            "/var/lib/mesos-task",
+            "--create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "mesos-task",
+        ];
+        for (file, agent) in [
+            ("slave-only.toml", true),
+            ("master-slave.toml", true),
+            ("master.toml", false),
+        ] {
+            let p = crate::profile::load(&dir.join(file), &[]).unwrap();
+            let cmd = task_user_command(&p);
+            assert_eq!(cmd.as_deref(), agent.then_some(&want[..]), "{file}");
+            // Every role, masters too, names the same user to Marathon.
+            assert_eq!(
+                p.marathon_env
+                    .get("MARATHON_MESOS_USER")
+                    .map(String::as_str),
+                Some(TASK_USER),
+                "{file}"
+            );
+        }
+        assert_eq!(
+            task_user_command(&profile(&[Service::Agent])).unwrap(),
+            want
+        );
+        for only in [Service::Master, Service::Marathon, Service::Zookeeper] {
+            assert_eq!(task_user_command(&profile(&[only])), None, "{only:?}");
+        }
     }
 
     fn cg(mode: cgroup::Mode) -> Cgroup {
