@@ -758,7 +758,7 @@ fn appliance_without_user_data_is_a_one_node_cluster() {
             "# Written by mesobake-configure at every boot; edits are overwritten.\n\
              # Baked extra settings come from /etc/mesobake/marathon.env (appended below).\n\
              MARATHON_MASTER=zk://10.0.2.15:2181/mesos\nMARATHON_ZK=zk://10.0.2.15:2181/marathon\n\
-             MARATHON_HOSTNAME=10.0.2.15\nMARATHON_MESOS_USER=root\nLIBPROCESS_IP=10.0.2.15\n"
+             MARATHON_HOSTNAME=10.0.2.15\nMARATHON_MESOS_USER=mesos-task\nLIBPROCESS_IP=10.0.2.15\n"
         );
         assert_eq!(
             fx.read("/etc/hosts"),
@@ -2035,7 +2035,7 @@ fn marathon_mesos_user_is_written_once() {
         for (extra, user) in [
             ("MARATHON_MESOS_USER=root\n", "root"),
             ("MARATHON_MESOS_USER=mesos-tasks\n", "mesos-tasks"),
-            ("MARATHON_TASK_LAUNCH_TIMEOUT=600000\n", "root"),
+            ("MARATHON_TASK_LAUNCH_TIMEOUT=600000\n", "mesos-task"),
         ] {
             let fx = Fixture::new(&sh, Layout::Aventer, MASTER);
             fx.write("/etc/mesobake/marathon.env", extra);
@@ -2046,6 +2046,35 @@ fn marathon_mesos_user_is_written_once() {
                 .filter(|l| l.starts_with("MARATHON_MESOS_USER="))
                 .collect();
             assert_eq!(lines, [format!("MARATHON_MESOS_USER={user}")], "{m}");
+        }
+    }
+}
+
+/// Tasks run as the unprivileged user agent images create, unless the profile says
+/// otherwise: `MARATHON_MESOS_USER = "root"` in `[marathon.env]` is the way back to root.
+#[test]
+fn marathon_runs_tasks_as_mesos_task_unless_the_profile_names_a_user() {
+    for sh in shells() {
+        for (extra, user) in [
+            // No baked settings at all (a profile with no [marathon.env]).
+            (None, "mesos-task"),
+            // What profiles/include/common.toml bakes.
+            (Some("MARATHON_MESOS_USER=mesos-task\n"), "mesos-task"),
+            (Some("MARATHON_MESOS_USER=root\n"), "root"),
+            (Some("MARATHON_MESOS_USER=builder\n"), "builder"),
+        ] {
+            let fx = Fixture::new(&sh, Layout::Mesosphere, MASTER_SLAVE);
+            if let Some(extra) = extra {
+                fx.write("/etc/mesobake/marathon.env", extra);
+            }
+            fx.run().assert_ok();
+            let m = fx.read("/etc/default/marathon");
+            // The package's own MARATHON_MESOS_USER=root is gone: the file is ours.
+            let users: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.strip_prefix("MARATHON_MESOS_USER="))
+                .collect();
+            assert_eq!(users, [user], "{extra:?}: {m}");
         }
     }
 }
