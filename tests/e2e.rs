@@ -675,6 +675,16 @@ fn rebuilds_reuse_the_provisioned_and_configured_layers() {
     assert_ne!(digest("a"), digest("c"));
     let img = root.join("c/master-slave.qcow2");
     assert_eq!(read_from_image(&img, "etc/mesobake-edit"), "second\n");
+    // Tasks run unprivileged (issue 15): the agent image has the task user, with no
+    // login (Marathon's default naming it is checked in tests/configurator.rs).
+    let passwd = read_from_image(&img, "etc/passwd");
+    let task = passwd
+        .lines()
+        .find(|l| l.starts_with("mesos-task:"))
+        .unwrap_or_else(|| panic!("no mesos-task user:\n{passwd}"));
+    assert!(task.ends_with(":/usr/sbin/nologin"), "{task}");
+    let uid: u32 = task.split(':').nth(2).unwrap().parse().unwrap();
+    assert!(uid > 0 && uid < 1000, "a system account: {task}");
     let st = Command::new("qemu-img")
         .arg("check")
         .arg(&img)
