@@ -61,8 +61,11 @@ pub fn enter() -> Result<Isolation> {
     // (module docs), so the forked child may run any code: it simply goes on as mesobake.
     // The parent never returns: it supervises and exits.
     unsafe {
-        if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) != 0 {
-            return Err(os_error("unshare(mount and PID namespaces)"));
+        // The mount namespace first, the PID namespace last: until the PID namespace is
+        // unshared this process can still start threads, so any failure before it leaves
+        // mesobake able to run as before (the caller warns and goes on).
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(os_error("unshare(mount namespace)"));
         }
         // Without this, mounts made here would propagate back to the host (systemd makes
         // "/" a shared mount).
@@ -76,6 +79,15 @@ pub fn enter() -> Result<Isolation> {
         {
             return Err(os_error("making the build's mounts private"));
         }
+        let mut alive = [0; 2];
+        if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(os_error("creating the supervisor's pipe"));
+        }
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            libc::close(alive[0]);
+            libc::close(alive[1]);
+            return Err(os_error("unshare(PID namespace)"));
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -85,10 +97,6 @@ pub fn enter() -> Result<Isolation> {
         // Blocked before the fork, so no signal is lost in between: the supervisor waits
         // for them with sigtimedwait, the worker unblocks them once set up.
         libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
-        let mut alive = [0; 2];
-        if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(os_error("creating the supervisor's pipe"));
-        }
         let pid = libc::fork();
         if pid < 0 {
             return Err(os_error("starting the build in its namespaces"));
