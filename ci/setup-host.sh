@@ -21,6 +21,8 @@ pkgs=(
   zookeeper python3-kazoo      # tests/standins.rs: leader election through a real ZooKeeper
   python3 curl ca-certificates zstd
   busybox posh shellcheck       # the configurator tests run it under several POSIX shells
+  nftables                     # ... and load its firewall rules into the real nft (throwaway netns)
+  iproute2                     # e2e_lab: a host on the lab segment in a network namespace
   # tests/seed.rs checks seeds with Debian's cloud-init unpacked from its .deb
   # (ci/cloud-init-schema.sh), never installed: only its python libraries are.
   python3-yaml python3-jsonschema python3-jinja2 python3-configobj python3-jsonpatch

@@ -46,6 +46,9 @@ pub struct ServiceSpec {
     pub probe: Probe,
     /// How much memory it wants.
     pub memory: Memory,
+    /// The ports (or ranges) the node's firewall opens to the cluster networks only:
+    /// the service's own, its peers' and what it hands out to tasks.
+    pub guarded: &'static [&'static str],
 }
 
 /// Every service, in start order: ZooKeeper before the masters that elect through it,
@@ -57,6 +60,8 @@ pub const SERVICES: &[ServiceSpec] = &[
         port: 2181,
         probe: Probe::ZkSrvr,
         memory: Memory::Jvm,
+        // Clients, then the ensemble's quorum and leader-election ports.
+        guarded: &["2181", "2888", "3888"],
     },
     ServiceSpec {
         service: Service::Master,
@@ -64,6 +69,7 @@ pub const SERVICES: &[ServiceSpec] = &[
         port: 5050,
         probe: Probe::MesosMaster,
         memory: Memory::Native,
+        guarded: &["5050"],
     },
     ServiceSpec {
         service: Service::Marathon,
@@ -71,6 +77,7 @@ pub const SERVICES: &[ServiceSpec] = &[
         port: 8080,
         probe: Probe::Marathon,
         memory: Memory::Jvm,
+        guarded: &["8080"],
     },
     ServiceSpec {
         service: Service::Agent,
@@ -78,6 +85,9 @@ pub const SERVICES: &[ServiceSpec] = &[
         port: 5051,
         probe: Probe::MesosAgent,
         memory: Memory::Native,
+        // 31000-32000: the ports resource every agent offers by default (Mesos's
+        // DEFAULT_PORTS), where tasks listen.
+        guarded: &["5051", "31000-32000"],
     },
     ServiceSpec {
         service: Service::NodeExporter,
@@ -86,6 +96,9 @@ pub const SERVICES: &[ServiceSpec] = &[
         port: 9100,
         probe: Probe::Metrics,
         memory: Memory::Native,
+        // Left open: monitoring usually scrapes from outside the cluster, and it
+        // serves host metrics only (README, security model).
+        guarded: &[],
     },
 ];
 

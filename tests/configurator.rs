@@ -360,6 +360,15 @@ impl Fixture {
              esac",
         );
         canned("hostname", "echo \"${FAKE_HOSTNAME:-fake-host}\"");
+        // nft: logged to nft.log, then run for real in a throwaway network namespace
+        // of a throwaway user namespace, so the rules must load in the real nft.
+        canned(
+            "nft",
+            &format!(
+                "echo \"nft $*\" >>'{}'\nexec unshare -rn /usr/sbin/nft \"$@\"",
+                self.work.join("nft.log").display()
+            ),
+        );
         tool("service-cmd", "", "");
         tool("systemctl", "systemctl ", "");
         tool("service", "service ", "");
@@ -1314,10 +1323,14 @@ fn configured_env_reads_back_in_sh() {
             .arg(&path)
             .output()
             .unwrap();
+        // configured.env is world-readable: the URL's credentials stay in the root-only
+        // /etc/mesos/zk, which Mesos reads.
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "slave-only|10.0.2.15|node1|zk://u:p@10.0.0.11:2181/mesos||"
+            "slave-only|10.0.2.15|node1|zk://10.0.0.11:2181/mesos||"
         );
+        assert_eq!(fx.read("/etc/mesos/zk"), "zk://u:p@10.0.0.11:2181/mesos\n");
+        assert_eq!(fx.mode("/etc/mesos/zk").0, 0o600);
     }
 }
 
@@ -2594,4 +2607,435 @@ fn marathon_secret_goes_to_the_marathon_user_or_stays_roots() {
         );
         assert_eq!(fx.mode("/etc/marathon/mesos-secret"), (0o400, uid));
     }
+}
+
+// --- ZooKeeper credentials, appliance secrets, network policy ------------------------
+
+const ZK_SECRET: &str = "ZooKeeperSecret0123456789abcdefA";
+
+fn zk_secrets() -> String {
+    format!("MESOBAKE_ZK_PRINCIPAL='mesobake'\nMESOBAKE_ZK_SECRET='{ZK_SECRET}'\n")
+}
+
+#[test]
+fn zookeeper_credentials_reach_mesos_and_marathon_and_stay_root_only() {
+    for sh in shells() {
+        for layout in [Layout::Mesosphere, Layout::Aventer] {
+            let fx = Fixture::new(&sh, layout, MASTER_SLAVE);
+            fx.secrets_env(&(master_secrets() + &zk_secrets()));
+            let run = fx.run();
+            run.assert_ok();
+            // The status line and the world-readable configured.env never carry them.
+            assert_eq!(
+                run.stdout,
+                configured_line("master-slave", IP, "zk://10.0.2.15:2181/mesos")
+            );
+            assert!(!run.stdout.contains(ZK_SECRET) && !run.stderr.contains(ZK_SECRET));
+            assert!(!fx
+                .read("/var/lib/mesobake/configured.env")
+                .contains(ZK_SECRET));
+            let url = format!("zk://mesobake:{ZK_SECRET}@10.0.2.15:2181");
+            assert_eq!(fx.read("/etc/mesos/zk"), format!("{url}/mesos\n"));
+            assert_eq!(fx.mode("/etc/mesos/zk").0, 0o600);
+            let marathon = fx.read("/etc/default/marathon");
+            assert!(
+                marathon.contains(&format!("\nMARATHON_MASTER={url}/mesos\n"))
+                    && marathon.contains(&format!("\nMARATHON_ZK={url}/marathon\n")),
+                "{marathon}"
+            );
+            assert_eq!(fx.mode("/etc/default/marathon").0, 0o600);
+            // The masters make /mesos and /marathon digest-only, after the services.
+            assert_eq!(
+                run.started(),
+                [
+                    "zookeeper",
+                    "mesos-master",
+                    "marathon",
+                    layout.agent(),
+                    "mesobake-zk-acl"
+                ]
+            );
+            fx.assert_run_changes_nothing(&Boot::default()).assert_ok();
+        }
+
+        // An agent of a group: the URL from user-data, the credentials from secrets.env.
+        let fx = Fixture::new(&sh, Layout::Aventer, SLAVE_ONLY);
+        fx.node_env("MESOBAKE_ZK=zk://10.0.0.11:2181,10.0.0.12:2181/mesos\n");
+        fx.secrets_env(&(agent_secrets() + &zk_secrets()));
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(
+            fx.read("/etc/mesos/zk"),
+            format!("zk://mesobake:{ZK_SECRET}@10.0.0.11:2181,10.0.0.12:2181/mesos\n")
+        );
+        assert_eq!(fx.mode("/etc/mesos/zk").0, 0o600);
+        assert_eq!(
+            run.started(),
+            ["mesos-agent"],
+            "no ACL job without ZooKeeper"
+        );
+
+        // Credentials given twice would be a guess at which one wins.
+        fx.node_env("MESOBAKE_ZK=zk://someone:else@10.0.0.11:2181/mesos\n");
+        fx.assert_run_changes_nothing(&Boot::default())
+            .assert_failed("give them once");
+
+        // Without secrets the file is readable again, and the credentials are gone.
+        fx.remove("/etc/mesobake/secrets.env");
+        fx.node_env("MESOBAKE_ZK=zk://10.0.0.11:2181/mesos\n");
+        fx.run().assert_ok();
+        assert_eq!(fx.read("/etc/mesos/zk"), "zk://10.0.0.11:2181/mesos\n");
+        assert_eq!(fx.mode("/etc/mesos/zk").0, 0o644);
+    }
+}
+
+/// The secrets.env keys and values, parsed as the configurator's parser does.
+fn env_values(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('\'').to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn an_appliance_booted_without_user_data_makes_its_own_secrets() {
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Aventer, MASTER_SLAVE);
+        fx.set_role_env("MESOBAKE_APPLIANCE_SECRETS=generate");
+        let run = fx.run();
+        run.assert_ok();
+        assert_eq!(fx.mode("/etc/mesobake/secrets.env").0, 0o600);
+        let secrets = env_values(&fx.read("/etc/mesobake/secrets.env"));
+        for (name, principal) in [
+            ("AGENT", "agent"),
+            ("MARATHON", "marathon"),
+            ("OPERATOR", "operator"),
+            ("ZK", "mesobake"),
+        ] {
+            assert_eq!(secrets[&format!("MESOBAKE_{name}_PRINCIPAL")], principal);
+            let secret = &secrets[&format!("MESOBAKE_{name}_SECRET")];
+            assert!(
+                secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "{name}: {secret:?}"
+            );
+            // The console line names the file; no secret is printed anywhere.
+            assert!(!run.stdout.contains(secret.as_str()) && !run.stderr.contains(secret.as_str()));
+        }
+        assert!(
+            run.stderr
+                .contains("mesobake: secrets generated: /etc/mesobake/secrets.env"),
+            "{run:#?}"
+        );
+        // ... and it runs authenticated with them.
+        assert_eq!(fx.read("/etc/mesos-master/authenticate_agents"), "true\n");
+        assert!(fx
+            .read("/etc/mesos/credentials")
+            .contains(&secrets["MESOBAKE_OPERATOR_SECRET"]));
+        assert!(fx
+            .read("/etc/mesos/zk")
+            .contains(&secrets["MESOBAKE_ZK_SECRET"]));
+        assert!(run.started().contains(&"mesobake-zk-acl"));
+
+        // The next boot keeps them and says nothing about generating.
+        let again = fx.assert_run_changes_nothing(&Boot::default());
+        again.assert_ok();
+        assert!(!again.stderr.contains("secrets generated"), "{again:#?}");
+
+        // Another appliance gets other secrets.
+        let other = Fixture::new(&sh, Layout::Aventer, MASTER_SLAVE);
+        other.set_role_env("MESOBAKE_APPLIANCE_SECRETS=generate");
+        other.run().assert_ok();
+        let theirs = env_values(&other.read("/etc/mesobake/secrets.env"));
+        assert_ne!(
+            theirs["MESOBAKE_OPERATOR_SECRET"],
+            secrets["MESOBAKE_OPERATOR_SECRET"]
+        );
+
+        // A node given user-data (a cluster member, or `[security] auth = false`), an
+        // image baked without the key, and an agent-only role make none.
+        for (role, baked, node_env) in [
+            (MASTER_SLAVE, true, Some(THREE_MASTERS)),
+            (MASTER_SLAVE, false, None),
+            (
+                SLAVE_ONLY,
+                true,
+                Some("MESOBAKE_ZK=zk://10.0.0.11:2181/mesos\n"),
+            ),
+        ] {
+            let fx = Fixture::new(&sh, Layout::Aventer, role);
+            if baked {
+                fx.set_role_env("MESOBAKE_APPLIANCE_SECRETS=generate");
+            }
+            if let Some(env) = node_env {
+                fx.node_env(&format!("MESOBAKE_IP=10.0.0.11\n{env}"));
+            }
+            fx.run().assert_ok();
+            assert!(!fx.exists("/etc/mesobake/secrets.env"), "{}", role.name);
+        }
+    }
+}
+
+const ALL_PORTS: &str = "MESOBAKE_GUARDED_PORTS='2181 2888 3888 5050 8080 5051 31000-32000'";
+
+fn nft_calls(fx: &Fixture) -> Vec<String> {
+    fs::read_to_string(fx.work.join("nft.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_network_policy_guards_the_roles_ports_for_the_cluster_networks_only() {
+    assert!(
+        Path::new("/usr/sbin/nft").exists(),
+        "this test loads the rules into the real nft: apt-get install nftables"
+    );
+    for sh in shells() {
+        let fx = Fixture::new(&sh, Layout::Aventer, MASTER_SLAVE);
+        fx.set_role_env(ALL_PORTS);
+        fx.write("/sys/class/net/ens3/address", "52:54:00:AA:BB:CC\n");
+        fx.write("/sys/class/net/ens4/address", "52:54:00:11:22:33\n");
+        fx.node_env(
+            "MESOBAKE_CLUSTER_NETWORKS='10.77.0.0/24 192.168.56.0/24'\n\
+             MESOBAKE_TRUSTED_MACS='52:54:00:aa:bb:cc'\n",
+        );
+        let run = fx.run();
+        run.assert_ok();
+        let rules = fx.read("/etc/mesobake/firewall.nft");
+        for want in [
+            "elements = { 10.77.0.0/24, 192.168.56.0/24 }",
+            "meta l4proto { tcp, udp } th dport { 2181, 2888, 3888, 5050, 8080, 5051, 31000-32000 } jump guarded",
+            "iif \"lo\" accept",
+            "iifname { \"ens3\" } accept",
+            "ip saddr @cluster_networks accept",
+            "counter drop",
+        ] {
+            assert!(rules.contains(want), "{want:?} missing from:\n{rules}");
+        }
+        // Loaded (by the real nft, which accepted the file) before any service started.
+        assert_eq!(
+            nft_calls(&fx),
+            [format!(
+                "nft -f {}",
+                fx.guest("/etc/mesobake/firewall.nft").display()
+            )]
+        );
+        fx.assert_run_changes_nothing(&Boot::default()).assert_ok();
+
+        // No networks in the seed: the node's own networks; an unknown MAC is no
+        // interface (and no error: the NIC may be gone).
+        fx.node_env("MESOBAKE_TRUSTED_MACS='52:54:00:de:ad:00'\n");
+        let run = fx.boot(&Boot {
+            env: vec![("MESOBAKE_DETECT_NETWORKS", "10.0.2.0/24")],
+            ..Boot::default()
+        });
+        run.assert_ok();
+        let rules = fx.read("/etc/mesobake/firewall.nft");
+        assert!(rules.contains("elements = { 10.0.2.0/24 }"), "{rules}");
+        assert!(!rules.contains("iifname"), "{rules}");
+        assert!(
+            run.stderr.contains("no interface has 52:54:00:de:ad:00"),
+            "{run:#?}"
+        );
+
+        // Bad values are refused before anything is written.
+        for (env, reason) in [
+            (
+                "MESOBAKE_CLUSTER_NETWORKS='10.77.0.5/24'\n",
+                "'10.77.0.5/24' is not an IPv4 network",
+            ),
+            (
+                "MESOBAKE_CLUSTER_NETWORKS='10.77.0.0/33'\n",
+                "'10.77.0.0/33'",
+            ),
+            (
+                "MESOBAKE_TRUSTED_MACS='52-54-00-aa-bb-cc'\n",
+                "not a lower-case MAC",
+            ),
+            ("MESOBAKE_FIREWALL=maybe\n", "must be on or off"),
+        ] {
+            fx.node_env(env);
+            fx.assert_run_changes_nothing(&Boot::default())
+                .assert_failed(reason);
+        }
+
+        // Turned off: our table goes, and so does the file.
+        fx.node_env("MESOBAKE_FIREWALL=off\n");
+        let run = fx.run();
+        run.assert_ok();
+        assert!(!fx.exists("/etc/mesobake/firewall.nft"));
+        assert!(nft_calls(&fx)
+            .iter()
+            .any(|c| c == "nft delete table inet mesobake"));
+
+        // An image without nft cannot keep the promise: say so, start nothing.
+        fx.node_env("");
+        let run = fx.boot(&Boot {
+            env: vec![("MESOBAKE_NFT", "/nonexistent/nft")],
+            ..Boot::default()
+        });
+        run.assert_failed("nft not found");
+        assert!(run.started().is_empty(), "{run:#?}");
+    }
+}
+
+/// A throwaway ZooKeeper server (Debian's package) on 127.0.0.1, killed on drop.
+struct ZkServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ZkServer {
+    fn start() -> ZkServer {
+        let jar = "/usr/share/java/zookeeper.jar";
+        assert!(Path::new(jar).exists(), "{jar}: apt-get install zookeeper");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.path().join("zoo.cfg");
+        fs::write(
+            &cfg,
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=srvr\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("java")
+            .args([
+                "-cp",
+                jar,
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+            ])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let zk = ZkServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while zk.kazoo("print(len(zk.get_children('/')))").0 != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ZooKeeper did not start"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        zk
+    }
+
+    /// Runs a python3-kazoo snippet with `zk` connected (anonymous), plus `auth` for
+    /// a digest-authenticated client. Returns the exit code and stdout.
+    fn kazoo(&self, body: &str) -> (i32, String) {
+        let script = format!(
+            "import sys\nfrom kazoo.client import KazooClient\nfrom kazoo.exceptions import NoAuthError\n\
+             zk = KazooClient(hosts='127.0.0.1:{port}', timeout=5)\nzk.start(timeout=5)\n\
+             auth = KazooClient(hosts='127.0.0.1:{port}', timeout=5, auth_data=[('digest', 'mesobake:{ZK_SECRET}')])\n\
+             auth.start(timeout=5)\n{body}\n",
+            port = self.port
+        );
+        // Debian's python3 has python3-kazoo (a pyenv shim earlier on PATH may not).
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mesobake-configure zk-acl` against `server`, as the unit runs it.
+fn zk_acl(fx: &Fixture, server: &str, tries: &str) -> std::process::Output {
+    Command::new("sh")
+        .arg(SCRIPT)
+        .arg("zk-acl")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MESOBAKE_ROOT", &fx.root)
+        .env("MESOBAKE_ZK_ACL_SERVER", server)
+        .env("MESOBAKE_ZK_ACL_TRIES", tries)
+        .env("MESOBAKE_ZK_ACL_PAUSE", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn masters_make_the_mesos_and_marathon_znodes_digest_only() {
+    let zk = ZkServer::start();
+    let server = format!("127.0.0.1:{}", zk.port);
+    let fx = Fixture::new(&Shell(vec!["sh"]), Layout::Aventer, MASTER_SLAVE);
+    fx.secrets_env(&(master_secrets() + &zk_secrets()));
+    // Mesos may have been first: its group znodes are EVERYONE_READ_CREATOR_ALL
+    // (src/zookeeper/group.cpp), the base path included.
+    let (code, out) = zk.kazoo(
+        "from kazoo.security import ACL, Id, Permissions\n\
+         acl = [ACL(Permissions.READ, Id('world', 'anyone')), ACL(Permissions.ALL, Id('auth', ''))]\n\
+         auth.create('/mesos/json.info_0000000001', b'{}', acl=acl, makepath=True, ephemeral=False)\n\
+         print(zk.get_children('/mesos'))",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("json.info_0000000001"),
+        "world-readable before: {out}"
+    );
+
+    for _ in 0..2 {
+        let out = zk_acl(&fx, &server, "5");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("ZooKeeper /mesos and /marathon are digest-only (principal mesobake)"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(ZK_SECRET) && out.stdout.is_empty());
+        // Without the digest: neither listed nor read. With it: both, and Mesos's own
+        // znode is still there and still Mesos's.
+        let (code, out) = zk.kazoo(
+            "for call in (lambda: zk.get_children('/mesos'), lambda: zk.get('/mesos'),\n\
+             lambda: zk.get_children('/marathon'), lambda: zk.get('/marathon')):\n\
+             \ttry:\n\t\tcall(); print('READABLE')\n\texcept NoAuthError:\n\t\tprint('noauth')\n\
+             print(auth.get_children('/mesos'), auth.get_children('/marathon'))\n\
+             print(auth.get_acls('/mesos')[0])",
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out.matches("noauth").count(), 4, "{out}");
+        assert!(!out.contains("READABLE"), "{out}");
+        assert!(out.contains("['json.info_0000000001'] []"), "{out}");
+        assert!(
+            out.contains("scheme='digest', id='mesobake:"),
+            "one digest entry: {out}"
+        );
+        assert!(!out.contains("anyone"), "{out}");
+    }
+
+    // No ZooKeeper answering: it gives up after its tries and says so.
+    drop(zk);
+    let out = zk_acl(&fx, &server, "2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ZooKeeper ACLs NOT set"), "{stderr}");
 }

@@ -19,6 +19,8 @@ use crate::profile::{OverlayPolicy, Profile, Service};
 pub const CONFIGURATOR: &str = include_str!("firstboot/mesobake-configure");
 /// Its systemd unit.
 pub const CONFIGURATOR_UNIT: &str = include_str!("firstboot/mesobake-configure.service");
+/// The unit that makes /mesos and /marathon digest-only (started by the configurator).
+pub const ZK_ACL_UNIT: &str = include_str!("firstboot/mesobake-zk-acl.service");
 /// Its upstart job (Ubuntu 14.04).
 pub const CONFIGURATOR_JOB: &str = include_str!("firstboot/mesobake-configure.upstart.conf");
 /// Where the configurator lives in the image.
@@ -539,6 +541,18 @@ pub fn role_env(profile: &Profile, layout: &Layout) -> String {
         },
     );
     s += &kv("MESOBAKE_CLUSTER", &profile.cluster);
+    // The network policy guards exactly the ports of the services this role runs.
+    let guarded: Vec<&str> = crate::service::SERVICES
+        .iter()
+        .filter(|spec| profile.runs(spec.service))
+        .flat_map(|spec| spec.guarded.iter().copied())
+        .collect();
+    s += &kv("MESOBAKE_GUARDED_PORTS", &guarded.join(" "));
+    // A master booted without user-data is a stand-alone appliance: it makes its own
+    // secrets rather than run open (the configurator's generate_secrets).
+    if profile.runs(Service::Master) {
+        s += &kv("MESOBAKE_APPLIANCE_SECRETS", "generate");
+    }
     s
 }
 
@@ -751,6 +765,13 @@ fn apply_service_overrides(root: &ImageRoot, profile: &Profile, layout: &Layout)
                 0o644,
             )?;
             chroot(r, &["systemctl", "enable", "mesobake-configure.service"]).run()?;
+            if profile.runs(Service::Zookeeper) && profile.runs(Service::Master) {
+                root.write(
+                    "etc/systemd/system/mesobake-zk-acl.service",
+                    ZK_ACL_UNIT.as_bytes(),
+                    0o644,
+                )?;
+            }
             // Host keys are removed from the image. If cloud-init does not run (or is
             // too old to make them), sshd makes its own. Drop-in ExecStartPre lines are
             // appended after the unit's `sshd -t`, which fails without keys, so the list
@@ -827,6 +848,34 @@ mod tests {
         assert!(
             env.contains("MESOBAKE_AGENT_DIR='/etc/mesos-slave'\n"),
             "{env}"
+        );
+    }
+
+    #[test]
+    fn role_env_guards_the_roles_ports_and_lets_masters_make_their_own_secrets() {
+        let l = layout(Init::Systemd, "mesos-agent");
+        let agent = role_env(&profile(&[Service::Agent, Service::NodeExporter]), &l);
+        assert!(
+            agent.contains("MESOBAKE_GUARDED_PORTS='5051 31000-32000'\n"),
+            "{agent}"
+        );
+        assert!(!agent.contains("MESOBAKE_APPLIANCE_SECRETS"), "{agent}");
+        let all = role_env(
+            &profile(&[
+                Service::Zookeeper,
+                Service::Master,
+                Service::Marathon,
+                Service::Agent,
+            ]),
+            &l,
+        );
+        assert!(
+            all.contains("MESOBAKE_GUARDED_PORTS='2181 2888 3888 5050 8080 5051 31000-32000'\n"),
+            "{all}"
+        );
+        assert!(
+            all.contains("MESOBAKE_APPLIANCE_SECRETS='generate'\n"),
+            "{all}"
         );
     }
 
