@@ -22,6 +22,8 @@
 //! minute of CPU here, and the e2e tier already boots three agents with Docker.
 
 mod common;
+#[path = "e2e_lab/outside.rs"]
+mod outside;
 
 use common::*;
 use std::path::{Path, PathBuf};
