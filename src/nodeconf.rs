@@ -250,6 +250,20 @@ pub fn sh_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', r"'\''"))
 }
 
+/// A `zk://` URL without the `user:password@` Mesos and Marathon take: what may be shown
+/// (status tables, verify reports) and compared with the configurator's status line,
+/// which never carries credentials. Anything else is returned as it is.
+pub fn zk_without_credentials(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("zk://") else {
+        return url.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    match authority.rfind('@') {
+        Some(at) => format!("zk://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// The agent flag that keeps Mesos from needing the cgroup v1 systemd hierarchy.
 pub const SYSTEMD_SUPPORT_FLAG: &str = "systemd_enable_support";
 
@@ -258,6 +272,17 @@ mod tests {
     use super::*;
 
     const SCRIPT: &str = include_str!("stage/firstboot/mesobake-configure");
+
+    #[test]
+    fn zk_urls_are_shown_without_credentials() {
+        assert_eq!(
+            zk_without_credentials("zk://mesobake:S3cret@m1:2181,m2:2181/mesos"),
+            "zk://m1:2181,m2:2181/mesos"
+        );
+        for same in ["zk://m1:2181/mesos", "file:///etc/mesos/zk", "?"] {
+            assert_eq!(zk_without_credentials(same), same);
+        }
+    }
 
     /// The value of `NAME='…'` in the configurator script.
     fn script_list(name: &str) -> Vec<String> {

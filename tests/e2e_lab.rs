@@ -176,6 +176,8 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
     let leader = check_one_leader_with_the_agents(&rows);
     let run_dir = tmp.path().join(".mesobake-lab/e2e");
     check_authentication(&rows, &leader, &run_dir, &images);
+    check_zookeeper_acls(&rows, &run_dir);
+    check_network_policy(&rows, &leader, &run_dir);
 
     // Up again: nothing new starts.
     let before = qemu_under(&run_dir);
@@ -375,7 +377,6 @@ fn check_authentication(rows: &[serde_json::Value], leader: &str, run_dir: &Path
         info["frameworkId"].as_str().is_some_and(|f| !f.is_empty()),
         "Marathon registered as an authenticated framework: {info}"
     );
-    let _ = agent;
 
     // No secret in any image the nodes booted: the disks, decompressed, scanned whole.
     for img in ["master.qcow2", "slave-only.qcow2"] {
@@ -389,7 +390,7 @@ fn check_authentication(rows: &[serde_json::Value], leader: &str, run_dir: &Path
         assert!(st.success());
         let found = std::process::Command::new("grep")
             .args(["-c", "-a", "-F"])
-            .args(["-e", &secret_of("agent"), "-e", &marathon, "-e", &operator])
+            .args(["-e", &agent, "-e", &marathon, "-e", &operator])
             .arg(&raw)
             .output()
             .unwrap();
@@ -401,6 +402,124 @@ fn check_authentication(rows: &[serde_json::Value], leader: &str, run_dir: &Path
             String::from_utf8_lossy(&found.stdout)
         );
     }
+}
+
+/// ZooKeeper digest ACLs (issue 15): once a master's mesobake-zk-acl job reports it, a
+/// real ZooKeeper client (python3-kazoo) on the host, through a master's forwarded 2181,
+/// can neither list nor read /mesos and /marathon without the digest, and can with it.
+fn check_zookeeper_acls(rows: &[serde_json::Value], run_dir: &Path) {
+    let line = "ZooKeeper /mesos and /marathon are digest-only";
+    let t = Instant::now();
+    let masters: Vec<&serde_json::Value> = rows.iter().filter(|r| r["role"] == "master").collect();
+    while !masters.iter().any(|r| {
+        std::fs::read_to_string(run_dir.join(format!("{}.serial.log", r["name"].as_str().unwrap())))
+            .is_ok_and(|log| log.contains(line))
+    }) {
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "no master reported {line:?} within 600 s"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    eprintln!(
+        "e2e-lab: ZooKeeper ACLs set ({:.0} s after the authentication checks)",
+        t.elapsed().as_secs_f64()
+    );
+    let digest = std::fs::read_to_string(run_dir.join("secrets/zookeeper")).unwrap();
+    let digest = digest.trim();
+    assert!(
+        digest.starts_with("mesobake:"),
+        "secrets/zookeeper: one principal:secret line"
+    );
+    let port = masters[0]["ports"]["2181"].as_u64().unwrap();
+    let script = format!(
+        "from kazoo.client import KazooClient\n\
+         from kazoo.exceptions import NoAuthError\n\
+         anon = KazooClient(hosts='127.0.0.1:{port}', timeout=10)\n\
+         anon.start(timeout=30)\n\
+         for what, call in (('ls /mesos', lambda: anon.get_children('/mesos')),\n\
+                            ('get /mesos', lambda: anon.get('/mesos')),\n\
+                            ('ls /marathon', lambda: anon.get_children('/marathon')),\n\
+                            ('get /marathon', lambda: anon.get('/marathon'))):\n\
+         \ttry:\n\t\tcall()\n\t\tprint('READABLE', what)\n\
+         \texcept NoAuthError:\n\t\tprint('noauth', what)\n\
+         auth = KazooClient(hosts='127.0.0.1:{port}', timeout=10, auth_data=[('digest', '{digest}')])\n\
+         auth.start(timeout=30)\n\
+         print('mesos', sorted(auth.get_children('/mesos')))\n\
+         print('marathon', sorted(auth.get_children('/marathon')))\n"
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "e2e-lab: ZooKeeper as seen from the host:\n{}",
+        text.replace(&digest[9..], "<secret>")
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("noauth").count(), 4, "{text}");
+    assert!(!text.contains("READABLE"), "{text}");
+    assert!(
+        text.contains("json.info_"),
+        "the masters' election znodes, with the digest: {text}"
+    );
+}
+
+/// The baked nftables policy (issue 15): a host on the lab's segment (a network namespace
+/// bridged onto it) that is also the cluster's gateway, 10.77.0.1, reaches ZooKeeper from
+/// that inside address; from an address outside the cluster network, 10.99.0.5 (routed
+/// back through the gateway, so replies would arrive), SSH still answers while ZooKeeper,
+/// the master and the agent do not.
+fn check_network_policy(rows: &[serde_json::Value], leader: &str, run_dir: &Path) {
+    use outside::{OutsideHost, Reach};
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("state.json")).unwrap())
+            .unwrap();
+    let host = OutsideHost::join(
+        state["mcast"].as_str().unwrap(),
+        &["10.77.0.1/24", "10.99.0.5/24"],
+    )
+    .expect("a host on the lab segment");
+    let ip = |name: &str| {
+        rows.iter().find(|r| r["name"] == name).unwrap()["ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let master = ip(leader);
+    let agent = rows.iter().find(|r| r["role"] != "master").unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wait = Duration::from_secs(5);
+    let inside = host.connect("10.77.0.1", &master, 2181, wait);
+    assert_eq!(
+        inside,
+        Reach::Connected,
+        "ZooKeeper from the cluster network"
+    );
+    let ssh = host.connect("10.99.0.5", &master, 22, wait);
+    assert!(
+        matches!(ssh, Reach::Connected | Reach::Refused),
+        "SSH from outside must get an answer (the route back works): {ssh:?}"
+    );
+    for (what, ip, port) in [
+        ("ZooKeeper", &master, 2181),
+        ("the Mesos master", &master, 5050),
+        ("Marathon", &master, 8080),
+        ("the Mesos agent", &agent, 5051),
+    ] {
+        let r = host.connect("10.99.0.5", ip, port, wait);
+        assert_eq!(
+            r,
+            Reach::TimedOut,
+            "{what} ({ip}:{port}) from 10.99.0.5 must be dropped"
+        );
+    }
+    eprintln!("e2e-lab: network policy: inside {inside:?}, SSH from outside {ssh:?}, 2181/5050/8080/5051 from outside dropped");
 }
 
 /// Sends SIGKILL to a PID with kill(1): a crash, not a shutdown.

@@ -69,21 +69,21 @@ pub fn read_as(probe: Probe, port: u16, auth: Option<&Credential>) -> Result<Rea
             Ok(Reading {
                 detail: format!(
                     "zk={} quorum={} {role}",
-                    v.flags["zk"].as_str().unwrap_or("?"),
+                    crate::nodeconf::zk_without_credentials(v.flags["zk"].as_str().unwrap_or("?")),
                     v.flags["quorum"].as_str().unwrap_or("?")
                 ),
                 state: json!({
                     "leading": v.leading, "leader": v.leader, "pid": v.pid, "agents": agents,
                 }),
-                flags: Some(v.flags),
+                flags: Some(without_credentials(v.flags)),
             })
         }
         Probe::Marathon => {
             let info = http_json_as(port, "/v2/info", auth)?;
-            let master = info["marathon_config"]["master"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string();
+            // Marathon shows its --master as given, credentials included.
+            let master = crate::nodeconf::zk_without_credentials(
+                info["marathon_config"]["master"].as_str().unwrap_or("?"),
+            );
             Ok(Reading {
                 detail: format!("master={master}"),
                 flags: None,
@@ -105,10 +105,10 @@ pub fn read_as(probe: Probe, port: u16, auth: Option<&Credential>) -> Result<Rea
             Ok(Reading {
                 detail: format!(
                     "master={} {} {reg}",
-                    f["master"].as_str().unwrap_or("?"),
+                    crate::nodeconf::zk_without_credentials(f["master"].as_str().unwrap_or("?")),
                     st["hostname"].as_str().unwrap_or("?")
                 ),
-                flags: Some(f),
+                flags: Some(without_credentials(f)),
                 state: json!({
                     "id": st["id"], "hostname": st["hostname"], "master_hostname": st["master_hostname"],
                 }),
@@ -137,4 +137,17 @@ pub fn read_as(probe: Probe, port: u16, auth: Option<&Credential>) -> Result<Rea
             })
         }
     }
+}
+
+/// Mesos's /flags show `--zk` and `--master` as given: where the init wrapper passes the
+/// URL itself (Mesosphere's `ZK=$(cat /etc/mesos/zk)`), with ZooKeeper's credentials.
+/// Readings are printed and written as JSON, so those never stay in them.
+fn without_credentials(mut flags: Value) -> Value {
+    for key in ["zk", "master"] {
+        if let Some(url) = flags.get(key).and_then(Value::as_str) {
+            let shown = crate::nodeconf::zk_without_credentials(url);
+            flags[key] = Value::String(shown);
+        }
+    }
+    flags
 }
