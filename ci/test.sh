@@ -16,7 +16,10 @@
 #      a group with one agent with `mesobake lab up`, checks the ZooKeeper quorum, one
 #      elected Mesos master with the agent registered under a name from its address,
 #      checks authentication (on by default: refusals without credentials, acceptance
-#      with them, 0600 secrets, none in the images), then kills the leader's VM and
+#      with them, 0600 secrets, none in the images), ZooKeeper's /mesos and /marathon
+#      unreadable without the digest (a real client), the nftables policy (from a
+#      network namespace on the lab segment: ZooKeeper, master, Marathon and agent
+#      dropped from outside the cluster network, SSH not), then kills the leader's VM and
 #      checks that another master takes over with the agent re-registered, and that
 #      `lab down` leaves no QEMU.
 set -euo pipefail

@@ -15,7 +15,11 @@
 //! test reads the lab's secrets, checks the master's authentication flags, refusals
 //! without credentials (an agent, a framework, a read-write endpoint, Marathon's API)
 //! and acceptance with them, that host files holding secrets are 0600, and that no
-//! secret is in the images.
+//! secret is in the images. ZooKeeper: a real client on the host can neither list nor
+//! read /mesos and /marathon without the cluster's digest, and can with it. Network
+//! policy: a host bridged onto the lab's segment (tests/e2e_lab/outside.rs) reaches
+//! ZooKeeper from the cluster network, while from an address outside it only SSH answers
+//! and ZooKeeper, the master, Marathon and the agent are dropped.
 //!
 //! Four VMs share two cores under TCG, so the lab is kept to what only a lab shows. The
 //! agent runs the mesos containerizer alone: the Docker daemon costs each boot about a
@@ -294,6 +298,13 @@ fn check_authentication(rows: &[serde_json::Value], leader: &str, run_dir: &Path
         secret_of("marathon"),
         secret_of("operator"),
     );
+    // ZooKeeper's digest is not a Mesos credential: its own file, `principal:secret`.
+    let zookeeper = std::fs::read_to_string(secrets_dir.join("zookeeper")).unwrap();
+    let zookeeper = zookeeper
+        .trim()
+        .strip_prefix("mesobake:")
+        .expect("secrets/zookeeper is mesobake:<secret>")
+        .to_string();
     // Every host file that holds a secret is 0600.
     let mut carriers = Vec::new();
     let mut stack = vec![run_dir.to_path_buf()];
@@ -305,7 +316,7 @@ fn check_authentication(rows: &[serde_json::Value], leader: &str, run_dir: &Path
             } else if e.file_type().unwrap().is_file() {
                 let bytes = std::fs::read(&p).unwrap();
                 let text = String::from_utf8_lossy(&bytes);
-                if text.contains(&agent) || text.contains(&operator) {
+                if text.contains(&agent) || text.contains(&operator) || text.contains(&zookeeper) {
                     assert_eq!(mode(&p), 0o600, "{} holds a secret", p.display());
                     carriers.push(p);
                 }
@@ -390,7 +401,9 @@ fn check_authentication(rows: &[serde_json::Value], leader: &str, run_dir: &Path
         assert!(st.success());
         let found = std::process::Command::new("grep")
             .args(["-c", "-a", "-F"])
-            .args(["-e", &agent, "-e", &marathon, "-e", &operator])
+            .args([
+                "-e", &agent, "-e", &marathon, "-e", &operator, "-e", &zookeeper,
+            ])
             .arg(&raw)
             .output()
             .unwrap();
