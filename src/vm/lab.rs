@@ -270,7 +270,7 @@ pub fn secrets_dir(c: &Cluster) -> PathBuf {
 /// The operator credential of a running lab, for the probes: from its `secrets/` when
 /// there are any.
 pub fn operator(c: &Cluster) -> Result<Option<Credential>> {
-    Ok(Secrets::load(&secrets_dir(c))?.map(|s| s.operator))
+    Secrets::load_operator(&secrets_dir(c))
 }
 
 /// `lab up`: starts every VM that is not already running, then (with `wait`) waits for
