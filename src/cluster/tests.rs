@@ -373,3 +373,123 @@ fn auth_is_on_by_default_and_lab_seeds_carry_each_role_its_secrets() {
         lab[0].seed.secrets_env
     );
 }
+
+#[test]
+fn firewall_networks_are_the_cidr_and_allow_in_network_form() {
+    let c = parse(THREE_PLUS_ONE).unwrap();
+    assert!(c.firewall, "the firewall is the default");
+    let d = c.derive();
+    let env = c.node_seed(&d, &c.nodes[0], Target::NoCloud).node_env;
+    assert_eq!(env["MESOBAKE_CLUSTER_NETWORKS"], "10.77.0.0/24");
+    assert!(!env.contains_key("MESOBAKE_FIREWALL"));
+    assert!(
+        !env.contains_key("MESOBAKE_TRUSTED_MACS"),
+        "only the lab trusts a NIC"
+    );
+
+    let text = format!(
+        "{THREE_PLUS_ONE}\n[security]\nallow = [\"192.168.9.0/24\", \"10.77.0.0/24\", \"192.168.9.0/24\", \"172.16.0.0/12\", \"172.16.4.0/24\"]\n"
+    );
+    let c = parse(&text).unwrap();
+    let d = c.derive();
+    let want = "10.77.0.0/24 192.168.9.0/24 172.16.0.0/12";
+    for seed in [
+        c.node_seed(&d, &c.nodes[0], Target::NoCloud),
+        c.node_seed(&d, &c.nodes[3], Target::Ec2),
+        c.group_seed(&d, &c.groups[0]),
+    ] {
+        assert_eq!(seed.node_env["MESOBAKE_CLUSTER_NETWORKS"], want);
+        assert!(seed
+            .node_env_text()
+            .contains(&format!("MESOBAKE_CLUSTER_NETWORKS='{want}'\n")));
+    }
+    // A wider allowed network holds the cluster's: the list stays disjoint.
+    let c = parse(&format!(
+        "{THREE_PLUS_ONE}\n[security]\nallow = [\"10.0.0.0/8\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cluster_networks().unwrap(), "10.0.0.0/8");
+    // A cidr written with host bits is given in network form.
+    let c = parse(&THREE_PLUS_ONE.replace("cidr = \"10.77.0.0/24\"", "cidr = \"10.77.0.1/24\""))
+        .unwrap();
+    assert_eq!(c.cluster_networks().unwrap(), "10.77.0.0/24");
+}
+
+#[test]
+fn firewall_off_and_dhcp_networks() {
+    let c = parse(&format!(
+        "{THREE_PLUS_ONE}\n[security]\nfirewall = false\nallow = [\"192.168.9.0/24\"]\n"
+    ))
+    .unwrap();
+    assert!(!c.firewall);
+    assert!(
+        c.warnings.iter().any(|w| w.contains("firewall = false")
+            && w.contains("every address")
+            && w.contains("allow has no effect")),
+        "{:?}",
+        c.warnings
+    );
+    let d = c.derive();
+    for seed in [
+        c.node_seed(&d, &c.nodes[0], Target::NoCloud),
+        c.group_seed(&d, &c.groups[0]),
+    ] {
+        assert_eq!(seed.node_env["MESOBAKE_FIREWALL"], "off");
+        assert!(!seed.node_env.contains_key("MESOBAKE_CLUSTER_NETWORKS"));
+    }
+    // DHCP without allow: no key (the configurator admits the node's own subnets).
+    let dhcp =
+        "name = \"x\"\n[network]\ndhcp = true\n[[node]]\nname = \"a\"\nrole = \"master-slave\"\n";
+    let c = parse(dhcp).unwrap();
+    assert!(c.warnings.is_empty());
+    let d = c.derive();
+    let env = c.node_seed(&d, &c.nodes[0], Target::Ec2).node_env;
+    assert!(!env.contains_key("MESOBAKE_CLUSTER_NETWORKS"), "{env:?}");
+    assert!(!env.contains_key("MESOBAKE_FIREWALL"));
+    // DHCP with allow: exactly those.
+    let c = parse(&format!(
+        "{dhcp}[security]\nallow = [\"172.31.0.0/16\", \"192.168.9.0/24\"]\n"
+    ))
+    .unwrap();
+    let d = c.derive();
+    assert_eq!(
+        c.node_seed(&d, &c.nodes[0], Target::Ec2).node_env["MESOBAKE_CLUSTER_NETWORKS"],
+        "172.31.0.0/16 192.168.9.0/24"
+    );
+}
+
+#[test]
+fn bad_allow_entries_name_file_line_and_key() {
+    for (entry, want) in [
+        (
+            "192.168.9.1/24",
+            "has host bits set: the network is \"192.168.9.0/24\"",
+        ),
+        (
+            "192.168.9.7",
+            "is not an IPv4 CIDR like 192.168.9.0/24 (one address is 192.168.9.7/32)",
+        ),
+        ("192.168.9.0/33", "is not an IPv4 CIDR"),
+        ("192.168.9.0/+24", "is not an IPv4 CIDR"),
+        ("example.com/24", "is not an IPv4 CIDR"),
+        ("0.0.0.0/0", "admits every address"),
+    ] {
+        let text = format!(
+            "{THREE_PLUS_ONE}\n[security]\nallow = [\n  \"10.1.0.0/16\",\n  \"{entry}\",\n]\n"
+        );
+        let line = text.lines().position(|l| l.contains(entry)).unwrap() + 1;
+        let e = err(&text);
+        assert!(
+            e.contains(&format!(
+                "cluster.toml:{line}: [security] key \"allow\": \"{entry}\" {want}"
+            )),
+            "{entry}: {e}"
+        );
+    }
+    let e = err(&format!(
+        "{THREE_PLUS_ONE}\n[security]\nallow = \"10.0.0.0/8\"\n"
+    ));
+    assert!(e.contains("allow"), "{e}");
+    let e = err(&format!("{THREE_PLUS_ONE}\n[security]\nfirewal = false\n"));
+    assert!(e.contains("firewal"), "{e}");
+}
