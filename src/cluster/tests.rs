@@ -123,7 +123,22 @@ fn group_seed_has_no_address_or_name_and_lab_instances_share_it() {
         .collect();
     assert_eq!(w.len(), 2);
     assert_eq!(w[0].seed.user_data(), w[1].seed.user_data());
-    assert_eq!(w[0].seed.user_data(), g.user_data());
+    // The group's user-data, plus the lab's management NIC for the firewall to trust.
+    let mut lab_env = w[0].seed.node_env.clone();
+    let trusted = lab_env.remove("MESOBAKE_TRUSTED_MACS").unwrap();
+    assert_eq!(lab_env, g.node_env);
+    assert_eq!(w[0].seed.secrets_env, g.secrets_env);
+    assert_eq!(w[0].seed.ssh_keys, g.ssh_keys);
+    assert!(
+        trusted.starts_with("52:54:00:") && trusted.len() == 17,
+        "{trusted}"
+    );
+    assert_eq!(trusted, trusted.to_ascii_lowercase());
+    assert!(lab
+        .iter()
+        .all(|m| m.seed.node_env["MESOBAKE_TRUSTED_MACS"] == trusted));
+    assert!(lab.iter().all(|m| m.mac != trusted));
+    assert_ne!(w[0].seed.instance_id, w[1].seed.instance_id);
     assert_ne!(w[0].ip, w[1].ip);
     assert_ne!(w[0].mac, w[1].mac);
     assert_eq!(w[0].ip.to_string(), "10.77.0.254");
@@ -356,6 +371,8 @@ fn auth_is_on_by_default_and_lab_seeds_carry_each_role_its_secrets() {
         let env = &m.seed.secrets_env;
         assert_eq!(env["MESOBAKE_AGENT_SECRET"], s.agent.secret, "{}", m.name);
         assert_eq!(env["MESOBAKE_OPERATOR_SECRET"], s.operator.secret);
+        assert_eq!(env["MESOBAKE_ZK_PRINCIPAL"], "mesobake");
+        assert_eq!(env["MESOBAKE_ZK_SECRET"], s.zookeeper.secret);
         let master = m.role == "master";
         assert_eq!(
             env.contains_key("MESOBAKE_MARATHON_SECRET"),
@@ -363,7 +380,9 @@ fn auth_is_on_by_default_and_lab_seeds_carry_each_role_its_secrets() {
             "{}",
             m.name
         );
-        assert!(!m.seed.node_env_text().contains(&s.agent.secret));
+        for c in s.all() {
+            assert!(!m.seed.node_env_text().contains(&c.secret));
+        }
         assert!(m.seed.user_data().contains("/etc/mesobake/secrets.env"));
     }
     // The same code makes `mesobake seed`'s seeds: the same secrets.env.
@@ -492,4 +511,37 @@ fn bad_allow_entries_name_file_line_and_key() {
     assert!(e.contains("allow"), "{e}");
     let e = err(&format!("{THREE_PLUS_ONE}\n[security]\nfirewal = false\n"));
     assert!(e.contains("firewal"), "{e}");
+}
+
+#[test]
+fn lab_trusts_its_management_nic_only_with_the_firewall_on() {
+    let c = parse(THREE_PLUS_ONE).unwrap();
+    assert!(c
+        .lab_members()
+        .unwrap()
+        .iter()
+        .all(|m| m.seed.node_env.contains_key("MESOBAKE_TRUSTED_MACS")));
+    let c = parse(&format!("{THREE_PLUS_ONE}\n[security]\nfirewall = false\n")).unwrap();
+    assert!(c
+        .lab_members()
+        .unwrap()
+        .iter()
+        .all(|m| !m.seed.node_env.contains_key("MESOBAKE_TRUSTED_MACS")));
+    // `seed` never writes it: it is the lab's own NIC.
+    let d = c.derive();
+    assert!(!c
+        .group_seed(&d, &c.groups[0])
+        .node_env
+        .contains_key("MESOBAKE_TRUSTED_MACS"));
+    // A node whose cluster NIC would have the management NIC's MAC is refused.
+    let mgmt = crate::vm::lab::mgmt_mac("lab");
+    let text = THREE_PLUS_ONE.replace(
+        "ip = \"10.77.0.21\"",
+        &format!("ip = \"10.77.0.21\"\nmac = \"{mgmt}\""),
+    );
+    let e = format!("{:#}", parse(&text).unwrap().lab_members().unwrap_err());
+    assert!(
+        e.contains("a1's MAC") && e.contains("management NIC"),
+        "{e}"
+    );
 }
