@@ -534,7 +534,10 @@ fn lab_trusts_its_management_nic_only_with_the_firewall_on() {
         .node_env
         .contains_key("MESOBAKE_TRUSTED_MACS"));
     // A node whose cluster NIC would have the management NIC's MAC is refused.
-    let mgmt = crate::vm::lab::mgmt_mac("lab");
+    let mgmt = parse(THREE_PLUS_ONE).unwrap().lab_members().unwrap()[0]
+        .seed
+        .node_env["MESOBAKE_TRUSTED_MACS"]
+        .clone();
     let text = THREE_PLUS_ONE.replace(
         "ip = \"10.77.0.21\"",
         &format!("ip = \"10.77.0.21\"\nmac = \"{mgmt}\""),

@@ -257,39 +257,17 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     );
     match line.as_ref().ok().and_then(|l| parse_configured(l)) {
         Some(c) => {
-            report.boot_to_configured_s = Some(started.elapsed().as_secs_f64());
-            // The console is no place for a secret: a ZooKeeper URL there must not carry
-            // its credential (shown here without it).
-            let leaked = zk_userinfo(&c.zk).is_some();
-            report.checks.push(Check {
-                name: "first boot".into(),
-                ok: !leaked,
-                detail: format!(
-                    "configured role={} ip={} zk={} in {:.0} s{}",
-                    c.role,
-                    c.ip,
-                    zk_without_userinfo(&c.zk),
-                    started.elapsed().as_secs_f64(),
-                    if leaked {
-                        "; but the configured line shows the ZooKeeper URL with its credential"
-                    } else {
-                        ""
-                    }
-                ),
-            });
-            let serial = spec.serial_log.clone();
-            let generated = move || saw_secrets_generated(&serial);
-            let ctx = CheckCtx {
-                no_seed,
-                generated: &generated,
-            };
+            let secs = started.elapsed().as_secs_f64();
+            report.boot_to_configured_s = Some(secs);
+            report.checks.push(first_boot(&c, secs));
+            let own_secrets_log = no_seed.then_some(spec.serial_log.as_path());
             run_checks(
                 &mut report,
                 &services,
                 &c,
                 host_port,
                 opts.service_timeout,
-                &ctx,
+                own_secrets_log,
             );
         }
         None => report.checks.push(Check {
@@ -317,21 +295,37 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     Ok(report)
 }
 
-/// What the checks need to know of the boot beyond the configured line.
-struct CheckCtx<'a> {
-    /// verify gave the VM no seed (a role with ZooKeeper, booted as an appliance).
-    no_seed: bool,
-    /// Whether the console now shows [`SECRETS_GENERATED_LINE`].
-    generated: &'a dyn Fn() -> bool,
+/// The first-boot check: the configured line came. The console is no place for a
+/// secret, so a ZooKeeper URL there with its credential fails (shown here without it).
+fn first_boot(c: &Configured, secs: f64) -> Check {
+    let leaked = zk_userinfo(&c.zk).is_some();
+    Check {
+        name: "first boot".into(),
+        ok: !leaked,
+        detail: format!(
+            "configured role={} ip={} zk={} in {secs:.0} s{}",
+            c.role,
+            c.ip,
+            zk_without_userinfo(&c.zk),
+            if leaked {
+                "; but the configured line shows the ZooKeeper URL with its credential"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
+/// The Mesos, Marathon, ZooKeeper and exporter checks. `own_secrets_log`: the serial log,
+/// when verify gave the VM no seed (a role with ZooKeeper, booted as an appliance that
+/// may generate its own secrets; see [`marathon_unauthorized`]).
 fn run_checks(
     report: &mut Report,
     services: &[Service],
     c: &Configured,
     port: impl Fn(u16) -> u16,
     timeout: Duration,
-    ctx: &CheckCtx,
+    own_secrets_log: Option<&Path>,
 ) {
     let zk_hosts =
         c.zk.trim_start_matches("zk://")
@@ -355,7 +349,9 @@ fn run_checks(
             let r = retry(timeout, || {
                 if svc == Service::Marathon {
                     let (status, _) = http_get(p, "/v2/info")?;
-                    if let Some(v) = marathon_unauthorized(&status, ctx.no_seed, (ctx.generated)())
+                    let generated = own_secrets_log.is_some_and(saw_secrets_generated);
+                    if let Some(v) =
+                        marathon_unauthorized(&status, own_secrets_log.is_some(), generated)
                     {
                         return Ok(v);
                     }
@@ -772,6 +768,14 @@ mod tests {
 
     #[test]
     fn zookeeper_credentials_are_never_shown_and_compare_without() {
+        let c = |zk: &str| Configured {
+            role: "master".into(),
+            ip: "10.0.2.15".into(),
+            zk: zk.into(),
+        };
+        assert!(first_boot(&c("zk://10.0.2.15:2181/mesos"), 40.0).ok);
+        let leak = first_boot(&c("zk://mesobake:Abc123@10.0.2.15:2181/mesos"), 40.0);
+        assert!(!leak.ok && !leak.detail.contains("Abc123"), "{leak:?}");
         let url = "zk://mesobake:Abc123@m1:2181,m2:2181/mesos";
         assert_eq!(zk_userinfo(url), Some("mesobake:Abc123"));
         assert_eq!(zk_without_userinfo(url), "zk://m1:2181,m2:2181/mesos");
