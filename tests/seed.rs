@@ -323,25 +323,37 @@ fn secrets_are_made_once_kept_private_and_given_only_to_the_nodes_that_use_them(
     let err = seed(&topo, &out, &[]);
     assert!(err.contains("secrets generated"), "{err}");
 
-    // secrets/: private, Mesos's JSON form plus the operator's curl -u line.
+    // secrets/: private, Mesos's JSON form plus the operator's curl -u line and the
+    // ZooKeeper digest credential for zkCli's `addauth digest`.
     assert_eq!(mode(&out.join("secrets")), 0o700);
-    assert_eq!(mode(&out.join("secrets/credentials.json")), 0o600);
-    assert_eq!(mode(&out.join("secrets/operator")), 0o600);
+    for f in ["credentials.json", "operator", "zookeeper"] {
+        assert_eq!(mode(&out.join("secrets").join(f)), 0o600, "{f}");
+    }
     let v = secrets_json(&out);
     let (agent, marathon, operator) = (
         secret_of(&v, "agent"),
         secret_of(&v, "marathon"),
         secret_of(&v, "operator"),
     );
-    for s in [&agent, &marathon, &operator] {
+    let zk = zk_secret(&out);
+    for s in [&agent, &marathon, &operator, &zk] {
         assert_eq!(s.len(), 32);
         assert!(s.bytes().all(|b| b.is_ascii_alphanumeric()), "{s}");
     }
-    assert!(agent != marathon && marathon != operator && agent != operator);
+    let all = std::collections::BTreeSet::from([&agent, &marathon, &operator, &zk]);
+    assert_eq!(all.len(), 4, "four different secrets");
     assert_eq!(
         fs::read_to_string(out.join("secrets/operator")).unwrap(),
         format!("operator:{operator}\n")
     );
+    // credentials.json is Mesos's --credentials file: Mesos principals only.
+    let principals: Vec<&str> = v["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["principal"].as_str().unwrap())
+        .collect();
+    assert_eq!(principals, ["agent", "marathon", "operator"]);
 
     for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
         // Every file that carries a secret is private on the host.
@@ -357,7 +369,7 @@ fn secrets_are_made_once_kept_private_and_given_only_to_the_nodes_that_use_them(
             let files = write_files(&ud);
             let (perms, node_env) = &files["/etc/mesobake/node.env"];
             assert_eq!(perms, "'0644'");
-            for s in [&agent, &marathon, &operator] {
+            for s in [&agent, &marathon, &operator, &zk] {
                 assert!(!node_env.contains(s.as_str()), "{f}: node.env has a secret");
             }
             let (perms, secrets) = &files["/etc/mesobake/secrets.env"];
@@ -369,6 +381,15 @@ fn secrets_are_made_once_kept_private_and_given_only_to_the_nodes_that_use_them(
             assert!(secrets.contains(&format!("MESOBAKE_AGENT_SECRET='{agent}'\n")));
             assert!(secrets.contains(&format!("MESOBAKE_OPERATOR_SECRET='{operator}'\n")));
             assert!(secrets.contains("MESOBAKE_OPERATOR_PRINCIPAL='operator'\n"));
+            // Every node here runs a Mesos master or agent: each connects to ZooKeeper.
+            assert!(
+                secrets.contains("MESOBAKE_ZK_PRINCIPAL='mesobake'\n"),
+                "{f}"
+            );
+            assert!(
+                secrets.contains(&format!("MESOBAKE_ZK_SECRET='{zk}'\n")),
+                "{f}"
+            );
             // Marathon's secret only where Marathon and the masters run.
             let master = n.starts_with('m');
             assert_eq!(
@@ -400,10 +421,120 @@ fn secrets_are_made_once_kept_private_and_given_only_to_the_nodes_that_use_them(
     for p in ["agent", "marathon", "operator"] {
         assert_ne!(secret_of(&v2, p), secret_of(&v, p), "{p}");
     }
+    assert_ne!(
+        zk_secret(&out),
+        zk,
+        "--rotate renews the ZooKeeper credential too"
+    );
     let ud2 = fs::read_to_string(out.join("a1/user-data")).unwrap();
     assert!(!ud2.contains(&agent) && ud2.contains(&secret_of(&v2, "agent")));
     assert_ne!(fs::read_to_string(out.join("a1/meta-data")).unwrap(), meta1);
     assert_eq!(mode(&out.join("secrets/credentials.json")), 0o600);
+    assert_eq!(mode(&out.join("secrets/zookeeper")), 0o600);
+
+    // secrets/ from before the ZooKeeper credential: its three are kept, a fourth is made
+    // and said so, and the seeds carry it.
+    fs::remove_file(out.join("secrets/zookeeper")).unwrap();
+    let err = seed(&topo, &out, &[]);
+    assert!(
+        err.contains("has no ZooKeeper credential") && err.contains("kept the other three"),
+        "{err}"
+    );
+    assert_eq!(secrets_json(&out), v2);
+    assert_eq!(mode(&out.join("secrets/zookeeper")), 0o600);
+    let zk3 = zk_secret(&out);
+    let ud3 = fs::read_to_string(out.join("m1/user-data")).unwrap();
+    assert!(
+        ud3.contains(&format!("MESOBAKE_ZK_SECRET='{zk3}'")),
+        "{ud3}"
+    );
+    assert!(ud3.contains(&secret_of(&v2, "agent")));
+}
+
+/// The secret of `secrets/zookeeper`, checking its one-line `mesobake:<secret>` form.
+fn zk_secret(out: &Path) -> String {
+    let line = fs::read_to_string(out.join("secrets/zookeeper")).unwrap();
+    let s = line
+        .strip_prefix("mesobake:")
+        .and_then(|s| s.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("secrets/zookeeper: {line:?}"));
+    assert!(!s.contains(['\n', ':']), "{line:?}");
+    s.to_string()
+}
+
+#[test]
+fn node_env_carries_the_firewall_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(
+        &topo,
+        format!("{CLUSTER}\n[security]\nallow = [\"192.168.9.0/24\", \"10.20.0.0/24\"]\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("seeds");
+    seed(&topo, &out, &[]);
+    let mut uds = Vec::new();
+    for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
+        for f in [format!("{n}.user-data"), format!("{n}/user-data")] {
+            let ud = fs::read_to_string(out.join(&f)).unwrap();
+            let (_, node_env) = &write_files(&ud)["/etc/mesobake/node.env"];
+            assert!(
+                node_env.contains("MESOBAKE_CLUSTER_NETWORKS='10.20.0.0/24 192.168.9.0/24'\n"),
+                "{f}: {node_env}"
+            );
+            assert!(!node_env.contains("MESOBAKE_FIREWALL"), "{f}");
+            assert!(
+                !node_env.contains("MESOBAKE_TRUSTED_MACS"),
+                "{f}: only the lab"
+            );
+            uds.push(out.join(f));
+        }
+    }
+    if cloud_init_available() {
+        let refs: Vec<&Path> = uds.iter().map(|p| p.as_path()).collect();
+        let text = schema("user-data", &refs);
+        assert_eq!(
+            text.matches("Valid cloud-config").count(),
+            uds.len(),
+            "{text}"
+        );
+    }
+
+    // firewall = false: said loudly, and the nodes are told.
+    fs::write(&topo, format!("{CLUSTER}\n[security]\nfirewall = false\n")).unwrap();
+    let err = seed(&topo, &out, &[]);
+    assert!(
+        err.contains("warning") && err.contains("firewall = false"),
+        "{err}"
+    );
+    let ud = fs::read_to_string(out.join("a1/user-data")).unwrap();
+    let (_, node_env) = &write_files(&ud)["/etc/mesobake/node.env"];
+    assert!(node_env.contains("MESOBAKE_FIREWALL='off'\n"), "{node_env}");
+    assert!(
+        !node_env.contains("MESOBAKE_CLUSTER_NETWORKS"),
+        "{node_env}"
+    );
+
+    // A network with host bits: refused with file, line and the fixed form; no seeds.
+    let out2 = dir.path().join("seeds2");
+    let text = format!("{CLUSTER}\n[security]\nallow = [\"192.168.9.1/24\"]\n");
+    let line = text.lines().count();
+    fs::write(&topo, text).unwrap();
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!(
+            "cluster.toml:{line}: [security] key \"allow\": \"192.168.9.1/24\" has host bits set: the network is \"192.168.9.0/24\""
+        )),
+        "{err}"
+    );
+    assert!(!out2.exists());
 }
 
 #[test]

@@ -106,7 +106,25 @@ pub(crate) fn prefix_mask(len: u8) -> u32 {
         .unwrap_or(0)
 }
 
+/// `a.b.c.d/len` with a prefix length from 0 to 32.
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    if l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((
+        a.parse::<Ipv4Addr>().ok()?,
+        l.parse::<u8>().ok().filter(|l| *l <= 32)?,
+    ))
+}
+
 impl Network {
+    /// The cidr in network form (host bits cleared), if the network is static.
+    pub fn cidr_net(&self) -> Option<(Ipv4Addr, u8)> {
+        let (ip, len) = self.cidr?;
+        Some((Ipv4Addr::from(u32::from(ip) & prefix_mask(len)), len))
+    }
+
     /// Whether `ip` lies in the CIDR.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         match self.cidr {
@@ -140,6 +158,12 @@ pub struct Cluster {
     pub warnings: Vec<String>,
     /// Whether nodes authenticate (`[security] auth`, default true).
     pub auth: bool,
+    /// Whether nodes filter the cluster's ports with nftables (`[security] firewall`,
+    /// default true).
+    pub firewall: bool,
+    /// `[security] allow`: networks admitted besides `[network] cidr`, in file order,
+    /// each in network form (host bits clear), without duplicates.
+    pub allow: Vec<(Ipv4Addr, u8)>,
     /// The cluster's secrets, which the seeds carry: `mesobake seed` and `lab` set them
     /// from their `secrets/` when `auth` is on. None gives seeds without authentication.
     pub secrets: Option<Secrets>,
@@ -428,13 +452,7 @@ impl Ctx<'_> {
     /// `cidr = "10.0.0.0/24"`: an address and a prefix length from 0 to 32.
     fn cidr(&self, c: &toml::Spanned<String>) -> Result<(Ipv4Addr, u8)> {
         let s = c.get_ref();
-        let parsed = s.split_once('/').and_then(|(a, l)| {
-            Some((
-                a.parse::<Ipv4Addr>().ok()?,
-                l.parse::<u8>().ok().filter(|l| *l <= 32)?,
-            ))
-        });
-        parsed.ok_or_else(|| {
+        parse_cidr(s).ok_or_else(|| {
             self.err(
                 c.span(),
                 "[network] ",
@@ -442,6 +460,40 @@ impl Ctx<'_> {
                 format!("{s:?} is not an IPv4 CIDR like 10.0.0.0/24"),
             )
         })
+    }
+
+    /// `[security] allow`: IPv4 CIDRs in network form (host bits clear), not `/0`; the
+    /// duplicates, and those equal to the cluster network, dropped.
+    fn allow(&self, sec: &SecurityFile, network: &Network) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut out: Vec<(Ipv4Addr, u8)> = Vec::new();
+        for a in sec.allow.iter().flatten() {
+            let s = a.get_ref();
+            let err = |m: String| self.err(a.span(), "[security] ", "allow", m);
+            let Some((ip, len)) = parse_cidr(s) else {
+                let hint = match s.parse::<Ipv4Addr>() {
+                    Ok(ip) => format!(" (one address is {ip}/32)"),
+                    Err(_) => String::new(),
+                };
+                return Err(err(format!(
+                    "{s:?} is not an IPv4 CIDR like 192.168.9.0/24{hint}"
+                )));
+            };
+            let net = Ipv4Addr::from(u32::from(ip) & prefix_mask(len));
+            if net != ip {
+                return Err(err(format!(
+                    "{s:?} has host bits set: the network is \"{net}/{len}\""
+                )));
+            }
+            if len == 0 {
+                return Err(err(format!(
+                    "{s:?} admits every address: to leave the ports open to all, set firewall = false"
+                )));
+            }
+            if Some((net, len)) != network.cidr_net() && !out.contains(&(net, len)) {
+                out.push((net, len));
+            }
+        }
+        Ok(out)
     }
 
     /// `ssh-keys`: one OpenSSH public key line each.
@@ -743,11 +795,21 @@ impl Cluster {
             return Err(ctx.err(f.name.span(), "", "name", format!("{name:?} must be letters, digits and '-' (it names VMs, instance ids and the lab's run dir)")));
         }
         let network = ctx.network(&f.network)?;
+        let security = f.security.unwrap_or_default();
+        let allow = ctx.allow(&security, &network)?;
         ctx.ssh_keys(&f.ssh_keys)?;
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         let nodes = ctx.nodes(&f.nodes, &name, &network, profiles, &mut names)?;
-        let warnings = ctx.masters(&nodes)?;
+        let mut warnings = ctx.masters(&nodes)?;
         let groups = ctx.groups(&f.groups, profiles, &mut names)?;
+        let firewall = security.firewall.unwrap_or(true);
+        if !firewall {
+            warnings.push(format!(
+                "{}: [security] firewall = false: the nodes filter nothing, so ZooKeeper, the Mesos masters and agents, Marathon and the task ports answer every address that reaches them{}",
+                path.display(),
+                if allow.is_empty() { "" } else { " ([security] allow has no effect)" }
+            ));
+        }
         Ok(Cluster {
             name,
             path: path.to_owned(),
@@ -757,7 +819,9 @@ impl Cluster {
             groups,
             lab: f.lab.unwrap_or_default(),
             warnings,
-            auth: f.security.and_then(|s| s.auth).unwrap_or(true),
+            auth: security.auth.unwrap_or(true),
+            firewall,
+            allow,
             secrets: None,
         })
     }
@@ -802,9 +866,44 @@ impl Cluster {
         }
     }
 
+    /// `MESOBAKE_CLUSTER_NETWORKS`: the networks the nodes' firewall admits to the
+    /// cluster's ports, space-separated in network form: `[network] cidr`, then every
+    /// `[security] allow` entry. None for a DHCP cluster without `allow` (the configurator
+    /// then admits the node's own connected subnets).
+    /// A network inside another one on the list is left out, so the list is disjoint
+    /// (nftables refuses overlapping intervals in a set).
+    pub fn cluster_networks(&self) -> Option<String> {
+        let all: Vec<(Ipv4Addr, u8)> = self
+            .network
+            .cidr_net()
+            .into_iter()
+            .chain(self.allow.iter().copied())
+            .collect();
+        // Whether network `a` holds all of `b`.
+        let holds = |(an, al): (Ipv4Addr, u8), (bn, bl): (Ipv4Addr, u8)| {
+            al <= bl && u32::from(bn) & prefix_mask(al) == u32::from(an)
+        };
+        let nets: Vec<String> = all
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| {
+                !all.iter()
+                    .enumerate()
+                    .any(|(j, &a)| j != i && holds(a, b) && (a != b || j < i))
+            })
+            .map(|(_, (ip, len))| format!("{ip}/{len}"))
+            .collect();
+        (!nets.is_empty()).then(|| nets.join(" "))
+    }
+
     fn common_env(&self, d: &Derived, e: &Extras) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         env.insert("MESOBAKE_CLUSTER".into(), self.name.clone());
+        if !self.firewall {
+            env.insert("MESOBAKE_FIREWALL".into(), "off".into());
+        } else if let Some(nets) = self.cluster_networks() {
+            env.insert("MESOBAKE_CLUSTER_NETWORKS".into(), nets);
+        }
         env.insert("MESOBAKE_ZK".into(), d.zk_url.clone());
         if !d.hosts.is_empty() {
             env.insert("MESOBAKE_HOSTS".into(), d.hosts.clone());

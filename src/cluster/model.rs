@@ -24,7 +24,7 @@ pub struct ClusterFile {
     pub groups: Vec<GroupFile>,
     /// `mesobake lab` VM sizing.
     pub lab: Option<LabFile>,
-    /// Authentication (on unless `[security] auth = false`).
+    /// Authentication and the nodes' firewall (`[security]`).
     pub security: Option<SecurityFile>,
 }
 
@@ -35,6 +35,12 @@ pub struct SecurityFile {
     /// Mesos and Marathon authentication with generated secrets (default true). `false`
     /// gives seeds without secrets: every node runs unauthenticated, as before.
     pub auth: Option<bool>,
+    /// The nodes' nftables policy (default true): ZooKeeper, Mesos, Marathon and the task
+    /// ports accept only the cluster networks. `false` leaves them open to everyone.
+    pub firewall: Option<bool>,
+    /// Networks admitted besides `[network] cidr` (an admin network, a VPC), as IPv4
+    /// CIDRs in network form, e.g. "192.168.9.0/24".
+    pub allow: Option<Vec<Spanned<String>>>,
 }
 
 /// `[network]`

@@ -123,7 +123,22 @@ fn group_seed_has_no_address_or_name_and_lab_instances_share_it() {
         .collect();
     assert_eq!(w.len(), 2);
     assert_eq!(w[0].seed.user_data(), w[1].seed.user_data());
-    assert_eq!(w[0].seed.user_data(), g.user_data());
+    // The group's user-data, plus the lab's management NIC for the firewall to trust.
+    let mut lab_env = w[0].seed.node_env.clone();
+    let trusted = lab_env.remove("MESOBAKE_TRUSTED_MACS").unwrap();
+    assert_eq!(lab_env, g.node_env);
+    assert_eq!(w[0].seed.secrets_env, g.secrets_env);
+    assert_eq!(w[0].seed.ssh_keys, g.ssh_keys);
+    assert!(
+        trusted.starts_with("52:54:00:") && trusted.len() == 17,
+        "{trusted}"
+    );
+    assert_eq!(trusted, trusted.to_ascii_lowercase());
+    assert!(lab
+        .iter()
+        .all(|m| m.seed.node_env["MESOBAKE_TRUSTED_MACS"] == trusted));
+    assert!(lab.iter().all(|m| m.mac != trusted));
+    assert_ne!(w[0].seed.instance_id, w[1].seed.instance_id);
     assert_ne!(w[0].ip, w[1].ip);
     assert_ne!(w[0].mac, w[1].mac);
     assert_eq!(w[0].ip.to_string(), "10.77.0.254");
@@ -356,6 +371,8 @@ fn auth_is_on_by_default_and_lab_seeds_carry_each_role_its_secrets() {
         let env = &m.seed.secrets_env;
         assert_eq!(env["MESOBAKE_AGENT_SECRET"], s.agent.secret, "{}", m.name);
         assert_eq!(env["MESOBAKE_OPERATOR_SECRET"], s.operator.secret);
+        assert_eq!(env["MESOBAKE_ZK_PRINCIPAL"], "mesobake");
+        assert_eq!(env["MESOBAKE_ZK_SECRET"], s.zookeeper.secret);
         let master = m.role == "master";
         assert_eq!(
             env.contains_key("MESOBAKE_MARATHON_SECRET"),
@@ -363,7 +380,9 @@ fn auth_is_on_by_default_and_lab_seeds_carry_each_role_its_secrets() {
             "{}",
             m.name
         );
-        assert!(!m.seed.node_env_text().contains(&s.agent.secret));
+        for c in s.all() {
+            assert!(!m.seed.node_env_text().contains(&c.secret));
+        }
         assert!(m.seed.user_data().contains("/etc/mesobake/secrets.env"));
     }
     // The same code makes `mesobake seed`'s seeds: the same secrets.env.
@@ -371,5 +390,161 @@ fn auth_is_on_by_default_and_lab_seeds_carry_each_role_its_secrets() {
     assert_eq!(
         c.node_seed(&d, &c.nodes[0], Target::Ec2).secrets_env,
         lab[0].seed.secrets_env
+    );
+}
+
+#[test]
+fn firewall_networks_are_the_cidr_and_allow_in_network_form() {
+    let c = parse(THREE_PLUS_ONE).unwrap();
+    assert!(c.firewall, "the firewall is the default");
+    let d = c.derive();
+    let env = c.node_seed(&d, &c.nodes[0], Target::NoCloud).node_env;
+    assert_eq!(env["MESOBAKE_CLUSTER_NETWORKS"], "10.77.0.0/24");
+    assert!(!env.contains_key("MESOBAKE_FIREWALL"));
+    assert!(
+        !env.contains_key("MESOBAKE_TRUSTED_MACS"),
+        "only the lab trusts a NIC"
+    );
+
+    let text = format!(
+        "{THREE_PLUS_ONE}\n[security]\nallow = [\"192.168.9.0/24\", \"10.77.0.0/24\", \"192.168.9.0/24\", \"172.16.0.0/12\", \"172.16.4.0/24\"]\n"
+    );
+    let c = parse(&text).unwrap();
+    let d = c.derive();
+    let want = "10.77.0.0/24 192.168.9.0/24 172.16.0.0/12";
+    for seed in [
+        c.node_seed(&d, &c.nodes[0], Target::NoCloud),
+        c.node_seed(&d, &c.nodes[3], Target::Ec2),
+        c.group_seed(&d, &c.groups[0]),
+    ] {
+        assert_eq!(seed.node_env["MESOBAKE_CLUSTER_NETWORKS"], want);
+        assert!(seed
+            .node_env_text()
+            .contains(&format!("MESOBAKE_CLUSTER_NETWORKS='{want}'\n")));
+    }
+    // A wider allowed network holds the cluster's: the list stays disjoint.
+    let c = parse(&format!(
+        "{THREE_PLUS_ONE}\n[security]\nallow = [\"10.0.0.0/8\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cluster_networks().unwrap(), "10.0.0.0/8");
+    // A cidr written with host bits is given in network form.
+    let c = parse(&THREE_PLUS_ONE.replace("cidr = \"10.77.0.0/24\"", "cidr = \"10.77.0.1/24\""))
+        .unwrap();
+    assert_eq!(c.cluster_networks().unwrap(), "10.77.0.0/24");
+}
+
+#[test]
+fn firewall_off_and_dhcp_networks() {
+    let c = parse(&format!(
+        "{THREE_PLUS_ONE}\n[security]\nfirewall = false\nallow = [\"192.168.9.0/24\"]\n"
+    ))
+    .unwrap();
+    assert!(!c.firewall);
+    assert!(
+        c.warnings.iter().any(|w| w.contains("firewall = false")
+            && w.contains("every address")
+            && w.contains("allow has no effect")),
+        "{:?}",
+        c.warnings
+    );
+    let d = c.derive();
+    for seed in [
+        c.node_seed(&d, &c.nodes[0], Target::NoCloud),
+        c.group_seed(&d, &c.groups[0]),
+    ] {
+        assert_eq!(seed.node_env["MESOBAKE_FIREWALL"], "off");
+        assert!(!seed.node_env.contains_key("MESOBAKE_CLUSTER_NETWORKS"));
+    }
+    // DHCP without allow: no key (the configurator admits the node's own subnets).
+    let dhcp =
+        "name = \"x\"\n[network]\ndhcp = true\n[[node]]\nname = \"a\"\nrole = \"master-slave\"\n";
+    let c = parse(dhcp).unwrap();
+    assert!(c.warnings.is_empty());
+    let d = c.derive();
+    let env = c.node_seed(&d, &c.nodes[0], Target::Ec2).node_env;
+    assert!(!env.contains_key("MESOBAKE_CLUSTER_NETWORKS"), "{env:?}");
+    assert!(!env.contains_key("MESOBAKE_FIREWALL"));
+    // DHCP with allow: exactly those.
+    let c = parse(&format!(
+        "{dhcp}[security]\nallow = [\"172.31.0.0/16\", \"192.168.9.0/24\"]\n"
+    ))
+    .unwrap();
+    let d = c.derive();
+    assert_eq!(
+        c.node_seed(&d, &c.nodes[0], Target::Ec2).node_env["MESOBAKE_CLUSTER_NETWORKS"],
+        "172.31.0.0/16 192.168.9.0/24"
+    );
+}
+
+#[test]
+fn bad_allow_entries_name_file_line_and_key() {
+    for (entry, want) in [
+        (
+            "192.168.9.1/24",
+            "has host bits set: the network is \"192.168.9.0/24\"",
+        ),
+        (
+            "192.168.9.7",
+            "is not an IPv4 CIDR like 192.168.9.0/24 (one address is 192.168.9.7/32)",
+        ),
+        ("192.168.9.0/33", "is not an IPv4 CIDR"),
+        ("192.168.9.0/+24", "is not an IPv4 CIDR"),
+        ("example.com/24", "is not an IPv4 CIDR"),
+        ("0.0.0.0/0", "admits every address"),
+    ] {
+        let text = format!(
+            "{THREE_PLUS_ONE}\n[security]\nallow = [\n  \"10.1.0.0/16\",\n  \"{entry}\",\n]\n"
+        );
+        let line = text.lines().position(|l| l.contains(entry)).unwrap() + 1;
+        let e = err(&text);
+        assert!(
+            e.contains(&format!(
+                "cluster.toml:{line}: [security] key \"allow\": \"{entry}\" {want}"
+            )),
+            "{entry}: {e}"
+        );
+    }
+    let e = err(&format!(
+        "{THREE_PLUS_ONE}\n[security]\nallow = \"10.0.0.0/8\"\n"
+    ));
+    assert!(e.contains("allow"), "{e}");
+    let e = err(&format!("{THREE_PLUS_ONE}\n[security]\nfirewal = false\n"));
+    assert!(e.contains("firewal"), "{e}");
+}
+
+#[test]
+fn lab_trusts_its_management_nic_only_with_the_firewall_on() {
+    let c = parse(THREE_PLUS_ONE).unwrap();
+    assert!(c
+        .lab_members()
+        .unwrap()
+        .iter()
+        .all(|m| m.seed.node_env.contains_key("MESOBAKE_TRUSTED_MACS")));
+    let c = parse(&format!("{THREE_PLUS_ONE}\n[security]\nfirewall = false\n")).unwrap();
+    assert!(c
+        .lab_members()
+        .unwrap()
+        .iter()
+        .all(|m| !m.seed.node_env.contains_key("MESOBAKE_TRUSTED_MACS")));
+    // `seed` never writes it: it is the lab's own NIC.
+    let d = c.derive();
+    assert!(!c
+        .group_seed(&d, &c.groups[0])
+        .node_env
+        .contains_key("MESOBAKE_TRUSTED_MACS"));
+    // A node whose cluster NIC would have the management NIC's MAC is refused.
+    let mgmt = parse(THREE_PLUS_ONE).unwrap().lab_members().unwrap()[0]
+        .seed
+        .node_env["MESOBAKE_TRUSTED_MACS"]
+        .clone();
+    let text = THREE_PLUS_ONE.replace(
+        "ip = \"10.77.0.21\"",
+        &format!("ip = \"10.77.0.21\"\nmac = \"{mgmt}\""),
+    );
+    let e = format!("{:#}", parse(&text).unwrap().lab_members().unwrap_err());
+    assert!(
+        e.contains("a1's MAC") && e.contains("management NIC"),
+        "{e}"
     );
 }

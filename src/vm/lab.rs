@@ -6,7 +6,9 @@
 //! L2 segment shared by the cluster's VMs: a QEMU `socket` netdev on a multicast group
 //! bound to 127.0.0.1, so frames travel over the host's loopback only and never leave
 //! this machine. Nodes get static addresses on NIC 2 from network-config (matched by a
-//! MAC derived from cluster and node name); those are the cluster addresses.
+//! MAC derived from cluster and node name); those are the cluster addresses. The nodes'
+//! firewall admits only the cluster networks to the cluster's ports, so each seed names
+//! NIC 1's MAC in `MESOBAKE_TRUSTED_MACS`: the host's probes arrive through it.
 //!
 //! State lives in a run dir beside cluster.toml (`.mesobake-lab/<name>/`): `state.json`
 //! (PIDs, ports, addresses), per-VM qcow2 overlays backed by the role images (which are
@@ -167,8 +169,13 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn mgmt_mac(cluster: &str, vm: &str) -> String {
-    crate::cluster::derived_mac(cluster, &format!("{vm}/mgmt"))
+/// The MAC of every lab VM's management NIC, the QEMU user-networking NIC through which
+/// the host's `hostfwd` probes arrive. One per cluster: each VM's user network is its own
+/// (a NIC on it meets no other VM), and one MAC lets every instance of a group keep one
+/// user-data, whose `MESOBAKE_TRUSTED_MACS` names it so the node's firewall admits what
+/// comes through that NIC. (`/` is in no node name, so no node's derived MAC is this.)
+pub(crate) fn mgmt_mac(cluster: &str) -> String {
+    crate::cluster::derived_mac(cluster, "/mgmt")
 }
 
 fn start_vm(
@@ -200,7 +207,7 @@ fn start_vm(
             .run()?;
     }
     let mut seed = m.seed.clone();
-    let nic0 = mgmt_mac(&c.name, &m.name);
+    let nic0 = mgmt_mac(&c.name);
     seed.network.insert(
         0,
         NetIface {
@@ -270,7 +277,7 @@ pub fn secrets_dir(c: &Cluster) -> PathBuf {
 /// The operator credential of a running lab, for the probes: from its `secrets/` when
 /// there are any.
 pub fn operator(c: &Cluster) -> Result<Option<Credential>> {
-    Ok(Secrets::load(&secrets_dir(c))?.map(|s| s.operator))
+    Secrets::load_operator(&secrets_dir(c))
 }
 
 /// `lab up`: starts every VM that is not already running, then (with `wait`) waits for

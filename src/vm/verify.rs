@@ -1,5 +1,12 @@
 //! `mesobake verify IMAGE`: boot an image, wait for the first-boot configurator's line,
 //! then check the role's services from the host through forwarded ports.
+//!
+//! Roles that run ZooKeeper boot with no seed at all, as an appliance would. Such a
+//! master (or master+slave) generates its own secrets at first boot and says so on the
+//! console ([`SECRETS_GENERATED_LINE`], never the secret), then runs authenticated:
+//! Marathon's API wants a login that only the guest knows, so its 401 is the expected
+//! answer there ([`marathon_unauthorized`]). The Mesos probes read only read-only
+//! endpoints (`/flags`, `/state`, `/slaves`), which stay open, and are checked as always.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -97,6 +104,62 @@ pub struct Configured {
     pub zk: String,
 }
 
+/// The configurator's console line when an image booted without user-data generated its
+/// own secrets (it names the file, never a secret).
+pub const SECRETS_GENERATED_LINE: &str = "mesobake: secrets generated: /etc/mesobake/secrets.env";
+
+/// Whether the serial log at `serial` holds [`SECRETS_GENERATED_LINE`].
+fn saw_secrets_generated(serial: &Path) -> bool {
+    std::fs::read(serial)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .any(|l| l.contains(SECRETS_GENERATED_LINE))
+        })
+        .unwrap_or(false)
+}
+
+/// Marathon's `/v2/info`, asked without a login, answered `status` (its status line).
+/// None when that is not a 401: the usual checks apply. A 401 is a pass only when verify
+/// gave the VM no seed (`no_seed`) and the configurator said it generated the
+/// appliance's own secrets (`generated`): Marathon then rightly wants the operator's
+/// login, which only the guest knows. Any other 401 is a failure.
+pub fn marathon_unauthorized(
+    status: &str,
+    no_seed: bool,
+    generated: bool,
+) -> Option<Result<String>> {
+    if status.split_whitespace().nth(1) != Some("401") {
+        return None;
+    }
+    Some(match (no_seed, generated) {
+        (true, true) => Ok(format!(
+            "up; authentication on with the appliance's own secrets (/v2/info without a login: {status}; root reads them in /etc/mesobake/secrets.env)"
+        )),
+        (true, false) => Err(anyhow::anyhow!(
+            "/v2/info: {status}, but the console has no {SECRETS_GENERATED_LINE:?} line: Marathon wants a login nobody was given"
+        )),
+        (false, _) => Err(anyhow::anyhow!(
+            "/v2/info: {status}: Marathon wants a login (the operator's, from the seed's secrets/), and verify has none"
+        )),
+    })
+}
+
+/// The `user:password` of a `zk://user:password@hosts/path` URL, if it has one.
+fn zk_userinfo(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("zk://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    authority.rsplit_once('@').map(|(u, _)| u)
+}
+
+/// A ZooKeeper URL without its `user:password@`: what may be shown and compared.
+fn zk_without_userinfo(url: &str) -> String {
+    match zk_userinfo(url) {
+        Some(u) => url.replacen(&format!("{u}@"), "", 1),
+        None => url.to_string(),
+    }
+}
+
 /// Parses `mesobake: configured role=… ip=… zk=…`.
 pub fn parse_configured(line: &str) -> Option<Configured> {
     let rest = &line[line.find("mesobake: configured ")? + "mesobake: configured ".len()..];
@@ -149,6 +212,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         .prefix("mesobake-verify-")
         .tempdir()?;
     let seed = seed_iso(opts, &services, tmp.path())?;
+    let no_seed = seed.is_none();
     let mut forwards = Vec::new();
     for port in SERVICES.iter().map(|s| s.port) {
         forwards.push((qemu::free_port()?, port));
@@ -193,19 +257,18 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     );
     match line.as_ref().ok().and_then(|l| parse_configured(l)) {
         Some(c) => {
-            report.boot_to_configured_s = Some(started.elapsed().as_secs_f64());
-            report.checks.push(Check {
-                name: "first boot".into(),
-                ok: true,
-                detail: format!(
-                    "configured role={} ip={} zk={} in {:.0} s",
-                    c.role,
-                    c.ip,
-                    c.zk,
-                    started.elapsed().as_secs_f64()
-                ),
-            });
-            run_checks(&mut report, &services, &c, host_port, opts.service_timeout);
+            let secs = started.elapsed().as_secs_f64();
+            report.boot_to_configured_s = Some(secs);
+            report.checks.push(first_boot(&c, secs));
+            let own_secrets_log = no_seed.then_some(spec.serial_log.as_path());
+            run_checks(
+                &mut report,
+                &services,
+                &c,
+                host_port,
+                opts.service_timeout,
+                own_secrets_log,
+            );
         }
         None => report.checks.push(Check {
             name: "first boot".into(),
@@ -232,12 +295,37 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// The first-boot check: the configured line came. The console is no place for a
+/// secret, so a ZooKeeper URL there with its credential fails (shown here without it).
+fn first_boot(c: &Configured, secs: f64) -> Check {
+    let leaked = zk_userinfo(&c.zk).is_some();
+    Check {
+        name: "first boot".into(),
+        ok: !leaked,
+        detail: format!(
+            "configured role={} ip={} zk={} in {secs:.0} s{}",
+            c.role,
+            c.ip,
+            zk_without_userinfo(&c.zk),
+            if leaked {
+                "; but the configured line shows the ZooKeeper URL with its credential"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// The Mesos, Marathon, ZooKeeper and exporter checks. `own_secrets_log`: the serial log,
+/// when verify gave the VM no seed (a role with ZooKeeper, booted as an appliance that
+/// may generate its own secrets; see [`marathon_unauthorized`]).
 fn run_checks(
     report: &mut Report,
     services: &[Service],
     c: &Configured,
     port: impl Fn(u16) -> u16,
     timeout: Duration,
+    own_secrets_log: Option<&Path>,
 ) {
     let zk_hosts =
         c.zk.trim_start_matches("zk://")
@@ -257,10 +345,21 @@ fn run_checks(
                 Err(e) => (false, format!("{e:#}")),
             }
         } else {
+            // Ok(Err(..)): a failure no retry mends.
             let r = retry(timeout, || {
+                if svc == Service::Marathon {
+                    let (status, _) = http_get(p, "/v2/info")?;
+                    let generated = own_secrets_log.is_some_and(saw_secrets_generated);
+                    if let Some(v) =
+                        marathon_unauthorized(&status, own_secrets_log.is_some(), generated)
+                    {
+                        return Ok(v);
+                    }
+                }
                 let r = probe::read(spec.probe, p)?;
-                expect(svc, &r, c, zk_hosts, &quorum)
-            });
+                expect(svc, &r, c, zk_hosts, &quorum).map(Ok)
+            })
+            .and_then(|r| r);
             match r {
                 Ok(d) => (true, d),
                 Err(e) => (false, format!("{e:#}")),
@@ -323,9 +422,11 @@ fn expect(
             ))
         }
         Service::Marathon => {
-            let master = st["master"].as_str().unwrap_or("");
-            if master != c.zk {
-                bail!("/v2/info: master is {master:?}, expected {}", c.zk);
+            // Compared without a credential, which Marathon may show (masked) or not.
+            let master = zk_without_userinfo(st["master"].as_str().unwrap_or(""));
+            let want = zk_without_userinfo(&c.zk);
+            if master != want {
+                bail!("/v2/info: master is {master:?}, expected {want}");
             }
             Ok(format!("/v2/info: master={master}"))
         }
@@ -385,11 +486,22 @@ pub fn registered(master_port: u16, agent_port: u16) -> Result<String> {
 /// A ZooKeeper URL flag: the URL itself, or (AVENTER's layout) `file:///etc/mesos/zk`, the
 /// file the configurator writes the same URL into. Mesos shows such a flag by its path, and
 /// the leader and registration checks prove the URL inside it works.
+///
+/// `/flags` is open to anyone, so a flag that shows a ZooKeeper credential fails the check
+/// (the message leaves the credential out): the configurator must pass such a URL by its
+/// file.
 fn expect_zk_flag(flags: &serde_json::Value, name: &str, want: &str) -> Result<()> {
-    if flags[name].as_str() == Some("file:///etc/mesos/zk") {
+    let got = flags[name].as_str().unwrap_or("");
+    if got == "file:///etc/mesos/zk" {
         return Ok(());
     }
-    expect_flag(flags, name, want)
+    if zk_userinfo(got).is_some() {
+        bail!(
+            "/flags, which anyone may read, shows the ZooKeeper credential in flag {name} ({}); pass the URL as file:///etc/mesos/zk",
+            zk_without_userinfo(got)
+        );
+    }
+    expect_flag(flags, name, &zk_without_userinfo(want))
 }
 
 fn expect_flag(flags: &serde_json::Value, name: &str, want: &str) -> Result<()> {
@@ -608,6 +720,81 @@ mod tests {
         assert_eq!(c.ip, "10.0.2.15");
         assert_eq!(c.zk, "zk://10.0.2.15:2181/mesos");
         assert!(parse_configured("mesobake: configuration FAILED: no zk").is_none());
+    }
+
+    #[test]
+    fn marathon_401_passes_only_for_an_appliance_that_made_its_own_secrets() {
+        let unauthorized = "HTTP/1.1 401 Unauthorized";
+        // Not a 401: the usual /v2/info checks apply, whatever the console says.
+        for (no_seed, generated) in [(true, true), (true, false), (false, true)] {
+            assert!(marathon_unauthorized("HTTP/1.1 200 OK", no_seed, generated).is_none());
+            assert!(
+                marathon_unauthorized("HTTP/1.1 503 Service Unavailable", no_seed, generated)
+                    .is_none()
+            );
+        }
+        // No seed, and the configurator said it generated the secrets: a pass.
+        let d = marathon_unauthorized(unauthorized, true, true)
+            .unwrap()
+            .unwrap();
+        assert!(
+            d.starts_with("up; authentication on with the appliance's own secrets"),
+            "{d}"
+        );
+        // A 401 without that line stays a failure.
+        let e = marathon_unauthorized(unauthorized, true, false)
+            .unwrap()
+            .unwrap_err();
+        assert!(format!("{e}").contains(SECRETS_GENERATED_LINE), "{e}");
+        // So does one from a VM verify gave a seed (its secrets were not made there).
+        assert!(marathon_unauthorized(unauthorized, false, true)
+            .unwrap()
+            .is_err());
+        assert!(marathon_unauthorized("HTTP/1.0 401", false, false)
+            .unwrap()
+            .is_err());
+    }
+
+    #[test]
+    fn the_secrets_line_is_found_in_a_serial_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("serial.log");
+        assert!(!saw_secrets_generated(&log), "no log, no line");
+        std::fs::write(&log, "[  9.1] cloud-init: ok\r\n[ 12.0] mesobake-configure[311]: mesobake: secrets generated: /etc/mesobake/secrets.env (root only; the console never shows them)\r\n").unwrap();
+        assert!(saw_secrets_generated(&log));
+        std::fs::write(&log, "mesobake: secrets generated: /tmp/elsewhere\n").unwrap();
+        assert!(!saw_secrets_generated(&log));
+    }
+
+    #[test]
+    fn zookeeper_credentials_are_never_shown_and_compare_without() {
+        let c = |zk: &str| Configured {
+            role: "master".into(),
+            ip: "10.0.2.15".into(),
+            zk: zk.into(),
+        };
+        assert!(first_boot(&c("zk://10.0.2.15:2181/mesos"), 40.0).ok);
+        let leak = first_boot(&c("zk://mesobake:Abc123@10.0.2.15:2181/mesos"), 40.0);
+        assert!(!leak.ok && !leak.detail.contains("Abc123"), "{leak:?}");
+        let url = "zk://mesobake:Abc123@m1:2181,m2:2181/mesos";
+        assert_eq!(zk_userinfo(url), Some("mesobake:Abc123"));
+        assert_eq!(zk_without_userinfo(url), "zk://m1:2181,m2:2181/mesos");
+        assert_eq!(zk_userinfo("zk://m1:2181/mesos"), None);
+        assert_eq!(
+            zk_userinfo("zk://m1:2181/me@sos"),
+            None,
+            "an @ in the path is not"
+        );
+        assert_eq!(zk_userinfo("file:///etc/mesos/zk"), None);
+        let flags = serde_json::json!({ "zk": url, "master": "zk://m1:2181,m2:2181/mesos" });
+        let e = format!(
+            "{:#}",
+            expect_zk_flag(&flags, "zk", "zk://m1:2181,m2:2181/mesos").unwrap_err()
+        );
+        assert!(e.contains("anyone") && !e.contains("Abc123"), "{e}");
+        assert!(expect_zk_flag(&flags, "master", "zk://m1:2181,m2:2181/mesos").is_ok());
+        let flags = serde_json::json!({ "zk": "file:///etc/mesos/zk" });
+        assert!(expect_zk_flag(&flags, "zk", url).is_ok());
     }
 
     #[test]

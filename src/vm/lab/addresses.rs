@@ -1,7 +1,9 @@
 //! The lab's members and their addresses: every node, and `lab-count` instances of each
 //! group, on the cluster network. Addresses the topology leaves open are handed out here,
 //! from the top of the cidr, the way a cloud's DHCP would; the topology itself
-//! (`crate::cluster`) knows nothing of the lab.
+//! (`crate::cluster`) knows nothing of the lab. The one thing the lab adds to a seed's
+//! user-data is `MESOBAKE_TRUSTED_MACS`, the MAC of the management NIC the host's probes
+//! arrive through (the same on every VM).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -49,6 +51,7 @@ impl Cluster {
             .rev()
             .map(|i| Ipv4Addr::from(base + i))
             .filter(|ip| !used.contains(ip));
+        let mgmt = super::mgmt_mac(&self.name);
         let mut out = Vec::new();
         for n in &self.nodes {
             let mut seed = self.node_seed(&d, n, Target::NoCloud);
@@ -79,9 +82,9 @@ impl Cluster {
                     .next()
                     .with_context(|| format!("no free address left in the cidr for {name}"))?;
                 let mut seed = self.group_seed(&d, g);
-                // Per instance: the NoCloud instance id and the network (the platform's
-                // part); the user-data stays byte for byte the group's.
-                seed.instance_id = format!("{}-{name}-{}", self.name, seed.digest());
+                // Per instance: the NoCloud instance id (set below) and the network (the
+                // platform's part); the user-data stays the group's, the same for every
+                // instance.
                 seed.network = self.network_config(&mac, Some(ip)).into_iter().collect();
                 out.push(LabMember {
                     name,
@@ -92,6 +95,25 @@ impl Cluster {
                     seed,
                 });
             }
+        }
+        for m in &mut out {
+            if m.mac == mgmt {
+                anyhow::bail!(
+                    "{}: {}'s MAC {} is the lab's management NIC's: give the node another mac",
+                    self.path.display(),
+                    m.name,
+                    m.mac
+                );
+            }
+            // The host's probes arrive through the management NIC: the node's firewall
+            // trusts it. The same line for every VM, so a group's instances still share
+            // one user-data.
+            if self.firewall {
+                m.seed
+                    .node_env
+                    .insert("MESOBAKE_TRUSTED_MACS".into(), mgmt.clone());
+            }
+            m.seed.instance_id = format!("{}-{}-{}", self.name, m.name, m.seed.digest());
         }
         Ok(out)
     }
