@@ -576,6 +576,18 @@ pub fn zoo_cfg() -> String {
 }
 
 fn write_role_files(root: &ImageRoot, profile: &Profile, layout: &Layout) -> Result<()> {
+    let guards = crate::service::SERVICES
+        .iter()
+        .any(|spec| profile.runs(spec.service) && !spec.guarded.is_empty());
+    if guards && !root.exists("usr/sbin/nft") {
+        // Not an error: a seed with `[security] firewall = false` boots such an image
+        // (Ubuntu 14.04 has no nftables). Every other seed stops at first boot.
+        eprintln!(
+            "warning: the image has no nft (package nftables): its nodes refuse to start \
+             unless their seed turns the network policy off ([security] firewall = false); \
+             add \"nftables\" to [packages] install"
+        );
+    }
     let mut env = role_env(profile, layout);
     env += &format!(
         "MESOBAKE_IMAGE_HOSTNAME={}\n",
