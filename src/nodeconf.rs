@@ -250,16 +250,19 @@ pub fn sh_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', r"'\''"))
 }
 
+/// The `user:password` of a `zk://user:password@hosts/path` URL, if it has one.
+pub fn zk_userinfo(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("zk://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    authority.rsplit_once('@').map(|(u, _)| u)
+}
+
 /// A `zk://` URL without the `user:password@` Mesos and Marathon take: what may be shown
 /// (status tables, verify reports) and compared with the configurator's status line,
 /// which never carries credentials. Anything else is returned as it is.
 pub fn zk_without_credentials(url: &str) -> String {
-    let Some(rest) = url.strip_prefix("zk://") else {
-        return url.to_string();
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    match authority.rfind('@') {
-        Some(at) => format!("zk://{}", &rest[at + 1..]),
+    match zk_userinfo(url) {
+        Some(u) => url.replacen(&format!("{u}@"), "", 1),
         None => url.to_string(),
     }
 }

@@ -2635,8 +2635,18 @@ fn zookeeper_credentials_reach_mesos_and_marathon_and_stay_root_only() {
                 .read("/var/lib/mesobake/configured.env")
                 .contains(ZK_SECRET));
             let url = format!("zk://mesobake:{ZK_SECRET}@10.0.2.15:2181");
-            assert_eq!(fx.read("/etc/mesos/zk"), format!("{url}/mesos\n"));
-            assert_eq!(fx.mode("/etc/mesos/zk").0, 0o600);
+            // Never on a command line: AVENTER's flag files say file:///etc/mesos/zk;
+            // Mesosphere's wrapper passes /etc/mesos/zk's content, so that is a pointer.
+            let holder = match layout {
+                Layout::Aventer => "/etc/mesos/zk",
+                Layout::Mesosphere => {
+                    assert_eq!(fx.read("/etc/mesos/zk"), "file:///etc/mesos/zk-auth\n");
+                    assert_eq!(fx.mode("/etc/mesos/zk").0, 0o644);
+                    "/etc/mesos/zk-auth"
+                }
+            };
+            assert_eq!(fx.read(holder), format!("{url}/mesos\n"));
+            assert_eq!(fx.mode(holder).0, 0o600);
             let marathon = fx.read("/etc/default/marathon");
             assert!(
                 marathon.contains(&format!("\nMARATHON_MASTER={url}/mesos\n"))
@@ -2656,6 +2666,12 @@ fn zookeeper_credentials_reach_mesos_and_marathon_and_stay_root_only() {
                 ]
             );
             fx.assert_run_changes_nothing(&Boot::default()).assert_ok();
+            // Secrets gone: the plain URL, readable, and no credential left behind.
+            fx.remove("/etc/mesobake/secrets.env");
+            fx.run().assert_ok();
+            assert_eq!(fx.read("/etc/mesos/zk"), "zk://10.0.2.15:2181/mesos\n");
+            assert_eq!(fx.mode("/etc/mesos/zk").0, 0o644);
+            assert!(!fx.exists("/etc/mesos/zk-auth"));
         }
 
         // An agent of a group: the URL from user-data, the credentials from secrets.env.

@@ -354,6 +354,14 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
             // Elected through ZooKeeper, and the node's own agent registered with it.
             assert!(detail("master :5050").contains("leader=master@10.0.2.15:5050"));
             assert!(detail("agent registered").contains("as active"));
+            // Booted without user-data, the appliance made its own secrets: Marathon
+            // wants a login, and the agent authenticated with the generated credential.
+            assert!(
+                detail("marathon :8080")
+                    .starts_with("up; authentication on with the appliance's own secrets"),
+                "{}",
+                detail("marathon :8080")
+            );
             // The optional node exporter, through the service table: profile -> image ->
             // verify's probe of its metrics port.
             assert!(detail("node-exporter :9100").contains("samples"));

@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::probe;
 use super::qemu::{self, Accel, VmSpec};
 use crate::export::manifest::Manifest;
+use crate::nodeconf::{zk_userinfo, zk_without_credentials};
 use crate::profile::Service;
 use crate::seed::secrets::Credential;
 use crate::seed::NodeSeed;
@@ -143,21 +144,6 @@ pub fn marathon_unauthorized(
             "/v2/info: {status}: Marathon wants a login (the operator's, from the seed's secrets/), and verify has none"
         )),
     })
-}
-
-/// The `user:password` of a `zk://user:password@hosts/path` URL, if it has one.
-fn zk_userinfo(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("zk://")?;
-    let authority = rest.split('/').next().unwrap_or("");
-    authority.rsplit_once('@').map(|(u, _)| u)
-}
-
-/// A ZooKeeper URL without its `user:password@`: what may be shown and compared.
-fn zk_without_userinfo(url: &str) -> String {
-    match zk_userinfo(url) {
-        Some(u) => url.replacen(&format!("{u}@"), "", 1),
-        None => url.to_string(),
-    }
 }
 
 /// Parses `mesobake: configured role=… ip=… zk=…`.
@@ -306,7 +292,7 @@ fn first_boot(c: &Configured, secs: f64) -> Check {
             "configured role={} ip={} zk={} in {secs:.0} s{}",
             c.role,
             c.ip,
-            zk_without_userinfo(&c.zk),
+            zk_without_credentials(&c.zk),
             if leaked {
                 "; but the configured line shows the ZooKeeper URL with its credential"
             } else {
@@ -423,8 +409,8 @@ fn expect(
         }
         Service::Marathon => {
             // Compared without a credential, which Marathon may show (masked) or not.
-            let master = zk_without_userinfo(st["master"].as_str().unwrap_or(""));
-            let want = zk_without_userinfo(&c.zk);
+            let master = zk_without_credentials(st["master"].as_str().unwrap_or(""));
+            let want = zk_without_credentials(&c.zk);
             if master != want {
                 bail!("/v2/info: master is {master:?}, expected {want}");
             }
@@ -492,16 +478,18 @@ pub fn registered(master_port: u16, agent_port: u16) -> Result<String> {
 /// file.
 fn expect_zk_flag(flags: &serde_json::Value, name: &str, want: &str) -> Result<()> {
     let got = flags[name].as_str().unwrap_or("");
-    if got == "file:///etc/mesos/zk" {
+    // Mesos read the URL from that file (the configurator's /etc/mesos/zk or, where the
+    // init wrapper passes /etc/mesos/zk's content, the root-only file it points to).
+    if got.starts_with("file:///etc/mesos/") {
         return Ok(());
     }
     if zk_userinfo(got).is_some() {
         bail!(
             "/flags, which anyone may read, shows the ZooKeeper credential in flag {name} ({}); pass the URL as file:///etc/mesos/zk",
-            zk_without_userinfo(got)
+            zk_without_credentials(got)
         );
     }
-    expect_flag(flags, name, &zk_without_userinfo(want))
+    expect_flag(flags, name, &zk_without_credentials(want))
 }
 
 fn expect_flag(flags: &serde_json::Value, name: &str, want: &str) -> Result<()> {
@@ -778,7 +766,7 @@ mod tests {
         assert!(!leak.ok && !leak.detail.contains("Abc123"), "{leak:?}");
         let url = "zk://mesobake:Abc123@m1:2181,m2:2181/mesos";
         assert_eq!(zk_userinfo(url), Some("mesobake:Abc123"));
-        assert_eq!(zk_without_userinfo(url), "zk://m1:2181,m2:2181/mesos");
+        assert_eq!(zk_without_credentials(url), "zk://m1:2181,m2:2181/mesos");
         assert_eq!(zk_userinfo("zk://m1:2181/mesos"), None);
         assert_eq!(
             zk_userinfo("zk://m1:2181/me@sos"),
