@@ -1329,8 +1329,11 @@ fn configured_env_reads_back_in_sh() {
             String::from_utf8_lossy(&out.stdout),
             "slave-only|10.0.2.15|node1|zk://10.0.0.11:2181/mesos||"
         );
-        assert_eq!(fx.read("/etc/mesos/zk"), "zk://u:p@10.0.0.11:2181/mesos\n");
-        assert_eq!(fx.mode("/etc/mesos/zk").0, 0o600);
+        // Mesosphere's wrapper passes /etc/mesos/zk's content on the command line, so
+        // that is a file:// pointer to the root-only copy.
+        assert_eq!(fx.read("/etc/mesos/zk"), "file:///etc/mesos/zk-auth\n");
+        assert_eq!(fx.read("/etc/mesos/zk-auth"), "zk://u:p@10.0.0.11:2181/mesos\n");
+        assert_eq!(fx.mode("/etc/mesos/zk-auth").0, 0o600);
     }
 }
 
