@@ -644,7 +644,8 @@ fn marathon_package_layout() {
     let deb = packages.deb(MARATHON_DEB);
     assert_eq!(field(&deb, "Package"), "marathon");
     assert_eq!(field(&deb, "Version"), "1.10.17-0.1.standin");
-    assert_eq!(field(&deb, "Depends"), "python3");
+    // Marathon keeps its leader latch and storage root in ZooKeeper.
+    assert_eq!(field(&deb, "Depends"), "python3, python3-kazoo");
     assert_eq!(field(&deb, "Pre-Depends"), "passwd");
     assert!(field(&deb, "Description").contains("TEST STAND-IN"));
 
@@ -1211,6 +1212,9 @@ fn marathon_reads_the_environment_like_marathon() {
     .env("MARATHON_HTTP_ADDRESS", "127.0.0.1")
     .env("MARATHON_HTTP_PORT", port.to_string())
     .env("MARATHON_DISABLE_HA", "") // empty: a bare flag
+    // Nothing answers at 10.0.0.11: without this Marathon would give up on
+    // ZooKeeper (exit 100) after the default 10 s.
+    .env("MARATHON_ZK_CONNECTION_TIMEOUT", "600000")
     .env("MARATHON_APP_ID", "/ignored"); // set by Marathon for its apps
     let mut daemon = Proc::spawn(cmd, dir.path(), "marathon");
     assert_eq!(daemon.wait_http(port, "/ping"), (200, "pong".to_string()));
@@ -1231,9 +1235,12 @@ fn marathon_reads_the_environment_like_marathon() {
         "zk://10.0.0.11:2181,10.0.0.12:2181/marathon"
     );
     assert_eq!(info["http_config"]["http_port"], port);
+    // Marathon leads only once connected to ZooKeeper, even without --ha.
+    assert_eq!(info["elected"], false);
+    assert_eq!(info["leader"], Value::Null);
     assert_eq!(
-        get_json(port, "/v2/leader")["leader"],
-        format!("marathon.test:{port}")
+        http_get(port, "/v2/leader").unwrap(),
+        (404, r#"{"message": "There is no leader"}"#.to_string())
     );
     assert!(daemon.stderr().contains("marathon-standin: argv: "));
 }
@@ -2217,6 +2224,8 @@ fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
             &[
                 "--master",
                 &zk_url,
+                "--zk",
+                &format!("zk://127.0.0.1:{}/marathon", zk.port),
                 "--http_port",
                 &marathon_port.to_string(),
                 "--hostname",
@@ -2989,6 +2998,16 @@ fn marathon_registers_as_a_framework_with_mesos_authentication() {
     let marathon_root = packages.extract(MARATHON_DEB);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // Marathon runs the scheduler driver only once elected, and it needs
+    // ZooKeeper for that (its leader latch).
+    let zk = match ZooKeeper::start(d) {
+        Ok(zk) => zk,
+        Err(reason) => {
+            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
+            return;
+        }
+    };
+    let marathon_zk = format!("zk://127.0.0.1:{}/marathon", zk.port);
 
     // Without any authentication flags Marathon registers and shows its
     // framework ID.
@@ -3001,6 +3020,8 @@ fn marathon_registers_as_a_framework_with_mesos_authentication() {
             &[
                 "--master",
                 &format!("127.0.0.1:{open_port}"),
+                "--zk",
+                &marathon_zk,
                 "--http_port",
                 &http_port.to_string(),
                 "--hostname",
@@ -3045,6 +3066,8 @@ fn marathon_registers_as_a_framework_with_mesos_authentication() {
         let mut args = vec![
             "--master",
             &master,
+            "--zk",
+            &marathon_zk,
             "--http_port",
             &http_port,
             "--hostname",
@@ -3129,6 +3152,7 @@ fn marathon_registers_as_a_framework_with_mesos_authentication() {
     let http_port = free_port();
     let mut cmd = marathon(marathon_root.path(), &[]);
     cmd.env("MARATHON_MASTER", format!("127.0.0.1:{port}"))
+        .env("MARATHON_ZK", &marathon_zk)
         .env("MARATHON_HTTP_PORT", http_port.to_string())
         .env("MARATHON_HOSTNAME", "127.0.0.1")
         .env("MARATHON_MESOS_AUTHENTICATION", "")
@@ -3172,11 +3196,21 @@ fn marathon_api_needs_http_basic_auth() {
     let root = packages.extract(MARATHON_DEB);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // No Mesos master: Marathon keeps retrying and serves its API meanwhile.
+    // No Mesos master and no ZooKeeper (port 1, and Marathon waits for it
+    // long enough): Marathon keeps trying and serves its API meanwhile.
     let start = |name: &str, extra: &[&str], env: &[(&str, &str)]| -> (Proc, u16) {
         let port = free_port();
         let port_text = port.to_string();
-        let mut args = vec!["--master", "127.0.0.1:1", "--http_port", &port_text];
+        let mut args = vec![
+            "--master",
+            "127.0.0.1:1",
+            "--zk",
+            "zk://127.0.0.1:1/marathon",
+            "--zk_connection_timeout",
+            "600000",
+            "--http_port",
+            &port_text,
+        ];
         args.extend_from_slice(extra);
         let mut cmd = marathon(root.path(), &args);
         for (key, value) in env {
@@ -3200,9 +3234,11 @@ fn marathon_api_needs_http_basic_auth() {
             http_request(port, "GET", path, Some(("admin", "wrong")), "").0,
             401
         );
+        // Past authentication; /v2/leader is 404 while no leader is known.
+        let expected = if path == "/v2/leader" { 404 } else { 200 };
         assert_eq!(
             http_request(port, "GET", path, Some(("admin", "s3cret")), "").0,
-            200,
+            expected,
             "{path}"
         );
     }
@@ -3254,4 +3290,639 @@ fn marathon_api_needs_http_basic_auth() {
     let (_none, port) = start("none", &[], &[]);
     assert!(!http_request(port, "GET", "/ping", None, "").1.is_empty());
     assert_eq!(http_request(port, "GET", "/ping", None, "").0, 200);
+}
+
+// ---------------------------------------------------------------------------
+// ZooKeeper digest authentication and ACLs (zk://user:password@...).
+// ---------------------------------------------------------------------------
+
+/// Runs OPS (JSON arrays) with python3-kazoo against the test's ZooKeeper,
+/// authenticated with digest AUTH (`user:password`) or not at all. Each
+/// result is `{"ok": value}` or `{"error": "<kazoo exception name>"}`.
+/// Ops: `["get", path]` (data as text), `["children", path]` (sorted),
+/// `["acls", path]` (sorted `scheme:id:perms`), `["create_digest_only", path,
+/// "user:password"]` (like `setAcl path digest:user:hash:cdrwa`),
+/// `["digest", "user:password"]` (the digest id of those credentials).
+fn kazoo(zk_port: u16, auth: Option<&str>, ops: &[Value]) -> Vec<Value> {
+    const SCRIPT: &str = r#"
+import json, sys
+from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl, make_digest_acl_credential
+host, auth, ops = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = KazooClient(host, auth_data=[("digest", auth)] if auth else None)
+client.start(timeout=15)
+out = []
+for op in ops:
+    try:
+        if op[0] == "get":
+            out.append({"ok": client.get(op[1])[0].decode()})
+        elif op[0] == "children":
+            out.append({"ok": sorted(client.get_children(op[1]))})
+        elif op[0] == "acls":
+            acls = client.get_acls(op[1])[0]
+            out.append({"ok": sorted("%s:%s:%d" % (a.id.scheme, a.id.id, a.perms)
+                                     for a in acls)})
+        elif op[0] == "create_digest_only":
+            user, password = op[2].split(":", 1)
+            client.create(op[1], b"", acl=[make_digest_acl(user, password, all=True)])
+            out.append({"ok": None})
+        elif op[0] == "digest":
+            user, password = op[1].split(":", 1)
+            out.append({"ok": make_digest_acl_credential(user, password)})
+    except Exception as error:
+        out.append({"error": type(error).__name__})
+client.stop()
+print(json.dumps(out))
+"#;
+    let ops = serde_json::to_string(ops).unwrap();
+    let output = Command::new(python3())
+        .args([
+            "-c",
+            SCRIPT,
+            &format!("127.0.0.1:{zk_port}"),
+            auth.unwrap_or(""),
+            &ops,
+        ])
+        .output()
+        .expect("python3 with kazoo");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// One kazoo op that must succeed: its value.
+fn kazoo_ok(zk_port: u16, auth: Option<&str>, op: Value) -> Value {
+    let result = kazoo(zk_port, auth, std::slice::from_ref(&op)).remove(0);
+    assert!(result.get("ok").is_some(), "{op} as {auth:?}: {result}");
+    result["ok"].clone()
+}
+
+/// The ACL entries (`scheme:id:perms`) of a znode, read with the credentials.
+fn acls(zk_port: u16, auth: &str, path: &str) -> Vec<String> {
+    let value = kazoo_ok(zk_port, Some(auth), serde_json::json!(["acls", path]));
+    serde_json::from_value(value).unwrap()
+}
+
+/// Checks that none of the texts holds the secret.
+fn assert_no_secret(secret: &str, texts: &[(&str, String)]) {
+    for (name, text) in texts {
+        assert!(!text.contains(secret), "{name} logs the secret:\n{text}");
+    }
+}
+
+/// The leading master among PORTS on 127.0.0.1 (the one whose /master/state
+/// answers 200 rather than redirecting).
+fn leading_master(ports: &[u16]) -> u16 {
+    wait_for(Duration::from_secs(30), "a leading master", || {
+        ports
+            .iter()
+            .copied()
+            .find(|port| try_json("127.0.0.1", *port, "/master/state").is_some())
+    })
+}
+
+#[test]
+fn zookeeper_credentials_give_mesos_and_marathon_znodes_their_acls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let zk = match ZooKeeper::start(d) {
+        Ok(zk) => zk,
+        Err(reason) => {
+            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
+            return;
+        }
+    };
+    let packages = Packages::build();
+    let mesos_root = packages.extract(MESOS_DEB);
+    let marathon_root = packages.extract(MARATHON_DEB);
+    let sysroot = fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let secret = "Zk-s3cret-9f2";
+    let creds = format!("mesobake:{secret}");
+    let mesos_url = format!("zk://{creds}@127.0.0.1:{}/cluster/mesos", zk.port);
+    let marathon_url = format!("zk://{creds}@127.0.0.1:{}/cluster/marathon", zk.port);
+
+    // A master with credentials creates /cluster and /cluster/mesos (the
+    // group's base path, recursively) and its json.info_ member.
+    let port = free_port();
+    let master = start_master(
+        mesos_root.path(),
+        d,
+        "master",
+        port,
+        &[
+            format!("--zk={mesos_url}"),
+            "--zk_session_timeout=2secs".to_string(),
+        ],
+    );
+    leading_master(&[port]);
+
+    // Marathon with credentials: its storage root and leader latch, and the
+    // scheduler driver follows the master through the credentialed URL.
+    let http_port = free_port();
+    let marathon_proc = Proc::spawn(
+        marathon(
+            marathon_root.path(),
+            &[
+                "--master",
+                &mesos_url,
+                "--zk",
+                &marathon_url,
+                "--http_port",
+                &http_port.to_string(),
+                "--hostname",
+                "127.0.0.1",
+            ],
+        ),
+        d,
+        "marathon",
+    );
+    wait_for(Duration::from_secs(30), "Marathon to register", || {
+        let info = try_json("127.0.0.1", http_port, "/v2/info")?;
+        info["frameworkId"].as_str().map(str::to_string)
+    });
+
+    // Mesos: EVERYONE_READ_CREATOR_ALL on every znode it created.
+    let digest = kazoo_ok(zk.port, None, serde_json::json!(["digest", creds]));
+    let creator_all = format!("digest:{}:31", digest.as_str().unwrap());
+    let everyone_read_creator_all = vec![creator_all.clone(), "world:anyone:1".to_string()];
+    let members: Vec<String> = serde_json::from_value(kazoo_ok(
+        zk.port,
+        Some(&creds),
+        serde_json::json!(["children", "/cluster/mesos"]),
+    ))
+    .unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(members[0].starts_with("json.info_"), "{members:?}");
+    let member = format!("/cluster/mesos/{}", members[0]);
+    for path in ["/cluster", "/cluster/mesos", member.as_str()] {
+        assert_eq!(
+            acls(zk.port, &creds, path),
+            everyone_read_creator_all,
+            "{path}"
+        );
+    }
+
+    // Marathon: CREATOR_ALL_ACL, and world-readable leader-curator.
+    for path in ["/cluster/marathon", "/cluster/marathon/state"] {
+        assert_eq!(
+            acls(zk.port, &creds, path),
+            vec![creator_all.clone()],
+            "{path}"
+        );
+    }
+    assert_eq!(
+        acls(zk.port, &creds, "/cluster/marathon/leader-curator"),
+        everyone_read_creator_all
+    );
+    let latches: Vec<String> = serde_json::from_value(kazoo_ok(
+        zk.port,
+        Some(&creds),
+        serde_json::json!(["children", "/cluster/marathon/leader-curator"]),
+    ))
+    .unwrap();
+    assert_eq!(latches.len(), 1, "{latches:?}");
+    assert!(
+        latches[0].starts_with("_c_") && latches[0].contains("-latch-"),
+        "{latches:?}"
+    );
+    let latch = format!("/cluster/marathon/leader-curator/{}", latches[0]);
+    assert_eq!(acls(zk.port, &creds, &latch), vec![creator_all.clone()]);
+    assert_eq!(
+        kazoo_ok(zk.port, Some(&creds), serde_json::json!(["get", latch])),
+        format!("127.0.0.1:{http_port}")
+    );
+
+    // Without credentials: nothing of Marathon's but the latch's names; the
+    // masters' MasterInfo, world-readable, still.
+    let anonymous = kazoo(
+        zk.port,
+        None,
+        &[
+            serde_json::json!(["get", "/cluster/marathon"]),
+            serde_json::json!(["children", "/cluster/marathon"]),
+            serde_json::json!(["get", "/cluster/marathon/state"]),
+            serde_json::json!(["children", "/cluster/marathon/state"]),
+            serde_json::json!(["get", latch]),
+        ],
+    );
+    for result in &anonymous {
+        assert_eq!(result["error"], "NoAuthError", "{anonymous:?}");
+    }
+    let readable = kazoo(
+        zk.port,
+        None,
+        &[
+            serde_json::json!(["children", "/cluster/marathon/leader-curator"]),
+            serde_json::json!(["get", member]),
+        ],
+    );
+    assert_eq!(readable[0]["ok"], serde_json::json!(latches));
+    assert!(
+        readable[1]["ok"]
+            .as_str()
+            .is_some_and(|info| info.contains(&format!("master@127.0.0.1:{port}"))),
+        "{readable:?}"
+    );
+
+    // An agent without credentials finds the leader all the same (the
+    // members are world-readable) and registers.
+    let agent_port = free_port();
+    let no_creds_url = format!("zk://127.0.0.1:{}/cluster/mesos", zk.port);
+    let _agent = Proc::spawn(
+        agent_command(
+            mesos_root.path(),
+            &sysroot,
+            d,
+            "agent",
+            agent_port,
+            &no_creds_url,
+            &["--zk_session_timeout=2secs".to_string()],
+        ),
+        d,
+        "agent",
+    );
+    wait_for(Duration::from_secs(30), "the agent to register", || {
+        let state = try_json("127.0.0.1", agent_port, "/state")?;
+        (state["id"] != "").then_some(())
+    });
+
+    // A master without credentials cannot join: GroupProcess::doJoin()'s
+    // NoAuth fails its candidacy (Master::contended()).
+    let refused = free_port();
+    let args = master_args(
+        refused,
+        &[
+            format!("--zk={no_creds_url}"),
+            "--zk_session_timeout=2secs".to_string(),
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = expect_failure(
+        mesos(mesos_root.path(), "mesos-master", &args),
+        d,
+        "no-creds-master",
+        "EXIT with status 1: Failed to contend: Failed to create ephemeral node at \
+         '/cluster/mesos/json.info_' in ZooKeeper: not authenticated",
+    );
+    assert!(
+        !stderr.contains("Authenticating with ZooKeeper"),
+        "{stderr}"
+    );
+
+    // Marathon shows both URLs redacted (InfoResource); Mesos shows the flag
+    // as given, but neither logs the password.
+    let info = get_json(http_port, "/v2/info");
+    assert_eq!(
+        info["zookeeper_config"]["zk"],
+        format!(
+            "zk://xxxxxxxx:xxxxxxxx@127.0.0.1:{}/cluster/marathon",
+            zk.port
+        )
+    );
+    assert_eq!(
+        info["marathon_config"]["master"],
+        format!("zk://xxxxxxxx:xxxxxxxx@127.0.0.1:{}/cluster/mesos", zk.port)
+    );
+    assert_eq!(info["elected"], true);
+    assert_eq!(get_json(port, "/flags")["flags"]["zk"], mesos_url);
+    let master_log = master.stderr();
+    assert!(
+        master_log.contains("Authenticating with ZooKeeper using digest"),
+        "{master_log}"
+    );
+    assert!(
+        master_log.contains(&format!(
+            "--zk=\"zk://xxxxxxxx:xxxxxxxx@127.0.0.1:{}/cluster/mesos\"",
+            zk.port
+        )),
+        "{master_log}"
+    );
+    assert_no_secret(
+        secret,
+        &[
+            ("master stderr", master_log),
+            ("master stdout", master.stdout()),
+            ("marathon stdout", marathon_proc.stdout()),
+            ("marathon stderr", marathon_proc.stderr()),
+        ],
+    );
+}
+
+#[test]
+fn digest_only_paths_admit_only_the_right_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let zk = match ZooKeeper::start(d) {
+        Ok(zk) => zk,
+        Err(reason) => {
+            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
+            return;
+        }
+    };
+    let packages = Packages::build();
+    let mesos_root = packages.extract(MESOS_DEB);
+    let marathon_root = packages.extract(MARATHON_DEB);
+    let sysroot = fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let secret = "Pre-created-7c1";
+    let creds = format!("mesobake:{secret}");
+    let url = |auth: &str, path: &str| format!("zk://{auth}127.0.0.1:{}{path}", zk.port);
+    let mesos_url = url(&format!("{creds}@"), "/mesos");
+    let marathon_url = url(&format!("{creds}@"), "/marathon");
+    let wrong_mesos_url = url("mesobake:wrong@", "/mesos");
+
+    // What the masters' first-boot job does with zkCli.sh: both paths exist
+    // before any daemon starts, readable and writable by mesobake only.
+    for path in ["/mesos", "/marathon"] {
+        kazoo_ok(
+            zk.port,
+            Some(&creds),
+            serde_json::json!(["create_digest_only", path, creds]),
+        );
+    }
+    let digest = kazoo_ok(zk.port, None, serde_json::json!(["digest", creds]));
+    let creator_all = format!("digest:{}:31", digest.as_str().unwrap());
+
+    // With the credentials: two masters elect a leader, an agent registers
+    // with it and Marathon registers as a framework.
+    let zk_flags = |url: &str| vec![format!("--zk={url}"), "--zk_session_timeout=2secs".into()];
+    let ports = [free_port(), free_port()];
+    let first = start_master(
+        mesos_root.path(),
+        d,
+        "master1",
+        ports[0],
+        &zk_flags(&mesos_url),
+    );
+    let leader = leading_master(&ports[..1]);
+    let second = start_master(
+        mesos_root.path(),
+        d,
+        "master2",
+        ports[1],
+        &zk_flags(&mesos_url),
+    );
+    wait_for(Duration::from_secs(30), "two members", || {
+        let members = kazoo_ok(
+            zk.port,
+            Some(&creds),
+            serde_json::json!(["children", "/mesos"]),
+        );
+        (members.as_array().unwrap().len() == 2).then_some(())
+    });
+    assert_eq!(leading_master(&ports), leader);
+    let agent_port = free_port();
+    let _agent = Proc::spawn(
+        agent_command(
+            mesos_root.path(),
+            &sysroot,
+            d,
+            "agent",
+            agent_port,
+            &mesos_url,
+            &["--zk_session_timeout=2secs".to_string()],
+        ),
+        d,
+        "agent",
+    );
+    let agent_id = wait_for(Duration::from_secs(30), "the agent to register", || {
+        let state = try_json("127.0.0.1", agent_port, "/state")?;
+        state["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+    });
+    assert_eq!(
+        get_json(leader, "/master/state")["slaves"][0]["id"],
+        agent_id
+    );
+    // Marathon with a wrong --zk password, while /marathon is still empty:
+    // its storage root and its latch are refused (Curator logs them), it is
+    // never elected, and the leadership stream times out after
+    // --zk_connection_timeout: exit 104.
+    let (status, stdout, _) = run_to_exit(
+        marathon(
+            marathon_root.path(),
+            &[
+                "--master",
+                &mesos_url,
+                "--zk",
+                &url("mesobake:wrong@", "/marathon"),
+                "--zk_connection_timeout",
+                "2000",
+                "--http_port",
+                &free_port().to_string(),
+            ],
+        ),
+        d,
+        "wrong-marathon",
+    );
+    assert_eq!(status.code(), Some(104), "{stdout}");
+    for expected in [
+        "ERROR Ensure path threw exception\norg.apache.zookeeper.KeeperException$NoAuthException: \
+         KeeperErrorCode = NoAuth for /marathon/state",
+        "ERROR getChildren() failed. rc = -102",
+        "Leadership ended with failure; exiting",
+    ] {
+        assert!(stdout.contains(expected), "{expected}\n{stdout}");
+    }
+    assert!(!stdout.contains("Elected as leader"), "{stdout}");
+    assert_no_secret("wrong@", &[("wrong-marathon", stdout)]);
+
+    let http_port = free_port();
+    let marathon_proc = Proc::spawn(
+        marathon(
+            marathon_root.path(),
+            &[
+                "--master",
+                &mesos_url,
+                "--zk",
+                &marathon_url,
+                "--http_port",
+                &http_port.to_string(),
+                "--hostname",
+                "127.0.0.1",
+            ],
+        ),
+        d,
+        "marathon",
+    );
+    let framework_id = wait_for(Duration::from_secs(30), "Marathon to register", || {
+        let info = try_json("127.0.0.1", http_port, "/v2/info")?;
+        info["frameworkId"].as_str().map(str::to_string)
+    });
+    assert_eq!(
+        get_json(leader, "/frameworks")["frameworks"][0]["id"],
+        framework_id
+    );
+
+    // Once a Marathon has created <path>/leader-curator (world-readable), a
+    // Marathon with a wrong password can list the latch but not join it: it
+    // stays in standby, leads nothing and never registers with Mesos.
+    let standby_port = free_port();
+    let mut standby = Proc::spawn(
+        marathon(
+            marathon_root.path(),
+            &[
+                "--master",
+                &mesos_url,
+                "--zk",
+                &url("mesobake:wrong@", "/marathon"),
+                "--zk_connection_timeout",
+                "1000",
+                "--http_port",
+                &standby_port.to_string(),
+            ],
+        ),
+        d,
+        "standby-marathon",
+    );
+    wait_for(Duration::from_secs(30), "the standby Marathon", || {
+        standby
+            .stdout()
+            .contains("Leader defeated. Current leader: -")
+            .then_some(())
+    });
+    assert!(
+        standby.child.try_wait().unwrap().is_none(),
+        "{}",
+        standby.stdout()
+    );
+    let info = get_json(standby_port, "/v2/info");
+    assert_eq!(info["elected"], false, "{info}");
+    assert_eq!(info["frameworkId"], Value::Null, "{info}");
+    assert_eq!(http_get(standby_port, "/v2/leader").unwrap().0, 404);
+    assert!(
+        standby
+            .stdout()
+            .contains("ERROR getChildren() failed. rc = -102"),
+        "{}",
+        standby.stdout()
+    );
+    assert_eq!(
+        get_json(leader, "/frameworks")["frameworks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    drop(standby);
+
+    // The pre-created ACLs stay as they were; without credentials neither
+    // path can be read or listed.
+    for path in ["/mesos", "/marathon"] {
+        assert_eq!(
+            acls(zk.port, &creds, path),
+            vec![creator_all.clone()],
+            "{path}"
+        );
+    }
+    let anonymous = kazoo(
+        zk.port,
+        None,
+        &[
+            serde_json::json!(["get", "/mesos"]),
+            serde_json::json!(["children", "/mesos"]),
+            serde_json::json!(["get", "/marathon"]),
+            serde_json::json!(["children", "/marathon"]),
+        ],
+    );
+    for result in &anonymous {
+        assert_eq!(result["error"], "NoAuthError", "{anonymous:?}");
+    }
+    // A wrong password authenticates (digest always does) but is another
+    // identity: the same NoAuth.
+    let wrong = kazoo(
+        zk.port,
+        Some("mesobake:wrong"),
+        &[serde_json::json!(["children", "/mesos"])],
+    );
+    assert_eq!(wrong[0]["error"], "NoAuthError");
+
+    // Mesos daemons with a wrong password, or none, fail like Mesos: the
+    // group's getChildren() is refused, which ZooKeeper::retryable() does not
+    // retry; the detection fails and the process exits.
+    let children_refused =
+        "Non-retryable error attempting to get children of '/mesos' in ZooKeeper: not authenticated";
+    let no_creds_mesos_url = url("", "/mesos");
+    for (name, zk_url) in [
+        ("wrong-master", &wrong_mesos_url),
+        ("anonymous-master", &no_creds_mesos_url),
+    ] {
+        let args = master_args(free_port(), &zk_flags(zk_url));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let stderr = expect_failure(
+            mesos(mesos_root.path(), "mesos-master", &args),
+            d,
+            name,
+            &format!(
+                "EXIT with status 1: Failed to detect the leading master: \
+                 {children_refused}; committing suicide!"
+            ),
+        );
+        assert!(
+            stderr.contains(&format!("Group aborting: {children_refused}")),
+            "{stderr}"
+        );
+        assert_no_secret("wrong@", &[(name, stderr)]);
+    }
+    let stderr = expect_failure(
+        agent_command(
+            mesos_root.path(),
+            &sysroot,
+            d,
+            "wrong-agent",
+            free_port(),
+            &wrong_mesos_url,
+            &[],
+        ),
+        d,
+        "wrong-agent",
+        &format!("EXIT with status 1: Failed to detect a master: {children_refused}"),
+    );
+    assert_no_secret("wrong@", &[("wrong-agent", stderr)]);
+    // None of them joined.
+    let members = kazoo_ok(
+        zk.port,
+        Some(&creds),
+        serde_json::json!(["children", "/mesos"]),
+    );
+    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+
+    // Marathon elected, but its scheduler driver has a wrong password in
+    // --master: libmesos's detector fails and takes the process down.
+    let (status, _, stderr) = run_to_exit(
+        marathon(
+            marathon_root.path(),
+            &[
+                "--master",
+                &wrong_mesos_url,
+                "--zk",
+                &marathon_url,
+                "--http_port",
+                &free_port().to_string(),
+            ],
+        ),
+        d,
+        "wrong-driver",
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "EXIT with status 1: Failed to detect a master: {children_refused}"
+        )),
+        "{stderr}"
+    );
+
+    assert_no_secret(
+        secret,
+        &[
+            ("master1", first.stderr()),
+            ("master2", second.stderr()),
+            ("marathon stdout", marathon_proc.stdout()),
+            ("marathon stderr", marathon_proc.stderr()),
+        ],
+    );
 }

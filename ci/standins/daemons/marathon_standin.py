@@ -17,10 +17,19 @@ get wrong:
   `[scallop] Error: ...` and exit status 1;
 * the HTTP endpoints a deployment check uses: /ping, /v2/info, /v2/leader,
   behind HTTP basic authentication with --http_credentials (HttpModule);
-* registration as a framework with the leading Mesos master, found in
-  ZooKeeper like the scheduler driver does, over the Mesos stand-in's own
-  /master/standin/subscribe call, with --mesos_authentication's credential;
-  a refused registration crashes Marathon like MarathonScheduler.error().
+* its own ZooKeeper use under --zk: digest authentication from
+  zk://user:pass@..., the storage root <path>/state and the Curator leader
+  latch <path>/leader-curator with Marathon's ACLs (CREATOR_ALL_ACL, the
+  latch's parent world-readable too), exit 100 without a connection, no
+  leadership when ZooKeeper refuses the latch;
+* registration as a framework with the leading Mesos master, once elected,
+  found in ZooKeeper like the scheduler driver does (with its digest
+  credentials and ACLs; NoAuth ends the process), over the Mesos stand-in's
+  own /master/standin/subscribe call, with --mesos_authentication's
+  credential; a refused registration crashes Marathon like
+  MarathonScheduler.error();
+* no ZooKeeper password in its logs (real Marathon logs its command line
+  whole); /v2/info shows the URLs redacted like Marathon does.
 
 Like the Mesos stand-in, it keeps to Python 3.4 syntax so that it runs in every
 guest image mesobake targets.
@@ -133,9 +142,36 @@ OPTIONS = [
 
 REQUIRED = ("master",)
 
-# marathon ZookeeperConf.ZkUrlPattern: zk://[user:pass@]host[:port][,...]/path
+# ZookeeperConf.ZkUrlPattern: zk://[user:pass@]host[:port][,...]/path, with
+# user [^/:]+, pass [^@]+, hosts [A-z0-9-.]+(:port), nodes [^/]+ (so no
+# trailing '/'). Groups: user, pass, hosts, path.
+_HOST_AND_PORT = r"[A-z0-9\-.]+(?::\d+)?"
 ZK_URL = re.compile(
-    r"^zk://(?:[^:@]+:[^:@]+@)?[A-Za-z0-9.-]+(?::\d+)?(?:,[A-Za-z0-9.-]+(?::\d+)?)*(/.+)$")
+    r"^zk://(?:([^/:]+):([^@]+)@)?(%s(?:,%s)*)(/[^/]+(?:/[^/]+)*)$"
+    % (_HOST_AND_PORT, _HOST_AND_PORT))
+
+# The credentials of a ZooKeeper URL, up to the last '@' before the path.
+_ZK_CREDENTIALS = re.compile(r"zk://[^/]*@")
+
+
+def redact(text):
+    """Masks ZooKeeper credentials in text that is logged, the way
+    ZkUrl.redactedConnectionString writes them.
+
+    Real Marathon logs its whole command line ("Starting Marathon ... with
+    --zk zk://user:pass@..."), so its journal carries the ZooKeeper password;
+    the stand-in never logs one."""
+    return _ZK_CREDENTIALS.sub("zk://xxxxxxxx:xxxxxxxx@", text)
+
+
+def redacted_url(url):
+    """ZkUrl.redactedConnectionString: zk://xxxxxxxx:xxxxxxxx@hosts/path when
+    the URL has credentials. Text that is no ZkUrl is returned as it is."""
+    match = ZK_URL.match(url)
+    if match is None:
+        return url
+    user, _, hosts, path = match.groups()
+    return "zk://%s%s%s" % ("xxxxxxxx:xxxxxxxx@" if user is not None else "", hosts, path)
 
 
 class ScallopError(Exception):
@@ -235,7 +271,8 @@ def parse(args):
             values[name] = words[0]
 
     if not ZK_URL.match(values["zk"]):
-        raise ScallopError("Validation failure for 'zk' option parameters: %s" % values["zk"])
+        raise ScallopError("Validation failure for 'zk' option parameters: %s"
+                           % redact(values["zk"]))
     # MarathonConf: dependsOnAll(mesosAuthentication, List(mesosAuthenticationPrincipal))
     # and mutuallyExclusive(mesosAuthenticationSecret, mesosAuthenticationSecretFile).
     # Scallop counts --disable_mesos_authentication as supplied too.
@@ -251,6 +288,7 @@ def parse(args):
 
 def log(level, message, logger="mesosphere.marathon.Main$"):
     # Marathon's logback pattern: [date] LEVEL message (logger:thread).
+    message = redact(message)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
     sys.stdout.write("[%s] %-5s %s (%s:main)\n" % (stamp, level, message, logger))
     sys.stdout.flush()
@@ -267,8 +305,10 @@ def info_document(values):
         "name": "marathon",
         "version": VERSION,
         "buildref": "standin",
-        "elected": True,
-        "leader": "%s:%d" % (values["hostname"], values["http_port"]),
+        # Set from the election when asked (ElectionService.isLeader and
+        # leaderHostPort).
+        "elected": False,
+        "leader": None,
         # Filled in once the stand-in has registered with a Mesos master.
         "frameworkId": None,
         "event_subscriber": None,
@@ -279,6 +319,10 @@ def info_document(values):
     for name, _, _, section in OPTIONS:
         if section is not None:
             document[section][name] = values[name]
+    # InfoResource: "master" -> mesosMaster().redactedConnectionString,
+    # "zk" -> zooKeeperUrl().redactedConnectionString.
+    document["marathon_config"]["master"] = redacted_url(values["master"])
+    document["zookeeper_config"]["zk"] = redacted_url(values["zk"])
     return document
 
 
@@ -316,21 +360,32 @@ def authorized(credentials, header):
     return bool(colon) and (user, password) == credentials
 
 
-def make_handler(values, framework=None):
-    leader = "%s:%d" % (values["hostname"], values["http_port"])
+def make_handler(values, framework=None, election=None):
     document = info_document(values)
     credentials = basic_credentials(values)
     realm = values["http_realm"]
 
+    def leader_host_port():
+        return election.leader_host_port() if election is not None else None
+
     def info():
         if framework is not None:
             document["frameworkId"] = framework.get("id")
+        document["elected"] = election is not None and election.is_leader()
+        document["leader"] = leader_host_port()
         return json.dumps(document, sort_keys=True).encode()
+
+    def leader():
+        """LeaderResource.index()."""
+        current = leader_host_port()
+        if current is None:
+            return 404, json.dumps({"message": "There is no leader"}).encode()
+        return 200, json.dumps({"leader": current}).encode()
 
     routes = {
         "/ping": (200, "text/plain; charset=utf-8", b"pong"),
         "/v2/info": (200, "application/json", info),
-        "/v2/leader": (200, "application/json", json.dumps({"leader": leader}).encode()),
+        "/v2/leader": (200, "application/json", leader),
         "/v2/apps": (200, "application/json", b'{"apps": []}'),
         "/metrics": (200, "application/json", b'{"standin": true}'),
     }
@@ -354,6 +409,8 @@ def make_handler(values, framework=None):
                 path, (404, "application/json", b'{"message": "not found"}'))
             if callable(body):
                 body = body()
+                if isinstance(body, tuple):
+                    status, body = body
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -543,34 +600,253 @@ def static_master(text):
             "address": {"ip": ip, "port": port, "hostname": host}}
 
 
+# ---------------------------------------------------------------------------
+# Marathon's own ZooKeeper: the storage root and the leader latch under
+# --zk, with Marathon's ACLs (ZookeeperConf.zkDefaultCreationACL,
+# RichCuratorFramework.apply, CuratorElectionStream).
+# ---------------------------------------------------------------------------
+
+ZOOKEEPER_CONNECTION_FAILURE = 100  # CrashStrategy.ZookeeperConnectionFailure
+LEADERSHIP_ENDED_FAULTY = 104  # CrashStrategy.LeadershipEndedFaulty
+
+# KeeperException subclasses and codes, for the Java exception text Curator
+# logs: org.apache.zookeeper.KeeperException$NoAuthException:
+# KeeperErrorCode = NoAuth for /marathon/state
+_KEEPER_EXCEPTIONS = [
+    ("NoAuthError", "NoAuthException", "NoAuth", -102),
+    ("NoNodeError", "NoNodeException", "NoNode", -101),
+    ("NodeExistsError", "NodeExistsException", "NodeExists", -110),
+    ("InvalidACLError", "InvalidACLException", "InvalidACL", -114),
+    ("AuthFailedError", "AuthFailedException", "AuthFailed", -115),
+    ("ConnectionLoss", "ConnectionLossException", "ConnectionLoss", -4),
+]
+
+
+def keeper_exception(error, path):
+    """(Java exception text, result code) for a kazoo error."""
+    from kazoo import exceptions
+    for name, java, code_name, code in _KEEPER_EXCEPTIONS:
+        if isinstance(error, getattr(exceptions, name)):
+            return ("org.apache.zookeeper.KeeperException$%s: KeeperErrorCode = %s for %s"
+                    % (java, code_name, path), code)
+    return "org.apache.zookeeper.KeeperException: %r" % (error,), -1
+
+
+class Election(object):
+    """Marathon's ZooKeeper client and leader election.
+
+    --zk zk://user:pass@hosts/path: the session authenticates with digest
+    `user:pass` (ZkCreds.authInfoDigest); znodes are created with
+    CREATOR_ALL_ACL, or OPEN_ACL_UNSAFE without credentials
+    (zkDefaultCreationACL); <path>/leader-curator also gets READ_ACL_UNSAFE
+    (the ACLProvider of RichCuratorFramework.apply). At start Marathon
+    connects (or exits 100 after --zk_connection_timeout), creates its
+    storage root <path>/state (Curator's namespace, parents first, each with
+    the provider's ACL), then with --ha starts a Curator LeaderLatch at
+    <path>/leader-curator: an ephemeral sequential _c_<uuid>-latch-<seq>
+    holding host:port. Without --ha it leads once connected.
+
+    Stand-in simplifications: every instance whose latch node was created
+    acts as the leader (there is no ordering of the latch); a refused latch
+    leaves it in standby, and when the latch's children cannot even be
+    listed the leadership stream times out and Marathon exits (104)."""
+
+    def __init__(self, values, host_port):
+        from kazoo.client import KazooClient
+        from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
+        user, password, hosts, path = ZK_URL.match(values["zk"]).groups()
+        self.values = values
+        self.host_port = host_port
+        self.acl = list(CREATOR_ALL_ACL if user is not None else OPEN_ACL_UNSAFE)
+        self.state_path = path + "/state"  # zooKeeperStateUrl
+        self.leader_path = path + "/leader-curator"  # zooKeeperLeaderCuratorUrl
+        self.leader_acl = self.acl + list(READ_ACL_UNSAFE)
+        self.connection_timeout = values["zk_connection_timeout"] / 1000.0
+        auth = [("digest", "%s:%s" % (user, password))] if user is not None else None
+        self.client = KazooClient(
+            hosts=hosts, timeout=max(values["zk_session_timeout"] / 1000.0, 1.0),
+            auth_data=auth,
+            connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0})
+        self.lock = threading.Lock()
+        self.leading = False
+        self.on_elected = []
+
+    def is_leader(self):
+        with self.lock:
+            return self.leading
+
+    def leader_host_port(self):
+        # The stand-in knows no other leader than itself.
+        return self.host_port if self.is_leader() else None
+
+    def start(self):
+        thread = threading.Thread(target=self._run)
+        thread.daemon = True
+        thread.start()
+
+    def _acl_for(self, path):
+        return self.leader_acl if path == self.leader_path else self.acl
+
+    def _mkdirs(self, path):
+        """ZKPaths.mkdirs(): each missing node from the top, with the ACL the
+        provider gives its path; one created meanwhile is fine."""
+        from kazoo.exceptions import NodeExistsError
+        current = ""
+        for node in path.strip("/").split("/"):
+            current += "/" + node
+            if self.client.exists(current) is None:
+                try:
+                    self.client.create(current, b"", acl=self._acl_for(current))
+                except NodeExistsError:
+                    pass
+
+    def _run(self):
+        try:
+            self.client.start(timeout=self.connection_timeout)
+        except Exception:
+            # RichCuratorFramework.blockUntilConnected()
+            log("ERROR", "Failed to connect to ZK. Marathon will exit now.",
+                "mesosphere.marathon.core.storage.store.impl.zk.RichCuratorFramework")
+            os._exit(ZOOKEEPER_CONNECTION_FAILURE)
+        try:
+            # Curator's NamespaceImpl: the storage root, before first use.
+            self._mkdirs(self.state_path)
+        except Exception as error:
+            text, _ = keeper_exception(error, self.state_path)
+            log("ERROR", "Ensure path threw exception\n" + text,
+                "org.apache.curator.framework.imps.CuratorFrameworkImpl")
+        if not self.values["ha"]:
+            # PsuedoElectionStream: the only instance leads.
+            self._elected()
+            return
+        log("INFO", "starting leader latch", "mesosphere.marathon.core.election.CuratorElectionStream$")
+        latch = self.leader_path + "/_c_%s-latch-" % uuid.uuid4()
+        try:
+            # LeaderLatch.reset(): creatingParentContainersIfNeeded,
+            # withProtection, EPHEMERAL_SEQUENTIAL, the id as data.
+            self._mkdirs(self.leader_path)
+            self.client.create(latch, self.host_port.encode(), acl=self._acl_for(latch),
+                               ephemeral=True, sequence=True)
+        except Exception as error:
+            _, code = keeper_exception(error, latch)
+            log("ERROR", "getChildren() failed. rc = %d" % code,
+                "org.apache.curator.framework.recipes.leader.LeaderLatch")
+            self._never_elected()
+            return
+        self._elected()
+
+    def _elected(self):
+        with self.lock:
+            self.leading = True
+            callbacks, self.on_elected = self.on_elected, []
+        log("INFO", "Leader won.", "mesosphere.marathon.core.election.CuratorElectionStream$")
+        log("INFO", "Elected as leader: %s" % self.host_port,
+            "mesosphere.marathon.core.election.ElectionServiceImpl")
+        for callback in callbacks:
+            callback()
+
+    def _never_elected(self):
+        """CuratorElectionStream without a latch node: it polls the latch's
+        children; when it cannot list them no element passes before
+        .initialTimeout(zk_connection_timeout) and ElectionServiceImpl ends
+        Marathon. When it can, Marathon stays in standby."""
+        time.sleep(self.connection_timeout)
+        try:
+            self.client.get_children(self.leader_path)
+        except Exception:
+            log("INFO", "Leadership ended with failure; exiting\n"
+                "java.util.concurrent.TimeoutException: The first element has not yet "
+                "passed through in %d milliseconds." % self.values["zk_connection_timeout"],
+                "mesosphere.marathon.core.election.ElectionServiceImpl")
+            os._exit(LEADERSHIP_ENDED_FAULTY)
+        log("INFO", "Leader defeated. Current leader: -",
+            "mesosphere.marathon.core.election.CuratorElectionStream$")
+
+
+# ---------------------------------------------------------------------------
+# The scheduler driver's master detector: libmesos's zookeeper::Group.
+# ---------------------------------------------------------------------------
+
+# zerror() texts for the errors Mesos's ZooKeeper::retryable() does not retry.
+_ZERROR = [
+    ("NoAuthError", "not authenticated"),
+    ("NoNodeError", "no node"),
+    ("InvalidACLError", "invalid acl"),
+    ("AuthFailedError", "authentication failed"),
+    ("BadArgumentsError", "bad arguments"),
+]
+
+
+def driver_exit(message):
+    """EXIT(EXIT_FAILURE) in libmesos (src/sched/sched.cpp detected()): a
+    glog line on stderr, then the whole JVM exits with status 1."""
+    now = datetime.datetime.now()
+    sys.stderr.write("E%s %s %5d sched.cpp:0] EXIT with status 1: %s\n"
+                     % (now.strftime("%m%d"), now.strftime("%H:%M:%S.%f"), os.getpid(),
+                        redact(message)))
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def watch_leader(url, framework):
-    """The driver's ZooKeeper master detector: the lowest json.info_ znode
-    under the URL's path holds the leading master's MasterInfo."""
+    """The driver's ZooKeeper master detector (src/zookeeper/group.cpp in
+    libmesos): digest authentication with the URL's credentials, the base
+    path created if missing (EVERYONE_READ_CREATOR_ALL with credentials,
+    OPEN_ACL_UNSAFE without), then the lowest json.info_ znode under it
+    holds the leading master's MasterInfo. A NoAuth (or any error Mesos does
+    not retry) ends the process: "Failed to detect a master: ..."."""
     try:
         from kazoo.client import KazooClient
+        from kazoo import exceptions
+        from kazoo.security import (ACL, ANYONE_ID_UNSAFE, AUTH_IDS,
+                                    OPEN_ACL_UNSAFE, Permissions)
     except ImportError:
         log("ERROR", "The TEST STAND-IN needs python3-kazoo to follow a zk:// "
                      "--master; not registering with Mesos")
         return
-    rest = url[len("zk://"):]
-    servers, _, path = rest.partition("/")
-    path = "/" + path.rstrip("/")
+    rest = url.strip()[len("zk://"):]
+    servers, slash, path = rest.partition("/")
+    path = ("/" + path).rstrip("/") or "/"
     auth = None
+    acl = OPEN_ACL_UNSAFE
     if "@" in servers:
         credentials, servers = servers.rsplit("@", 1)
         auth = [("digest", credentials)]
+        acl = [ACL(Permissions.READ, ANYONE_ID_UNSAFE), ACL(Permissions.ALL, AUTH_IDS)]
     client = KazooClient(hosts=servers, auth_data=auth,
-                         connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0},
-                         command_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0})
+                         connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0})
+
+    def final(error):
+        for name, text in _ZERROR:
+            if isinstance(error, getattr(exceptions, name)):
+                return text
+        return None
+
+    def create(node):
+        if client.exists(node) is not None:
+            return
+        parent = node[:node.rfind("/")]
+        if parent:
+            create(parent)
+        try:
+            client.create(node, b"", acl=acl)
+        except exceptions.NodeExistsError:
+            pass
 
     def run():
         client.start_async()
+        created = False
         while True:
+            if not client.connected:
+                time.sleep(0.2)
+                continue
+            step = "create"
             try:
-                if not client.connected:
-                    time.sleep(0.2)
-                    continue
-                children = client.get_children(path) if client.exists(path) else []
+                if not created and path != "/":
+                    create(path)
+                created = True
+                step = "children"
+                children = client.get_children(path)
                 members = []
                 for child in children:
                     prefix, _, number = child.rpartition("_")
@@ -578,11 +854,27 @@ def watch_leader(url, framework):
                         members.append((int(number), child))
                 leader = None
                 if members:
-                    data, _ = client.get(path + "/" + min(members)[1])
-                    leader = json.loads(data.decode())
+                    step = "data"
+                    node = path.rstrip("/") + "/" + min(members)[1]
+                    try:
+                        data, _ = client.get(node)
+                        leader = json.loads(data.decode())
+                    except exceptions.NoNodeError:
+                        leader = None
                 framework.detected(leader)
-            except Exception:  # kazoo raises many kinds; keep polling.
-                pass
+            except Exception as error:
+                text = final(error)
+                if text is None:  # retryable: connection loss, timeouts
+                    time.sleep(0.5)
+                    continue
+                if step == "create":
+                    driver_exit("Failed to detect a master: Failed to create '%s' in "
+                                "ZooKeeper: %s" % (path, text))
+                if step == "children":
+                    driver_exit("Failed to detect a master: Non-retryable error attempting "
+                                "to get children of '%s' in ZooKeeper: %s" % (path, text))
+                driver_exit("Failed to detect a master: Failed to get data for ephemeral "
+                            "node '%s' in ZooKeeper: %s" % (node, text))
             time.sleep(0.5)
 
     thread = threading.Thread(target=run)
@@ -593,8 +885,8 @@ def watch_leader(url, framework):
 def main(argv, environ):
     args = env_to_args(environ) + argv[1:]
     # Not something Marathon prints: it lets a test VM's journal show exactly
-    # what the environment file and the unit passed.
-    sys.stderr.write("marathon-standin: argv: %s\n" % json.dumps(args))
+    # what the environment file and the unit passed (credentials masked).
+    sys.stderr.write("marathon-standin: argv: %s\n" % json.dumps([redact(a) for a in args]))
     sys.stderr.flush()
     try:
         values = parse(args)
@@ -608,30 +900,42 @@ def main(argv, environ):
         return 1
     if values["http_credentials"] is None:
         values["http_credentials"] = environ.get("MESOSPHERE_HTTP_CREDENTIALS")
+    try:
+        from kazoo.client import KazooClient  # noqa: F401 (checked up front)
+    except ImportError:
+        log("ERROR", "The TEST STAND-IN needs python3-kazoo for --zk")
+        return 1
     framework = Framework(values)
+    host_port = "%s:%d" % (values["hostname"], values["http_port"])
+    election = Election(values, host_port)
     address = values["http_address"] or "0.0.0.0"
     try:
-        server = _Server((address, values["http_port"]), make_handler(values, framework))
+        server = _Server((address, values["http_port"]),
+                         make_handler(values, framework, election))
     except OSError as error:
         log("ERROR", "Failed to bind to %s:%d: %s" % (
             address, values["http_port"], os.strerror(error.errno) if error.errno else error))
         return 1
     log("INFO", "Started HTTP server on %s:%d" % (address, values["http_port"]),
         "mesosphere.marathon.api.HttpModule")
-    log("INFO", "Elected as leader: %s:%d" % (values["hostname"], values["http_port"]),
-        "mesosphere.marathon.core.election.ElectionServiceImpl")
-    master = values["master"].strip()
-    static = None
-    if master.startswith("zk://"):
-        watch_leader(master, framework)
-    else:
-        static = static_master(master)
-        if static is None:
-            log("ERROR", "Cannot parse --master %s; not registering with Mesos" % master)
-    if static is not None or master.startswith("zk://"):
+
+    def start_driver():
+        """Only the leader runs the scheduler driver (MarathonSchedulerService)."""
+        master = values["master"].strip()
+        static = None
+        if master.startswith("zk://"):
+            watch_leader(master, framework)
+        else:
+            static = static_master(master)
+            if static is None:
+                log("ERROR", "Cannot parse --master %s; not registering with Mesos" % master)
+                return
         thread = threading.Thread(target=framework.run, args=(static,))
         thread.daemon = True
         thread.start()
+
+    election.on_elected.append(start_driver)
+    election.start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -21,6 +21,11 @@ part an image baker can get wrong:
 * leader election through ZooKeeper (json.info_ znodes, lowest sequence
   leads) and agents that register with the leader and follow it when it
   changes (over a stand-in-only HTTP call);
+* ZooKeeper digest authentication from zk://user:password@... with the ACLs
+  Mesos gives the znodes it creates (EVERYONE_READ_CREATOR_ALL, or
+  OPEN_ACL_UNSAFE without credentials), and NoAuth as fatal as in Mesos
+  ("Failed to detect a master: ...", "Failed to contend: ..."); the
+  credentials are masked in every line the stand-in logs;
 * the HTTP endpoints a deployment check looks at (/health, /state, /flags,
   /redirect, also under /master/ and /slave(1)/), with the flags the process
   ended up with, so a test can assert what the init wrapper passed;
@@ -689,6 +694,7 @@ class Log(object):
                        "directory '%s': %s" % (log_dir, error.strerror))
 
     def line(self, level, message):
+        message = redact(message)
         now = datetime.datetime.now()
         caller = sys._getframe(2)
         text = "%s%s %s %5d %s:%d] %s\n" % (
@@ -720,11 +726,29 @@ class Log(object):
             self.line("E", "EXIT with status 1: " + error.message)
 
 
+# The credentials of a ZooKeeper URL, zk://user:password@servers/path: what
+# zookeeper::URL::parse() takes for them runs to the last '@' before the path.
+_ZK_CREDENTIALS = re.compile(r"zk://[^/]*@")
+
+
+def redact(text):
+    """Masks the credentials of every ZooKeeper URL in a log line.
+
+    NOT what Mesos does: it prints --zk and --master as given (stout's
+    SecurePathOrValue prints the value when it was not a file), so the
+    "Flags at startup" line of a real master carries the ZooKeeper password.
+    The stand-in never logs one; it masks them the way Marathon's
+    ZkUrl.redactedConnectionString does. /flags and /state still show the
+    flags as Mesos does."""
+    return _ZK_CREDENTIALS.sub("zk://xxxxxxxx:xxxxxxxx@", text)
+
+
 def record_argv(program, argv):
     # Not something Mesos prints: it is there so that a test VM's journal shows
     # exactly which flags the init wrapper passed. Always written, whatever
-    # --logging_level or --quiet say.
-    sys.stderr.write("mesos-standin: %s argv: %s\n" % (program, json.dumps(argv)))
+    # --logging_level or --quiet say. ZooKeeper credentials are masked.
+    sys.stderr.write("mesos-standin: %s argv: %s\n"
+                     % (program, json.dumps([redact(arg) for arg in argv])))
     sys.stderr.flush()
 
 
@@ -1453,7 +1477,11 @@ JSON_LABEL = "json.info"
 
 
 def parse_zk(url):
-    """zookeeper::URL::parse(): zk://[user:password@]host:port[,...]/path."""
+    """zookeeper::URL::parse(): zk://[user:password@]host:port[,...]/path.
+
+    The path starts at the first '/', the credentials end at the last '@'
+    before it; they are the whole `user:password` of a digest addAuth
+    (include/mesos/zookeeper/url.hpp)."""
     servers, path = parse_zk_url(url)
     credentials = None
     if "@" in servers:
@@ -1468,31 +1496,94 @@ def _sequence(name):
         return None
 
 
-class Group(object):
-    """zookeeper::Group over kazoo: a session, an optional membership of our
-    own, and a watch that reports the current leader (lowest json.info_)."""
+# zerror() of the ZooKeeper C client (zookeeper.c), which Mesos's
+# ZooKeeper::message() returns, for the errors Mesos does not retry
+# (ZooKeeper::retryable() in src/zookeeper/zookeeper.cpp).
+_ZERROR = [
+    ("NoAuthError", "not authenticated"),
+    ("NoNodeError", "no node"),
+    ("NodeExistsError", "node exists"),
+    ("InvalidACLError", "invalid acl"),
+    ("AuthFailedError", "authentication failed"),
+    ("BadArgumentsError", "bad arguments"),
+    ("NotEmptyError", "not empty"),
+    ("NoChildrenForEphemeralsError", "no children for ephemerals"),
+    ("BadVersionError", "bad version"),
+    ("InvalidCallbackError", "invalid callback"),
+    ("UnimplementedError", "unimplemented"),
+    ("MarshallingError", "marshalling error"),
+    ("SystemZookeeperError", "system error"),
+    ("RuntimeInconsistency", "run time inconsistency"),
+    ("DataInconsistency", "data inconsistency"),
+    ("APIError", "api error"),
+]
 
-    def __init__(self, url, session_timeout, log, on_leader, data=None):
+
+def zk_error_message(error):
+    """zerror() for a non-retryable kazoo error; None for one Mesos retries
+    (connection loss, operation timeout, session expired or moved)."""
+    from kazoo import exceptions
+    for name, message in _ZERROR:
+        if isinstance(error, getattr(exceptions, name)):
+            return message
+    return None
+
+
+class GroupFailure(Exception):
+    """A non-retryable ZooKeeper error: KIND is "detect" when the detector's
+    watch or data read failed, "contend" when the contender's join did."""
+
+    def __init__(self, kind, message, aborts):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.aborts = aborts  # GroupProcess::abort(): the whole group fails
+
+
+class Group(object):
+    """zookeeper::Group over kazoo (src/zookeeper/group.cpp): a session, an
+    optional membership of our own, and a watch that reports the current
+    leader (lowest json.info_).
+
+    With credentials in the URL the session authenticates with digest
+    `user:password` and every znode the group creates (the base path and
+    its missing parents too) gets EVERYONE_READ_CREATOR_ALL (world:anyone
+    read, the creator's digest id all); without, OPEN_ACL_UNSAFE
+    (GroupProcess's constructor, src/zookeeper/authentication.cpp).
+    Errors ZooKeeper::retryable() does not list (NoAuth among them) are
+    final: ON_ERROR(kind, message) is called and must end the process, as
+    Master::detected()/contended() and Slave::detected() do."""
+
+    def __init__(self, url, session_timeout, log, on_leader, on_error, data=None):
         try:
             from kazoo.client import KazooClient
             from kazoo.protocol.states import KazooState
+            from kazoo.security import (ACL, ANYONE_ID_UNSAFE, AUTH_IDS,
+                                        OPEN_ACL_UNSAFE, Permissions)
         except ImportError:
             raise Exit("The TEST STAND-IN needs python3-kazoo to talk to ZooKeeper")
         self.KazooState = KazooState
         servers, self.path, credentials = parse_zk(url)
+        self.authenticated = credentials is not None
+        if self.authenticated:
+            # zookeeper::EVERYONE_READ_CREATOR_ALL
+            self.acl = [ACL(Permissions.READ, ANYONE_ID_UNSAFE),
+                        ACL(Permissions.ALL, AUTH_IDS)]
+        else:
+            self.acl = OPEN_ACL_UNSAFE
         self.log = log
         self.on_leader = on_leader
+        self.on_error = on_error
         self.data = data
         self.member = None  # our znode name
-        self.last_children = None
         self.lock = threading.Lock()
         self.events = []
         self.wakeup = threading.Condition(self.lock)
+        # GroupProcess::authenticate(): zoo_add_auth(zh, "digest", credentials).
         auth = [("digest", credentials)] if credentials else None
         self.client = KazooClient(
             hosts=servers, timeout=max(session_timeout, 1.0), auth_data=auth,
-            connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0},
-            command_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0})
+            connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 1.0})
         self.client.add_listener(self._state)
         thread = threading.Thread(target=self._run)
         thread.daemon = True
@@ -1507,60 +1598,141 @@ class Group(object):
             self.events.append(event)
             self.wakeup.notify()
 
-    def _children(self, children):
-        self._push(("children", list(children)))
+    def _watch(self, _event):
+        self._push(("children", None))
 
     def _run(self):
         self.client.start_async()
-        watching = False
+        ready = False  # the base path exists for this session
+        dirty = True  # the memberships must be read again
         while True:
             with self.lock:
                 if not self.events:
                     self.wakeup.wait(0.5)
                 events, self.events = self.events, []
             for kind, value in events:
-                if kind == "state" and value == self.KazooState.LOST and self.member:
-                    # The session expired: its ephemeral znodes are gone.
-                    self.log.info("ZooKeeper session expired")
-                    self.member = None
-                    self.on_leader(None, lost=True)
+                if kind == "state" and value == self.KazooState.LOST:
+                    # The session expired: its ephemeral znodes are gone, and
+                    # the next one authenticates and creates the path again.
+                    ready = False
+                    if self.member:
+                        self.log.info("ZooKeeper session expired")
+                        self.member = None
+                        self.on_leader(None, lost=True)
+                if kind in ("children", "retry"):
+                    dirty = True
             if not self.client.connected:
                 continue
             try:
-                if not watching:
-                    self.client.ensure_path(self.path)
-                    self.client.ChildrenWatch(self.path, self._children)
-                    watching = True
+                if not ready:
+                    if self.authenticated:
+                        self.log.info("Authenticating with ZooKeeper using digest")
+                    self._create_path()
+                    ready = True
+                    dirty = True
                 if self.data is not None and self.member is None:
-                    created = self.client.create(
-                        self.path + "/" + JSON_LABEL + "_", self.data(),
-                        ephemeral=True, sequence=True)
-                    self.member = created.rsplit("/", 1)[1]
-                    self.log.info("Created group membership %s in %s"
-                                  % (self.member, self.path))
-                for kind, value in events:
-                    if kind == "children":
-                        self.last_children = value
-                    if kind in ("children", "retry") and self.last_children is not None:
-                        self._detect(self.last_children)
-            except Exception as error:  # kazoo raises many kinds; retry all.
+                    # The master's detector and contender are separate groups
+                    # (separate sessions): the detector's watch is set up as
+                    # the process starts, so it fails first when both would.
+                    self._memberships()
+                    self._join()
+                    dirty = True
+                if dirty:
+                    dirty = False
+                    self._detect(self._memberships())
+            except GroupFailure as failure:
+                if failure.aborts:
+                    # GroupProcess::abort(), then the detector's log lines.
+                    self.log.error("Group aborting: " + failure.message)
+                    self.log.error("Failed to watch memberships: " + failure.message)
+                    self.log.error("Failed to detect the leader: " + failure.message)
+                self.on_error(failure.kind, failure.message)
+                return
+            except Exception as error:  # retryable: connection loss, timeouts
                 self.log.warning("ZooKeeper operation failed: %r" % (error,))
                 time.sleep(0.5)
                 self._push(("retry", None))
 
+    def _call(self, kind, aborts, message, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            text = zk_error_message(error)
+            if text is None:
+                raise
+            raise GroupFailure(kind, "%s: %s" % (message, text), aborts)
+
+    def _create_path(self):
+        """GroupProcess::create(): ZooKeeper::create(znode, "", acl, 0,
+        recursive): exists() first (which needs no permission), then the
+        missing parents and the znode with the group's ACL; "node exists"
+        is success. NoAuth on an existing path is not noticed here."""
+        self.log.info("Trying to create path '%s' in ZooKeeper" % self.path)
+        if self.path == "/":
+            return
+        self._call("detect", True,
+                   "Failed to create '%s' in ZooKeeper" % self.path,
+                   self._create_recursive, self.path)
+
+    def _create_recursive(self, path):
+        from kazoo.exceptions import NodeExistsError
+        if self.client.exists(path) is not None:
+            return
+        parent = path[:path.rfind("/")]
+        if parent:
+            self._create_recursive(parent)
+        try:
+            self.client.create(path, b"", acl=self.acl)
+        except NodeExistsError:
+            pass
+
+    def _memberships(self):
+        """GroupProcess::cache(): the children, with the watch set."""
+        return self._call(
+            "detect", True,
+            "Non-retryable error attempting to get children of '%s' in ZooKeeper"
+            % self.path,
+            self.client.get_children, self.path, watch=self._watch)
+
+    def _join(self):
+        """GroupProcess::doJoin(): an ephemeral sequential json.info_ znode."""
+        path = self.path.rstrip("/") + "/" + JSON_LABEL + "_"
+        created = self._call(
+            "contend", False,
+            "Failed to create ephemeral node at '%s' in ZooKeeper" % path,
+            self.client.create, path, self.data(), acl=self.acl,
+            ephemeral=True, sequence=True)
+        self.member = created.rsplit("/", 1)[1]
+        self.log.info("Created group membership %s in %s" % (self.member, self.path))
+
     def _detect(self, children):
+        from kazoo.exceptions import NoNodeError
         members = [(_sequence(child), child) for child in children
                    if child.startswith(JSON_LABEL + "_") and _sequence(child) is not None]
         if not members:
             self.on_leader(None)
             return
         _, name = min(members)
+        path = self.path.rstrip("/") + "/" + name
         try:
-            data, _ = self.client.get(self.path + "/" + name)
-            info = json.loads(data.decode())
-        except Exception as error:
-            self.log.warning("Failed to read the leader's MasterInfo: %r" % (error,))
+            data, _ = self.client.get(path)
+        except NoNodeError:
+            # GroupProcess::doData(): a membership gone before it could be
+            # read is no error; the watch reports the change.
             self._push(("retry", None))
+            return
+        except Exception as error:
+            text = zk_error_message(error)
+            if text is None:
+                raise
+            # The detector's fetched(): the detection fails, not the group.
+            raise GroupFailure(
+                "detect", "Failed to get data for ephemeral node '%s' in ZooKeeper: %s"
+                % (path, text), False)
+        try:
+            info = json.loads(data.decode())
+        except ValueError as error:
+            self.log.warning("Failed to parse data into valid JSON: %s" % error)
             return
         self.on_leader(info, member=name)
 
@@ -1568,6 +1740,27 @@ class Group(object):
 # ---------------------------------------------------------------------------
 # The two programs.
 # ---------------------------------------------------------------------------
+
+def master_group_error(log):
+    """Master::detected() and Master::contended() (src/master/master.cpp):
+    a failed detection or candidacy ends the master."""
+    def on_error(kind, message):
+        if kind == "contend":
+            log.exit(Exit("Failed to contend: " + message))
+        else:
+            log.exit(Exit("Failed to detect the leading master: %s; committing suicide!"
+                          % message))
+        os._exit(1)
+    return on_error
+
+
+def agent_group_error(log):
+    """Slave::detected() (src/slave/slave.cpp): a failed detection ends the agent."""
+    def on_error(_kind, message):
+        log.exit(Exit("Failed to detect a master: " + message))
+        os._exit(1)
+    return on_error
+
 
 def usage(program, definitions):
     lines = ["Usage: %s [options]" % program, ""]
@@ -1597,7 +1790,7 @@ def load_or_print(program, definitions, argv, environ):
         return None, 0
     if load_error is not None:
         sys.stderr.write("%s\n\nSee `%s --help` for a list of supported flags.\n"
-                         % (load_error, program))
+                         % (redact(load_error), program))
         return None, 1
     return flags, None
 
@@ -2046,7 +2239,7 @@ def run_master(program, argv, environ):
         timeout = parse_duration(flags.get("zk_session_timeout")) / 1e9
         try:
             Group(flags.get("zk").strip(), timeout, log, master.detected,
-                  data=lambda: json.dumps(master.info).encode())
+                  master_group_error(log), data=lambda: json.dumps(master.info).encode())
         except Exit as error:
             log.exit(error)
             return 1
@@ -2264,7 +2457,7 @@ def run_agent(program, argv, environ):
     if master.startswith("zk://"):
         timeout = parse_duration(flags.get("zk_session_timeout")) / 1e9
         try:
-            Group(master, timeout, log, agent.detected)
+            Group(master, timeout, log, agent.detected, agent_group_error(log))
         except Exit as error:
             log.exit(error)
             return 1
