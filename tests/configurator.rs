@@ -1332,7 +1332,10 @@ fn configured_env_reads_back_in_sh() {
         // Mesosphere's wrapper passes /etc/mesos/zk's content on the command line, so
         // that is a file:// pointer to the root-only copy.
         assert_eq!(fx.read("/etc/mesos/zk"), "file:///etc/mesos/zk-auth\n");
-        assert_eq!(fx.read("/etc/mesos/zk-auth"), "zk://u:p@10.0.0.11:2181/mesos\n");
+        assert_eq!(
+            fx.read("/etc/mesos/zk-auth"),
+            "zk://u:p@10.0.0.11:2181/mesos\n"
+        );
         assert_eq!(fx.mode("/etc/mesos/zk-auth").0, 0o600);
     }
 }
