@@ -17,7 +17,7 @@ use common::*;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Nothing of a build may remain attached: no loop device backed by a file under `dir`,
 /// no mount under it, and no work directory.
@@ -127,7 +127,13 @@ fn kill_builds_during_provision(args: &[&str], out: &Path) {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let busy = processes_in_ns(&ns);
+    // apt is started from the worker; on a loaded machine that can take a while.
+    let waited = Instant::now();
+    let mut busy = processes_in_ns(&ns);
+    while busy.len() <= 2 && waited.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(500));
+        busy = processes_in_ns(&ns);
+    }
     assert!(
         busy.len() > 2,
         "apt runs in the build's namespace: {busy:?}"
