@@ -143,8 +143,14 @@ pub fn materialise_in(parent: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     if dir.exists() {
-        // Not what this binary ships (edited, or half-removed): replace it.
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        // Not what this binary ships (edited, or half-removed): replace it. Another
+        // mesobake may be removing it at the same time.
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", dir.display()));
+            }
+            _ => {}
+        }
     }
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
