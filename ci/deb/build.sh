@@ -58,7 +58,8 @@ chmod -R u=rwX,go=rX "$root/usr"
 # Shared-library dependencies of the binary (libc), as dpkg-shlibdeps finds them.
 shlibs=$(cd "$stage" && mkdir -p debian && printf 'Source: mesobake\n\nPackage: mesobake\nArchitecture: any\n' > debian/control \
   && dpkg-shlibdeps -O "root/usr/bin/mesobake" 2>/dev/null | sed -n 's/^shlibs:Depends=//p') || shlibs=""
-deps=$(IFS=,; echo "${depends[*]}" | sed 's/,/, /g')
+deps=$(printf '%s, ' "${depends[@]}")
+deps=${deps%, }
 [ -n "$shlibs" ] && deps="$shlibs, $deps"
 
 size=$(du -sk "$root/usr" | cut -f1)
@@ -75,7 +76,7 @@ Homepage: https://mesos.apache.org/
 Description: bakes bootable, self-configuring VM images for Apache Mesos clusters
  A role profile (TOML) says what goes into an image; mesobake installs the packages
  into a base image, lays config overlays, applies service overrides and bakes a
- first-boot configurator. The shipped profiles are built in; `mesobake init` writes an
+ first-boot configurator. The shipped profiles are built in; "mesobake init" writes an
  editable copy. Also writes cloud-init seeds for a cluster and boots it under QEMU.
 CONTROL
 mkdir -p "$out"

@@ -6,8 +6,12 @@
 #   ci/deb/test.sh [path/to/mesobake_<ver>_amd64.deb]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-deb=${1:-$(ls -t target/deb/mesobake_*_amd64.deb 2>/dev/null | head -1)}
-[ -n "$deb" ] && [ -f "$deb" ] || { echo "no .deb: run ci/deb/build.sh first" >&2; exit 1; }
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+deb=${1:-target/deb/mesobake_${version}_amd64.deb}
+if [ ! -f "$deb" ]; then
+  echo "no $deb: run ci/deb/build.sh first" >&2
+  exit 1
+fi
 deb=$(realpath "$deb")
 [ "$(id -u)" -eq 0 ] || { echo "ci/deb/test.sh needs root (apt-get install)" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
