@@ -14,7 +14,7 @@ use crate::vm::verify::{self, VerifyOptions};
 
 /// Bakes bootable, self-configuring VM images for Apache Mesos clusters.
 #[derive(Debug, Parser)]
-#[command(name = "mesobake", version, about, long_about = None)]
+#[command(name = "mesobake", version, about, long_about = None, after_help = crate::project::LOOKUP_HELP)]
 pub struct Cli {
     /// Show every external command and its output.
     #[arg(short, long, global = true)]
@@ -22,6 +22,9 @@ pub struct Cli {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Look for profiles (and `--with` includes, and topologies' roles) here first.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub profiles: Option<PathBuf>,
     /// The subcommand.
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -30,12 +33,20 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// List the role profiles with a one-line description each.
-    Profiles {
-        /// The profiles directory.
-        #[arg(long, default_value = "profiles")]
-        dir: PathBuf,
+    /// List the role profiles along the lookup path: name, where it comes from (later
+    /// ones of the same name are shadowed), description.
+    #[command(after_help = crate::project::LOOKUP_HELP)]
+    Profiles,
+    /// Write an editable project: profiles, includes, overlays, keys, an example
+    /// cluster.toml and a README.
+    Init(crate::project::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
+    /// Print the man page (roff).
+    Man,
     /// Build an image from a role profile (needs root).
     Build(BuildArgs),
     /// Boot an image under QEMU and check that it configures itself and runs its role.
@@ -65,7 +76,8 @@ pub enum Cmd {
 /// `mesobake build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// The role profile (TOML).
+    /// The role profile: a name looked up along the lookup path (`mesobake profiles`), or
+    /// a file (anything with a '/' or ending in .toml).
     pub profile: PathBuf,
     /// The base and its checksums (the profile's `[base]`, overridden).
     #[command(flatten)]
@@ -73,8 +85,9 @@ pub struct BuildArgs {
     /// Archive mirror for bootstrapped bases.
     #[arg(long)]
     pub mirror: Option<String>,
-    /// Extra profile files layered on top, last wins (e.g. profiles/include/offline-standins.toml).
-    #[arg(long = "with", value_name = "FILE")]
+    /// Extra profile files layered on top, last wins: a file, or a name looked up as
+    /// include/NAME.toml, then NAME.toml, along the lookup path (e.g. offline-standins).
+    #[arg(long = "with", value_name = "NAME|FILE")]
     pub with: Vec<PathBuf>,
     /// Output formats, comma-separated (qcow2, raw, vmdk, vdi, vhdx, vhd, vhd-fixed, ova,
     /// ec2); overrides [output] formats.
@@ -168,6 +181,7 @@ pub struct CheckArgs {
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
     crate::run::set_verbose(cli.verbose);
+    crate::project::set_flag(cli.profiles.clone());
     // Before the interrupt handler starts its thread: see crate::isolate.
     let mounts_or_boots = match &cli.cmd {
         Cmd::Build(a) => !a.dry_run,
@@ -184,7 +198,12 @@ pub fn main(cli: Cli) -> Result<i32> {
     }
     crate::run::install_interrupt_handler()?;
     match cli.cmd {
-        Cmd::Profiles { dir } => profiles(&dir, cli.json),
+        Cmd::Profiles => profiles(cli.json),
+        Cmd::Init(a) => crate::project::init_cmd(&a, cli.json),
+        Cmd::Completions { shell } => {
+            crate::install::completions(shell, <Cli as clap::CommandFactory>::command())
+        }
+        Cmd::Man => crate::install::man(<Cli as clap::CommandFactory>::command()),
         Cmd::Build(a) => build(a, cli.json),
         Cmd::Verify(a) => verify_cmd(a, cli.json),
         Cmd::Seed(a) => seed_cmd(a, cli.json),
@@ -200,25 +219,19 @@ fn parse_format(s: &str) -> Result<Format> {
     s.trim().parse()
 }
 
-fn profiles(dir: &std::path::Path, json: bool) -> Result<i32> {
-    let all = profile::list(dir)?;
+fn profiles(json: bool) -> Result<i32> {
+    let all = crate::project::Search::new(None)?.list()?;
     if json {
-        let v: Vec<_> = all
-            .iter()
-            .map(|(n, p, d)| serde_json::json!({"name": n, "path": p, "description": d}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
-        let w = all.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
-        for (n, _, d) in all {
-            println!("{n:<w$}  {d}");
-        }
+        print!("{}", crate::project::table(&all));
     }
     Ok(0)
 }
 
 fn build(a: BuildArgs, json: bool) -> Result<i32> {
-    let mut prof = profile::load(&a.profile, &a.with)?;
+    let search = crate::project::Search::new(None)?;
+    let mut prof = crate::project::load_profile(&search, &a.profile, &a.with)?;
     prof.override_base(a.base);
     let base_opts = BaseOptions {
         sha256: prof.base_sha256.clone(),
@@ -278,13 +291,9 @@ fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
     let services: Option<Vec<Service>> = match &a.role {
         None => None,
         Some(r) => {
-            let path = if r.ends_with(".toml") {
-                PathBuf::from(r)
-            } else {
-                PathBuf::from(format!("profiles/{r}.toml"))
-            };
+            let search = crate::project::Search::new(None)?;
             Some(
-                profile::load(&path, &[])
+                crate::project::load_profile(&search, std::path::Path::new(r), &[])
                     .with_context(|| format!("loading role {r}"))?
                     .services,
             )
@@ -434,9 +443,6 @@ pub struct SeedArgs {
     /// Output directory.
     #[arg(long, default_value = "seeds")]
     pub out: PathBuf,
-    /// Where the roles' profiles are (`<role>.toml`).
-    #[arg(long, default_value = "profiles")]
-    pub profiles: PathBuf,
     /// Make new secrets instead of reusing those in `<out>/secrets/` (every node then
     /// needs its new seed).
     #[arg(long)]
@@ -453,9 +459,6 @@ pub enum LabAction {
         /// Directory holding `<role>.qcow2` images from `mesobake build`.
         #[arg(long, default_value = "out")]
         images: PathBuf,
-        /// Where the roles' profiles are.
-        #[arg(long, default_value = "profiles")]
-        profiles: PathBuf,
         /// Memory per VM in MiB (default: [lab] memory, else 1536).
         #[arg(long)]
         memory: Option<u32>,
@@ -476,25 +479,19 @@ pub enum LabAction {
     Status {
         /// The cluster topology.
         cluster: PathBuf,
-        /// Where the roles' profiles are.
-        #[arg(long, default_value = "profiles")]
-        profiles: PathBuf,
     },
     /// Stop exactly the QEMU processes `lab up` started.
     Down {
         /// The cluster topology.
         cluster: PathBuf,
-        /// Where the roles' profiles are.
-        #[arg(long, default_value = "profiles")]
-        profiles: PathBuf,
     },
 }
 
-fn load_cluster(
-    path: &std::path::Path,
-    profiles: &std::path::Path,
-) -> Result<crate::cluster::Cluster> {
-    let c = crate::cluster::load(path, profiles)?;
+/// Loads a topology; its roles are looked up along the lookup path, with the
+/// `profiles/` beside it before `./profiles`.
+fn load_cluster(path: &std::path::Path) -> Result<crate::cluster::Cluster> {
+    let dirs = crate::project::Search::new(Some(path))?.paths()?;
+    let c = crate::cluster::load_in(path, &dirs)?;
     for w in &c.warnings {
         eprintln!("mesobake: warning: {w}");
     }
@@ -503,7 +500,7 @@ fn load_cluster(
 
 fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
     use crate::seed::secrets::{self, Origin};
-    let mut c = load_cluster(&a.cluster, &a.profiles)?;
+    let mut c = load_cluster(&a.cluster)?;
     if c.auth {
         let dir = secrets::dir_in(&a.out);
         let (s, origin) = secrets::load_or_create(&dir, a.rotate)?;
@@ -557,14 +554,13 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
         LabAction::Up {
             cluster,
             images,
-            profiles,
             memory,
             cpus,
             accel,
             timeout,
             no_wait,
         } => {
-            let c = load_cluster(&cluster, &profiles)?;
+            let c = load_cluster(&cluster)?;
             let state = lab::up(
                 &c,
                 &lab::UpOptions {
@@ -582,8 +578,8 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             }
             Ok(0)
         }
-        LabAction::Status { cluster, profiles } => {
-            let c = load_cluster(&cluster, &profiles)?;
+        LabAction::Status { cluster } => {
+            let c = load_cluster(&cluster)?;
             let rows = lab::status(&c)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -592,8 +588,8 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             }
             Ok(0)
         }
-        LabAction::Down { cluster, profiles } => {
-            let c = load_cluster(&cluster, &profiles)?;
+        LabAction::Down { cluster } => {
+            let c = load_cluster(&cluster)?;
             let stopped = lab::down(&c)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stopped)?);

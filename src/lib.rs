@@ -5,16 +5,19 @@
 //! result to verify it.
 pub mod base;
 pub mod build;
+pub mod builtin;
 pub mod cli;
 pub mod cluster;
 pub mod context;
 pub mod export;
 pub mod image;
+pub mod install;
 pub mod isolate;
 pub mod layers;
 pub mod nodeconf;
 pub mod profile;
 pub mod progress;
+pub mod project;
 pub mod recover;
 pub mod run;
 pub mod seed;

@@ -197,6 +197,12 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Loads and validates `path`; roles are looked up as `<profiles>/<role>.toml`.
 pub fn load(path: &Path, profiles: &Path) -> Result<Cluster> {
+    load_in(path, &[profiles.to_owned()])
+}
+
+/// Loads and validates `path`; a role is the first `<dir>/<role>.toml` of `profiles`
+/// (the lookup path, [`crate::project::Search`]).
+pub fn load_in(path: &Path, profiles: &[PathBuf]) -> Result<Cluster> {
     let text = profile::read_config_file(path, "cluster file")?;
     let file: ClusterFile = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
@@ -337,25 +343,38 @@ impl Ctx<'_> {
         &self,
         role: &toml::Spanned<String>,
         subject: &str,
-        profiles: &Path,
+        profiles: &[PathBuf],
     ) -> Result<Vec<Service>> {
         let r = role.get_ref();
-        let p = profiles.join(format!("{r}.toml"));
-        if r.is_empty() || r.contains('/') || !p.is_file() {
-            let known: Vec<String> = profile::list(profiles)
-                .map(|l| l.into_iter().map(|(n, _, _)| n).collect())
-                .unwrap_or_default();
-            return Err(self.err(
-                role.span(),
-                subject,
-                "role",
-                format!(
-                    "no profile {} (roles are profile names: {})",
-                    p.display(),
-                    known.join(", ")
-                ),
-            ));
-        }
+        let found = profiles
+            .iter()
+            .map(|d| d.join(format!("{r}.toml")))
+            .find(|p| p.is_file());
+        let p = match found {
+            Some(p) if !r.is_empty() && !r.contains('/') => p,
+            _ => {
+                let mut known: Vec<String> = profiles
+                    .iter()
+                    .filter_map(|d| profile::list(d).ok())
+                    .flatten()
+                    .map(|(n, _, _)| n)
+                    .collect();
+                known.sort();
+                known.dedup();
+                let looked: Vec<String> =
+                    profiles.iter().map(|d| d.display().to_string()).collect();
+                return Err(self.err(
+                    role.span(),
+                    subject,
+                    "role",
+                    format!(
+                        "no profile {r}.toml in {} (roles are profile names: {})",
+                        looked.join(", "),
+                        known.join(", ")
+                    ),
+                ));
+            }
+        };
         let prof = profile::load(&p, &[])
             .map_err(|e| self.err(role.span(), subject, "role", format!("{e:#}")))?;
         Ok(prof.services)
@@ -523,7 +542,7 @@ impl Ctx<'_> {
         files: &[NodeFile],
         cluster: &str,
         network: &Network,
-        profiles: &Path,
+        profiles: &[PathBuf],
         names: &mut BTreeMap<String, String>,
     ) -> Result<Vec<Node>> {
         let mut taken = Taken::default();
@@ -557,7 +576,7 @@ impl Ctx<'_> {
         nf: &NodeFile,
         cluster: &str,
         network: &Network,
-        profiles: &Path,
+        profiles: &[PathBuf],
         names: &mut BTreeMap<String, String>,
         taken: &mut Taken,
     ) -> Result<Node> {
@@ -736,7 +755,7 @@ impl Ctx<'_> {
     fn groups(
         &self,
         files: &[GroupFile],
-        profiles: &Path,
+        profiles: &[PathBuf],
         names: &mut BTreeMap<String, String>,
     ) -> Result<Vec<Group>> {
         let mut groups = Vec::new();
@@ -788,7 +807,7 @@ impl Cluster {
     /// Validates the file in the order a reader meets it: the name, the network and the
     /// SSH keys, then the nodes (and the masters among them), then the groups. Node and
     /// group names share one namespace.
-    fn resolve(path: &Path, text: &str, f: ClusterFile, profiles: &Path) -> Result<Cluster> {
+    fn resolve(path: &Path, text: &str, f: ClusterFile, profiles: &[PathBuf]) -> Result<Cluster> {
         let ctx = Ctx { path, text };
         let name = f.name.get_ref().clone();
         if !valid_name(&name) {
