@@ -11,10 +11,12 @@ use crate::context::{BuildRequest, ExportOptions};
 use crate::profile::{self, Service};
 use crate::settings::{AccelChoice, Format, MfDigest, Qcow2Compression};
 use crate::vm::verify::{self, VerifyOptions};
+use crate::{out, outln};
 
 /// Bakes bootable, self-configuring VM images for Apache Mesos clusters.
 #[derive(Debug, Parser)]
-#[command(name = "mesobake", version, about, long_about = None)]
+#[command(name = "mesobake", version, about, long_about = None,
+    after_help = crate::output::EXIT_STATUS_HELP)]
 pub struct Cli {
     /// Show every external command and its output.
     #[arg(short, long, global = true)]
@@ -38,6 +40,9 @@ pub enum Cmd {
     },
     /// Build an image from a role profile (needs root).
     Build(BuildArgs),
+    /// Check a profile or a cluster.toml without doing any work: every referenced file
+    /// (overlays, apt keys, local debs, the base) and every value; exit 1 on problems.
+    Validate(ValidateArgs),
     /// Boot an image under QEMU and check that it configures itself and runs its role.
     Verify(VerifyArgs),
     /// Write every node's cloud-init seeds from a cluster.toml (NoCloud ISO, EC2 user-data).
@@ -99,6 +104,22 @@ pub struct BuildArgs {
     /// Print how long each stage took.
     #[arg(long)]
     pub timings: bool,
+}
+
+/// `mesobake validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// A role profile or a cluster topology (told apart by their keys).
+    pub file: PathBuf,
+    /// Treat the file as this kind instead of telling it by its keys.
+    #[arg(long, value_enum)]
+    pub kind: Option<crate::validate::InputKind>,
+    /// Extra profile files layered on top, as `build --with` (profiles only).
+    #[arg(long = "with", value_name = "FILE")]
+    pub with: Vec<PathBuf>,
+    /// Where a topology's roles' profiles are (`<role>.toml`).
+    #[arg(long, default_value = "profiles")]
+    pub profiles: PathBuf,
 }
 
 /// `mesobake cache ...`.
@@ -186,6 +207,7 @@ pub fn main(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Profiles { dir } => profiles(&dir, cli.json),
         Cmd::Build(a) => build(a, cli.json),
+        Cmd::Validate(a) => validate_cmd(a, cli.json),
         Cmd::Verify(a) => verify_cmd(a, cli.json),
         Cmd::Seed(a) => seed_cmd(a, cli.json),
         Cmd::Lab { action } => lab_cmd(action, cli.json),
@@ -207,18 +229,19 @@ fn profiles(dir: &std::path::Path, json: bool) -> Result<i32> {
             .iter()
             .map(|(n, p, d)| serde_json::json!({"name": n, "path": p, "description": d}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let w = all.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
         for (n, _, d) in all {
-            println!("{n:<w$}  {d}");
+            outln!("{n:<w$}  {d}");
         }
     }
     Ok(0)
 }
 
 fn build(a: BuildArgs, json: bool) -> Result<i32> {
-    let mut prof = profile::load(&a.profile, &a.with)?;
+    let mut prof = crate::validate::load_profile(&a.profile, &a.with)?;
+    let base_from_cli = a.base.name.is_some();
     prof.override_base(a.base);
     let base_opts = BaseOptions {
         sha256: prof.base_sha256.clone(),
@@ -230,13 +253,14 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
     } else {
         crate::settings::dedup_formats(a.format)?
     };
-    crate::base::check_spec(&prof.base, &base_opts)?;
+    // Every referenced file and the base, before any download, mount or bootstrap.
+    crate::validate::require(&prof, base_from_cli)?;
     if a.dry_run {
         if json {
-            println!("{}", serde_json::to_string_pretty(&prof)?);
+            outln!("{}", serde_json::to_string_pretty(&prof)?);
         } else {
-            print!("{}", prof.plan());
-            println!(
+            out!("{}", prof.plan());
+            outln!(
                 "outputs     {}",
                 formats
                     .iter()
@@ -260,10 +284,10 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
         },
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&outputs)?);
+        outln!("{}", serde_json::to_string_pretty(&outputs)?);
     } else {
         for o in &outputs {
-            println!(
+            outln!(
                 "{}  {} MiB  sha256:{}",
                 a.out.join(&o.file).display(),
                 o.size >> 20,
@@ -301,13 +325,13 @@ fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
         memory_mb: a.memory,
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.table());
+        out!("{}", report.table());
         if let Some(l) = &report.serial_log {
-            println!("serial log kept at {l}");
+            outln!("serial log kept at {l}");
         }
-        println!(
+        outln!(
             "{}",
             if report.passed() {
                 "verify: PASS"
@@ -368,9 +392,9 @@ fn cache_cmd(action: CacheAction, json: bool) -> Result<i32> {
         CacheAction::Clear => gc::clear(&cache)?,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        outln!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
-        print!("{}", gc::table(&entries));
+        out!("{}", gc::table(&entries));
     }
     Ok(0)
 }
@@ -384,23 +408,23 @@ fn clean_cmd(a: CleanArgs, json: bool) -> Result<i32> {
     for s in &stale {
         let c = recover::clean(s)?;
         if !json {
-            println!("removed {}", c.describe());
+            outln!("removed {}", c.describe());
         }
         done.push(c);
     }
     drop(cache_lock);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"removed": done, "cache_tmp_checked": cache_checked})
         );
         return Ok(0);
     }
     if done.is_empty() {
-        println!("nothing to clean");
+        outln!("nothing to clean");
     }
     if !cache_checked {
-        println!(
+        outln!(
             "the cache ({}) is in use by a running build: its temporary entries were left alone",
             cache.root().display()
         );
@@ -411,10 +435,10 @@ fn clean_cmd(a: CleanArgs, json: bool) -> Result<i32> {
 fn check_cmd(a: CheckArgs, json: bool) -> Result<i32> {
     let report = crate::export::check::check_dir(&a.dir)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.table());
-        println!(
+        out!("{}", report.table());
+        outln!(
             "{}",
             if report.passed() {
                 "check: PASS"
@@ -424,6 +448,50 @@ fn check_cmd(a: CheckArgs, json: bool) -> Result<i32> {
         );
     }
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+fn validate_cmd(a: ValidateArgs, json: bool) -> Result<i32> {
+    use crate::validate::{self, InputKind};
+    let kind = match a.kind {
+        Some(k) => k,
+        None => validate::detect(&a.file)?,
+    };
+    let r = match kind {
+        InputKind::Profile => validate::validate_profile(&a.file, &a.with),
+        InputKind::Cluster => validate::validate_cluster(&a.file, &a.profiles),
+    };
+    if json {
+        crate::output::print_json(&r)?;
+    } else {
+        for w in &r.warnings {
+            eprintln!("mesobake: warning: {w}");
+        }
+        for p in &r.problems {
+            outln!("{p}");
+        }
+        let what = match kind {
+            InputKind::Profile => "profile",
+            InputKind::Cluster => "cluster",
+        };
+        if r.valid {
+            outln!(
+                "validate: {} is a valid {what}{}",
+                a.file.display(),
+                r.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+        } else {
+            outln!(
+                "validate: {} problem(s) in {}",
+                r.problems.len(),
+                a.file.display()
+            );
+        }
+    }
+    Ok(if r.valid {
+        crate::output::exit::SUCCESS
+    } else {
+        crate::output::exit::CHECK_FAILED
+    })
 }
 
 /// `mesobake seed`.
@@ -494,7 +562,7 @@ fn load_cluster(
     path: &std::path::Path,
     profiles: &std::path::Path,
 ) -> Result<crate::cluster::Cluster> {
-    let c = crate::cluster::load(path, profiles)?;
+    let c = crate::validate::load_cluster(path, profiles)?;
     for w in &c.warnings {
         eprintln!("mesobake: warning: {w}");
     }
@@ -531,22 +599,24 @@ fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
     }
     let out = c.write_seeds(&a.out)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        let mut t =
+            crate::output::Table::new(&["node", "role", "ip", "mac", "files"]);
         for o in &out {
-            println!(
-                "{:<12} {:<14} {:<15} {:<17} {}",
-                o.name,
-                o.role,
-                o.ip.as_deref().unwrap_or("dhcp"),
-                o.mac.as_deref().unwrap_or("(any)"),
+            t.row(vec![
+                o.name.clone(),
+                o.role.clone(),
+                o.ip.clone().unwrap_or_else(|| "dhcp".into()),
+                o.mac.clone().unwrap_or_else(|| "(any)".into()),
                 o.files
                     .iter()
                     .map(|f| a.out.join(f).display().to_string())
                     .collect::<Vec<_>>()
-                    .join(" ")
-            );
+                    .join(" "),
+            ]);
         }
+        out!("{}", t.render());
     }
     Ok(0)
 }
@@ -576,19 +646,33 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
                 },
             )?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
+                outln!("{}", serde_json::to_string_pretty(&state)?);
             } else {
-                print!("{}", lab::status_table(&lab::status(&c)?));
+                out!("{}", lab::status_table(&lab::status(&c)?));
             }
             Ok(0)
         }
         LabAction::Status { cluster, profiles } => {
             let c = load_cluster(&cluster, &profiles)?;
-            let rows = lab::status(&c)?;
+            let rows = match lab::status(&c) {
+                Err(e) if e.is::<lab::NoLab>() => {
+                    if json {
+                        crate::output::print_json(&serde_json::json!({
+                            "lab": null,
+                            "message": "no lab running",
+                            "cluster": c.path,
+                        }))?;
+                    } else {
+                        outln!("{e}");
+                    }
+                    return Ok(0);
+                }
+                r => r?,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", lab::status_table(&rows));
+                out!("{}", lab::status_table(&rows));
             }
             Ok(0)
         }
@@ -596,11 +680,11 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             let c = load_cluster(&cluster, &profiles)?;
             let stopped = lab::down(&c)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stopped)?);
+                outln!("{}", serde_json::to_string_pretty(&stopped)?);
             } else if stopped.is_empty() {
-                println!("nothing was running");
+                outln!("nothing was running");
             } else {
-                println!("stopped {}", stopped.join(" "));
+                outln!("stopped {}", stopped.join(" "));
             }
             Ok(0)
         }
