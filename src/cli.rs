@@ -477,7 +477,10 @@ fn validate_cmd(a: ValidateArgs, json: bool) -> Result<i32> {
             outln!(
                 "validate: {} is a valid {what}{}",
                 a.file.display(),
-                r.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+                r.name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
             );
         } else {
             outln!(
@@ -601,8 +604,7 @@ fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
     if json {
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        let mut t =
-            crate::output::Table::new(&["node", "role", "ip", "mac", "files"]);
+        let mut t = crate::output::Table::new(&["node", "role", "ip", "mac", "files"]);
         for o in &out {
             t.row(vec![
                 o.name.clone(),

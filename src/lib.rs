@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod context;
 pub mod export;
+pub mod failure;
 pub mod image;
 pub mod isolate;
 pub mod layers;

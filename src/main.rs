@@ -15,16 +15,14 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            let informational = matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            );
+            let informational =
+                matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
             if informational || !json_requested() {
                 // clap prints help and version on stdout (0), usage errors on stderr (2).
                 e.exit();
             }
             let _ = e.print();
-            mesobake::outln!("{}", output::usage_error_json(&e.to_string()));
+            mesobake::outln!("{}", mesobake::failure::usage_error_json(&e.to_string()));
             output::finish();
             std::process::exit(exit::USAGE);
         }
@@ -37,11 +35,11 @@ fn main() {
             if json {
                 mesobake::outln!(
                     "{}",
-                    serde_json::to_string_pretty(&output::error_json(&e))
+                    serde_json::to_string_pretty(&mesobake::failure::error_json(&e))
                         .unwrap_or_else(|_| "{}".into())
                 );
             }
-            output::classify(&e).status
+            mesobake::failure::classify(&e).status
         }
     };
     if let Some(w) = output::finish() {

@@ -494,7 +494,10 @@ fn check_key(path: &Path) -> std::result::Result<(), String> {
             first_line_of_tail(&e)
         )),
         Err(e) => {
-            eprintln!("mesobake: warning: {}: apt key not checked: {e:#}", path.display());
+            eprintln!(
+                "mesobake: warning: {}: apt key not checked: {e:#}",
+                path.display()
+            );
             Ok(())
         }
     }
@@ -533,10 +536,7 @@ fn check_debs(path: &Path) -> Vec<String> {
             if found.is_empty() {
                 return vec![format!("{s}: no .deb files in this directory")];
             }
-            found
-                .iter()
-                .filter_map(|f| check_deb(f).err())
-                .collect()
+            found.iter().filter_map(|f| check_deb(f).err()).collect()
         }
         Ok(m) if m.is_file() => check_deb(path).err().into_iter().collect(),
         Ok(_) => vec![format!("{s}: not a regular file or a directory")],
@@ -553,8 +553,7 @@ fn check_deb(path: &Path) -> std::result::Result<(), String> {
     let n = std::fs::File::open(path)
         .and_then(|f| f.take(head.len() as u64).read(&mut head))
         .map_err(|e| format!("{s}: {e}"))?;
-    if n < head.len() || &head[..8] != b"!<arch>\n" || !head[8..].starts_with(b"debian-binary")
-    {
+    if n < head.len() || &head[..8] != b"!<arch>\n" || !head[8..].starts_with(b"debian-binary") {
         return Err(format!(
             "{s} is not a Debian package (.deb): no debian-binary member"
         ));
@@ -607,7 +606,11 @@ mod tests {
     #[test]
     fn detect_tells_a_topology_from_a_profile() {
         let d = tempfile::tempdir().unwrap();
-        let c = write(d.path(), "c.toml", "name = \"x\"\n[network]\ncidr = \"10.0.0.0/24\"\n");
+        let c = write(
+            d.path(),
+            "c.toml",
+            "name = \"x\"\n[network]\ncidr = \"10.0.0.0/24\"\n",
+        );
         let p = write(d.path(), "p.toml", HEAD);
         assert_eq!(detect(&c).unwrap(), InputKind::Cluster);
         assert_eq!(detect(&p).unwrap(), InputKind::Profile);

@@ -41,11 +41,7 @@ fn profile(dir: &Path, extra: &str) -> PathBuf {
 }
 
 fn validate(p: &Path) -> Output {
-    mesobake()
-        .arg("validate")
-        .arg(p)
-        .output()
-        .unwrap()
+    mesobake().arg("validate").arg(p).output().unwrap()
 }
 
 #[test]
@@ -98,7 +94,10 @@ fn validate_names_a_missing_overlay_with_file_and_line() {
         .unwrap();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("inc.toml:3:") && t.contains("not a directory"), "{t}");
+    assert!(
+        t.contains("inc.toml:3:") && t.contains("not a directory"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -117,7 +116,10 @@ fn validate_refuses_an_apt_key_that_is_not_a_key() {
     // Missing altogether.
     std::fs::remove_file(d.path().join("key.asc")).unwrap();
     let t = text(&validate(&p));
-    assert!(t.contains("p.toml:12:") && t.contains("key.asc: not found"), "{t}");
+    assert!(
+        t.contains("p.toml:12:") && t.contains("key.asc: not found"),
+        "{t}"
+    );
 }
 
 /// A real key, armoured and binary, passes (when gpg is here to make one).
@@ -132,14 +134,24 @@ fn validate_accepts_an_armoured_and_a_binary_key() {
             .args(args)
             .output()
     };
-    match gpg(&["--passphrase", "", "--quick-gen-key", "t@example.invalid", "ed25519", "sign", "never"]) {
+    match gpg(&[
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "t@example.invalid",
+        "ed25519",
+        "sign",
+        "never",
+    ]) {
         Ok(o) if o.status.success() => {}
         _ => {
             eprintln!("skipped: gpg cannot make a key here");
             return;
         }
     }
-    let armoured = gpg(&["--armor", "--export", "t@example.invalid"]).unwrap().stdout;
+    let armoured = gpg(&["--armor", "--export", "t@example.invalid"])
+        .unwrap()
+        .stdout;
     let binary = gpg(&["--export", "t@example.invalid"]).unwrap().stdout;
     for (name, bytes) in [("k.asc", armoured), ("k.gpg", binary)] {
         std::fs::write(d.path().join(name), bytes).unwrap();
@@ -165,9 +177,18 @@ fn validate_refuses_a_local_deb_that_is_not_a_deb() {
     let o = validate(&p);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("p.toml:6:") && t.contains("fake.deb is not a Debian package"), "{t}");
-    assert!(t.contains("p.toml:7:") && t.contains("missing.deb: no such"), "{t}");
-    assert!(t.contains("p.toml:8:") && t.contains("no .deb files"), "{t}");
+    assert!(
+        t.contains("p.toml:6:") && t.contains("fake.deb is not a Debian package"),
+        "{t}"
+    );
+    assert!(
+        t.contains("p.toml:7:") && t.contains("missing.deb: no such"),
+        "{t}"
+    );
+    assert!(
+        t.contains("p.toml:8:") && t.contains("no .deb files"),
+        "{t}"
+    );
     // --json: every problem, each with file and line.
     let o = mesobake()
         .args(["--json", "validate"])
@@ -220,14 +241,20 @@ fn validate_accepts_a_real_deb() {
 #[test]
 fn a_bad_format_names_file_line_and_column() {
     let d = tempfile::tempdir().unwrap();
-    let p = profile(d.path(), "name = \"debian-12\"\n[output]\nformats = [\"qcow3\"]\n");
+    let p = profile(
+        d.path(),
+        "name = \"debian-12\"\n[output]\nformats = [\"qcow3\"]\n",
+    );
     for args in [vec!["validate"], vec!["build", "--dry-run"]] {
         let o = mesobake().args(&args).arg(&p).output().unwrap();
         let t = text(&o);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {t}");
         assert!(t.contains("p.toml:9:"), "{args:?}: {t}");
         assert!(t.contains("line 9, column"), "{args:?}: {t}");
-        assert!(t.contains("unknown output format \"qcow3\""), "{args:?}: {t}");
+        assert!(
+            t.contains("unknown output format \"qcow3\""),
+            "{args:?}: {t}"
+        );
     }
 }
 
@@ -304,15 +331,28 @@ fn json_errors_are_one_object_on_stdout_with_the_exit_status() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "runtime", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("not-a-dir"), "{v}");
-    assert!(!o.stderr.is_empty(), "people still get the message on stderr");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not-a-dir"),
+        "{v}"
+    );
+    assert!(
+        !o.stderr.is_empty(),
+        "people still get the message on stderr"
+    );
     // A usage error.
     let o = run(&["--json", "build", "--no-such-option"]);
     assert_eq!(o.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "usage");
     // An invalid input.
-    let p = write(d.path(), "p.toml", "[role]\nservices = [\"agent\"]\nbogus = 1\n");
+    let p = write(
+        d.path(),
+        "p.toml",
+        "[role]\nservices = [\"agent\"]\nbogus = 1\n",
+    );
     let o = mesobake()
         .args(["--json", "build", "--dry-run"])
         .arg(&p)
@@ -333,7 +373,10 @@ fn exit_statuses_are_distinct() {
         run(&["build", "x.toml", "--format", "qcow3"]).status.code(),
         Some(2)
     );
-    assert_eq!(run(&["verify", "x", "--accel", "warp"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["verify", "x", "--accel", "warp"]).status.code(),
+        Some(2)
+    );
     // 3: runtime.
     assert_eq!(run(&["check", "/nonexistent-dir"]).status.code(), Some(3));
     // 1: a check that failed (an empty output directory passes nothing).

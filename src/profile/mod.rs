@@ -154,7 +154,11 @@ fn collect(path: &Path, out: &mut Vec<Loaded>, stack: &mut Vec<PathBuf>) -> Resu
 /// The line (1-based) of a byte offset in `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Relative paths in a file mean "relative to that file", so they are made absolute before
