@@ -11,10 +11,12 @@ use crate::context::{BuildRequest, ExportOptions};
 use crate::profile::{self, Service};
 use crate::settings::{AccelChoice, Format, MfDigest, Qcow2Compression};
 use crate::vm::verify::{self, VerifyOptions};
+use crate::{out, outln};
 
 /// Bakes bootable, self-configuring VM images for Apache Mesos clusters.
 #[derive(Debug, Parser)]
-#[command(name = "mesobake", version, about, long_about = None, after_help = crate::project::LOOKUP_HELP)]
+#[command(name = "mesobake", version, about, long_about = None,
+    after_help = crate::output::EXIT_STATUS_HELP)]
 pub struct Cli {
     /// Show every external command and its output.
     #[arg(short, long, global = true)]
@@ -49,6 +51,9 @@ pub enum Cmd {
     Man,
     /// Build an image from a role profile (needs root).
     Build(BuildArgs),
+    /// Check a profile or a cluster.toml without doing any work: every referenced file
+    /// (overlays, apt keys, local debs, the base) and every value; exit 1 on problems.
+    Validate(ValidateArgs),
     /// Boot an image under QEMU and check that it configures itself and runs its role.
     Verify(VerifyArgs),
     /// Write every node's cloud-init seeds from a cluster.toml (NoCloud ISO, EC2 user-data).
@@ -112,6 +117,19 @@ pub struct BuildArgs {
     /// Print how long each stage took.
     #[arg(long)]
     pub timings: bool,
+}
+
+/// `mesobake validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// A role profile or a cluster topology (told apart by their keys).
+    pub file: PathBuf,
+    /// Treat the file as this kind instead of telling it by its keys.
+    #[arg(long, value_enum)]
+    pub kind: Option<crate::validate::InputKind>,
+    /// Extra profile files layered on top, as `build --with` (profiles only).
+    #[arg(long = "with", value_name = "FILE")]
+    pub with: Vec<PathBuf>,
 }
 
 /// `mesobake cache ...`.
@@ -205,6 +223,7 @@ pub fn main(cli: Cli) -> Result<i32> {
         }
         Cmd::Man => crate::install::man(<Cli as clap::CommandFactory>::command()),
         Cmd::Build(a) => build(a, cli.json),
+        Cmd::Validate(a) => validate_cmd(a, cli.json),
         Cmd::Verify(a) => verify_cmd(a, cli.json),
         Cmd::Seed(a) => seed_cmd(a, cli.json),
         Cmd::Lab { action } => lab_cmd(action, cli.json),
@@ -222,16 +241,18 @@ fn parse_format(s: &str) -> Result<Format> {
 fn profiles(json: bool) -> Result<i32> {
     let all = crate::project::Search::new(None)?.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     } else {
-        print!("{}", crate::project::table(&all));
+        out!("{}", crate::project::table(&all));
     }
     Ok(0)
 }
 
 fn build(a: BuildArgs, json: bool) -> Result<i32> {
     let search = crate::project::Search::new(None)?;
-    let mut prof = crate::project::load_profile(&search, &a.profile, &a.with)?;
+    let mut prof = crate::project::load_profile(&search, &a.profile, &a.with)
+        .map_err(|e| crate::validate::invalid_profile(&a.profile, e))?;
+    let base_from_cli = a.base.name.is_some();
     prof.override_base(a.base);
     let base_opts = BaseOptions {
         sha256: prof.base_sha256.clone(),
@@ -243,13 +264,14 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
     } else {
         crate::settings::dedup_formats(a.format)?
     };
-    crate::base::check_spec(&prof.base, &base_opts)?;
+    // Every referenced file and the base, before any download, mount or bootstrap.
+    crate::validate::require(&prof, base_from_cli)?;
     if a.dry_run {
         if json {
-            println!("{}", serde_json::to_string_pretty(&prof)?);
+            outln!("{}", serde_json::to_string_pretty(&prof)?);
         } else {
-            print!("{}", prof.plan());
-            println!(
+            out!("{}", prof.plan());
+            outln!(
                 "outputs     {}",
                 formats
                     .iter()
@@ -273,10 +295,10 @@ fn build(a: BuildArgs, json: bool) -> Result<i32> {
         },
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&outputs)?);
+        outln!("{}", serde_json::to_string_pretty(&outputs)?);
     } else {
         for o in &outputs {
-            println!(
+            outln!(
                 "{}  {} MiB  sha256:{}",
                 a.out.join(&o.file).display(),
                 o.size >> 20,
@@ -310,13 +332,13 @@ fn verify_cmd(a: VerifyArgs, json: bool) -> Result<i32> {
         memory_mb: a.memory,
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.table());
+        out!("{}", report.table());
         if let Some(l) = &report.serial_log {
-            println!("serial log kept at {l}");
+            outln!("serial log kept at {l}");
         }
-        println!(
+        outln!(
             "{}",
             if report.passed() {
                 "verify: PASS"
@@ -377,9 +399,9 @@ fn cache_cmd(action: CacheAction, json: bool) -> Result<i32> {
         CacheAction::Clear => gc::clear(&cache)?,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        outln!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
-        print!("{}", gc::table(&entries));
+        out!("{}", gc::table(&entries));
     }
     Ok(0)
 }
@@ -393,23 +415,23 @@ fn clean_cmd(a: CleanArgs, json: bool) -> Result<i32> {
     for s in &stale {
         let c = recover::clean(s)?;
         if !json {
-            println!("removed {}", c.describe());
+            outln!("removed {}", c.describe());
         }
         done.push(c);
     }
     drop(cache_lock);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"removed": done, "cache_tmp_checked": cache_checked})
         );
         return Ok(0);
     }
     if done.is_empty() {
-        println!("nothing to clean");
+        outln!("nothing to clean");
     }
     if !cache_checked {
-        println!(
+        outln!(
             "the cache ({}) is in use by a running build: its temporary entries were left alone",
             cache.root().display()
         );
@@ -420,10 +442,10 @@ fn clean_cmd(a: CleanArgs, json: bool) -> Result<i32> {
 fn check_cmd(a: CheckArgs, json: bool) -> Result<i32> {
     let report = crate::export::check::check_dir(&a.dir)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.table());
-        println!(
+        out!("{}", report.table());
+        outln!(
             "{}",
             if report.passed() {
                 "check: PASS"
@@ -433,6 +455,65 @@ fn check_cmd(a: CheckArgs, json: bool) -> Result<i32> {
         );
     }
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+fn validate_cmd(a: ValidateArgs, json: bool) -> Result<i32> {
+    use crate::validate::{self, InputKind};
+    let kind = match a.kind {
+        Some(k) => k,
+        None => validate::detect(&a.file)?,
+    };
+    let r = match kind {
+        InputKind::Profile => {
+            // Names as `build` takes them, along the lookup path.
+            let search = crate::project::Search::new(None)?;
+            let with: Vec<PathBuf> = a
+                .with
+                .iter()
+                .map(|w| search.include(w))
+                .collect::<Result<_>>()?;
+            validate::validate_profile(&search.profile(&a.file)?, &with)
+        }
+        InputKind::Cluster => {
+            let dirs = crate::project::Search::new(Some(&a.file))?.paths()?;
+            validate::validate_cluster(&a.file, &dirs)
+        }
+    };
+    if json {
+        crate::output::print_json(&r)?;
+    } else {
+        for w in &r.warnings {
+            eprintln!("mesobake: warning: {w}");
+        }
+        for p in &r.problems {
+            outln!("{p}");
+        }
+        let what = match kind {
+            InputKind::Profile => "profile",
+            InputKind::Cluster => "cluster",
+        };
+        if r.valid {
+            outln!(
+                "validate: {} is a valid {what}{}",
+                a.file.display(),
+                r.name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+        } else {
+            outln!(
+                "validate: {} problem(s) in {}",
+                r.problems.len(),
+                a.file.display()
+            );
+        }
+    }
+    Ok(if r.valid {
+        crate::output::exit::SUCCESS
+    } else {
+        crate::output::exit::CHECK_FAILED
+    })
 }
 
 /// `mesobake seed`.
@@ -491,7 +572,7 @@ pub enum LabAction {
 /// `profiles/` beside it before `./profiles`.
 fn load_cluster(path: &std::path::Path) -> Result<crate::cluster::Cluster> {
     let dirs = crate::project::Search::new(Some(path))?.paths()?;
-    let c = crate::cluster::load_in(path, &dirs)?;
+    let c = crate::validate::load_cluster(path, &dirs)?;
     for w in &c.warnings {
         eprintln!("mesobake: warning: {w}");
     }
@@ -528,22 +609,23 @@ fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
     }
     let out = c.write_seeds(&a.out)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        let mut t = crate::output::Table::new(&["node", "role", "ip", "mac", "files"]);
         for o in &out {
-            println!(
-                "{:<12} {:<14} {:<15} {:<17} {}",
-                o.name,
-                o.role,
-                o.ip.as_deref().unwrap_or("dhcp"),
-                o.mac.as_deref().unwrap_or("(any)"),
+            t.row(vec![
+                o.name.clone(),
+                o.role.clone(),
+                o.ip.clone().unwrap_or_else(|| "dhcp".into()),
+                o.mac.clone().unwrap_or_else(|| "(any)".into()),
                 o.files
                     .iter()
                     .map(|f| a.out.join(f).display().to_string())
                     .collect::<Vec<_>>()
-                    .join(" ")
-            );
+                    .join(" "),
+            ]);
         }
+        out!("{}", t.render());
     }
     Ok(0)
 }
@@ -572,19 +654,33 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
                 },
             )?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
+                outln!("{}", serde_json::to_string_pretty(&state)?);
             } else {
-                print!("{}", lab::status_table(&lab::status(&c)?));
+                out!("{}", lab::status_table(&lab::status(&c)?));
             }
             Ok(0)
         }
         LabAction::Status { cluster } => {
             let c = load_cluster(&cluster)?;
-            let rows = lab::status(&c)?;
+            let rows = match lab::status(&c) {
+                Err(e) if e.is::<lab::NoLab>() => {
+                    if json {
+                        crate::output::print_json(&serde_json::json!({
+                            "lab": null,
+                            "message": "no lab running",
+                            "cluster": c.path,
+                        }))?;
+                    } else {
+                        outln!("{e}");
+                    }
+                    return Ok(0);
+                }
+                r => r?,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", lab::status_table(&rows));
+                out!("{}", lab::status_table(&rows));
             }
             Ok(0)
         }
@@ -592,11 +688,11 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             let c = load_cluster(&cluster)?;
             let stopped = lab::down(&c)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stopped)?);
+                outln!("{}", serde_json::to_string_pretty(&stopped)?);
             } else if stopped.is_empty() {
-                println!("nothing was running");
+                outln!("nothing was running");
             } else {
-                println!("stopped {}", stopped.join(" "));
+                outln!("stopped {}", stopped.join(" "));
             }
             Ok(0)
         }

@@ -432,12 +432,12 @@ pub struct InitArgs {
 pub fn init_cmd(a: &InitArgs, json: bool) -> Result<i32> {
     let r = init(&a.dir, a.force)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         for f in &r.files {
-            println!("wrote {}", f.display());
+            crate::outln!("wrote {}", f.display());
         }
-        println!(
+        crate::outln!(
             "next: cd {} && mesobake build master-slave --dry-run",
             a.dir.display()
         );

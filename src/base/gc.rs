@@ -154,21 +154,29 @@ pub fn clear(cache: &Cache) -> Result<Vec<Entry>> {
 
 /// The `cache ls` table.
 pub fn table(entries: &[Entry]) -> String {
-    let mut s = format!(
-        "{:<12} {:<14} {:>10}  {}\n",
-        "kind", "key", "size", "last used (UTC)"
-    );
+    let mut t = crate::output::Table::new(&["kind", "key", "size", "last used (UTC)"]).right(2);
     let mut total = 0;
     for e in entries {
         total += e.size;
-        s += &format!(
-            "{:<12} {:<14} {:>7} MiB  {}\n",
-            e.kind,
-            &e.key[..e.key.len().min(12)],
-            e.size >> 20,
+        // Digests are shown by their first 12 digits, as `git` shows commits.
+        let key = if e.key.len() > 12 && e.key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            e.key[..12].to_string()
+        } else {
+            e.key.clone()
+        };
+        let used = if e.last_used == 0 {
+            "-".to_string()
+        } else {
             fmt_time(e.last_used)
-        );
+        };
+        t.row(vec![
+            e.kind.clone(),
+            key,
+            format!("{} MiB", e.size >> 20),
+            used,
+        ]);
     }
+    let mut s = t.render();
     s += &format!("{} entries, {} MiB\n", entries.len(), total >> 20);
     s
 }

@@ -45,19 +45,16 @@ impl Report {
 
     /// The pass/fail table.
     pub fn table(&self) -> String {
-        let wf = self.items.iter().map(|i| i.file.len()).max().unwrap_or(4);
-        let wc = self.items.iter().map(|i| i.check.len()).max().unwrap_or(5);
-        let mut s = format!("{:<wf$}  {:<wc$}  result  detail\n", "file", "check");
+        let mut t = crate::output::Table::new(&["file", "check", "result", "detail"]);
         for i in &self.items {
-            s += &format!(
-                "{:<wf$}  {:<wc$}  {:<6}  {}\n",
-                i.file,
-                i.check,
-                if i.ok { "PASS" } else { "FAIL" },
-                i.detail
-            );
+            t.row(vec![
+                i.file.clone(),
+                i.check.clone(),
+                if i.ok { "PASS" } else { "FAIL" }.into(),
+                i.detail.clone(),
+            ]);
         }
-        s
+        t.render()
     }
 
     fn push(&mut self, file: &str, check: &str, r: Result<String>) {

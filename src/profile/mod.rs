@@ -19,10 +19,12 @@ use sha2::{Digest, Sha256};
 
 /// A problem in one profile file, with where it is.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ProfileError {
     /// The file the problem is in.
     pub path: PathBuf,
+    /// The line (1-based), when the problem is at one place.
+    pub line: Option<usize>,
     /// What is wrong, with line and column where the parser knows them.
     pub message: String,
 }
@@ -111,6 +113,7 @@ fn collect(path: &Path, out: &mut Vec<Loaded>, stack: &mut Vec<PathBuf>) -> Resu
     if stack.contains(&canon) {
         bail!(ProfileError {
             path: path.to_owned(),
+            line: None,
             message: format!(
                 "include cycle: {}",
                 stack
@@ -127,6 +130,7 @@ fn collect(path: &Path, out: &mut Vec<Loaded>, stack: &mut Vec<PathBuf>) -> Resu
     // unknown or mistyped setting.
     let parsed: ProfileFile = toml::from_str(&text).map_err(|e| ProfileError {
         path: path.to_owned(),
+        line: e.span().map(|s| line_of(&text, s.start)),
         message: e.to_string().trim_end().to_string(),
     })?;
     let mut table: toml::Table = toml::from_str(&text).expect("already parsed once");
@@ -145,6 +149,16 @@ fn collect(path: &Path, out: &mut Vec<Loaded>, stack: &mut Vec<PathBuf>) -> Resu
         table,
     });
     Ok(())
+}
+
+/// The line (1-based) of a byte offset in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Relative paths in a file mean "relative to that file", so they are made absolute before
@@ -190,7 +204,7 @@ fn absolutize_paths(table: &mut toml::Table, dir: &Path) {
 
 /// Removes `.` and `name/..` pairs without touching the filesystem, so paths in plans and
 /// errors read as the user would write them.
-fn lexical_normalize(p: &Path) -> PathBuf {
+pub(crate) fn lexical_normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

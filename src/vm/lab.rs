@@ -515,15 +515,24 @@ fn check(spec: &ServiceSpec, port: u16, auth: Option<&Credential>) -> Health {
     }
 }
 
+/// `lab status` found no lab state for the topology: an empty state, not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("no lab is running for {} (no {}): start one with `mesobake lab up`", cluster.display(), state.display())]
+pub struct NoLab {
+    /// The topology.
+    pub cluster: PathBuf,
+    /// The state file that is not there.
+    pub state: PathBuf,
+}
+
 /// `lab status`.
 pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
     let dir = run_dir(c);
     let Some(state) = load_state(&dir)? else {
-        bail!(
-            "no lab is running for {} (no {}): start one with `mesobake lab up`",
-            c.path.display(),
-            dir.join("state.json").display()
-        );
+        bail!(NoLab {
+            cluster: c.path.clone(),
+            state: dir.join("state.json"),
+        });
     };
     let auth = operator(c)?;
     let mut out = Vec::new();
@@ -558,10 +567,14 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
 
 /// The `lab status` table.
 pub fn status_table(rows: &[NodeStatus]) -> String {
-    let mut s = format!(
-        "{:<12} {:<14} {:<15} {:<7} {:<10} {}\n",
-        "node", "role", "ip", "state", "configured", "services (host port on 127.0.0.1: health)"
-    );
+    let mut t = crate::output::Table::new(&[
+        "node",
+        "role",
+        "ip",
+        "state",
+        "configured",
+        "services (host port on 127.0.0.1: health)",
+    ]);
     for r in rows {
         let svc: Vec<String> = if r.running {
             r.services
@@ -579,17 +592,16 @@ pub fn status_table(rows: &[NodeStatus]) -> String {
         } else {
             vec!["-".into()]
         };
-        s += &format!(
-            "{:<12} {:<14} {:<15} {:<7} {:<10} {}\n",
-            r.name,
-            r.role,
-            r.ip,
-            if r.running { "up" } else { "down" },
-            r.configured,
-            svc.join("; ")
-        );
+        t.row(vec![
+            r.name.clone(),
+            r.role.clone(),
+            r.ip.clone(),
+            if r.running { "up" } else { "down" }.into(),
+            r.configured.clone(),
+            svc.join("; "),
+        ]);
     }
-    s
+    t.render()
 }
 
 /// `lab down`: stops the lab's QEMU processes, by PID and only those, then removes the

@@ -80,17 +80,15 @@ impl Report {
 
     /// The pass/fail table.
     pub fn table(&self) -> String {
-        let w = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
-        let mut s = format!("{:<w$}  result  detail\n", "check");
+        let mut t = crate::output::Table::new(&["check", "result", "detail"]);
         for c in &self.checks {
-            s += &format!(
-                "{:<w$}  {:<6}  {}\n",
-                c.name,
-                if c.ok { "PASS" } else { "FAIL" },
-                c.detail
-            );
+            t.row(vec![
+                c.name.clone(),
+                if c.ok { "PASS" } else { "FAIL" }.into(),
+                c.detail.clone(),
+            ]);
         }
-        s
+        t.render()
     }
 }
 
