@@ -13,10 +13,18 @@ use crate::settings::{AccelChoice, Format, MfDigest, Qcow2Compression};
 use crate::vm::verify::{self, VerifyOptions};
 use crate::{out, outln};
 
+/// The top-level help's tail: where profiles are found, and the exit statuses.
+fn top_help() -> String {
+    format!(
+        "{}\n{}",
+        crate::project::LOOKUP_HELP,
+        crate::output::EXIT_STATUS_HELP
+    )
+}
+
 /// Bakes bootable, self-configuring VM images for Apache Mesos clusters.
 #[derive(Debug, Parser)]
-#[command(name = "mesobake", version, about, long_about = None,
-    after_help = crate::output::EXIT_STATUS_HELP)]
+#[command(name = "mesobake", version, about, long_about = None, after_help = top_help())]
 pub struct Cli {
     /// Show every external command and its output.
     #[arg(short, long, global = true)]

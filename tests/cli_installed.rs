@@ -55,6 +55,45 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// An OpenPGP public key made for the test (the user's fetched repository key stands
+/// here: validation parses it, nothing is verified with it). Written to `dest`.
+fn test_key(dest: &Path) {
+    let gnupg = tempfile::tempdir().unwrap();
+    let gpg = |args: &[&str]| {
+        let o = Command::new("gpg")
+            .env("GNUPGHOME", gnupg.path())
+            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .expect("gpg (apt-get install gpg)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    gpg(&["--quick-gen-key", "mesobake test <test@invalid>", "ed25519", "sign", "never"]);
+    let key = gpg(&["--armor", "--export", "test@invalid"]);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::write(dest, key).unwrap();
+}
+
+/// A minimal real .deb in `dir` (what a user puts in a project's debs/).
+fn test_deb(dir: &Path) {
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tree.path().join("DEBIAN")).unwrap();
+    std::fs::write(
+        tree.path().join("DEBIAN/control"),
+        "Package: mesobake-test\nVersion: 1\nArchitecture: all\nMaintainer: t <t@invalid>\nDescription: test\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let st = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(tree.path())
+        .arg(dir.join("mesobake-test_1_all.deb"))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+}
+
 const MY_MASTER: &str = "description = \"my own master\"\n[role]\nservices = [\"zookeeper\", \"master\"]\n[packages]\ninstall = [\"aventer-mesos\", \"zookeeperd\"]\n";
 
 #[test]
@@ -176,6 +215,19 @@ fn profiles_shows_where_each_comes_from_and_what_it_shadows() {
 #[test]
 fn build_by_name_from_the_built_ins_anywhere() {
     let h = Home::new();
+    // The built-ins ship no apt key: without one, the dry run says where it goes.
+    let o = h
+        .cmd_in(Path::new("/"))
+        .args(["build", "master-slave", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("aventer.asc: not found"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    test_key(&h.config().join("mesobake/keys/aventer.asc"));
     let o = h
         .cmd_in(Path::new("/"))
         .args(["build", "master-slave", "--dry-run", "--json"])
@@ -197,11 +249,24 @@ fn build_by_name_from_the_built_ins_anywhere() {
         "the overlay's executable lost its mode"
     );
     // Same settings as the checkout's own profile.
+    let no_sources = h.path().join("no-sources.toml");
+    std::fs::write(&no_sources, "[apt]\nsources = []\n").unwrap();
+    let v = json(
+        &h.cmd_in(Path::new("/"))
+            .args(["build", "master-slave", "--dry-run", "--json", "--with"])
+            .arg(&no_sources)
+            .output()
+            .unwrap(),
+    );
     let checkout = Command::cargo_bin("mesobake")
         .unwrap()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("MESOBAKE_CACHE_DIR", h.path().join("cache"))
         .args(["build", "profiles/master-slave.toml", "--dry-run", "--json"])
+        // The checkout has no key either: its apt source is left out, and so is the
+        // built-in's below; everything else must be the same.
+        .arg("--with")
+        .arg(&no_sources)
         .output()
         .unwrap();
     let c = json(&checkout);
@@ -284,6 +349,10 @@ fn init_writes_a_project_that_builds_as_it_is() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&st).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o755);
+    // What its README asks for before a build: the repository key, and for the offline
+    // variant the packages in debs/.
+    test_key(&p.join("keys/aventer.asc"));
+    test_deb(&p.join("debs"));
 
     // From the project: ./profiles, and its overlay.
     let o = h

@@ -39,6 +39,12 @@ check() { # check NAME COMMAND...: runs the command from /, counts it
 # A private cache and config: nothing of this machine's user leaks in.
 export MESOBAKE_CACHE_DIR=$work/cache XDG_CONFIG_HOME=$work/config HOME=$work/home
 mkdir -p "$HOME"
+# A real build needs AVENTER's apt key in $XDG_CONFIG_HOME/mesobake/keys (README); a
+# dry run checks that it is one. A key made here stands for it.
+mkdir -p "$work/gnupg" "$XDG_CONFIG_HOME/mesobake/keys" && chmod 700 "$work/gnupg"
+GNUPGHOME=$work/gnupg gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
+  --quick-gen-key 'mesobake test <test@invalid>' ed25519 sign never
+GNUPGHOME=$work/gnupg gpg --batch --armor --export test@invalid >"$XDG_CONFIG_HOME/mesobake/keys/aventer.asc"
 
 check "installed in /usr/bin" test "$(command -v mesobake)" = /usr/bin/mesobake
 check "declares its runtime dependencies" sh -c \
@@ -50,6 +56,11 @@ check "profiles --json" sh -c \
 check "build by name --dry-run from /" sh -c \
   'mesobake build master-slave --dry-run | grep -E "^services +zookeeper master marathon agent"'
 check "init" mesobake init "$work/x"
+# What the project's README asks for: its key, and for the offline variant its .debs.
+cp "$XDG_CONFIG_HOME/mesobake/keys/aventer.asc" "$work/x/keys/aventer.asc"
+mkdir -p "$work/pkg/DEBIAN"
+printf 'Package: mesobake-test\nVersion: 1\nArchitecture: all\nMaintainer: t <t@invalid>\nDescription: test\n' >"$work/pkg/DEBIAN/control"
+dpkg-deb --build --root-owner-group "$work/pkg" "$work/x/debs/mesobake-test_1_all.deb" >/dev/null
 check "the project builds as it is (--profiles)" sh -c \
   "mesobake build master-slave --dry-run --profiles '$work/x/profiles' | grep -F 'overlay     $work/x/overlays/common'"
 check "the project builds as it is (in it)" sh -c \
