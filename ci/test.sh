@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): installs what the tests need, then runs every tier.
-#   1. unit and CLI tests (no root, no VM)
+#   1. unit and CLI tests (no root, no VM), then the .deb installed and used from /
 #   2. the end-to-end tier (root): bootstraps debian-12 and the Ubuntu 24.04
 #      disk-layout test base. Fault injection first: a master-slave build is stopped
 #      during apt by SIGINT, then SIGTERM (each must unwind and leave nothing), then
@@ -31,4 +31,9 @@ fi
 bash ci/setup-host.sh
 cargo build --all-targets
 cargo test --all-targets 2>&1
+# mesobake as an installed tool: this build's binary packaged as a .deb, installed with
+# apt, used from / with no checkout around (profiles, init, a dry run by name, seed,
+# completions, man page), then purged.
+MESOBAKE_BIN=target/debug/mesobake bash ci/deb/build.sh
+bash ci/deb/test.sh
 MESOBAKE_E2E=1 cargo test --test e2e --test e2e_lab -- --test-threads=1 --nocapture 2>&1
