@@ -220,10 +220,16 @@ fn start_vm(
     );
     let iso = dir.join(format!("{}-seed.iso", m.name));
     seed.write_iso(&iso)?;
-    let mut ports = BTreeMap::new();
-    for spec in SERVICES.iter().filter(|s| m.services.contains(&s.service)) {
-        ports.insert(spec.port, qemu::free_port()?);
-    }
+    let guest: Vec<u16> = SERVICES
+        .iter()
+        .filter(|s| m.services.contains(&s.service))
+        .map(|s| s.port)
+        .collect();
+    let ports: BTreeMap<u16, u16> = guest
+        .iter()
+        .copied()
+        .zip(qemu::free_ports(guest.len())?)
+        .collect();
     let serial = dir.join(format!("{}.serial.log", m.name));
     let spec = VmSpec {
         disk: overlay.clone(),

@@ -70,10 +70,14 @@ pub struct Vm {
     pub accel: Accel,
 }
 
-/// Picks a free TCP port on 127.0.0.1.
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
-    Ok(l.local_addr()?.port())
+/// `n` distinct free ports on 127.0.0.1. All are held open until all are known: a port
+/// released before the next is asked for can come back, and QEMU refuses two forwarding
+/// rules on one host port.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1"))
+        .collect::<Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// The QEMU system emulator mesobake boots guests with.
@@ -322,6 +326,15 @@ pub fn keep_log(log: &Path, dest: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(64).unwrap();
+        let mut unique = ports.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+    }
 
     #[test]
     fn a_failed_kvm_probe_is_remembered_only_under_the_same_key() {

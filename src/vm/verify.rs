@@ -197,10 +197,10 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         .tempdir()?;
     let seed = seed_iso(opts, &services, tmp.path())?;
     let no_seed = seed.is_none();
-    let mut forwards = Vec::new();
-    for port in SERVICES.iter().map(|s| s.port) {
-        forwards.push((qemu::free_port()?, port));
-    }
+    let forwards: Vec<(u16, u16)> = qemu::free_ports(SERVICES.len())?
+        .into_iter()
+        .zip(SERVICES.iter().map(|s| s.port))
+        .collect();
     let host_port = |g: u16| {
         forwards
             .iter()
