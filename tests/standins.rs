@@ -3384,21 +3384,40 @@ fn leading_master(ports: &[u16]) -> u16 {
     })
 }
 
+/// What both ZooKeeper-ACL tests run against: a real ZooKeeper, both stand-in packages
+/// and a cgroup v1 sysroot. ZooKeeper is a declared test dependency (ci/setup-host.sh),
+/// so its absence fails these tests rather than skipping them.
+struct AclScenario {
+    zk: ZooKeeper,
+    mesos_root: TempDir,
+    marathon_root: TempDir,
+    sysroot: PathBuf,
+}
+
+impl AclScenario {
+    fn start(d: &Path) -> AclScenario {
+        let zk = ZooKeeper::start(d)
+            .unwrap_or_else(|reason| panic!("no ZooKeeper to test against: {reason}"));
+        let packages = Packages::build();
+        AclScenario {
+            zk,
+            mesos_root: packages.extract(MESOS_DEB),
+            marathon_root: packages.extract(MARATHON_DEB),
+            sysroot: fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS),
+        }
+    }
+}
+
 #[test]
 fn zookeeper_credentials_give_mesos_and_marathon_znodes_their_acls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let zk = match ZooKeeper::start(d) {
-        Ok(zk) => zk,
-        Err(reason) => {
-            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
-            return;
-        }
-    };
-    let packages = Packages::build();
-    let mesos_root = packages.extract(MESOS_DEB);
-    let marathon_root = packages.extract(MARATHON_DEB);
-    let sysroot = fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let AclScenario {
+        zk,
+        mesos_root,
+        marathon_root,
+        sysroot,
+    } = AclScenario::start(d);
     let secret = "Zk-s3cret-9f2";
     let creds = format!("mesobake:{secret}");
     let mesos_url = format!("zk://{creds}@127.0.0.1:{}/cluster/mesos", zk.port);
@@ -3615,17 +3634,12 @@ fn zookeeper_credentials_give_mesos_and_marathon_znodes_their_acls() {
 fn digest_only_paths_admit_only_the_right_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let zk = match ZooKeeper::start(d) {
-        Ok(zk) => zk,
-        Err(reason) => {
-            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
-            return;
-        }
-    };
-    let packages = Packages::build();
-    let mesos_root = packages.extract(MESOS_DEB);
-    let marathon_root = packages.extract(MARATHON_DEB);
-    let sysroot = fake_sysroot(&d.join("sysroot"), false, CGROUP_V1_MOUNTS);
+    let AclScenario {
+        zk,
+        mesos_root,
+        marathon_root,
+        sysroot,
+    } = AclScenario::start(d);
     let secret = "Pre-created-7c1";
     let creds = format!("mesobake:{secret}");
     let url = |auth: &str, path: &str| format!("zk://{auth}127.0.0.1:{}{path}", zk.port);
