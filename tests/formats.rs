@@ -580,9 +580,16 @@ fn ec2_kit_has_containers_user_data_and_launch_notes() {
 
 #[test]
 fn cli_accepts_every_format_and_rejects_unknown_ones() {
+    // The dry run validates the profile's files; a checkout has no repository key or
+    // local .debs, so this layer drops both (the formats are what is under test).
+    let t = tempfile::tempdir().unwrap();
+    let w = t.path().join("no-key-no-debs.toml");
+    std::fs::write(&w, "[apt]\nsources = []\n[packages]\ndebs = []\n").unwrap();
     let o = mesobake(&[
         "build",
         "profiles/master-slave.toml",
+        "--with",
+        w.to_str().unwrap(),
         "--format",
         "qcow2,vmdk,vdi,vhdx,vhd,raw,ova",
         "--format",
