@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+#[path = "common/zookeeper.rs"]
+mod zookeeper;
+use zookeeper::ZooKeeper;
+
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/src/stage/firstboot/mesobake-configure"
@@ -2905,58 +2909,19 @@ fn the_network_policy_guards_the_roles_ports_for_the_cluster_networks_only() {
     }
 }
 
-/// A throwaway ZooKeeper server (Debian's package) on 127.0.0.1, killed on drop.
+/// A throwaway ZooKeeper and its directory.
 struct ZkServer {
-    child: std::process::Child,
-    port: u16,
+    zk: ZooKeeper,
     _dir: tempfile::TempDir,
 }
 
 impl ZkServer {
     fn start() -> ZkServer {
-        let jar = "/usr/share/java/zookeeper.jar";
-        assert!(Path::new(jar).exists(), "{jar}: apt-get install zookeeper");
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cfg = dir.path().join("zoo.cfg");
-        fs::write(
-            &cfg,
-            format!(
-                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\n4lw.commands.whitelist=srvr\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("java")
-            .args([
-                "-cp",
-                jar,
-                "org.apache.zookeeper.server.ZooKeeperServerMain",
-            ])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let zk = ZkServer {
-            child,
-            port,
+        ZkServer {
+            zk: ZooKeeper::start(dir.path()),
             _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while zk.kazoo("print(len(zk.get_children('/')))").0 != 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ZooKeeper did not start"
-            );
-            std::thread::sleep(Duration::from_millis(300));
         }
-        zk
     }
 
     /// Runs a python3-kazoo snippet with `zk` connected (anonymous), plus `auth` for
@@ -2967,7 +2932,7 @@ impl ZkServer {
              zk = KazooClient(hosts='127.0.0.1:{port}', timeout=5)\nzk.start(timeout=5)\n\
              auth = KazooClient(hosts='127.0.0.1:{port}', timeout=5, auth_data=[('digest', 'mesobake:{ZK_SECRET}')])\n\
              auth.start(timeout=5)\n{body}\n",
-            port = self.port
+            port = self.zk.port
         );
         // Debian's python3 has python3-kazoo (a pyenv shim earlier on PATH may not).
         let out = Command::new("/usr/bin/python3")
@@ -2980,13 +2945,6 @@ impl ZkServer {
             String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr),
         )
-    }
-}
-
-impl Drop for ZkServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -3008,7 +2966,7 @@ fn zk_acl(fx: &Fixture, server: &str, tries: &str) -> std::process::Output {
 #[test]
 fn masters_make_the_mesos_and_marathon_znodes_digest_only() {
     let zk = ZkServer::start();
-    let server = format!("127.0.0.1:{}", zk.port);
+    let server = format!("127.0.0.1:{}", zk.zk.port);
     let fx = Fixture::new(&Shell(vec!["sh"]), Layout::Aventer, MASTER_SLAVE);
     fx.secrets_env(&(master_secrets() + &zk_secrets()));
     // Mesos may have been first: its group znodes are EVERYONE_READ_CREATOR_ALL

@@ -20,6 +20,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "common/zookeeper.rs"]
+mod zookeeper;
+use zookeeper::ZooKeeper;
+
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -1973,9 +1977,6 @@ fn docker_containerizer_needs_cgroup_v1_cpu_except_on_aventer() {
 // Leader election and registration, through a real ZooKeeper.
 // ---------------------------------------------------------------------------
 
-/// Debian's ZooKeeper (package `zookeeper`, installed by ci/setup-host.sh).
-const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
-
 /// Polls `check` until it gives Some, or fails after `timeout` with `what`.
 fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -2020,58 +2021,6 @@ fn http_get_full(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, Strin
     Ok((status, location, body.to_string()))
 }
 
-/// A ZooKeeper server on 127.0.0.1 and a free port, in its own data dir.
-struct ZooKeeper {
-    _proc: Proc,
-    port: u16,
-}
-
-impl ZooKeeper {
-    /// None (with the reason) when ZooKeeper or Java is not installed.
-    fn start(dir: &Path) -> Result<ZooKeeper, String> {
-        if !Path::new(ZOOKEEPER_JAR).exists() {
-            return Err(format!(
-                "{ZOOKEEPER_JAR} not found (apt-get install zookeeper)"
-            ));
-        }
-        if Command::new("java").arg("-version").output().is_err() {
-            return Err("no java on PATH (zookeeper pulls in default-jre)".into());
-        }
-        let port = free_port();
-        let data = dir.join("zk-data");
-        fs::create_dir_all(&data).unwrap();
-        let config = dir.join("zoo.cfg");
-        // A short tick so that short session timeouts are allowed (2 ticks min).
-        fs::write(
-            &config,
-            format!(
-                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new("java");
-        cmd.arg("-cp")
-            .arg(ZOOKEEPER_JAR)
-            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
-            .arg(&config);
-        let mut proc = Proc::spawn(cmd, dir, "zookeeper");
-        // ZooKeeper answers the `srvr` four-letter word once it serves.
-        wait_for(Duration::from_secs(60), "ZooKeeper to serve", || {
-            if let Some(status) = proc.child.try_wait().unwrap() {
-                panic!("ZooKeeper exited ({status}):\n{}", proc.stderr());
-            }
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-            stream.write_all(b"srvr").ok()?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).ok()?;
-            answer.contains("Mode:").then_some(())
-        });
-        Ok(ZooKeeper { _proc: proc, port })
-    }
-}
-
 /// The children of a znode and their data, read with python3-kazoo.
 fn znodes(zk_port: u16, path: &str) -> Vec<(String, Value)> {
     let script = "import json, sys\n\
@@ -2095,13 +2044,7 @@ fn znodes(zk_port: u16, path: &str) -> Vec<(String, Value)> {
 #[test]
 fn masters_elect_a_leader_in_zookeeper_and_agents_follow_it() {
     let dir = tempfile::tempdir().unwrap();
-    let zk = match ZooKeeper::start(dir.path()) {
-        Ok(zk) => zk,
-        Err(reason) => {
-            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
-            return;
-        }
-    };
+    let zk = ZooKeeper::start(dir.path());
     let packages = Packages::build();
     let root = packages.extract(MESOS_DEB);
     // No systemd, whatever this host runs.
@@ -3014,13 +2957,7 @@ fn marathon_registers_as_a_framework_with_mesos_authentication() {
     let d = dir.path();
     // Marathon runs the scheduler driver only once elected, and it needs
     // ZooKeeper for that (its leader latch).
-    let zk = match ZooKeeper::start(d) {
-        Ok(zk) => zk,
-        Err(reason) => {
-            eprintln!("SKIPPED: no ZooKeeper to test against: {reason}");
-            return;
-        }
-    };
+    let zk = ZooKeeper::start(d);
     let marathon_zk = format!("zk://127.0.0.1:{}/marathon", zk.port);
 
     // Without any authentication flags Marathon registers and shows its
@@ -3410,8 +3347,7 @@ struct AclScenario {
 
 impl AclScenario {
     fn start(d: &Path) -> AclScenario {
-        let zk = ZooKeeper::start(d)
-            .unwrap_or_else(|reason| panic!("no ZooKeeper to test against: {reason}"));
+        let zk = ZooKeeper::start(d);
         let packages = Packages::build();
         AclScenario {
             zk,
