@@ -248,6 +248,9 @@ fn start_vm(
         forward_to: Some(m.ip.to_string()),
         nic0_mac: Some(nic0),
         stderr_log: Some(dir.join(format!("{}.qemu.log", m.name))),
+        console_socket: None,
+        qmp_socket: None,
+        pidfile: None,
     };
     // The launcher opens disks with snapshot=on, so even the overlay stays as created
     // and a restarted VM boots fresh. The overlay's own path is what tells this VM's
