@@ -66,7 +66,8 @@ pub enum Cmd {
     Verify(VerifyArgs),
     /// Write every node's cloud-init seeds from a cluster.toml (NoCloud ISO, EC2 user-data).
     Seed(SeedArgs),
-    /// Run a whole cluster from a cluster.toml locally under QEMU: up, status, down.
+    /// Run a whole cluster from a cluster.toml locally under QEMU: up, status, down; ssh,
+    /// console and logs of a node; kill one (a crash).
     Lab {
         /// What to do.
         #[command(subcommand)]
@@ -569,10 +570,56 @@ pub enum LabAction {
         /// The cluster topology.
         cluster: PathBuf,
     },
-    /// Stop exactly the QEMU processes `lab up` started.
+    /// Power the VMs down (ACPI power button, up to 60 s), then stop whatever is left of
+    /// exactly the QEMU processes `lab up` started.
     Down {
         /// The cluster topology.
         cluster: PathBuf,
+    },
+    /// Log in to a node with the system ssh through its forwarded port 22, or run a
+    /// command there (after `--`); the exit status is the remote command's (255: ssh
+    /// failed).
+    Ssh {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node: a node name, or `<group>-<n>` for a group's instance.
+        node: String,
+        /// The private key [default: the private half of the first of the topology's
+        /// ssh-keys found as KEY.pub with KEY beside it, beside the topology or in ~/.ssh].
+        #[arg(long, short = 'i', value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// The login user [default: the user cloud-init gave the key to, as the node's
+        /// console says, else the image's default user: debian, ubuntu].
+        #[arg(long, short = 'l')]
+        user: Option<String>,
+        /// The remote command (default: a login shell).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Connect the terminal to a node's serial console (raw mode; Ctrl-] leaves).
+    Console {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node.
+        node: String,
+    },
+    /// Print a node's serial console log.
+    Logs {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node.
+        node: String,
+        /// Keep printing what the node prints next, until it stops or Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Crash a node: SIGKILL its QEMU, no shutdown. `lab status` shows it down and the
+    /// next `lab up` starts it again.
+    Kill {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node.
+        node: String,
     },
 }
 
@@ -701,6 +748,50 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
                 outln!("nothing was running");
             } else {
                 outln!("stopped {}", stopped.join(" "));
+            }
+            Ok(0)
+        }
+        LabAction::Ssh {
+            cluster,
+            node,
+            identity,
+            user,
+            command,
+        } => {
+            let c = load_cluster(&cluster)?;
+            let ssh = lab::ssh_command(
+                &c,
+                &node,
+                &lab::SshOptions {
+                    identity,
+                    user,
+                    command,
+                },
+            )?;
+            // exec, not the runner: see crate::run::Cmd::exec. Only a failed exec returns.
+            Err(ssh.exec()).context("ssh is in package openssh-client")
+        }
+        LabAction::Console { cluster, node } => {
+            let c = load_cluster(&cluster)?;
+            lab::console(&c, &node)?;
+            Ok(0)
+        }
+        LabAction::Logs {
+            cluster,
+            node,
+            follow,
+        } => {
+            let c = load_cluster(&cluster)?;
+            lab::logs(&c, &node, follow, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        LabAction::Kill { cluster, node } => {
+            let c = load_cluster(&cluster)?;
+            let pid = lab::kill(&c, &node)?;
+            if json {
+                crate::output::print_json(&serde_json::json!({ "killed": node, "pid": pid }))?;
+            } else {
+                outln!("killed {node} (QEMU pid {pid}): a crash, no shutdown");
             }
             Ok(0)
         }
