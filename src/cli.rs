@@ -565,7 +565,8 @@ pub enum LabAction {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Show each node: role, ip, running, configured, each service's health, ports.
+    /// Show each node: role, ip, up or down, its SSH port, configured, each service's
+    /// health, ports.
     Status {
         /// The cluster topology.
         cluster: PathBuf,
