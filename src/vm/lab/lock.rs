@@ -54,9 +54,9 @@ impl LabLock {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
                     if !told {
-                        let mut holder = String::new();
-                        let _ = file.read_to_string(&mut holder);
-                        let holder = holder.trim();
+                        let mut text = String::new();
+                        let _ = file.read_to_string(&mut text);
+                        let holder = text.lines().next().unwrap_or("").trim();
                         eprintln!(
                             "mesobake: lab: another mesobake{} is starting or stopping this lab; `lab {what}` waits for it ({})",
                             if holder.is_empty() {
@@ -76,10 +76,13 @@ impl LabLock {
                 }
             }
         }
-        // Best effort: the PID only serves the waiting message.
-        let _ = file.set_len(0);
+        // Best effort: the PID only serves the waiting message. Written over the old one,
+        // then cut to length, so a waiter never reads an empty file: at worst, for a
+        // moment, the new PID's line followed by the rest of a longer old one.
+        let line = format!("{}\n", std::process::id());
         let _ = file.rewind();
-        let _ = writeln!(file, "{}", std::process::id());
+        let _ = file.write_all(line.as_bytes());
+        let _ = file.set_len(line.len() as u64);
         Ok(LabLock { _file: file })
     }
 }
