@@ -758,20 +758,15 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             identity,
             user,
             command,
-        } => {
-            let c = load_cluster(&cluster)?;
-            let ssh = lab::ssh_command(
-                &c,
-                &node,
-                &lab::SshOptions {
-                    identity,
-                    user,
-                    command,
-                },
-            )?;
-            // exec, not the runner: see crate::run::Cmd::exec. Only a failed exec returns.
-            Err(ssh.exec()).context("ssh is in package openssh-client")
-        }
+        } => lab_ssh(
+            &cluster,
+            &node,
+            &lab::SshOptions {
+                identity,
+                user,
+                command,
+            },
+        ),
         LabAction::Console { cluster, node } => {
             let c = load_cluster(&cluster)?;
             lab::console(&c, &node)?;
@@ -786,15 +781,29 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             lab::logs(&c, &node, follow, &mut std::io::stdout().lock())?;
             Ok(0)
         }
-        LabAction::Kill { cluster, node } => {
-            let c = load_cluster(&cluster)?;
-            let pid = lab::kill(&c, &node)?;
-            if json {
-                crate::output::print_json(&serde_json::json!({ "killed": node, "pid": pid }))?;
-            } else {
-                outln!("killed {node} (QEMU pid {pid}): a crash, no shutdown");
-            }
-            Ok(0)
-        }
+        LabAction::Kill { cluster, node } => lab_kill(&cluster, &node, json),
     }
+}
+
+/// `lab ssh`: replaces mesobake with ssh, so it returns only when that failed.
+fn lab_ssh(
+    cluster: &std::path::Path,
+    node: &str,
+    opts: &crate::vm::lab::SshOptions,
+) -> Result<i32> {
+    let c = load_cluster(cluster)?;
+    let ssh = crate::vm::lab::ssh_command(&c, node, opts)?;
+    // exec, not the runner: see crate::run::Cmd::exec.
+    Err(ssh.exec()).context("ssh is in package openssh-client")
+}
+
+fn lab_kill(cluster: &std::path::Path, node: &str, json: bool) -> Result<i32> {
+    let c = load_cluster(cluster)?;
+    let pid = crate::vm::lab::kill(&c, node)?;
+    if json {
+        crate::output::print_json(&serde_json::json!({ "killed": node, "pid": pid }))?;
+    } else {
+        outln!("killed {node} (QEMU pid {pid}): a crash, no shutdown");
+    }
+    Ok(0)
 }

@@ -266,14 +266,14 @@ fn socket_path(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn start_vm(
+/// A VM's disks in the run dir: its overlay on the role image (kept across restarts) and
+/// its seed ISO (written anew). Returns both paths.
+fn prepare_disks(
     c: &Cluster,
     dir: &Path,
     m: &LabMember,
     opts: &UpOptions,
-    mcast: &str,
-    accel: Option<Accel>,
-) -> Result<(VmState, Accel)> {
+) -> Result<(PathBuf, PathBuf)> {
     let image = opts.images.join(format!("{}.qcow2", m.role));
     if !image.is_file() {
         bail!(
@@ -308,6 +308,19 @@ fn start_vm(
     );
     let iso = dir.join(format!("{}-seed.iso", m.name));
     seed.write_iso(&iso)?;
+    Ok((overlay, iso))
+}
+
+fn start_vm(
+    c: &Cluster,
+    dir: &Path,
+    m: &LabMember,
+    opts: &UpOptions,
+    mcast: &str,
+    accel: Option<Accel>,
+) -> Result<(VmState, Accel)> {
+    let (overlay, iso) = prepare_disks(c, dir, m, opts)?;
+    let nic0 = mgmt_mac(&c.name);
     let guest: Vec<u16> = SERVICES
         .iter()
         .filter(|s| m.services.contains(&s.service))
