@@ -23,6 +23,7 @@ pkgs=(
   busybox posh shellcheck       # the configurator tests run it under several POSIX shells
   nftables                     # ... and load its firewall rules into the real nft (throwaway netns)
   iproute2                     # e2e_lab: a host on the lab segment in a network namespace
+  openssh-client               # lab ssh; e2e_lab's throwaway key (ssh-keygen)
   # tests/seed.rs checks seeds with Debian's cloud-init unpacked from its .deb
   # (ci/cloud-init-schema.sh), never installed: only its python libraries are.
   python3-yaml python3-jsonschema python3-jinja2 python3-configobj python3-jsonpatch

@@ -19,9 +19,11 @@
 #      with them, 0600 secrets, none in the images), ZooKeeper's /mesos and /marathon
 #      unreadable without the digest (a real client), the nftables policy (from a
 #      network namespace on the lab segment: ZooKeeper, master, Marathon and agent
-#      dropped from outside the cluster network, SSH not), then kills the leader's VM and
-#      checks that another master takes over with the agent re-registered, and that
-#      `lab down` leaves no QEMU.
+#      dropped from outside the cluster network, SSH not), logs in with `lab ssh` (a
+#      throwaway key the topology names) and reads a master's hostname, then crashes the
+#      leader with `lab kill`, checks `lab status` shows it down, that another master takes
+#      over with the agent re-registered and the two ZooKeeper members left keep their
+#      quorum, and that `lab down` leaves no QEMU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then

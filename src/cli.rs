@@ -66,7 +66,8 @@ pub enum Cmd {
     Verify(VerifyArgs),
     /// Write every node's cloud-init seeds from a cluster.toml (NoCloud ISO, EC2 user-data).
     Seed(SeedArgs),
-    /// Run a whole cluster from a cluster.toml locally under QEMU: up, status, down.
+    /// Run a whole cluster from a cluster.toml locally under QEMU: up, status, down; ssh,
+    /// console and logs of a node; kill one (a crash).
     Lab {
         /// What to do.
         #[command(subcommand)]
@@ -564,15 +565,62 @@ pub enum LabAction {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Show each node: role, ip, running, configured, each service's health, ports.
+    /// Show each node: role, ip, up or down, its SSH port, configured, each service's
+    /// health, ports.
     Status {
         /// The cluster topology.
         cluster: PathBuf,
     },
-    /// Stop exactly the QEMU processes `lab up` started.
+    /// Power the VMs down (ACPI power button, up to 60 s), then stop whatever is left of
+    /// exactly the QEMU processes `lab up` started.
     Down {
         /// The cluster topology.
         cluster: PathBuf,
+    },
+    /// Log in to a node with the system ssh through its forwarded port 22, or run a
+    /// command there (after `--`); the exit status is the remote command's (255: ssh
+    /// failed).
+    Ssh {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node: a node name, or `<group>-<n>` for a group's instance.
+        node: String,
+        /// The private key [default: the private half of the first of the topology's
+        /// ssh-keys found as KEY.pub with KEY beside it, beside the topology or in ~/.ssh].
+        #[arg(long, short = 'i', value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// The login user [default: the user cloud-init gave the key to, as the node's
+        /// console says, else the image's default user: debian, ubuntu].
+        #[arg(long, short = 'l')]
+        user: Option<String>,
+        /// The remote command (default: a login shell).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Connect the terminal to a node's serial console (raw mode; Ctrl-] leaves).
+    Console {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node.
+        node: String,
+    },
+    /// Print a node's serial console log.
+    Logs {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node.
+        node: String,
+        /// Keep printing what the node prints next, until it stops or Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Crash a node: SIGKILL its QEMU, no shutdown. `lab status` shows it down and the
+    /// next `lab up` starts it again.
+    Kill {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node.
+        node: String,
     },
 }
 
@@ -704,5 +752,58 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             }
             Ok(0)
         }
+        LabAction::Ssh {
+            cluster,
+            node,
+            identity,
+            user,
+            command,
+        } => lab_ssh(
+            &cluster,
+            &node,
+            &lab::SshOptions {
+                identity,
+                user,
+                command,
+            },
+        ),
+        LabAction::Console { cluster, node } => {
+            let c = load_cluster(&cluster)?;
+            lab::console(&c, &node)?;
+            Ok(0)
+        }
+        LabAction::Logs {
+            cluster,
+            node,
+            follow,
+        } => {
+            let c = load_cluster(&cluster)?;
+            lab::logs(&c, &node, follow, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        LabAction::Kill { cluster, node } => lab_kill(&cluster, &node, json),
     }
+}
+
+/// `lab ssh`: replaces mesobake with ssh, so it returns only when that failed.
+fn lab_ssh(
+    cluster: &std::path::Path,
+    node: &str,
+    opts: &crate::vm::lab::SshOptions,
+) -> Result<i32> {
+    let c = load_cluster(cluster)?;
+    let ssh = crate::vm::lab::ssh_command(&c, node, opts)?;
+    // exec, not the runner: see crate::run::Cmd::exec.
+    Err(ssh.exec()).context("ssh is in package openssh-client")
+}
+
+fn lab_kill(cluster: &std::path::Path, node: &str, json: bool) -> Result<i32> {
+    let c = load_cluster(cluster)?;
+    let pid = crate::vm::lab::kill(&c, node)?;
+    if json {
+        crate::output::print_json(&serde_json::json!({ "killed": node, "pid": pid }))?;
+    } else {
+        outln!("killed {node} (QEMU pid {pid}): a crash, no shutdown");
+    }
+    Ok(0)
 }

@@ -218,6 +218,37 @@ impl Cmd {
         .into())
     }
 
+    /// Replaces mesobake with the command (`exec`), for interactive tools (`lab ssh`):
+    /// they need the terminal (stdin included), Ctrl-C and window-size changes must reach
+    /// them and not mesobake, and their exit status must become the caller's. So unlike
+    /// [`Cmd::run`] nothing is captured, stdin stays, the caller's locale stays (it is the
+    /// user's session), and the command's own exit status is the process's. `-v` still
+    /// shows the command line. Returns only if the exec failed.
+    pub fn exec(self) -> anyhow::Error {
+        use std::os::unix::process::CommandExt;
+        if verbose() {
+            eprintln!("+ {}", self.cmdline());
+        }
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.dir {
+            cmd.current_dir(d);
+        }
+        let e = cmd.exec();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "{}: command not found ({})",
+                self.program.to_string_lossy(),
+                self.cmdline()
+            )
+        } else {
+            anyhow::anyhow!("running {}: {e}", self.cmdline())
+        }
+    }
+
     /// Runs the command and returns whether it exited 0; only failing to start is an error.
     pub fn succeeds(self) -> Result<bool> {
         Ok(self.spawn_and_wait()?.0.success())

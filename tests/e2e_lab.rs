@@ -9,9 +9,12 @@
 //! (srvr through the forwarded ports), every master runs with --quorum=2, exactly one
 //! Mesos master leads (elected through ZooKeeper) and the others redirect to it, the agent
 //! registered with it under a name from its own address, `lab up` again starts nothing;
-//! then the leading master's VM is killed, and another master takes over with the agent
-//! re-registered while ZooKeeper keeps its quorum; after `lab down` none of the lab's QEMU
-//! processes is left. Authentication is on, as for every cluster from cluster.toml: the
+//! `lab ssh` logs in to a master with a throwaway key the topology names (found beside
+//! it) and reads the node's own hostname, and passes the remote exit status through;
+//! then `lab kill` crashes the leading master's VM, `lab status --json` shows it down,
+//! and another master takes over with the agent re-registered while the two surviving
+//! ZooKeeper members keep their quorum (srvr to each); after `lab down` none of the lab's
+//! QEMU processes is left. Authentication is on, as for every cluster from cluster.toml: the
 //! test reads the lab's secrets, checks the master's authentication flags, refusals
 //! without credentials (an agent, a framework, a read-write endpoint, Marathon's API)
 //! and acceptance with them, that host files holding secrets are 0600, and that no
@@ -95,9 +98,19 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
         );
     }
 
+    // A throwaway SSH key beside the topology, where `lab ssh` finds its private half.
+    let key = tmp.path().join("lab_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e-lab", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (package openssh-client)");
+    assert!(st.success(), "ssh-keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let topo = tmp.path().join("cluster.toml");
-    let mut text = String::from(
-        "name = \"e2e\"\n\n[network]\ncidr = \"10.77.0.0/24\"\ngateway = \"10.77.0.1\"\n\n[lab]\nmemory = 1024\n",
+    let mut text = format!(
+        "name = \"e2e\"\nssh-keys = [{}]\n\n[network]\ncidr = \"10.77.0.0/24\"\ngateway = \"10.77.0.1\"\n\n[lab]\nmemory = 1024\n",
+        serde_json::to_string(public.trim()).unwrap()
     );
     for i in 1..=3 {
         text += &format!("\n[[node]]\nname = \"m{i}\"\nrole = \"master\"\nip = \"10.77.0.1{i}\"\n");
@@ -149,6 +162,13 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
     let table = run_ok_text(mesobake(&["lab", "status", &topo_s]), "lab status (table)");
     eprintln!("{table}");
     assert_eq!(rows.len(), 4);
+    for r in &rows {
+        let ssh = r["ssh_port"].as_u64();
+        assert!(
+            ssh.is_some() && r["ports"]["22"].as_u64() == ssh,
+            "every VM forwards SSH: {r}"
+        );
+    }
     let zk = "zk://m1:2181,m2:2181,m3:2181/mesos";
     let mut modes = Vec::new();
     for r in rows.iter().filter(|r| r["role"] == "master") {
@@ -178,6 +198,7 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
         "{srvr}"
     );
     let leader = check_one_leader_with_the_agents(&rows);
+    check_ssh(&topo_s, "m1");
     let run_dir = tmp.path().join(".mesobake-lab/e2e");
     check_authentication(&rows, &leader, &run_dir, &images);
     check_zookeeper_acls(&rows, &run_dir);
@@ -196,20 +217,35 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
     before.sort();
     assert_eq!(before, after, "lab up twice must not start duplicates");
 
-    // The leading master's machine dies: another master takes over through ZooKeeper and
-    // the agent re-registers with it.
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("state.json")).unwrap())
-            .unwrap();
-    let vm = state["vms"]
+    // The leading master's machine dies (`lab kill`: SIGKILL, no shutdown): status shows
+    // it down at once, then another master takes over through ZooKeeper and the agent
+    // re-registers with it.
+    let killed = Instant::now();
+    let said = run_ok_text(
+        mesobake(&["lab", "kill", &topo_s, &leader]),
+        "lab kill (the leader crashes)",
+    );
+    eprintln!("e2e-lab: {}", said.trim());
+    assert_eq!(
+        qemu_under(&run_dir).len(),
+        rows.len() - 1,
+        "lab kill stops exactly the one QEMU"
+    );
+    let out = run_ok_text(
+        mesobake(&["--json", "lab", "status", &topo_s]),
+        "lab status right after lab kill",
+    );
+    let now: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dead = now
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == leader)
+        .find(|r| r["name"] == leader)
         .unwrap();
-    let pid = vm["pid"].as_u64().unwrap() as i32;
-    let killed = Instant::now();
-    assert_eq!(kill_vm(pid), 0, "killing {leader}'s QEMU ({pid})");
+    assert!(
+        dead["running"] == false && dead["state"] == "down",
+        "{leader} after lab kill: {dead}"
+    );
     let rows = wait_for(
         &topo_s,
         Duration::from_secs(600),
@@ -236,6 +272,26 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
         .collect();
     modes.sort();
     assert_eq!(modes, ["follower", "leader"]);
+    // And straight from the two members: srvr to each one's forwarded 2181.
+    let mut direct: Vec<String> = rows
+        .iter()
+        .filter(|r| r["role"] == "master" && r["name"] != leader.as_str())
+        .map(|r| {
+            let port = r["ports"]["2181"].as_u64().unwrap() as u16;
+            let srvr = mesobake::vm::verify::four_letter(port, "srvr").unwrap();
+            srvr.lines()
+                .find_map(|l| l.strip_prefix("Mode: "))
+                .unwrap_or_else(|| panic!("{}: srvr has no Mode: {srvr}", r["name"]))
+                .trim()
+                .to_string()
+        })
+        .collect();
+    direct.sort();
+    assert_eq!(
+        direct,
+        ["follower", "leader"],
+        "the two ZooKeeper members left hold a quorum"
+    );
 
     run_ok_text(mesobake(&["lab", "down", &topo_s]), "lab down");
     assert!(qemu_under(&run_dir).is_empty(), "QEMU left after lab down");
@@ -535,13 +591,45 @@ fn check_network_policy(rows: &[serde_json::Value], leader: &str, run_dir: &Path
     eprintln!("e2e-lab: network policy: inside {inside:?}, SSH from outside {ssh:?}, 2181/5050/8080/5051 from outside dropped");
 }
 
-/// Sends SIGKILL to a PID with kill(1): a crash, not a shutdown.
-fn kill_vm(pid: i32) -> i32 {
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .map(|s| s.code().unwrap_or(-1))
-        .unwrap_or(-1)
+/// `lab ssh` (issue 12): logs in to `node` through its forwarded port 22 with the
+/// topology's key (its private half found beside cluster.toml) as the user cloud-init
+/// gave it, and reads the node's own hostname; the remote command's exit status comes
+/// back as mesobake's. sshd may still be starting on a slow TCG guest, so a failure of
+/// ssh itself (255) is retried a few times; any other failure is not.
+fn check_ssh(topo: &str, node: &str) {
+    let ssh = |cmd: &[&str]| {
+        let mut args = vec!["lab", "ssh", topo, node, "--"];
+        args.extend_from_slice(cmd);
+        mesobake(&args).output().unwrap()
+    };
+    let mut last = String::new();
+    for attempt in 1..=6 {
+        let out = ssh(&["cat", "/etc/hostname"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        last = format!(
+            "{}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            assert_eq!(
+                stdout.trim(),
+                node,
+                "{node}'s /etc/hostname through lab ssh"
+            );
+            let st = ssh(&["exit", "7"]).status;
+            assert_eq!(st.code(), Some(7), "lab ssh passes the remote exit status");
+            eprintln!(
+                "e2e-lab: lab ssh {node} -- cat /etc/hostname: {}",
+                stdout.trim()
+            );
+            return;
+        }
+        assert_eq!(out.status.code(), Some(255), "lab ssh {node}: {last}");
+        eprintln!("e2e-lab: lab ssh {node}: attempt {attempt} failed: {last}");
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    panic!("lab ssh {node} failed 6 times; the last: {last}");
 }
 
 fn svc(r: &serde_json::Value, name: &str) -> serde_json::Value {

@@ -70,6 +70,7 @@ Architecture: $arch
 Maintainer: mesobake developers <mesobake@localhost>
 Installed-Size: $size
 Depends: $deps
+Recommends: openssh-client
 Section: admin
 Priority: optional
 Homepage: https://mesos.apache.org/

@@ -16,11 +16,20 @@
 //! `secrets/` (see [`secrets_dir`]). A PID counts as ours only while
 //! `/proc/PID/cmdline` is still a QEMU running that VM's overlay, so `up` twice starts no
 //! duplicates, `down` stops exactly its own processes, and a crashed VM shows as down.
+//!
+//! Per VM, QEMU also keeps in the run dir its own PID file (`NAME.pid`), a QMP socket
+//! (`NAME.qmp`) and the serial console's socket (`NAME.console`, logged to the serial log
+//! all the while). Guest port 22 is forwarded like the service ports, for `lab ssh`.
+//! `up`, `down` and `kill` take the lab's lock ([`lock`]) while they change anything.
 
 mod addresses;
+pub mod console;
+mod lock;
+pub mod ssh;
 pub use addresses::LabMember;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::probe;
-use super::qemu::{self, Accel, VmSpec};
+use super::qemu::{self, Accel, PortTaken, VmSpec};
+use super::qmp::Qmp;
 use super::verify::parse_configured;
 use crate::cluster::Cluster;
 use crate::profile::Service;
@@ -46,6 +56,28 @@ pub const DEFAULT_CPUS: u32 = 1;
 
 /// The address the user-networking NIC gets inside each guest (QEMU's DHCP default).
 const MGMT_ADDR: &str = "10.0.2.15/24";
+
+/// The guest's SSH port, forwarded on every VM for `lab ssh`.
+pub const SSH_PORT: u16 = 22;
+
+/// How long `lab down` lets the guests power down after the ACPI power button before it
+/// kills their QEMU. Lab VMs under TCG share two cores: stopping Mesos, Marathon,
+/// ZooKeeper and systemd takes a guest tens of seconds there, and all VMs shut down at
+/// once. A guest that ignores the button (still booting, before logind listens) costs
+/// this much and is then killed; its disk is a throwaway overlay, so nothing is lost.
+pub const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many times `lab up` starts a VM with new host ports when QEMU finds one taken:
+/// [`qemu::free_ports`] frees its ports before QEMU binds them, so another process can
+/// take one in between; two such races in a row are already unlikely.
+const PORT_ATTEMPTS: u32 = 5;
+
+/// How long a freshly started QEMU may take to answer QMP, which it does once every
+/// device and host forward is set up (well under a second on an idle host).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest unix socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// What `lab up` needs beyond the topology.
 #[derive(Debug, Clone)]
@@ -84,6 +116,47 @@ pub struct VmState {
     pub serial: PathBuf,
     /// When QEMU was started (seconds since the epoch).
     pub started: u64,
+    /// The PID file QEMU writes (None in a state from before QEMU wrote one).
+    #[serde(default)]
+    pub pidfile: Option<PathBuf>,
+    /// QEMU's QMP socket.
+    #[serde(default)]
+    pub qmp: Option<PathBuf>,
+    /// The serial console's socket.
+    #[serde(default)]
+    pub console: Option<PathBuf>,
+    /// cloud-init's default user on the VM's image, from the distribution family in the
+    /// images' manifest.json (see [`ssh`]).
+    #[serde(default)]
+    pub login_user: Option<String>,
+}
+
+impl VmState {
+    /// The PID of this VM's QEMU while it runs: the one in QEMU's own PID file (the
+    /// recorded PID for a state from before PID files), and only while that process is
+    /// still QEMU on this VM's overlay ([`is_our_qemu`]). A QEMU that was killed leaves
+    /// its PID file behind; the check makes that stale PID count for nothing.
+    pub fn live_pid(&self) -> Option<u32> {
+        let from_file = self.pidfile.as_ref().and_then(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+        });
+        [from_file, self.pid]
+            .into_iter()
+            .flatten()
+            .find(|p| is_our_qemu(*p, &self.overlay))
+    }
+
+    /// Whether its QEMU runs.
+    pub fn running(&self) -> bool {
+        self.live_pid().is_some()
+    }
+
+    /// The host port forwarded to the guest's SSH port.
+    pub fn ssh_port(&self) -> Option<u16> {
+        self.ports.get(&SSH_PORT).copied()
+    }
 }
 
 /// state.json.
@@ -178,14 +251,29 @@ pub(crate) fn mgmt_mac(cluster: &str) -> String {
     crate::cluster::derived_mac(cluster, "/mgmt")
 }
 
-fn start_vm(
+/// A run-dir file QEMU binds a unix socket at: the kernel takes at most
+/// [`MAX_SOCKET_PATH`] bytes, so a deep run dir fails here, clearly, not in QEMU.
+fn socket_path(dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if p.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "{}: too long for a unix socket ({} bytes, at most {MAX_SOCKET_PATH}); move the \
+             topology to a shorter path (the lab's run dir is beside it)",
+            p.display(),
+            p.as_os_str().len()
+        );
+    }
+    Ok(p)
+}
+
+/// A VM's disks in the run dir: its overlay on the role image (kept across restarts) and
+/// its seed ISO (written anew). Returns both paths.
+fn prepare_disks(
     c: &Cluster,
     dir: &Path,
     m: &LabMember,
     opts: &UpOptions,
-    mcast: &str,
-    accel: Option<Accel>,
-) -> Result<(VmState, Accel)> {
+) -> Result<(PathBuf, PathBuf)> {
     let image = opts.images.join(format!("{}.qcow2", m.role));
     if !image.is_file() {
         bail!(
@@ -220,24 +308,36 @@ fn start_vm(
     );
     let iso = dir.join(format!("{}-seed.iso", m.name));
     seed.write_iso(&iso)?;
+    Ok((overlay, iso))
+}
+
+fn start_vm(
+    c: &Cluster,
+    dir: &Path,
+    m: &LabMember,
+    opts: &UpOptions,
+    mcast: &str,
+    accel: Option<Accel>,
+) -> Result<(VmState, Accel)> {
+    let (overlay, iso) = prepare_disks(c, dir, m, opts)?;
+    let nic0 = mgmt_mac(&c.name);
     let guest: Vec<u16> = SERVICES
         .iter()
         .filter(|s| m.services.contains(&s.service))
         .map(|s| s.port)
-        .collect();
-    let ports: BTreeMap<u16, u16> = guest
-        .iter()
-        .copied()
-        .zip(qemu::free_ports(guest.len())?)
+        .chain([SSH_PORT])
         .collect();
     let serial = dir.join(format!("{}.serial.log", m.name));
-    let spec = VmSpec {
+    let qmp = socket_path(dir, &format!("{}.qmp", m.name))?;
+    let console = socket_path(dir, &format!("{}.console", m.name))?;
+    let pidfile = dir.join(format!("{}.pid", m.name));
+    let mut spec = VmSpec {
         disk: overlay.clone(),
         disk_format: "qcow2".into(),
         seed: Some(iso),
         memory_mb: opts.memory_mb,
         cpus: opts.cpus,
-        forwards: ports.iter().map(|(g, h)| (*h, *g)).collect(),
+        forwards: Vec::new(),
         serial_log: serial.clone(),
         extra_args: vec![
             "-netdev".into(),
@@ -248,30 +348,94 @@ fn start_vm(
         forward_to: Some(m.ip.to_string()),
         nic0_mac: Some(nic0),
         stderr_log: Some(dir.join(format!("{}.qemu.log", m.name))),
+        console_socket: Some(console.clone()),
+        qmp_socket: Some(qmp.clone()),
+        pidfile: Some(pidfile.clone()),
     };
-    // The launcher opens disks with snapshot=on, so even the overlay stays as created
-    // and a restarted VM boots fresh. The overlay's own path is what tells this VM's
-    // QEMU apart from others booting the same role image.
-    let vm = match accel {
-        Some(a) => qemu::Vm::start(&spec, a)?,
-        None => qemu::start_auto(&spec, None)?,
+    let mut attempt = 1;
+    let (ports, pid, used) = loop {
+        let ports: BTreeMap<u16, u16> = guest
+            .iter()
+            .copied()
+            .zip(qemu::free_ports(guest.len())?)
+            .collect();
+        spec.forwards = ports.iter().map(|(g, h)| (*h, *g)).collect();
+        match launch(&spec, accel) {
+            Ok((pid, used)) => break (ports, pid, used),
+            Err(e) if e.is::<PortTaken>() && attempt < PORT_ATTEMPTS => {
+                eprintln!(
+                    "mesobake: lab: {}: a forwarded port was taken as QEMU started; \
+                     starting it again with new ports (attempt {} of {PORT_ATTEMPTS})",
+                    m.name,
+                    attempt + 1
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("starting {}", m.name)),
+        }
     };
-    let used = vm.accel;
-    let pid = vm.detach();
     Ok((
         VmState {
             name: m.name.clone(),
             role: m.role.clone(),
             services: m.services.clone(),
             ip: m.ip.to_string(),
-            pid,
+            pid: Some(pid),
             ports,
             overlay,
             serial,
             started: now(),
+            pidfile: Some(pidfile),
+            qmp: Some(qmp),
+            console: Some(console),
+            login_user: ssh::user_from_manifest(&opts.images, &m.role),
         },
         used,
     ))
+}
+
+/// Starts QEMU and waits until it runs: until it answers QMP, which it does only once
+/// every device and host forward is set up, so a taken port shows here (as
+/// [`PortTaken`]) and not later as a VM that silently is not there. Returns QEMU's PID
+/// (from its PID file) and the acceleration it runs with.
+fn launch(spec: &VmSpec, accel: Option<Accel>) -> Result<(u32, Accel)> {
+    // The launcher opens disks with snapshot=on, so even the overlay stays as created
+    // and a restarted VM boots fresh. The overlay's own path is what tells this VM's
+    // QEMU apart from others booting the same role image.
+    let mut vm = match accel {
+        Some(a) => qemu::Vm::start(spec, a)?,
+        None => qemu::start_auto(spec, None)?,
+    };
+    let qmp = spec
+        .qmp_socket
+        .as_deref()
+        .expect("lab VMs have a QMP socket");
+    let t = Instant::now();
+    loop {
+        crate::run::check_interrupted()?;
+        vm.check_running()?;
+        if Qmp::connect(qmp, Duration::from_secs(5)).is_ok() {
+            break;
+        }
+        if t.elapsed() > START_TIMEOUT {
+            bail!(
+                "QEMU did not answer on its QMP socket {} within {} s",
+                qmp.display(),
+                START_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let child = vm.pid();
+    let used = vm.accel;
+    let from_file = spec.pidfile.as_ref().and_then(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+    });
+    let pid = from_file.or(child).context("QEMU has no PID")?;
+    vm.detach();
+    Ok((pid, used))
 }
 
 /// The lab's secrets: `secrets/` in its run dir, made on the first `lab up` the way
@@ -290,9 +454,11 @@ pub fn operator(c: &Cluster) -> Result<Option<Credential>> {
 /// the ZooKeeper quorum and every node's configured line, and prints how long each took.
 /// The VMs' seeds come from the same code as `mesobake seed`'s, so they carry the lab's
 /// secrets (authentication on) unless the topology says `[security] auth = false`.
+/// Starting happens under the lab's lock; waiting does not (see [`lock`]).
 pub fn up(c: &Cluster, opts: &UpOptions) -> Result<State> {
     let dir = run_dir(c);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = lock::LabLock::acquire(&dir, "up")?;
     let mut c = c.clone();
     if c.auth {
         let (s, _) = secrets::load_or_create(&secrets_dir(&c), false)?;
@@ -314,12 +480,8 @@ pub fn up(c: &Cluster, opts: &UpOptions) -> Result<State> {
     for m in &members {
         crate::run::check_interrupted()?;
         if let Some(v) = state.vms.iter().find(|v| v.name == m.name) {
-            if v.pid.is_some_and(|p| is_our_qemu(p, &v.overlay)) {
-                eprintln!(
-                    "mesobake: lab: {} already running (pid {})",
-                    m.name,
-                    v.pid.unwrap_or(0)
-                );
+            if let Some(pid) = v.live_pid() {
+                eprintln!("mesobake: lab: {} already running (pid {pid})", m.name);
                 continue;
             }
         }
@@ -348,6 +510,7 @@ pub fn up(c: &Cluster, opts: &UpOptions) -> Result<State> {
         }
     }
     save_state(&dir, &state)?;
+    drop(lock);
     if let Some(timeout) = opts.wait {
         wait_ready(&state, t0, timeout)?;
     }
@@ -382,7 +545,7 @@ fn wait_ready(state: &State, t0: Instant, timeout: Duration) -> Result<()> {
     loop {
         crate::run::check_interrupted()?;
         for v in &state.vms {
-            if !v.pid.is_some_and(|p| is_our_qemu(p, &v.overlay)) {
+            if !v.running() {
                 bail!(
                     "{}: QEMU is not running any more (serial log {}, QEMU log beside it)",
                     v.name,
@@ -490,6 +653,12 @@ pub struct NodeStatus {
     pub ip: String,
     /// Whether its QEMU runs.
     pub running: bool,
+    /// "up" or "down", as the table says it: down once its QEMU is gone, however it went
+    /// (`lab kill`, a crash, a guest that powered off).
+    pub state: &'static str,
+    /// The host port on 127.0.0.1 forwarded to the guest's SSH port (`lab ssh` uses it);
+    /// None for a VM started before the lab forwarded SSH.
+    pub ssh_port: Option<u16>,
     /// "yes", "no", or "FAILED: ..." from the serial console.
     pub configured: String,
     /// Each service's health (only checked while running).
@@ -543,7 +712,7 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
     let auth = operator(c)?;
     let mut out = Vec::new();
     for v in &state.vms {
-        let running = v.pid.is_some_and(|p| is_our_qemu(p, &v.overlay));
+        let running = v.running();
         let configured = match configured(&v.serial) {
             Ok(Some(_)) => "yes".to_string(),
             Ok(None) => "no".to_string(),
@@ -563,6 +732,8 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
             role: v.role.clone(),
             ip: v.ip.clone(),
             running,
+            state: if running { "up" } else { "down" },
+            ssh_port: v.ssh_port(),
             configured,
             services,
             ports: v.ports.clone(),
@@ -578,6 +749,7 @@ pub fn status_table(rows: &[NodeStatus]) -> String {
         "role",
         "ip",
         "state",
+        "ssh",
         "configured",
         "services (host port on 127.0.0.1: health)",
     ]);
@@ -602,7 +774,10 @@ pub fn status_table(rows: &[NodeStatus]) -> String {
             r.name.clone(),
             r.role.clone(),
             r.ip.clone(),
-            if r.running { "up" } else { "down" }.into(),
+            r.state.into(),
+            r.ssh_port
+                .map(|p| format!(":{p}"))
+                .unwrap_or_else(|| "-".into()),
             r.configured.clone(),
             svc.join("; "),
         ]);
@@ -610,43 +785,301 @@ pub fn status_table(rows: &[NodeStatus]) -> String {
     t.render()
 }
 
-/// `lab down`: stops the lab's QEMU processes, by PID and only those, then removes the
-/// overlays, seeds and state (serial logs stay for a post-mortem). Returns the names
+/// Sends `sig` to `pid` if it is still this VM's QEMU.
+fn signal(v: &VmState, pid: u32, sig: rustix::process::Signal) {
+    if !is_our_qemu(pid, &v.overlay) {
+        return;
+    }
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Waits until none of `vms` is its QEMU any more, or `limit` passes; returns those left.
+fn wait_gone(vms: Vec<(&VmState, u32)>, limit: Duration) -> Vec<(&VmState, u32)> {
+    let t = Instant::now();
+    let mut left = vms;
+    loop {
+        left.retain(|(v, pid)| is_our_qemu(*pid, &v.overlay));
+        if left.is_empty() || t.elapsed() >= limit {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops QEMU processes at once: SIGTERM (QEMU exits, removing its PID file and
+/// sockets), then SIGKILL for any that are still there 10 s later.
+fn terminate(vms: Vec<(&VmState, u32)>) -> Result<()> {
+    for (v, pid) in &vms {
+        signal(v, *pid, rustix::process::Signal::TERM);
+    }
+    let left = wait_gone(vms, Duration::from_secs(10));
+    for (v, pid) in &left {
+        signal(v, *pid, rustix::process::Signal::KILL);
+    }
+    if let Some((v, pid)) = wait_gone(left, Duration::from_secs(10)).first() {
+        bail!("{}: QEMU pid {pid} did not stop", v.name);
+    }
+    Ok(())
+}
+
+/// Powers the VMs down the way a machine is shut down: the ACPI power button through
+/// QMP (`system_powerdown`), all at once, then up to [`POWERDOWN_TIMEOUT`] for their
+/// QEMU to exit (the guest powers off, and `-no-reboot` QEMU ends with it). QEMU that
+/// does not answer QMP, or is still there after the timeout, is stopped at once.
+fn power_down(vms: Vec<(&VmState, u32)>) -> Result<()> {
+    let mut asked = Vec::new();
+    let mut now = Vec::new();
+    for (v, pid) in vms {
+        let pressed = v.qmp.as_deref().map(|q| {
+            Qmp::connect(q, Duration::from_secs(5)).and_then(|mut s| s.execute("system_powerdown"))
+        });
+        match pressed {
+            Some(Ok(_)) => asked.push((v, pid)),
+            Some(Err(e)) => {
+                eprintln!(
+                    "mesobake: lab: {}: no power button ({e:#}); stopping its QEMU",
+                    v.name
+                );
+                now.push((v, pid));
+            }
+            // A VM from before the lab had QMP.
+            None => now.push((v, pid)),
+        }
+    }
+    terminate(now)?;
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = asked.iter().map(|(v, _)| v.name.as_str()).collect();
+    eprintln!(
+        "mesobake: lab: powering down {} (waiting up to {} s)",
+        names.join(" "),
+        POWERDOWN_TIMEOUT.as_secs()
+    );
+    let t = Instant::now();
+    let mut left = asked;
+    while !left.is_empty() && t.elapsed() < POWERDOWN_TIMEOUT {
+        crate::run::check_interrupted()?;
+        left = wait_gone(left, Duration::from_millis(500));
+    }
+    for (v, _) in &left {
+        eprintln!(
+            "mesobake: lab: {} did not power down within {} s; stopping its QEMU",
+            v.name,
+            POWERDOWN_TIMEOUT.as_secs()
+        );
+    }
+    terminate(left)
+}
+
+/// `lab down`: powers the lab's VMs down (see [`power_down`]; by PID, only its own
+/// QEMU processes), then removes the overlays, seeds, QEMU's leftovers and the state
+/// (serial logs stay for a post-mortem, `secrets/` for the next `up`). Returns the names
 /// of the VMs it stopped.
 pub fn down(c: &Cluster) -> Result<Vec<String>> {
     let dir = run_dir(c);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let _lock = lock::LabLock::acquire(&dir, "down")?;
     let Some(state) = load_state(&dir)? else {
         return Ok(Vec::new());
     };
-    let mut stopped = Vec::new();
-    for v in &state.vms {
-        let Some(pid) = v.pid.filter(|p| is_our_qemu(*p, &v.overlay)) else {
-            continue;
-        };
-        let p = rustix::process::Pid::from_raw(pid as i32).context("bad pid")?;
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-        let t = Instant::now();
-        while is_our_qemu(pid, &v.overlay) && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if is_our_qemu(pid, &v.overlay) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            let t = Instant::now();
-            while is_our_qemu(pid, &v.overlay) && t.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        if is_our_qemu(pid, &v.overlay) {
-            bail!("{}: QEMU pid {pid} did not stop", v.name);
-        }
-        stopped.push(v.name.clone());
-    }
+    let running: Vec<(&VmState, u32)> = state
+        .vms
+        .iter()
+        .filter_map(|v| v.live_pid().map(|p| (v, p)))
+        .collect();
+    let stopped = running.iter().map(|(v, _)| v.name.clone()).collect();
+    power_down(running)?;
     for v in &state.vms {
         let _ = std::fs::remove_file(&v.overlay);
         let _ = std::fs::remove_file(dir.join(format!("{}-seed.iso", v.name)));
+        // What a killed QEMU leaves (a clean exit removes them itself).
+        for f in [&v.pidfile, &v.qmp, &v.console].into_iter().flatten() {
+            let _ = std::fs::remove_file(f);
+        }
     }
     std::fs::remove_file(dir.join("state.json")).context("removing the lab state")?;
     Ok(stopped)
+}
+
+/// A node name that is not one of the lab's VMs.
+#[derive(Debug, thiserror::Error)]
+#[error("no node {name} in the lab of {}; its nodes: {}", cluster.display(), nodes.join(", "))]
+pub struct UnknownNode {
+    /// The name asked for.
+    pub name: String,
+    /// The topology.
+    pub cluster: PathBuf,
+    /// The lab's VMs.
+    pub nodes: Vec<String>,
+}
+
+/// The lab's VM `name` as state.json records it.
+fn find_vm(c: &Cluster, dir: &Path, name: &str) -> Result<VmState> {
+    let Some(state) = load_state(dir)? else {
+        bail!(NoLab {
+            cluster: c.path.clone(),
+            state: dir.join("state.json"),
+        });
+    };
+    match state.vms.iter().find(|v| v.name == name) {
+        Some(v) => Ok(v.clone()),
+        None => bail!(UnknownNode {
+            name: name.into(),
+            cluster: c.path.clone(),
+            nodes: state.vms.iter().map(|v| v.name.clone()).collect(),
+        }),
+    }
+}
+
+/// A VM that must run for what was asked.
+fn running_vm(c: &Cluster, name: &str) -> Result<VmState> {
+    let v = find_vm(c, &run_dir(c), name)?;
+    if !v.running() {
+        bail!("{name} is not running (`mesobake lab up` starts it again)");
+    }
+    Ok(v)
+}
+
+/// `lab kill NODE`: a crash of one VM. Its QEMU gets SIGKILL: no ACPI shutdown, no clean
+/// exit of QEMU either (its PID file and sockets stay behind, as after a real crash of
+/// the host process). The state keeps the VM, so `lab status` shows it down and the
+/// next `lab up` starts it again. Returns the PID that was killed.
+pub fn kill(c: &Cluster, name: &str) -> Result<u32> {
+    let dir = run_dir(c);
+    if !dir.is_dir() {
+        bail!(NoLab {
+            cluster: c.path.clone(),
+            state: dir.join("state.json"),
+        });
+    }
+    let _lock = lock::LabLock::acquire(&dir, "kill")?;
+    let v = find_vm(c, &dir, name)?;
+    let Some(pid) = v.live_pid() else {
+        bail!("{name} is not running");
+    };
+    signal(&v, pid, rustix::process::Signal::KILL);
+    if !wait_gone(vec![(&v, pid)], Duration::from_secs(10)).is_empty() {
+        bail!("{name}: QEMU pid {pid} did not die from SIGKILL within 10 s");
+    }
+    Ok(pid)
+}
+
+/// The first line of a public key file, for matching cloud-init's console table.
+fn public_key_of(identity: &Path) -> Option<String> {
+    let pubf = if identity.extension().is_some_and(|x| x == "pub") {
+        identity.to_owned()
+    } else {
+        let mut p = identity.as_os_str().to_owned();
+        p.push(".pub");
+        PathBuf::from(p)
+    };
+    let text = std::fs::read_to_string(pubf).ok()?;
+    text.lines().next().map(str::to_string)
+}
+
+/// What `lab ssh` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct SshOptions {
+    /// `--identity FILE`: the key (else found from the topology's ssh-keys).
+    pub identity: Option<PathBuf>,
+    /// `--user`: the login user (else the image's default user).
+    pub user: Option<String>,
+    /// The remote command; empty for a login shell.
+    pub command: Vec<String>,
+}
+
+/// The `ssh` command line into VM `name` (see [`ssh`] for how key and user are chosen).
+pub fn ssh_command(c: &Cluster, name: &str, opts: &SshOptions) -> Result<Cmd> {
+    let v = running_vm(c, name)?;
+    let Some(port) = v.ssh_port() else {
+        bail!("{name} was started before lab VMs forwarded SSH: `lab down` and `lab up` again");
+    };
+    let (identity, key) = match &opts.identity {
+        Some(f) => {
+            let id = ssh::identity_from_flag(f)?;
+            let key = public_key_of(&id);
+            (id, key)
+        }
+        None => {
+            let topo_dir = std::path::absolute(&c.path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("."));
+            let mut dirs = vec![topo_dir];
+            dirs.extend(dirs::home_dir().map(|h| h.join(".ssh")));
+            let id = ssh::find_identity(&c.ssh_keys, &dirs)?;
+            let key = public_key_of(&id);
+            (id, key)
+        }
+    };
+    let serial = std::fs::read(&v.serial)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let user = ssh::choose_user(
+        opts.user.as_deref(),
+        &serial,
+        key.as_deref(),
+        v.login_user.as_deref(),
+        name,
+    )?;
+    let target = ssh::SshTarget {
+        port,
+        user,
+        identity,
+    };
+    Ok(Cmd::new("ssh").args(ssh::argv(&target, &opts.command)))
+}
+
+/// `lab console NODE`: the terminal on the VM's serial console until Ctrl-].
+pub fn console(c: &Cluster, name: &str) -> Result<console::End> {
+    let v = running_vm(c, name)?;
+    let Some(sock) = &v.console else {
+        bail!(
+            "{name} was started before lab VMs had a console socket: `lab down` and `lab up` again"
+        );
+    };
+    console::attach(name, sock)
+}
+
+/// `lab logs NODE`: writes the VM's serial log to `out`; with `follow`, then what the
+/// guest prints next, until the VM stops or Ctrl-C. A reader that goes away (`| head`)
+/// ends it quietly.
+pub fn logs(c: &Cluster, name: &str, follow: bool, out: &mut impl Write) -> Result<()> {
+    let v = find_vm(c, &run_dir(c), name)?;
+    let mut f = std::fs::File::open(&v.serial)
+        .with_context(|| format!("{name}: opening its serial log {}", v.serial.display()))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    loop {
+        // Asked before reading: what a VM printed before it stopped is still read.
+        let alive = follow && v.running();
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+            match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                r => r.context("writing the serial log")?,
+            }
+        }
+        if !alive {
+            return Ok(());
+        }
+        crate::run::check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(300));
+        // A restarted VM starts its log afresh (QEMU truncates it): start over.
+        if std::fs::metadata(&v.serial).is_ok_and(|m| m.len() < pos) {
+            f.rewind()?;
+            pos = 0;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -693,6 +1126,10 @@ mod tests {
                 overlay: dir.join("m1.qcow2"),
                 serial: dir.join("m1.serial.log"),
                 started: 0,
+                pidfile: None,
+                qmp: None,
+                console: None,
+                login_user: None,
             }],
         };
         save_state(&dir, &state).unwrap();
@@ -707,6 +1144,188 @@ mod tests {
         other.kill().unwrap();
         other.wait().unwrap();
         assert!(load_state(&dir).unwrap().is_none());
+    }
+
+    /// A one-node lab in a temp dir, its state naming `pid` (and a PID file with it).
+    fn one_node_lab(tmp: &Path, pid: Option<u32>) -> (Cluster, PathBuf, VmState) {
+        let topo = tmp.join("cluster.toml");
+        std::fs::write(
+            &topo,
+            "name = \"t\"\n[network]\ncidr = \"10.9.0.0/24\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"10.9.0.11\"\n",
+        )
+        .unwrap();
+        let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let c = crate::cluster::load(&topo, &profiles).unwrap();
+        let dir = run_dir(&c);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("m1.pid");
+        if let Some(p) = pid {
+            std::fs::write(&pidfile, format!("{p}\n")).unwrap();
+        }
+        let vm = VmState {
+            name: "m1".into(),
+            role: "master".into(),
+            // No services: status would probe their ports.
+            services: Vec::new(),
+            ip: "10.9.0.11".into(),
+            pid,
+            ports: BTreeMap::from([(SSH_PORT, 40022)]),
+            overlay: dir.join("m1.qcow2"),
+            serial: dir.join("m1.serial.log"),
+            started: 0,
+            pidfile: Some(pidfile),
+            qmp: Some(dir.join("m1.qmp")),
+            console: Some(dir.join("m1.console")),
+            login_user: Some("debian".into()),
+        };
+        let state = State {
+            cluster: "t".into(),
+            mcast: mcast_for(&dir),
+            accel: "tcg".into(),
+            vms: vec![vm.clone()],
+        };
+        save_state(&dir, &state).unwrap();
+        (c, dir, vm)
+    }
+
+    /// A process that passes for this VM's QEMU (its name and the overlay on its command
+    /// line, which is all [`is_our_qemu`] looks at): `sh` waiting on its stdin, with no
+    /// child of its own to leave behind when it is killed.
+    fn fake_qemu(overlay: &Path) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .arg0("qemu-system-x86_64")
+            .args(["-c", "read x"])
+            .arg(format!("file={},if=virtio", overlay.display()))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn kill_crashes_the_vm_and_status_shows_it_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = fake_qemu(&tmp.path().join(".mesobake-lab/t/m1.qcow2"));
+        let (c, _, _) = one_node_lab(tmp.path(), Some(q.id()));
+        let rows = status(&c).unwrap();
+        assert!(rows[0].running, "the fake QEMU counts as the VM's");
+        assert_eq!(rows[0].state, "up");
+        assert_eq!(rows[0].ssh_port, Some(40022));
+        assert!(status_table(&rows).contains(":40022"));
+
+        assert_eq!(kill(&c, "m1").unwrap(), q.id());
+        let st = q.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(9), "SIGKILL: a crash, not a shutdown");
+        let rows = status(&c).unwrap();
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["running"], false, "{json}");
+        assert_eq!(json[0]["state"], "down", "{json}");
+        assert_eq!(json[0]["ssh_port"], 40022, "{json}");
+        assert!(status_table(&rows).contains(" down "));
+        // Its PID file is still there (no clean exit) and counts for nothing.
+        assert!(run_dir(&c).join("m1.pid").exists());
+        let e = kill(&c, "m1").unwrap_err().to_string();
+        assert!(e.contains("not running"), "{e}");
+        let e = kill(&c, "m9").unwrap_err();
+        let u = e.downcast_ref::<UnknownNode>().expect("UnknownNode");
+        assert_eq!(u.nodes, ["m1"]);
+        assert!(e.to_string().contains("its nodes: m1"), "{e}");
+        assert!(down(&c).unwrap().is_empty());
+        assert!(!run_dir(&c).join("m1.pid").exists(), "down tidies up");
+    }
+
+    /// `lab down` presses the power button through QMP and waits for QEMU to go; here a
+    /// fake QMP server "powers off" the fake QEMU when asked.
+    #[test]
+    fn down_powers_down_through_qmp() {
+        use std::io::BufRead;
+        let tmp = tempfile::tempdir().unwrap();
+        let overlay = tmp.path().join(".mesobake-lab/t/m1.qcow2");
+        let mut q = fake_qemu(&overlay);
+        let (c, _, vm) = one_node_lab(tmp.path(), Some(q.id()));
+        let listener = std::os::unix::net::UnixListener::bind(vm.qmp.as_ref().unwrap()).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let mut l = String::new();
+                r.read_line(&mut l).unwrap();
+                got.push(l.trim().to_string());
+                s.write_all(b"{\"return\": {}}\n").unwrap();
+            }
+            // The guest powers off: QEMU exits.
+            q.kill().unwrap();
+            q.wait().unwrap();
+            got
+        });
+        let t = Instant::now();
+        assert_eq!(down(&c).unwrap(), ["m1"]);
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                r#"{"execute":"qmp_capabilities"}"#,
+                r#"{"execute":"system_powerdown"}"#
+            ]
+        );
+        assert!(load_state(&run_dir(&c)).unwrap().is_none());
+    }
+
+    /// A guest that ignores the power button is stopped once the wait is over.
+    #[test]
+    fn a_vm_that_does_not_power_down_is_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let overlay = tmp.path().join("m1.qcow2");
+        let mut q = fake_qemu(&overlay);
+        let vm = VmState {
+            name: "m1".into(),
+            role: "master".into(),
+            services: Vec::new(),
+            ip: "10.9.0.11".into(),
+            pid: Some(q.id()),
+            ports: BTreeMap::new(),
+            overlay,
+            serial: tmp.path().join("m1.serial.log"),
+            started: 0,
+            pidfile: None,
+            // QMP that is not there: the QEMU is stopped at once.
+            qmp: Some(tmp.path().join("none.qmp")),
+            console: None,
+            login_user: None,
+        };
+        let t = Instant::now();
+        power_down(vec![(&vm, q.id())]).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(15));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(q.wait().unwrap().signal(), Some(15), "SIGTERM first");
+    }
+
+    #[test]
+    fn logs_print_the_serial_log_and_name_unknown_nodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _, vm) = one_node_lab(tmp.path(), None);
+        std::fs::write(
+            &vm.serial,
+            b"Linux version 6.1\r\nmesobake: configured role=master\r\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        logs(&c, "m1", false, &mut out).unwrap();
+        assert_eq!(out, std::fs::read(&vm.serial).unwrap());
+        // Following a VM that is not running ends after what is there.
+        let mut out = Vec::new();
+        logs(&c, "m1", true, &mut out).unwrap();
+        assert_eq!(out, std::fs::read(&vm.serial).unwrap());
+        let e = logs(&c, "nope", false, &mut Vec::new()).unwrap_err();
+        assert!(e.is::<UnknownNode>(), "{e}");
+        let e = ssh_command(&c, "m1", &SshOptions::default())
+            .err()
+            .expect("no ssh into a VM that is down");
+        assert!(e.to_string().contains("not running"), "{e}");
     }
 
     #[test]

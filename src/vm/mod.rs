@@ -2,4 +2,5 @@
 pub mod lab;
 pub mod probe;
 pub mod qemu;
+pub mod qmp;
 pub mod verify;

@@ -59,6 +59,40 @@ pub struct VmSpec {
     /// Where QEMU's stderr goes; None keeps it in a pipe for [`Vm::check_running`]. A VM
     /// that outlives mesobake (the lab) needs a file: a closed pipe would kill it.
     pub stderr_log: Option<PathBuf>,
+    /// A unix socket QEMU listens on for the serial console (None: the console only goes
+    /// to `serial_log`). With it, the console's output still goes to `serial_log` too
+    /// (the chardev's `logfile=`), whether a client is connected or not.
+    pub console_socket: Option<PathBuf>,
+    /// A unix socket QEMU listens on for QMP ([`crate::vm::qmp`]).
+    pub qmp_socket: Option<PathBuf>,
+    /// A file QEMU writes its PID into (and removes when it exits cleanly).
+    pub pidfile: Option<PathBuf>,
+}
+
+/// QEMU exited because a host port of a `hostfwd` rule was taken: another process bound
+/// it between [`free_ports`] releasing it and QEMU binding it. Picking new ports and
+/// starting again is the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("a forwarded host port was taken before QEMU could bind it: {stderr}")]
+pub struct PortTaken {
+    /// QEMU's stderr.
+    pub stderr: String,
+}
+
+/// Whether QEMU's stderr says it could not bind a host port for a forwarding rule
+/// (slirp reports "Could not set up host forwarding rule 'tcp:127.0.0.1:PORT-...'";
+/// some builds add the errno text, "Address already in use").
+pub fn host_port_taken(stderr: &str) -> bool {
+    stderr.lines().any(|l| {
+        l.contains("Could not set up host forwarding rule")
+            || (l.contains("Address already in use") && l.contains("hostfwd"))
+    })
+}
+
+/// A path as a value inside a QEMU `-opt key=value,...` list, where a comma must be
+/// doubled.
+fn opt_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 /// A running QEMU process.
@@ -68,6 +102,8 @@ pub struct Vm {
     pub serial_log: PathBuf,
     /// The acceleration it runs with.
     pub accel: Accel,
+    /// Where its stderr goes when not to a pipe.
+    stderr_log: Option<PathBuf>,
 }
 
 /// `n` distinct free ports on 127.0.0.1. All are held open until all are known: a port
@@ -93,8 +129,29 @@ fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
         &spec.cpus.to_string(),
     ]);
     c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
-    c.arg("-serial")
-        .arg(format!("file:{}", spec.serial_log.display()));
+    match &spec.console_socket {
+        // `wait=off`: QEMU runs without waiting for a client, and what the guest prints
+        // while nobody is connected still reaches the log file.
+        Some(sock) => {
+            c.arg("-chardev").arg(format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={}",
+                opt_path(sock),
+                opt_path(&spec.serial_log)
+            ));
+            c.args(["-serial", "chardev:serial0"]);
+        }
+        None => {
+            c.arg("-serial")
+                .arg(format!("file:{}", spec.serial_log.display()));
+        }
+    }
+    if let Some(q) = &spec.qmp_socket {
+        c.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", opt_path(q)));
+    }
+    if let Some(p) = &spec.pidfile {
+        c.arg("-pidfile").arg(p);
+    }
     c.arg("-drive").arg(format!(
         "file={},if=virtio,format={},snapshot=on",
         spec.disk.display(),
@@ -149,6 +206,7 @@ impl Vm {
             child: Some(child),
             serial_log: spec.serial_log.clone(),
             accel,
+            stderr_log: spec.stderr_log.clone(),
         })
     }
 
@@ -157,7 +215,8 @@ impl Vm {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// Whether QEMU is still running; if it exited, the error says how, with its stderr.
+    /// Whether QEMU is still running; if it exited, the error says how, with its stderr
+    /// (a [`PortTaken`] when a forwarded host port was taken).
     pub fn check_running(&mut self) -> Result<()> {
         let Some(c) = self.child.as_mut() else {
             bail!("QEMU was stopped")
@@ -166,8 +225,14 @@ impl Vm {
             let mut err = String::new();
             if let Some(mut e) = c.stderr.take() {
                 e.read_to_string(&mut err).ok();
+            } else if let Some(p) = &self.stderr_log {
+                err = std::fs::read_to_string(p).unwrap_or_default();
             }
-            bail!("QEMU exited ({st}): {}", err.trim());
+            let err = err.trim().to_string();
+            if host_port_taken(&err) {
+                bail!(PortTaken { stderr: err });
+            }
+            bail!("QEMU exited ({st}): {err}");
         }
         Ok(())
     }
@@ -249,6 +314,8 @@ pub fn start_auto(spec: &VmSpec, forced: Option<Accel>) -> Result<Vm> {
         let mut vm = Vm::start(spec, Accel::Kvm)?;
         match vm.wait_for_line(&["Linux version"], Duration::from_secs(20)) {
             Ok(_) => return Ok(vm),
+            // A taken port is no fault of KVM's: the caller picks new ports.
+            Err(e) if e.is::<PortTaken>() => return Err(e),
             Err(e) => {
                 vm.stop();
                 eprintln!("mesobake: KVM probe failed ({e:#}); falling back to TCG");
@@ -326,6 +393,65 @@ pub fn keep_log(log: &Path, dest: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_host_port_is_told_from_other_failures() {
+        // QEMU 7.2 (Debian 12), the slirp message.
+        assert!(host_port_taken(
+            "qemu-system-x86_64: -netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40001-10.77.0.11:2181: \
+             Could not set up host forwarding rule 'tcp:127.0.0.1:40001-10.77.0.11:2181'"
+        ));
+        assert!(host_port_taken(
+            "qemu-system-x86_64: -netdev user,id=n0,hostfwd=tcp:127.0.0.1:40001-:22: Address already in use"
+        ));
+        for other in [
+            "",
+            "qemu-system-x86_64: -drive file=/x.qcow2: Could not open '/x.qcow2': No such file or directory",
+            "qemu-system-x86_64: -chardev socket,id=serial0,path=/r/m1.console: Failed to bind socket: Address already in use",
+            "qemu-system-x86_64: terminating on signal 15 from pid 1",
+        ] {
+            assert!(!host_port_taken(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn sockets_pidfile_and_console_log_are_on_the_command_line() {
+        let spec = VmSpec {
+            disk: "/r/m1.qcow2".into(),
+            disk_format: "qcow2".into(),
+            seed: None,
+            memory_mb: 512,
+            cpus: 1,
+            forwards: vec![(40022, 22)],
+            serial_log: "/r/m1.serial.log".into(),
+            extra_args: Vec::new(),
+            forward_to: Some("10.0.0.11".into()),
+            nic0_mac: None,
+            stderr_log: None,
+            console_socket: Some("/r/m1,x.console".into()),
+            qmp_socket: Some("/r/m1.qmp".into()),
+            pidfile: Some("/r/m1.pid".into()),
+        };
+        let c = qemu_command(&spec, Accel::Tcg);
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].clone())
+                .unwrap_or_else(|| panic!("no {flag} in {args:?}"))
+        };
+        assert_eq!(
+            after("-chardev"),
+            "socket,id=serial0,path=/r/m1,,x.console,server=on,wait=off,logfile=/r/m1.serial.log"
+        );
+        assert_eq!(after("-serial"), "chardev:serial0");
+        assert_eq!(after("-qmp"), "unix:/r/m1.qmp,server=on,wait=off");
+        assert_eq!(after("-pidfile"), "/r/m1.pid");
+        assert!(after("-netdev").contains("hostfwd=tcp:127.0.0.1:40022-10.0.0.11:22"));
+    }
 
     #[test]
     fn free_ports_are_distinct() {

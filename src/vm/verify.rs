@@ -220,6 +220,9 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         forward_to: None,
         nic0_mac: None,
         stderr_log: None,
+        console_socket: None,
+        qmp_socket: None,
+        pidfile: None,
     };
     let started = Instant::now();
     let mut vm = qemu::start_auto(&spec, opts.accel)?;
