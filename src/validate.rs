@@ -256,11 +256,12 @@ pub fn validate_cluster(path: &Path, profiles: &[PathBuf]) -> Report {
 }
 
 /// A path as the user would like to read it: relative to the working directory when
-/// it is under it.
+/// it is under it (but not to `/`, where `tmp/x` would read as a relative path).
 fn shown(p: &Path) -> PathBuf {
     std::env::current_dir()
         .ok()
         .and_then(|d| d.canonicalize().ok())
+        .filter(|d| d.parent().is_some())
         .and_then(|d| p.strip_prefix(&d).ok().map(Path::to_path_buf))
         .filter(|r| !r.as_os_str().is_empty())
         .unwrap_or_else(|| p.to_path_buf())

@@ -71,5 +71,42 @@ check "completions zsh and fish installed" test -s /usr/share/zsh/vendor-complet
 check "man page" sh -c 'man -w mesobake && zcat /usr/share/man/man1/mesobake.1.gz | grep -q "^.TH mesobake 1"'
 check "README in /usr/share/doc" test -s /usr/share/doc/mesobake/README.md
 
+# validate, from /, on a profile that names each kind of missing file: every problem
+# with its file and line, exit status 1; the same as one JSON object with --json.
+mkdir -p "$work/bad"
+cat >"$work/bad/p.toml" <<'TOML'
+overlays = ["no-such-overlay"]
+[role]
+services = ["agent"]
+[packages]
+install = ["mesos"]
+debs = ["missing.deb"]
+[base]
+name = "debian-12"
+[[apt.sources]]
+name = "x"
+uri = "http://example.invalid/"
+suites = ["bookworm"]
+key = "missing.asc"
+TOML
+check "validate names each missing file with file:line (absolute paths from /)" sh -c "
+  mesobake validate '$work/bad/p.toml' >'$work/v' 2>&1; test \$? = 1 || exit 1
+  grep -F '$work/bad/p.toml:1:' '$work/v' | grep -q no-such-overlay &&
+  grep -F 'p.toml:6:' '$work/v' | grep -q missing.deb &&
+  grep -F 'p.toml:13:' '$work/v' | grep -q 'missing.asc: not found'"
+check "--json validate: the problems as JSON, exit status 1" sh -c "
+  mesobake --json validate '$work/bad/p.toml' >'$work/v' 2>/dev/null; test \$? = 1 || exit 1
+  python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v[\"valid\"] is False, v' '$work/v'"
+check "--json error: one object on stdout, not a panic's status" sh -c "
+  mesobake --json build no-such-profile --dry-run >'$work/e' 2>/dev/null; s=\$?; test \$s -ne 0 -a \$s -ne 101 || exit 1
+  python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v[\"error\"][\"message\"], v' '$work/e'"
+# A reader that leaves at once (| true, like | head on long output): no panic, no 101.
+check "closed stdout: no panic" sh -c "
+  for i in 1 2 3 4 5; do
+    mesobake completions bash 2>>'$work/p' | true
+    mesobake profiles 2>>'$work/p' | true
+  done
+  ! grep -q panicked '$work/p'"
+
 echo "deb: $passed passed, $failed failed"
 [ "$failed" = 0 ]
