@@ -62,14 +62,27 @@ fn test_key(dest: &Path) {
     let gpg = |args: &[&str]| {
         let o = Command::new("gpg")
             .env("GNUPGHOME", gnupg.path())
-            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args([
+                "--batch",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
             .args(args)
             .output()
             .expect("gpg (apt-get install gpg)");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         o.stdout
     };
-    gpg(&["--quick-gen-key", "mesobake test <test@invalid>", "ed25519", "sign", "never"]);
+    gpg(&[
+        "--quick-gen-key",
+        "mesobake test <test@invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
     let key = gpg(&["--armor", "--export", "test@invalid"]);
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     std::fs::write(dest, key).unwrap();
@@ -91,7 +104,11 @@ fn test_deb(dir: &Path) {
         .arg(dir.join("mesobake-test_1_all.deb"))
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 const MY_MASTER: &str = "description = \"my own master\"\n[role]\nservices = [\"zookeeper\", \"master\"]\n[packages]\ninstall = [\"aventer-mesos\", \"zookeeperd\"]\n";
