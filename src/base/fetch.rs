@@ -20,9 +20,9 @@ use indicatif::HumanBytes;
 use sha2::{Digest, Sha256};
 
 use super::cache::{hash_reader, normalize_sha256, Cache};
-pub use super::sums::parse_sha256sums;
 use crate::progress::ByteMeter as Meter;
 use crate::run::{check_interrupted, verbose};
+use crate::sums::Sums;
 
 /// SHA256SUMS files are a few kilobytes; anything this big is not one.
 const MAX_SUMS_BYTES: u64 = 16 << 20;
@@ -258,15 +258,26 @@ fn resolve_expected(
                 Source::Http(u) => fetch_text(agent, &u)?,
                 Source::Local(p) => read_sums_file(&p)?,
             };
-            parse_sha256sums(&text, &name).with_context(|| format!("looking up {name} in {sums}"))
+            sha256_in_sums(&text, &name).with_context(|| format!("looking up {name} in {sums}"))
         }
         Expected::SumsFile(path) => {
             let name = file_name()?;
             let text = read_sums_file(path)?;
-            parse_sha256sums(&text, &name)
+            sha256_in_sums(&text, &name)
                 .with_context(|| format!("looking up {name} in {}", path.display()))
         }
     }
+}
+
+/// The SHA256 that a SHA256SUMS text lists for `file_name`. The whole text must parse:
+/// a damaged list says nothing trustworthy about any of its files.
+fn sha256_in_sums(text: &str, file_name: &str) -> Result<String> {
+    Sums::parse(text)?.sha256_of(file_name)?.ok_or_else(|| {
+        FetchError::MissingSum {
+            file_name: file_name.to_string(),
+        }
+        .into()
+    })
 }
 
 fn read_sums_file(path: &Path) -> Result<String> {
@@ -742,6 +753,22 @@ mod tests {
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
         assert_eq!(parse_content_range("bytes */200"), Some((0, Some(200))));
         assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn sums_lookup_names_a_missing_file_and_a_bad_line() {
+        let err = sha256_in_sums(&format!("{A}  other.img\n"), "noble.img").unwrap_err();
+        assert!(format!("{err:#}").contains("\"noble.img\""), "{err:#}");
+        assert!(matches!(
+            err.downcast_ref::<FetchError>(),
+            Some(FetchError::MissingSum { .. })
+        ));
+        let bad = sha256_in_sums(&format!("{A}  noble.img\nabc  x\n"), "noble.img").unwrap_err();
+        assert!(format!("{bad:#}").contains("line 2"), "{bad:#}");
+        assert_eq!(
+            sha256_in_sums(&format!("{A} *noble.img\n"), "noble.img").unwrap(),
+            A
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ pub mod cache;
 pub mod digest;
 pub mod fetch;
 pub mod gc;
-pub mod sums;
 
 use std::path::{Path, PathBuf};
 
