@@ -29,3 +29,4 @@ pub mod stage;
 pub mod sums;
 pub mod validate;
 pub mod vm;
+pub mod xdg;

@@ -495,9 +495,11 @@ fn default_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(CACHE_DIR_ENV).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    match dirs::cache_dir() {
+    match crate::xdg::cache_home() {
         Some(d) => Ok(d.join("mesobake")),
-        None => bail!("cannot tell where the user's cache directory is; set {CACHE_DIR_ENV}"),
+        None => bail!(
+            "cannot tell where the user's cache directory is (neither $XDG_CACHE_HOME nor $HOME is an absolute path); set {CACHE_DIR_ENV}"
+        ),
     }
 }
 
