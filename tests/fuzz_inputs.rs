@@ -287,7 +287,7 @@ fn profile_loader_never_panics() {
         for (path, data) in &includes {
             std::fs::write(path, data).unwrap();
         }
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             let (path, _) = &includes[(n as usize / 5) % includes.len()];
             std::fs::write(path, input).unwrap();
             std::fs::write(&p, &corpus[0]).unwrap();

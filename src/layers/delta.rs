@@ -330,7 +330,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if (i / CLUSTER) % 2 == 0 {
+                if (i / CLUSTER).is_multiple_of(2) {
                     (x & 0xff) as u8
                 } else {
                     (i % 7) as u8
