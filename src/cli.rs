@@ -58,6 +58,7 @@ pub enum Cmd {
     /// Print the man page (roff).
     Man,
     /// Build an image from a role profile (needs root).
+    #[command(after_help = crate::base::proxy::HELP)]
     Build(BuildArgs),
     /// Check a profile or a cluster.toml without doing any work: every referenced file
     /// (overlays, apt keys, local debs, the base) and every value; exit 1 on problems.

@@ -26,5 +26,7 @@ pub mod seed;
 pub mod service;
 pub mod settings;
 pub mod stage;
+pub mod sums;
 pub mod validate;
 pub mod vm;
+pub mod xdg;

@@ -82,24 +82,13 @@ pub fn set_flag(dir: Option<PathBuf>) {
 /// The user's profiles directory: `$XDG_CONFIG_HOME/mesobake/profiles`, else
 /// `$HOME/.config/mesobake/profiles`.
 pub fn user_dir() -> Option<PathBuf> {
-    config_home().map(|c| c.join("mesobake").join("profiles"))
-}
-
-fn config_home() -> Option<PathBuf> {
-    let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
-    std::env::var_os("XDG_CONFIG_HOME")
-        .and_then(abs)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .and_then(abs)
-                .map(|h| h.join(".config"))
-        })
+    crate::xdg::config_home().map(|c| c.join("mesobake").join("profiles"))
 }
 
 /// Where apt keys that built-in profiles name are looked for when the built-in tree does
 /// not carry them (it ships none): `$XDG_CONFIG_HOME/mesobake/keys`, `/etc/mesobake/keys`.
 pub fn key_dirs() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = config_home()
+    let mut v: Vec<PathBuf> = crate::xdg::config_home()
         .map(|c| c.join("mesobake").join("keys"))
         .into_iter()
         .collect();

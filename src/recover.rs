@@ -57,7 +57,7 @@ pub fn claim(dir: &Path) -> Result<Claim> {
         .create_new(true)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
-    fs4::fs_std::FileExt::try_lock_exclusive(&file)
+    file.try_lock()
         .with_context(|| format!("locking {}", path.display()))?;
     writeln!(file, "{}", owner_line()).with_context(|| format!("writing {}", path.display()))?;
     Ok(Claim { _file: file })
@@ -88,7 +88,7 @@ pub struct CacheUse {
 /// entries in the cache's `tmp/` and reports each on stderr.
 pub fn use_cache(cache: &Cache) -> Result<CacheUse> {
     let file = open_tmp_lock(cache)?;
-    if fs4::fs_std::FileExt::try_lock_exclusive(&file).is_ok() {
+    if file.try_lock().is_ok() {
         for s in stale_in_cache_tmp(cache)? {
             match clean(&s) {
                 Ok(c) => eprintln!("mesobake: removed {}", c.describe()),
@@ -97,7 +97,8 @@ pub fn use_cache(cache: &Cache) -> Result<CacheUse> {
         }
     }
     // Downgrading is not atomic, but an exclusive taker in between finds nothing of ours.
-    fs4::fs_std::FileExt::lock_shared(&file).context("locking the cache's tmp directory")?;
+    file.lock_shared()
+        .context("locking the cache's tmp directory")?;
     Ok(CacheUse { _file: file })
 }
 
@@ -196,7 +197,7 @@ fn stale_owned(dir: &Path) -> Result<Option<Stale>> {
     let owner_path = dir.join(OWNER_FILE);
     let owner = match File::open(&owner_path) {
         Ok(f) => {
-            if fs4::fs_std::FileExt::try_lock_exclusive(&f).is_err() {
+            if f.try_lock().is_err() {
                 return Ok(None);
             }
             Some(
@@ -257,7 +258,7 @@ pub fn find(cache: &Cache, out_dirs: &[PathBuf]) -> Result<(Vec<Stale>, Option<F
         all.extend(stale_in_output_dir(d)?);
     }
     let lock = open_tmp_lock(cache)?;
-    if fs4::fs_std::FileExt::try_lock_exclusive(&lock).is_ok() {
+    if lock.try_lock().is_ok() {
         all.extend(stale_in_cache_tmp(cache)?);
         Ok((all, Some(lock)))
     } else {

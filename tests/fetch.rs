@@ -1,5 +1,6 @@
 //! Download, verification and cache behaviour of `mesobake::base::fetch`, against a small
-//! HTTP server on 127.0.0.1 that this file runs itself (no external network).
+//! HTTP server (and a forward proxy) on 127.0.0.1 that this file runs itself (no external
+//! network).
 
 use std::collections::HashMap;
 use std::fs;
@@ -14,6 +15,7 @@ use mesobake::base::cache::Cache;
 use mesobake::base::fetch::{
     fetch_with, ChecksumMismatch, Expected, FetchError, FetchOptions, ProgressMode,
 };
+use mesobake::base::proxy::ProxyEnv;
 use sha2::{Digest, Sha256};
 
 /// What the server saw of one request.
@@ -26,6 +28,8 @@ struct Seen {
 #[derive(Default)]
 struct State {
     files: HashMap<String, Vec<u8>>,
+    /// Paths answered with a 302 to the given Location.
+    redirects: HashMap<String, String>,
     seen: Vec<Seen>,
     /// Body bytes actually written, over all responses.
     body_bytes: u64,
@@ -91,6 +95,10 @@ impl Server {
             .insert(path.to_string(), body.into());
     }
 
+    fn redirect(&self, path: &str, location: &str) {
+        self.with(|s| s.redirects.insert(path.to_string(), location.to_string()));
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().unwrap())
     }
@@ -153,6 +161,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             range: range.clone(),
         });
         match s.files.get(&path).cloned() {
+            None if s.redirects.contains_key(&path) => (
+                format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {}\r\nContent-Length: 0\r\n",
+                    s.redirects[&path]
+                ),
+                Vec::new(),
+                None,
+            ),
             None => (
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n".to_string(),
                 Vec::new(),
@@ -242,6 +258,9 @@ fn opts() -> FetchOptions {
         connect_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(5),
         progress: ProgressMode::Quiet,
+        // Not this process's environment: a proxy set on the test machine must not
+        // carry the loopback server's traffic.
+        proxy: ProxyEnv::default(),
     }
 }
 
@@ -766,4 +785,285 @@ fn cache_dir_env_overrides_the_default_root() {
     std::env::remove_var("MESOBAKE_CACHE_DIR");
     assert_eq!(cache.root(), root);
     assert!(root.join("blobs/sha256").is_dir());
+}
+
+/// A forward proxy on 127.0.0.1 that records each request line. A CONNECT is answered
+/// and tunnelled to `upstream` whatever host it names, as if the proxy's own DNS said so,
+/// so a URL whose host this machine cannot resolve downloads only through the proxy;
+/// without an upstream it answers 502. Any other request is forwarded to `upstream` as
+/// it came.
+struct Proxy {
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(upstream: Option<SocketAddr>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        listener
+            .set_nonblocking(true)
+            .expect("making the listener non-blocking");
+        let addr = listener.local_addr().expect("reading the listener address");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (lines, stop) = (lines.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            let lines = lines.clone();
+                            std::thread::spawn(move || proxy_one(client, upstream, &lines));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Proxy {
+            addr,
+            lines,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn request_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn proxy_one(client: TcpStream, upstream: Option<SocketAddr>, lines: &Mutex<Vec<String>>) {
+    let _ = client.set_nonblocking(false);
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let Ok(reader_half) = client.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(reader_half);
+    let mut head = String::new();
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    lines
+        .lock()
+        .unwrap()
+        .push(request_line.trim_end().to_string());
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                head.push_str(&line);
+                if line == "\r\n" || line == "\n" {
+                    break;
+                }
+            }
+        }
+    }
+    let mut to_client = client;
+    let Some(mut to_server) = upstream.and_then(|u| TcpStream::connect(u).ok()) else {
+        let _ = to_client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    if request_line.starts_with("CONNECT ") {
+        if to_client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    } else if to_server
+        .write_all(format!("{request_line}{head}").as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    // What the client sent after the head is already in the reader's buffer.
+    let buffered = reader.buffer().to_vec();
+    if to_server.write_all(&buffered).is_err() {
+        return;
+    }
+    reader.consume(buffered.len());
+    let (Ok(mut from_server), Ok(mut server_in)) = (to_server.try_clone(), to_server.try_clone())
+    else {
+        return;
+    };
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+        let _ = to_client.shutdown(Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut reader, &mut server_in);
+    let _ = server_in.shutdown(Shutdown::Write);
+    let _ = back.join();
+}
+
+fn proxy_env(vars: &[(&str, &str)]) -> ProxyEnv {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    ProxyEnv::from_lookup(|k| vars.get(k).cloned())
+}
+
+#[test]
+fn downloads_go_through_http_proxy_and_bypass_it_for_no_proxy() {
+    let server = Server::start();
+    let proxy = Proxy::start(Some(server.addr));
+    let port = server.addr.port();
+    let (_d, cache) = temp_cache();
+    let (a, b, c) = (image(SIZE, 31), image(SIZE, 32), image(SIZE, 33));
+    server.put("/a.img", a.clone());
+    server.put("/b.img", b.clone());
+    server.put("/c.img", c.clone());
+    server.put("/SHA256SUMS", format!("{}  a.img\n", sha(&a)));
+    let no_proxy = format!("localhost:{port}, .mesobake.invalid:1");
+    let opts = FetchOptions {
+        proxy: proxy_env(&[("HTTP_PROXY", &proxy.url()), ("NO_PROXY", &no_proxy)]),
+        ..opts()
+    };
+
+    // A name this machine cannot resolve: only the proxy can have fetched it. The entry
+    // for the same domain is for another port, so it does not apply.
+    let got = fetch_with(
+        &cache,
+        "http://images.mesobake.invalid/a.img",
+        &Expected::SumsUrl("http://images.mesobake.invalid/SHA256SUMS".into()),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(fs::read(got).unwrap(), a);
+    assert_eq!(
+        proxy.request_lines(),
+        ["CONNECT images.mesobake.invalid:80 HTTP/1.1"; 2],
+        "the SHA256SUMS and the image both went through the proxy"
+    );
+    assert_eq!(server.requests_for("/a.img").len(), 1);
+
+    // NO_PROXY names this host and port: straight to the server.
+    let got = fetch_with(
+        &cache,
+        &format!("http://localhost:{port}/b.img"),
+        &Expected::Sha256(sha(&b)),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(fs::read(got).unwrap(), b);
+    assert_eq!(
+        proxy.request_lines().len(),
+        2,
+        "localhost:{port} bypassed the proxy"
+    );
+    assert_eq!(server.requests_for("/b.img").len(), 1);
+
+    // The same server by address is not listed, so it goes through the proxy again.
+    fetch_with(
+        &cache,
+        &format!("http://127.0.0.1:{port}/c.img"),
+        &Expected::Sha256(sha(&c)),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(
+        proxy.request_lines().last().unwrap(),
+        &format!("CONNECT 127.0.0.1:{port} HTTP/1.1")
+    );
+}
+
+#[test]
+fn each_redirect_hop_takes_its_own_route() {
+    let server = Server::start();
+    let proxy = Proxy::start(Some(server.addr));
+    let port = server.addr.port();
+    let (_d, cache) = temp_cache();
+    let data = image(SIZE, 34);
+    server.put("/mirror/noble.img", data.clone());
+    server.redirect(
+        "/noble.img",
+        &format!("http://localhost:{port}/mirror/noble.img"),
+    );
+    let opts = FetchOptions {
+        proxy: proxy_env(&[("http_proxy", &proxy.url()), ("no_proxy", "localhost")]),
+        ..opts()
+    };
+    let got = fetch_with(
+        &cache,
+        "http://redirector.mesobake.invalid/noble.img",
+        &Expected::Sha256(sha(&data)),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(fs::read(got).unwrap(), data);
+    // The redirector through the proxy, the NO_PROXY mirror it named directly.
+    assert_eq!(
+        proxy.request_lines(),
+        ["CONNECT redirector.mesobake.invalid:80 HTTP/1.1"]
+    );
+    assert_eq!(server.requests_for("/noble.img").len(), 1);
+    assert_eq!(server.requests_for("/mirror/noble.img").len(), 1);
+}
+
+#[test]
+fn https_urls_use_https_proxy_not_http_proxy() {
+    let plain = Proxy::start(None);
+    let secure = Proxy::start(None);
+    let (_d, cache) = temp_cache();
+    let opts = FetchOptions {
+        attempts: 1,
+        proxy: proxy_env(&[("HTTP_PROXY", &plain.url()), ("HTTPS_PROXY", &secure.url())]),
+        ..opts()
+    };
+    let err = fetch_with(
+        &cache,
+        "https://secure.mesobake.invalid/noble.img",
+        &Expected::Sha256(sha(b"x")),
+        &opts,
+    )
+    .unwrap_err();
+    assert_eq!(
+        secure.request_lines(),
+        ["CONNECT secure.mesobake.invalid:443 HTTP/1.1"]
+    );
+    assert!(plain.request_lines().is_empty());
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&format!("through {} (from HTTPS_PROXY)", secure.url())),
+        "the error says which proxy was used: {msg}"
+    );
+}
+
+#[test]
+fn a_malformed_proxy_variable_is_named_and_not_retried() {
+    let server = Server::start();
+    server.put("/noble.img", image(1024, 35));
+    let (_d, cache) = temp_cache();
+    let opts = FetchOptions {
+        proxy: proxy_env(&[("https_proxy", "http://x"), ("http_proxy", "ftp://p:21")]),
+        ..opts()
+    };
+    let err = fetch_with(
+        &cache,
+        &server.url("/noble.img"),
+        &Expected::Sha256(sha(b"x")),
+        &opts,
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("http_proxy is ftp://p:21"), "{msg}");
+    assert!(server.seen().is_empty(), "nothing went direct instead");
 }

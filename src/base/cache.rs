@@ -20,7 +20,7 @@
 //! is deleted, reported (with both digests) and treated as a miss, so it is fetched again.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -121,7 +121,7 @@ impl Drop for CacheLock {
     fn drop(&mut self) {
         // Closing the descriptor releases the lock anyway; unlocking first just makes the
         // release not depend on every duplicate of the descriptor being closed.
-        let _ = fs4::fs_std::FileExt::unlock(&self.file);
+        let _ = self.file.unlock();
     }
 }
 
@@ -495,9 +495,11 @@ fn default_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(CACHE_DIR_ENV).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    match dirs::cache_dir() {
+    match crate::xdg::cache_home() {
         Some(d) => Ok(d.join("mesobake")),
-        None => bail!("cannot tell where the user's cache directory is; set {CACHE_DIR_ENV}"),
+        None => bail!(
+            "cannot tell where the user's cache directory is (neither $XDG_CACHE_HOME nor $HOME is an absolute path); set {CACHE_DIR_ENV}"
+        ),
     }
 }
 
@@ -592,14 +594,14 @@ fn lock_file(path: &Path, what: &str) -> Result<CacheLock> {
         .with_context(|| format!("opening the lock file {}", path.display()))?;
     let mut announced = false;
     loop {
-        match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
+        match file.try_lock() {
             Ok(()) => {
                 return Ok(CacheLock {
                     file,
                     path: path.to_path_buf(),
                 })
             }
-            Err(e) if is_contended(&e) => {
+            Err(TryLockError::WouldBlock) => {
                 if !announced {
                     eprintln!("mesobake: waiting for {what}, which another mesobake build holds");
                     announced = true;
@@ -607,17 +609,11 @@ fn lock_file(path: &Path, what: &str) -> Result<CacheLock> {
                 check_interrupted()?;
                 std::thread::sleep(LOCK_POLL);
             }
-            Err(e) => {
+            Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
     }
-}
-
-fn is_contended(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-        || e.raw_os_error().is_some()
-            && e.raw_os_error() == fs4::lock_contended_error().raw_os_error()
 }
 
 impl fmt::Display for BlobInfo {

@@ -20,12 +20,19 @@ use indicatif::HumanBytes;
 use sha2::{Digest, Sha256};
 
 use super::cache::{hash_reader, normalize_sha256, Cache};
-pub use super::sums::parse_sha256sums;
+use super::proxy::{ProxyEnv, Route};
 use crate::progress::ByteMeter as Meter;
 use crate::run::{check_interrupted, verbose};
+use crate::sums::Sums;
 
 /// SHA256SUMS files are a few kilobytes; anything this big is not one.
 const MAX_SUMS_BYTES: u64 = 16 << 20;
+
+/// The most redirects one request follows (ureq's own default).
+const MAX_REDIRECTS: u32 = 10;
+
+/// A ureq response.
+type Response = ureq::http::Response<ureq::Body>;
 
 /// Where the expected SHA256 of a base image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +62,9 @@ pub struct FetchOptions {
     pub read_timeout: Duration,
     /// How progress is shown.
     pub progress: ProgressMode,
+    /// Which proxy each URL goes through: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
+    /// `NO_PROXY` as this process's environment has them (see [`super::proxy`]).
+    pub proxy: ProxyEnv,
 }
 
 impl Default for FetchOptions {
@@ -65,6 +75,7 @@ impl Default for FetchOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             progress: ProgressMode::Auto,
+            proxy: ProxyEnv::from_env(),
         }
     }
 }
@@ -140,12 +151,11 @@ pub fn fetch_with(
     opts: &FetchOptions,
 ) -> Result<PathBuf> {
     let source = Source::parse(url)?;
-    let agent = make_agent(opts);
-    let want = resolve_expected(&agent, expected, || source.file_name())
+    let want = resolve_expected(opts, expected, || source.file_name())
         .with_context(|| format!("finding the expected SHA256 of {url}"))?;
     match source {
         Source::Local(path) => verify_local(&path, &want, opts),
-        Source::Http(url) => download(cache, &agent, &url, &want, opts),
+        Source::Http(url) => download(cache, &url, &want, opts),
     }
 }
 
@@ -237,16 +247,128 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn make_agent(opts: &FetchOptions) -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(opts.connect_timeout)
-        .timeout_read(opts.read_timeout)
+/// An agent for one request along `route`. Status codes are left to the caller (a 416
+/// on resume, 404 against 5xx), and redirects to [`get`], so that each hop takes the
+/// route its own URL calls for.
+fn make_agent(opts: &FetchOptions, route: &Route) -> Result<ureq::Agent> {
+    let proxy = match route {
+        Route::Proxy { var, url } => Some(ureq::Proxy::new(url).map_err(|e| {
+            anyhow!(
+                "{var} is {}, which is not a usable proxy URL: {e}",
+                super::proxy::redact(url)
+            )
+        })?),
+        Route::Direct | Route::Bypassed(_) => None,
+    };
+    Ok(ureq::Agent::config_builder()
+        .proxy(proxy)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(opts.connect_timeout))
+        .timeout_per_read(Some(opts.read_timeout))
         .user_agent(concat!("mesobake/", env!("CARGO_PKG_VERSION")))
         .build()
+        .new_agent())
+}
+
+/// GETs `url` with `headers`, following redirects here rather than in ureq: a mirror
+/// redirector may send a proxied request on to a host that NO_PROXY lists, or the other
+/// way round. Network trouble is worth another attempt; a bad proxy setting or a bad
+/// redirect is not.
+fn get(opts: &FetchOptions, url: &str, headers: &[(&str, &str)]) -> Result<Response, Failure> {
+    let mut current = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        let route = opts.proxy.route(&current);
+        if verbose() && route != Route::Direct {
+            eprintln!("mesobake: {current}: {}", route.describe());
+        }
+        let agent = make_agent(opts, &route).map_err(Failure::Fatal)?;
+        let mut req = agent.get(&current);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.call().map_err(|e| {
+            let fatal = matches!(
+                e,
+                ureq::Error::BadUri(_)
+                    | ureq::Error::InvalidProxyUrl
+                    | ureq::Error::Http(_)
+                    | ureq::Error::RequireHttpsOnly(_)
+            );
+            let err = match route {
+                Route::Direct => anyhow!(e).context(format!("requesting {current}")),
+                _ => anyhow!(e).context(format!("requesting {current} {}", route.describe())),
+            };
+            if fatal {
+                Failure::Fatal(err)
+            } else {
+                Failure::Retry(err)
+            }
+        })?;
+        if !resp.status().is_redirection() {
+            return Ok(resp);
+        }
+        let location = header(&resp, "location").ok_or_else(|| {
+            Failure::Fatal(anyhow!(
+                "{current}: the server answered HTTP {} without saying where to",
+                resp.status().as_u16()
+            ))
+        })?;
+        current = resolve_location(&current, location).map_err(Failure::Fatal)?;
+    }
+    Err(Failure::Fatal(anyhow!(
+        "{url}: more than {MAX_REDIRECTS} redirects"
+    )))
+}
+
+/// A response header as text.
+fn header<'r>(resp: &'r Response, name: &str) -> Option<&'r str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The URL a redirect's `Location` (absolute, scheme-relative, or relative to `base`)
+/// points to. Dot segments are left for the server to resolve.
+fn resolve_location(base: &str, location: &str) -> Result<String> {
+    let loc = location.trim();
+    if let Some((scheme, _)) = loc.split_once("://") {
+        let is_scheme = scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b));
+        if is_scheme && !scheme.is_empty() {
+            let s = scheme.to_ascii_lowercase();
+            if s != "http" && s != "https" {
+                bail!("{base} redirects to {loc}, which is not an http or https URL");
+            }
+            return Ok(loc.to_string());
+        }
+    }
+    let (scheme, rest) = base
+        .split_once("://")
+        .with_context(|| format!("{base} is not an absolute URL"))?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let origin = format!("{scheme}://{}", &rest[..authority_end]);
+    if let Some(other) = loc.strip_prefix("//") {
+        return Ok(format!("{scheme}://{other}"));
+    }
+    if loc.starts_with('/') {
+        return Ok(format!("{origin}{loc}"));
+    }
+    let path = rest[authority_end..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    if loc.starts_with('?') {
+        return Ok(format!("{origin}{path}{loc}"));
+    }
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    Ok(format!(
+        "{origin}{}{loc}",
+        if dir.is_empty() { "/" } else { dir }
+    ))
 }
 
 fn resolve_expected(
-    agent: &ureq::Agent,
+    opts: &FetchOptions,
     expected: &Expected,
     file_name: impl FnOnce() -> Result<String>,
 ) -> Result<String> {
@@ -255,18 +377,29 @@ fn resolve_expected(
         Expected::SumsUrl(sums) => {
             let name = file_name()?;
             let text = match Source::parse(sums)? {
-                Source::Http(u) => fetch_text(agent, &u)?,
+                Source::Http(u) => fetch_text(opts, &u)?,
                 Source::Local(p) => read_sums_file(&p)?,
             };
-            parse_sha256sums(&text, &name).with_context(|| format!("looking up {name} in {sums}"))
+            sha256_in_sums(&text, &name).with_context(|| format!("looking up {name} in {sums}"))
         }
         Expected::SumsFile(path) => {
             let name = file_name()?;
             let text = read_sums_file(path)?;
-            parse_sha256sums(&text, &name)
+            sha256_in_sums(&text, &name)
                 .with_context(|| format!("looking up {name} in {}", path.display()))
         }
     }
+}
+
+/// The SHA256 that a SHA256SUMS text lists for `file_name`. The whole text must parse:
+/// a damaged list says nothing trustworthy about any of its files.
+fn sha256_in_sums(text: &str, file_name: &str) -> Result<String> {
+    Sums::parse(text)?.sha256_of(file_name)?.ok_or_else(|| {
+        FetchError::MissingSum {
+            file_name: file_name.to_string(),
+        }
+        .into()
+    })
 }
 
 fn read_sums_file(path: &Path) -> Result<String> {
@@ -276,19 +409,21 @@ fn read_sums_file(path: &Path) -> Result<String> {
 
 /// Downloads a small text file (a SHA256SUMS) into memory; it is never cached, since it
 /// is what tells us whether the cache is current.
-fn fetch_text(agent: &ureq::Agent, url: &str) -> Result<String> {
-    let resp = match agent.get(url).call() {
+fn fetch_text(opts: &FetchOptions, url: &str) -> Result<String> {
+    let context = || format!("downloading the checksum file {url}");
+    let mut resp = match get(opts, url, &[]) {
         Ok(r) => r,
-        Err(ureq::Error::Status(code, resp)) => return Err(status_error(url, code, &resp)),
-        Err(ureq::Error::Transport(t)) => {
-            return Err(anyhow!(t).context(format!("downloading the checksum file {url}")))
-        }
+        Err(Failure::Retry(e) | Failure::Fatal(e)) => return Err(e.context(context())),
     };
+    if !resp.status().is_success() {
+        return Err(status_error(url, &resp));
+    }
     let mut text = String::new();
-    resp.into_reader()
+    resp.body_mut()
+        .as_reader()
         .take(MAX_SUMS_BYTES + 1)
         .read_to_string(&mut text)
-        .with_context(|| format!("downloading the checksum file {url}"))?;
+        .with_context(context)?;
     if text.len() as u64 > MAX_SUMS_BYTES {
         bail!(
             "{url} is larger than {}; is it really a SHA256SUMS file?",
@@ -298,8 +433,9 @@ fn fetch_text(agent: &ureq::Agent, url: &str) -> Result<String> {
     Ok(text)
 }
 
-fn status_error(url: &str, code: u16, resp: &ureq::Response) -> anyhow::Error {
-    if code == 404 {
+fn status_error(url: &str, resp: &Response) -> anyhow::Error {
+    let status = resp.status();
+    if status == ureq::http::StatusCode::NOT_FOUND {
         FetchError::NotFound {
             url: url.to_string(),
         }
@@ -307,8 +443,8 @@ fn status_error(url: &str, code: u16, resp: &ureq::Response) -> anyhow::Error {
     } else {
         FetchError::HttpStatus {
             url: url.to_string(),
-            status: code,
-            reason: resp.status_text().to_string(),
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or_default().to_string(),
         }
         .into()
     }
@@ -341,13 +477,7 @@ fn verify_local(path: &Path, want: &str, opts: &FetchOptions) -> Result<PathBuf>
     Ok(path)
 }
 
-fn download(
-    cache: &Cache,
-    agent: &ureq::Agent,
-    url: &str,
-    want: &str,
-    opts: &FetchOptions,
-) -> Result<PathBuf> {
+fn download(cache: &Cache, url: &str, want: &str, opts: &FetchOptions) -> Result<PathBuf> {
     if let Some(hit) = cache.get(want) {
         if verbose() {
             eprintln!("mesobake: {url}: using the cached copy {}", hit.display());
@@ -363,7 +493,7 @@ fn download(
     let mut meter = Meter::new(opts.progress, display_name(url));
     let mut restarted = false;
     loop {
-        let got = download_to_partial(agent, url, &partial_path, opts, &mut meter)?;
+        let got = download_to_partial(url, &partial_path, opts, &mut meter)?;
         if got.sha256 == want {
             break;
         }
@@ -408,7 +538,6 @@ enum Failure {
 }
 
 fn download_to_partial(
-    agent: &ureq::Agent,
     url: &str,
     path: &Path,
     opts: &FetchOptions,
@@ -418,7 +547,7 @@ fn download_to_partial(
     let attempts = opts.attempts.max(1);
     let mut attempt = 1;
     loop {
-        let failure = match transfer(agent, url, &mut part, meter) {
+        let failure = match transfer(opts, url, &mut part, meter) {
             Ok(()) => break,
             Err(f) => f,
         };
@@ -548,7 +677,7 @@ impl Partial {
 
 /// One request: asks for the rest of the file (or all of it) and appends the body.
 fn transfer(
-    agent: &ureq::Agent,
+    opts: &FetchOptions,
     url: &str,
     part: &mut Partial,
     meter: &mut Meter,
@@ -556,48 +685,41 @@ fn transfer(
     // At most two rounds: a resume the server cannot honour restarts once from byte zero.
     loop {
         let resuming = part.len > 0;
+        let range = format!("bytes={}-", part.len);
         // Identity encoding keeps byte offsets meaningful for Range and Content-Length.
-        let mut req = agent.get(url).set("Accept-Encoding", "identity");
+        let mut headers = vec![("Accept-Encoding", "identity")];
         if resuming {
-            req = req.set("Range", &format!("bytes={}-", part.len));
+            headers.push(("Range", range.as_str()));
         }
-        let resp = match req.call() {
-            Ok(r) => r,
-            Err(ureq::Error::Status(416, resp)) if resuming => {
-                // The partial is at least as long as the file. If the server says it is
-                // exactly as long, the partial is complete (the hash check decides the rest).
-                let total = resp
-                    .header("content-range")
-                    .and_then(|v| parse_content_range(v).map(|r| r.1));
-                if total == Some(Some(part.len)) {
-                    return Ok(());
-                }
-                meter.note(&format!(
-                    "mesobake: {url}: the server cannot resume this download; starting over"
-                ));
-                part.restart()?;
-                continue;
+        let resp = get(opts, url, &headers)?;
+        let status = resp.status().as_u16();
+        if status == 416 && resuming {
+            // The partial is at least as long as the file. If the server says it is
+            // exactly as long, the partial is complete (the hash check decides the rest).
+            let total =
+                header(&resp, "content-range").and_then(|v| parse_content_range(v).map(|r| r.1));
+            if total == Some(Some(part.len)) {
+                return Ok(());
             }
-            Err(ureq::Error::Status(code, resp)) => {
-                let err = status_error(url, code, &resp);
-                let transient = code == 408 || code == 429 || code >= 500;
-                return Err(if transient {
-                    Failure::Retry(err)
-                } else {
-                    Failure::Fatal(err)
-                });
-            }
-            Err(ureq::Error::Transport(t)) => {
-                return Err(Failure::Retry(
-                    anyhow!(t).context(format!("requesting {url}")),
-                ));
-            }
-        };
-        let content_length = resp
-            .header("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let total = match resp.status() {
-            206 if resuming => match resp.header("content-range").and_then(parse_content_range) {
+            meter.note(&format!(
+                "mesobake: {url}: the server cannot resume this download; starting over"
+            ));
+            part.restart()?;
+            continue;
+        }
+        if !resp.status().is_success() {
+            let err = status_error(url, &resp);
+            let transient = status == 408 || status == 429 || status >= 500;
+            return Err(if transient {
+                Failure::Retry(err)
+            } else {
+                Failure::Fatal(err)
+            });
+        }
+        let content_length =
+            header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let total = match status {
+            206 if resuming => match header(&resp, "content-range").and_then(parse_content_range) {
                 Some((start, total)) if start == part.len => {
                     part.spliced = true;
                     total.or(content_length.map(|l| l + start))
@@ -634,12 +756,12 @@ fn transfer(
 /// transient failure (the next attempt resumes).
 fn append_body(
     url: &str,
-    resp: ureq::Response,
+    mut resp: Response,
     total: Option<u64>,
     part: &mut Partial,
     meter: &mut Meter,
 ) -> Result<(), Failure> {
-    let mut body = resp.into_reader();
+    let mut body = resp.body_mut().as_reader();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         check_interrupted().map_err(Failure::Fatal)?;
@@ -742,6 +864,47 @@ mod tests {
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
         assert_eq!(parse_content_range("bytes */200"), Some((0, Some(200))));
         assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn redirect_locations_resolve_against_the_request() {
+        let base = "https://mirror.example/a/b/noble.img?x=1";
+        let cases = [
+            ("http://other/x.img", "http://other/x.img"),
+            ("HTTPS://Other/x", "HTTPS://Other/x"),
+            ("//cdn.example/x.img", "https://cdn.example/x.img"),
+            ("/top.img", "https://mirror.example/top.img"),
+            ("c/next.img", "https://mirror.example/a/b/c/next.img"),
+            ("?y=2", "https://mirror.example/a/b/noble.img?y=2"),
+        ];
+        for (loc, want) in cases {
+            assert_eq!(resolve_location(base, loc).unwrap(), want, "{loc}");
+        }
+        assert_eq!(
+            resolve_location("http://h:8080", "x").unwrap(),
+            "http://h:8080/x"
+        );
+        let err = resolve_location(base, "file:///etc/passwd").unwrap_err();
+        assert!(
+            err.to_string().contains("not an http or https URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sums_lookup_names_a_missing_file_and_a_bad_line() {
+        let err = sha256_in_sums(&format!("{A}  other.img\n"), "noble.img").unwrap_err();
+        assert!(format!("{err:#}").contains("\"noble.img\""), "{err:#}");
+        assert!(matches!(
+            err.downcast_ref::<FetchError>(),
+            Some(FetchError::MissingSum { .. })
+        ));
+        let bad = sha256_in_sums(&format!("{A}  noble.img\nabc  x\n"), "noble.img").unwrap_err();
+        assert!(format!("{bad:#}").contains("line 2"), "{bad:#}");
+        assert_eq!(
+            sha256_in_sums(&format!("{A} *noble.img\n"), "noble.img").unwrap(),
+            A
+        );
     }
 
     #[test]

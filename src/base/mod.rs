@@ -10,7 +10,7 @@ pub mod cache;
 pub mod digest;
 pub mod fetch;
 pub mod gc;
-pub mod sums;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 

@@ -14,6 +14,7 @@ use super::manifest::Manifest;
 use super::{ova, Format, Output, OutputKind, ALL_FORMATS, SIGNATURE_FILES};
 use crate::base::cache::sha256_file;
 use crate::run::Cmd;
+use crate::sums::Sums;
 
 /// One line of the result.
 #[derive(Debug, Clone, Serialize)]
@@ -75,15 +76,9 @@ impl Report {
 pub fn read_sums(dir: &Path) -> Result<BTreeMap<String, String>> {
     let p = dir.join("SHA256SUMS");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let mut m = BTreeMap::new();
-    for l in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Some((h, f)) = l.split_once(' ') else {
-            bail!("{}: bad line {l:?}", p.display());
-        };
-        let f = f.trim_start_matches([' ', '*']);
-        m.insert(f.to_string(), h.to_ascii_lowercase());
-    }
-    Ok(m)
+    Sums::parse(&text)
+        .and_then(Sums::into_map)
+        .with_context(|| format!("reading {}", p.display()))
 }
 
 /// What a file without a manifest record is, from its name.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{BuildFacts, Output};
 use crate::context::BuildContext;
+use crate::sums::{self, Sums};
 
 /// `manifest.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -157,21 +158,31 @@ impl Manifest {
 
 /// SHA256SUMS for the directory: the new outputs plus every earlier entry whose file is
 /// still there and not replaced now, sorted by name.
+///
+/// An existing SHA256SUMS that does not parse stops the publish rather than being
+/// rewritten without its unreadable lines: the list is what a signature vouches for, and
+/// silently dropping another image's entry would unlist a file nobody asked to unlist.
 pub fn sha256sums(dir: &Path, new: &[Output]) -> Result<String> {
-    let mut lines: BTreeMap<String, String> = BTreeMap::new();
-    if let Ok(old) = std::fs::read_to_string(dir.join("SHA256SUMS")) {
-        for l in old.lines() {
-            if let Some((h, f)) = l.split_once("  ") {
-                if dir.join(f).exists() {
-                    lines.insert(f.to_string(), h.to_string());
-                }
-            }
-        }
-    }
+    let path = dir.join("SHA256SUMS");
+    let mut lines: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
+        Ok(old) => Sums::parse(&old)
+            .and_then(Sums::into_map)
+            .with_context(|| {
+                format!(
+                    "reading the SHA256SUMS already in {} (fix or remove it, then build again)",
+                    dir.display()
+                )
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    lines.retain(|f, _| dir.join(f).exists());
     for o in new {
         lines.insert(o.file.clone(), o.sha256.clone());
     }
-    Ok(lines.iter().map(|(f, h)| format!("{h}  {f}\n")).collect())
+    Ok(sums::render(
+        lines.iter().map(|(f, h)| (f.as_str(), h.as_str())),
+    ))
 }
 
 #[cfg(test)]
@@ -179,27 +190,47 @@ mod tests {
     use super::*;
     use crate::export::Format;
 
-    #[test]
-    fn sums_keep_other_images_and_replace_ours() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("a.qcow2"), "a").unwrap();
-        std::fs::write(
-            d.path().join("SHA256SUMS"),
-            "11  a.qcow2\n22  gone.qcow2\n33  b.qcow2\n",
-        )
-        .unwrap();
-        std::fs::write(d.path().join("b.qcow2"), "b").unwrap();
-        let new = [Output {
-            file: "b.qcow2".into(),
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    fn output(file: &str, sha256: &str) -> Output {
+        Output {
+            file: file.into(),
             format: Format::Qcow2,
             kind: crate::export::OutputKind::Disk,
             virtual_size: 1,
             size: 1,
-            sha256: "44".into(),
-        }];
+            sha256: sha256.into(),
+        }
+    }
+
+    #[test]
+    fn sums_keep_other_images_and_replace_ours() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.qcow2"), "a").unwrap();
+        // Written by hand, in both forms the parser reads, with the binary marker.
+        std::fs::write(
+            d.path().join("SHA256SUMS"),
+            format!("# old\n{A}  a.qcow2\nSHA256 (gone.qcow2) = {B}\n{B} *b.qcow2\n"),
+        )
+        .unwrap();
+        std::fs::write(d.path().join("b.qcow2"), "b").unwrap();
         assert_eq!(
-            sha256sums(d.path(), &new).unwrap(),
-            "11  a.qcow2\n44  b.qcow2\n"
+            sha256sums(d.path(), &[output("b.qcow2", C)]).unwrap(),
+            format!("{A}  a.qcow2\n{C}  b.qcow2\n")
+        );
+    }
+
+    #[test]
+    fn a_damaged_sums_file_stops_the_rewrite() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("SHA256SUMS"), format!("{A}  a\n11  b\n")).unwrap();
+        let err = sha256sums(d.path(), &[output("c.qcow2", C)]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("line 2") && msg.contains("fix or remove"),
+            "{msg}"
         );
     }
 }

@@ -339,18 +339,34 @@ fn publish_all(
     facts: &BuildFacts,
     outputs: &[Output],
 ) -> Result<()> {
-    let out_dir = &ctx.req.out_dir;
-    // Two builds into the same directory take turns updating SHA256SUMS and the manifest.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(out_dir.join(".mesobake.lock"))
-        .context("opening the output directory lock")?;
-    fs4::fs_std::FileExt::lock_exclusive(&lock).context("locking the output directory")?;
     let entry = manifest::Entry::new(ctx, facts, outputs);
+    publish_record(
+        &ctx.req.out_dir,
+        staging,
+        &ctx.req.profile.name,
+        entry,
+        outputs,
+        ctx.req.export.sign.as_deref(),
+        &ctx.progress,
+    )
+}
+
+/// What [`publish_all`] does once the build's record is made: under the output
+/// directory's lock, merges the record into the directory's manifest and SHA256SUMS,
+/// signs, and publishes by rename.
+fn publish_record(
+    out_dir: &Path,
+    staging: &Path,
+    image: &str,
+    entry: manifest::Entry,
+    outputs: &[Output],
+    sign: Option<&str>,
+    progress: &crate::progress::Progress,
+) -> Result<()> {
+    // Two builds into the same directory take turns updating SHA256SUMS and the manifest.
+    let _lock = lock_out_dir(out_dir)?;
     let mut m = manifest::Manifest::load(out_dir)?;
-    m.images.insert(ctx.req.profile.name.clone(), entry);
+    m.images.insert(image.to_string(), entry);
     let mut json = serde_json::to_vec_pretty(&m)?;
     json.push(b'\n');
     write(&staging.join("manifest.json"), json)?;
@@ -361,9 +377,8 @@ fn publish_all(
     listed.push(manifest_out);
     let sums = manifest::sha256sums(out_dir, &listed)?;
     write(&staging.join("SHA256SUMS"), sums)?;
-    let sign = &ctx.req.export.sign;
     if let Some(key) = sign {
-        ctx.progress.step(&format!("signing SHA256SUMS with {key}"));
+        progress.step(&format!("signing SHA256SUMS with {key}"));
         self::sign(&staging.join("SHA256SUMS"), key)?;
     }
     for o in outputs {
@@ -387,6 +402,32 @@ fn publish_all(
         publish(&staging.join(f), &out_dir.join(f))?;
     }
     Ok(())
+}
+
+/// The lock file that earlier mesobake builds left in the output directory; it holds no
+/// data, and a published directory should hold only what was published.
+const LEGACY_LOCK_FILE: &str = ".mesobake.lock";
+
+/// Takes the output directory's publish lock: an exclusive `flock` on the directory
+/// itself, so that no lock file sits among the published files. Waits for a build that
+/// holds it (publishing takes seconds); released when the returned file is dropped.
+fn lock_out_dir(dir: &Path) -> Result<std::fs::File> {
+    let f = std::fs::File::open(dir)
+        .with_context(|| format!("opening the output directory {}", dir.display()))?;
+    f.lock()
+        .with_context(|| format!("locking the output directory {}", dir.display()))?;
+    match std::fs::remove_file(dir.join(LEGACY_LOCK_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| {
+                format!(
+                    "removing the old lock file {LEGACY_LOCK_FILE} in {}",
+                    dir.display()
+                )
+            })
+        }
+        _ => {}
+    }
+    Ok(f)
 }
 
 /// Writes a file, naming it in the error.
@@ -477,6 +518,85 @@ mod tests {
         assert!(!Format::Qcow2
             .options_with(Qcow2Compression::Zlib)
             .contains(&"compression_type=zstd"));
+    }
+
+    fn record(outputs: &[Output]) -> manifest::Entry {
+        manifest::Entry {
+            profile: manifest::ProfileRecord {
+                name: "node".into(),
+                services: vec![],
+                sha256: String::new(),
+                files: vec![],
+            },
+            base: manifest::BaseRecord {
+                spec: "test".into(),
+                sha256: String::new(),
+                family: None,
+                codename: None,
+            },
+            layout: serde_json::Value::Null,
+            packages: Default::default(),
+            local_debs: Default::default(),
+            outputs: outputs.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_published_directory_holds_no_lock_file() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let staging = d.path().join("staging");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&staging).unwrap();
+        // What an earlier mesobake left behind goes too.
+        std::fs::write(out.join(LEGACY_LOCK_FILE), "").unwrap();
+        let progress = crate::progress::Progress::new();
+        for image in ["node", "other"] {
+            let file = format!("{image}.qcow2");
+            std::fs::write(staging.join(&file), image).unwrap();
+            let outputs =
+                vec![
+                    Output::describe(&staging, &file, Format::Qcow2, OutputKind::Disk, 1).unwrap(),
+                ];
+            publish_record(
+                &out,
+                &staging,
+                image,
+                record(&outputs),
+                &outputs,
+                None,
+                &progress,
+            )
+            .unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["SHA256SUMS", "manifest.json", "node.qcow2", "other.qcow2"],
+            "no dotfile (lock or otherwise) is left among the outputs"
+        );
+        let sums = check::read_sums(&out).unwrap();
+        assert_eq!(
+            sums.keys().collect::<Vec<_>>(),
+            ["manifest.json", "node.qcow2", "other.qcow2"]
+        );
+    }
+
+    #[test]
+    fn the_output_directory_lock_excludes_a_second_publisher() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_out_dir(d.path()).unwrap();
+        let other = std::fs::File::open(d.path()).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        other.try_lock().unwrap();
     }
 
     #[test]

@@ -597,15 +597,15 @@ impl Ovf {
 
 /// Parses an OVF descriptor (namespace prefixes are ignored).
 pub fn parse_ovf(xml: &str) -> Result<Ovf> {
+    // Text is not trimmed event by event: the reader splits text at every entity
+    // reference (`a &amp; b` is "a ", `amp`, " b"), and trimming the pieces would eat the
+    // spaces around it. An element's whole text is trimmed when it ends.
     let mut r = quick_xml::Reader::from_str(xml);
-    r.config_mut().trim_text(true);
     let mut ovf = Ovf::default();
     let mut stack: Vec<String> = Vec::new();
     let mut cur_item: Option<BTreeMap<String, String>> = None;
-    let local = |n: &[u8]| {
-        let s = String::from_utf8_lossy(n).into_owned();
-        s.rsplit(':').next().unwrap_or("").to_string()
-    };
+    let mut text = String::new();
+    let local = |n: &str| n.rsplit(':').next().unwrap_or("").to_string();
     loop {
         let ev = r.read_event().context("parsing the OVF descriptor")?;
         let (start, empty) = match &ev {
@@ -620,7 +620,7 @@ pub fn parse_ovf(xml: &str) -> Result<Ovf> {
                 let a = a.context("parsing an OVF attribute")?;
                 attrs.insert(
                     local(a.key.as_ref()),
-                    a.unescape_value()
+                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
                         .context("parsing an OVF attribute")?
                         .into_owned(),
                 );
@@ -647,26 +647,39 @@ pub fn parse_ovf(xml: &str) -> Result<Ovf> {
             if !empty {
                 stack.push(name);
             }
+            text.clear();
             continue;
         }
         match ev {
-            Event::Text(t) => {
-                let text = t.unescape().context("parsing OVF text")?.into_owned();
+            Event::Text(t) => text.push_str(&t.xml10_content()),
+            Event::CData(c) => text.push_str(&c.xml10_content()),
+            Event::GeneralRef(e) => match e.resolve_char_ref().context("parsing OVF text")? {
+                Some(c) => text.push(c),
+                None => match quick_xml::escape::resolve_predefined_entity(&e) {
+                    Some(v) => text.push_str(v),
+                    None => bail!("the OVF descriptor uses the undefined entity &{};", &*e),
+                },
+            },
+            Event::End(_) => {
+                let value = text.trim();
                 let n = stack.len();
-                if n >= 2 && stack[n - 2] == "Item" {
+                if value.is_empty() {
+                    // Whitespace between elements, or an element without text.
+                } else if n >= 2 && stack[n - 2] == "Item" {
                     if let Some(i) = cur_item.as_mut() {
-                        i.insert(stack[n - 1].clone(), text);
+                        i.insert(stack[n - 1].clone(), value.to_string());
                     }
                 } else if n >= 2
                     && stack[n - 2] == "OperatingSystemSection"
                     && stack[n - 1] == "Description"
                 {
-                    ovf.os_description = text;
+                    ovf.os_description = value.to_string();
                 }
-            }
-            Event::End(_) if stack.pop().as_deref() == Some("Item") => {
-                if let Some(i) = cur_item.take() {
-                    ovf.items.push(i);
+                text.clear();
+                if stack.pop().as_deref() == Some("Item") {
+                    if let Some(i) = cur_item.take() {
+                        ovf.items.push(i);
+                    }
                 }
             }
             Event::Eof => break,
@@ -819,5 +832,49 @@ mod tests {
         let o = parse_ovf(&descriptor(&a, &disk, None).unwrap()).unwrap();
         assert_eq!(o.name, "a<b&c");
         assert!(o.items_of(15).is_empty());
+    }
+
+    #[test]
+    fn descriptor_bytes_are_pinned() {
+        // The OVA is reproducible only while the descriptor's bytes are; this pins them
+        // across XML writer upgrades (the file was written by quick-xml 0.37, and 0.42
+        // writes the same bytes). Escaping in attributes and text is part of it.
+        let disk = Member {
+            name: "node-1-disk1.vmdk".into(),
+            size: 1234,
+        };
+        let iso = Member {
+            name: "node-1-seed.iso".into(),
+            size: 4096,
+        };
+        let mut a = app();
+        a.name = "node-1 <&\"'>".into();
+        assert_eq!(
+            descriptor(&a, &disk, Some(&iso)).unwrap(),
+            include_str!("testdata/descriptor-with-seed.ovf")
+        );
+    }
+
+    #[test]
+    fn ovf_text_with_references_and_cdata_is_read_whole() {
+        let xml = r#"<?xml version="1.0"?>
+<Envelope xmlns:rasd="r"><VirtualSystem ovf:id="a &amp; b">
+  <OperatingSystemSection ovf:id="96"><Description> Debian &#x5F;64 </Description></OperatingSystemSection>
+  <Item>
+    <rasd:ElementName>a &amp; b &lt;c&gt; &#65;</rasd:ElementName>
+    <rasd:Caption><![CDATA[x < y]]></rasd:Caption>
+    <rasd:Empty></rasd:Empty>
+    <rasd:ResourceType>10</rasd:ResourceType>
+  </Item>
+</VirtualSystem></Envelope>"#;
+        let o = parse_ovf(xml).unwrap();
+        assert_eq!(o.name, "a & b");
+        assert_eq!(o.os_description, "Debian _64");
+        let item = &o.items_of(10)[0];
+        assert_eq!(item["ElementName"], "a & b <c> A");
+        assert_eq!(item["Caption"], "x < y");
+        assert!(!item.contains_key("Empty"));
+        let undefined = parse_ovf(&xml.replace("&amp; b &lt;", "&nbsp;")).unwrap_err();
+        assert!(format!("{undefined:#}").contains("&nbsp;"), "{undefined:#}");
     }
 }

@@ -1011,7 +1011,7 @@ pub fn ssh_command(c: &Cluster, name: &str, opts: &SshOptions) -> Result<Cmd> {
                 .and_then(|p| p.parent().map(Path::to_path_buf))
                 .unwrap_or_else(|| PathBuf::from("."));
             let mut dirs = vec![topo_dir];
-            dirs.extend(dirs::home_dir().map(|h| h.join(".ssh")));
+            dirs.extend(crate::xdg::home().map(|h| h.join(".ssh")));
             let id = ssh::find_identity(&c.ssh_keys, &dirs)?;
             let key = public_key_of(&id);
             (id, key)

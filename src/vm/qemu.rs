@@ -341,7 +341,7 @@ impl KvmMemory {
         let dir = if rustix::process::geteuid().is_root() {
             PathBuf::from("/run/mesobake")
         } else {
-            PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("mesobake")
+            crate::xdg::runtime_dir()?.join("mesobake")
         };
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
         let qemu = which_qemu()?;
