@@ -125,6 +125,25 @@ impl Network {
         Some((Ipv4Addr::from(u32::from(ip) & prefix_mask(len)), len))
     }
 
+    /// Whether `ip` is the network or the broadcast address of the CIDR, which no host
+    /// may have: `Some("network")` or `Some("broadcast")`. A /31 and a /32 have neither:
+    /// a /31 is a point-to-point link whose two addresses are both hosts (RFC 3021), and
+    /// a /32 is the one host itself.
+    pub fn reserved(&self, ip: Ipv4Addr) -> Option<&'static str> {
+        let (net, len) = self.cidr_net()?;
+        if len > 30 || !self.contains(ip) {
+            return None;
+        }
+        let net = u32::from(net);
+        if u32::from(ip) == net {
+            Some("network")
+        } else if u32::from(ip) == net | !prefix_mask(len) {
+            Some("broadcast")
+        } else {
+            None
+        }
+    }
+
     /// Whether `ip` lies in the CIDR.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         match self.cidr {
@@ -227,9 +246,20 @@ fn valid_value(s: &str) -> bool {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Warnings found so far, each located like an error.
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
+    /// A warning located like a [`ClusterError`]: `FILE:LINE: subject key "k": message`.
+    fn warn(&self, span: std::ops::Range<usize>, subject: &str, key: &str, msg: String) {
+        self.warnings.borrow_mut().push(format!(
+            "{}:{}: {subject}key \"{key}\": {msg}",
+            self.path.display(),
+            line_of(self.text, span.start)
+        ));
+    }
+
     fn err(
         &self,
         span: std::ops::Range<usize>,
@@ -440,14 +470,43 @@ impl Ctx<'_> {
             gateway: None,
             dns: Vec::new(),
         };
+        if let (Some(c), Some((ip, len))) = (&n.cidr, network.cidr) {
+            let (net, _) = network.cidr_net().expect("static");
+            if net != ip {
+                // Allowed (the prefix length is what the nodes use), but it often means a
+                // mistyped network or a node address pasted in its place.
+                self.warn(
+                    c.span(),
+                    "[network] ",
+                    "cidr",
+                    format!("\"{ip}/{len}\" has host bits set: the network is {net}/{len} (write cidr = \"{net}/{len}\")"),
+                );
+            }
+        }
         if let Some(g) = &n.gateway {
             let ip = parse_ip(self, g, "[network] ", "gateway")?;
+            let Some((net, len)) = network.cidr_net() else {
+                return Err(self.err(
+                    g.span(),
+                    "[network] ",
+                    "gateway",
+                    "a gateway needs a static network (cidr): with dhcp = true the DHCP server gives the route".into(),
+                ));
+            };
             if !network.contains(ip) {
                 return Err(self.err(
                     g.span(),
                     "[network] ",
                     "gateway",
-                    format!("{ip} is outside the cidr"),
+                    format!("{ip} is outside the cluster network {net}/{len}: the nodes reach their gateway directly, so it must be an address on that network"),
+                ));
+            }
+            if let Some(what) = network.reserved(ip) {
+                return Err(self.err(
+                    g.span(),
+                    "[network] ",
+                    "gateway",
+                    format!("{ip} is the {what} address of {net}/{len}, not a host"),
                 ));
             }
             network.gateway = Some(ip);
@@ -656,6 +715,15 @@ impl Ctx<'_> {
                 format!("{ip} is outside the cluster network {net}/{len}"),
             ));
         }
+        if let Some(what) = network.reserved(ip) {
+            let (net, len) = network.cidr_net().expect("static");
+            return Err(self.err(
+                s.span(),
+                subj,
+                "ip",
+                format!("{ip} is the {what} address of {net}/{len}, which no host can have"),
+            ));
+        }
         if Some(ip) == network.gateway {
             return Err(self.err(s.span(), subj, "ip", format!("{ip} is the gateway")));
         }
@@ -719,6 +787,39 @@ impl Ctx<'_> {
             ));
         }
         Ok(s)
+    }
+
+    /// A static network without a gateway is a warning when nodes have static addresses:
+    /// their network-config then has no default route, so they reach nothing outside the
+    /// cidr (no apt, no image or package pulls). DHCP nodes get their route from DHCP.
+    fn no_gateway(&self, f: &NetworkFile, network: &Network, nodes: &[Node]) {
+        let (Some(c), Some((net, len)), None) = (&f.cidr, network.cidr_net(), network.gateway)
+        else {
+            return;
+        };
+        let fixed: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.ip.is_some())
+            .map(|n| format!("\"{}\"", n.name))
+            .collect();
+        if fixed.is_empty() {
+            return;
+        }
+        let (shown, more) = if fixed.len() > 4 {
+            (&fixed[..3], format!(" and {} more", fixed.len() - 3))
+        } else {
+            (&fixed[..], String::new())
+        };
+        self.warn(
+            c.span(),
+            "[network] ",
+            "gateway",
+            format!(
+                "none given, so node{} {}{more} (static addresses) get no default route: they reach nothing outside {net}/{len} (no apt, no image or package pulls); add gateway = \"...\" unless the network is isolated on purpose",
+                if fixed.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+            ),
+        );
     }
 
     /// At least one node runs a Mesos master; an even number of masters is a warning.
@@ -808,7 +909,11 @@ impl Cluster {
     /// SSH keys, then the nodes (and the masters among them), then the groups. Node and
     /// group names share one namespace.
     fn resolve(path: &Path, text: &str, f: ClusterFile, profiles: &[PathBuf]) -> Result<Cluster> {
-        let ctx = Ctx { path, text };
+        let ctx = Ctx {
+            path,
+            text,
+            warnings: Default::default(),
+        };
         let name = f.name.get_ref().clone();
         if !valid_name(&name) {
             return Err(ctx.err(f.name.span(), "", "name", format!("{name:?} must be letters, digits and '-' (it names VMs, instance ids and the lab's run dir)")));
@@ -819,7 +924,9 @@ impl Cluster {
         ctx.ssh_keys(&f.ssh_keys)?;
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         let nodes = ctx.nodes(&f.nodes, &name, &network, profiles, &mut names)?;
-        let mut warnings = ctx.masters(&nodes)?;
+        ctx.no_gateway(&f.network, &network, &nodes);
+        let mut warnings = ctx.warnings.take();
+        warnings.extend(ctx.masters(&nodes)?);
         let groups = ctx.groups(&f.groups, profiles, &mut names)?;
         let firewall = security.firewall.unwrap_or(true);
         if !firewall {

@@ -548,3 +548,124 @@ fn lab_trusts_its_management_nic_only_with_the_firewall_on() {
         "{e}"
     );
 }
+
+/// A one-master cluster on `cidr` with `extra` [network] lines and the master at `ip`.
+fn on_network(cidr: &str, extra: &str, ip: &str) -> String {
+    format!("name = \"n\"\n[network]\ncidr = \"{cidr}\"\n{extra}\n[[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"{ip}\"\n")
+}
+
+#[test]
+fn network_and_broadcast_addresses_are_no_node_addresses() {
+    // Lines: 3 cidr, 4 gateway, 8 ip.
+    let gw = "gateway = \"10.0.0.1\"";
+    for (ip, what) in [("10.0.0.0", "network"), ("10.0.0.255", "broadcast")] {
+        let e = err(&on_network("10.0.0.0/24", gw, ip));
+        assert!(
+            e.contains(&format!(
+                "cluster.toml:8: node \"m1\" key \"ip\": {ip} is the {what} address of 10.0.0.0/24"
+            )),
+            "{e}"
+        );
+    }
+    // The first and last hosts are fine, and so is every address of a /31 and a /32.
+    for (cidr, ip) in [
+        ("10.0.0.0/24", "10.0.0.254"),
+        ("10.0.0.0/24", "10.0.0.2"),
+        ("10.0.0.0/31", "10.0.0.0"),
+        ("10.0.0.0/31", "10.0.0.1"),
+        ("10.0.0.7/32", "10.0.0.7"),
+    ] {
+        assert!(parse(&on_network(cidr, "", ip)).is_ok(), "{cidr} {ip}");
+    }
+    // /30: two hosts between the network and the broadcast address.
+    assert!(err(&on_network("10.0.0.4/30", "", "10.0.0.7")).contains("broadcast address"));
+    assert!(parse(&on_network("10.0.0.4/30", "", "10.0.0.6")).is_ok());
+    // The gateway too.
+    let e = err(&on_network(
+        "10.0.0.0/24",
+        "gateway = \"10.0.0.255\"",
+        "10.0.0.5",
+    ));
+    assert!(
+        e.contains("cluster.toml:4: [network] key \"gateway\": 10.0.0.255 is the broadcast address of 10.0.0.0/24"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cidr_with_host_bits_is_a_warning_that_names_the_network() {
+    let c = parse(&on_network(
+        "10.0.0.5/24",
+        "gateway = \"10.0.0.1\"",
+        "10.0.0.11",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.warnings,
+        [format!(
+            "{}:3: [network] key \"cidr\": \"10.0.0.5/24\" has host bits set: the network is 10.0.0.0/24 (write cidr = \"10.0.0.0/24\")",
+            c.path.display()
+        )]
+    );
+    // The network form is used everywhere it matters.
+    assert_eq!(c.cluster_networks().as_deref(), Some("10.0.0.0/24"));
+    let e = err(&on_network("10.0.0.5/24", "", "10.0.0.0"));
+    assert!(
+        e.contains("10.0.0.0 is the network address of 10.0.0.0/24"),
+        "{e}"
+    );
+    assert!(parse(&on_network(
+        "10.0.0.0/24",
+        "gateway = \"10.0.0.1\"",
+        "10.0.0.11"
+    ))
+    .unwrap()
+    .warnings
+    .is_empty());
+}
+
+#[test]
+fn a_gateway_outside_the_cidr_is_refused() {
+    let e = err(&on_network(
+        "10.0.0.0/24",
+        "gateway = \"10.0.1.1\"",
+        "10.0.0.11",
+    ));
+    assert!(
+        e.contains("cluster.toml:4: [network] key \"gateway\": 10.0.1.1 is outside the cluster network 10.0.0.0/24"),
+        "{e}"
+    );
+    let e = err("name = \"n\"\n[network]\ndhcp = true\ngateway = \"10.0.0.1\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\n");
+    assert!(
+        e.contains("cluster.toml:4: [network] key \"gateway\": a gateway needs a static network"),
+        "{e}"
+    );
+}
+
+#[test]
+fn static_nodes_without_a_gateway_are_a_warning() {
+    let c = parse(&on_network("10.0.0.0/24", "", "10.0.0.11")).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert!(
+        w.contains("cluster.toml:3: [network] key \"gateway\": none given, so node \"m1\" (static addresses) get no default route")
+            && w.contains("outside 10.0.0.0/24 (no apt"),
+        "{w}"
+    );
+    // Only DHCP nodes: their route comes from DHCP. A DHCP network: nothing to say.
+    let dhcp_node = "name = \"n\"\n[network]\ncidr = \"10.0.0.0/24\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\n";
+    assert!(parse(dhcp_node).unwrap().warnings.is_empty());
+    assert!(parse(
+        "name = \"n\"\n[network]\ndhcp = true\n[[node]]\nname = \"m1\"\nrole = \"master\"\n"
+    )
+    .unwrap()
+    .warnings
+    .is_empty());
+    // Many static nodes: a few are named, the rest counted.
+    let c = parse(&zk_members(7)).unwrap();
+    let w = c.warnings.iter().find(|w| w.contains("gateway")).unwrap();
+    assert!(
+        w.contains("nodes \"m0\", \"z1\", \"z2\" and 4 more (static addresses)"),
+        "{w}"
+    );
+}
