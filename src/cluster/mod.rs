@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::profile::{self, Service};
 use crate::seed::secrets::{Needs, Secrets};
+use crate::seed::user_config::{self, UserPart};
 use crate::seed::{NetIface, NodeSeed};
 
 /// A problem in cluster.toml, located by line and named by node and key.
@@ -55,6 +56,8 @@ pub struct Node {
     pub mac: String,
     /// The per-node extras.
     pub extras: Extras,
+    /// The node's own cloud-configs (after the cluster-wide ones).
+    pub cloud_config: Vec<UserPart>,
 }
 
 /// A validated autoscaling group of agents sharing one user-data.
@@ -70,6 +73,8 @@ pub struct Group {
     pub lab_count: u32,
     /// The extras every instance gets.
     pub extras: Extras,
+    /// The group's own cloud-configs (after the cluster-wide ones).
+    pub cloud_config: Vec<UserPart>,
 }
 
 /// Agent attributes and resources, and extra flag files.
@@ -186,6 +191,8 @@ pub struct Cluster {
     /// The cluster's secrets, which the seeds carry: `mesobake seed` and `lab` set them
     /// from their `secrets/` when `auth` is on. None gives seeds without authentication.
     pub secrets: Option<Secrets>,
+    /// The user's cloud-configs for every node and group, in file order.
+    pub cloud_config: Vec<UserPart>,
 }
 
 /// What is derived from the masters, once.
@@ -426,6 +433,20 @@ fn parse_ip(ctx: &Ctx, s: &toml::Spanned<String>, subject: &str, key: &str) -> R
 pub fn derived_mac(cluster: &str, node: &str) -> String {
     let h = Sha256::digest(format!("{cluster}\0{node}").as_bytes());
     format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
+/// A user cloud-config as the topology check loaded it.
+struct LoadedPart {
+    /// What the seed carries.
+    part: UserPart,
+    /// Where cluster.toml names it.
+    span: std::ops::Range<usize>,
+    /// Its path as messages show it (the topology's directory joined with the entry).
+    shown: PathBuf,
+    /// Its canonical path, to find the same file given twice.
+    canonical: PathBuf,
+    /// The scalars it sets, by key path.
+    settings: BTreeMap<String, user_config::Setting>,
 }
 
 /// What earlier nodes took: addresses, MACs and ZooKeeper ids, each with its node's name.
@@ -688,6 +709,7 @@ impl Ctx<'_> {
             zk_id,
             mac,
             extras,
+            cloud_config: Vec::new(),
         })
     }
 
@@ -787,6 +809,96 @@ impl Ctx<'_> {
             ));
         }
         Ok(s)
+    }
+
+    /// `cloud-config = [...]`: files relative to the topology's directory, each a
+    /// cloud-config [`user_config::check`] accepts; a problem names the entry's line in
+    /// cluster.toml and the line in the cloud-config file.
+    fn cloud_configs(
+        &self,
+        list: &Option<Vec<toml::Spanned<String>>>,
+        subject: &str,
+    ) -> Result<Vec<LoadedPart>> {
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        let mut out = Vec::new();
+        for e in list.iter().flatten() {
+            let name = e.get_ref();
+            let err = |m: String| self.err(e.span(), subject, "cloud-config", m);
+            if name.is_empty() || name.contains(['\n', '\r']) {
+                return Err(err(format!(
+                    "{name:?} is not a file name (cloud-configs are files beside cluster.toml, e.g. \"cloud-config/site.yaml\")"
+                )));
+            }
+            let shown = dir.join(name);
+            let text = profile::read_config_file(&shown, "cloud-config file")
+                .map_err(|x| err(format!("{x:#}")))?;
+            let settings = user_config::check(&text)
+                .map_err(|p| err(format!("{}:{}: {}", shown.display(), p.line, p.message)))?;
+            let canonical = shown.canonicalize().unwrap_or_else(|_| shown.clone());
+            out.push(LoadedPart {
+                part: UserPart {
+                    name: name.clone(),
+                    text,
+                },
+                span: e.span(),
+                shown,
+                canonical,
+                settings,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `parts` merge after `before` (cloud-init's order): a file given twice would run its
+    /// commands twice, so it is refused; a scalar an earlier part already set keeps the
+    /// earlier value (`no_replace`), which is a warning.
+    fn merge_order(
+        &self,
+        before: &[LoadedPart],
+        parts: &[LoadedPart],
+        subject: &str,
+    ) -> Result<()> {
+        for (i, p) in parts.iter().enumerate() {
+            let earlier = before.iter().chain(&parts[..i]);
+            if let Some(o) = earlier.clone().find(|o| o.canonical == p.canonical) {
+                return Err(self.err(
+                    p.span.clone(),
+                    subject,
+                    "cloud-config",
+                    format!(
+                        "{} is already given (as {:?}{}): each file once, or its lists (runcmd, write_files) would be applied twice",
+                        p.shown.display(),
+                        o.part.name,
+                        if before.iter().any(|b| std::ptr::eq(b, o)) { ", cluster-wide" } else { "" }
+                    ),
+                ));
+            }
+            for (key, s) in &p.settings {
+                let Some((o, os)) = earlier
+                    .clone()
+                    .find_map(|o| Some((o, o.settings.get(key)?)))
+                else {
+                    continue;
+                };
+                if os.value == s.value {
+                    continue;
+                }
+                self.warn(
+                    p.span.clone(),
+                    subject,
+                    "cloud-config",
+                    format!(
+                        "{}:{}: \"{key}\" is already set by {}:{}, whose value stays ({:?}): cloud-init merges the parts with dict(no_replace), so the first value wins",
+                        p.shown.display(),
+                        s.line,
+                        o.shown.display(),
+                        os.line,
+                        os.value
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A static network without a gateway is a warning when nodes have static addresses:
@@ -898,6 +1010,7 @@ impl Ctx<'_> {
                 services,
                 lab_count: gf.lab_count.unwrap_or(1),
                 extras,
+                cloud_config: Vec::new(),
             });
         }
         Ok(groups)
@@ -923,11 +1036,27 @@ impl Cluster {
         let allow = ctx.allow(&security, &network)?;
         ctx.ssh_keys(&f.ssh_keys)?;
         let mut names: BTreeMap<String, String> = BTreeMap::new();
-        let nodes = ctx.nodes(&f.nodes, &name, &network, profiles, &mut names)?;
+        let mut nodes = ctx.nodes(&f.nodes, &name, &network, profiles, &mut names)?;
         ctx.no_gateway(&f.network, &network, &nodes);
         let mut warnings = ctx.warnings.take();
         warnings.extend(ctx.masters(&nodes)?);
-        let groups = ctx.groups(&f.groups, profiles, &mut names)?;
+        let mut groups = ctx.groups(&f.groups, profiles, &mut names)?;
+        // The user's cloud-configs: cluster-wide, then each node's and group's after them.
+        let everyone = ctx.cloud_configs(&f.cloud_config, "")?;
+        ctx.merge_order(&[], &everyone, "")?;
+        for (n, nf) in nodes.iter_mut().zip(&f.nodes) {
+            let subj = format!("node \"{}\" ", n.name);
+            let own = ctx.cloud_configs(&nf.cloud_config, &subj)?;
+            ctx.merge_order(&everyone, &own, &subj)?;
+            n.cloud_config = own.into_iter().map(|p| p.part).collect();
+        }
+        for (g, gf) in groups.iter_mut().zip(&f.groups) {
+            let subj = format!("group \"{}\" ", g.name);
+            let own = ctx.cloud_configs(&gf.cloud_config, &subj)?;
+            ctx.merge_order(&everyone, &own, &subj)?;
+            g.cloud_config = own.into_iter().map(|p| p.part).collect();
+        }
+        warnings.extend(ctx.warnings.take());
         let firewall = security.firewall.unwrap_or(true);
         if !firewall {
             warnings.push(format!(
@@ -949,6 +1078,7 @@ impl Cluster {
             firewall,
             allow,
             secrets: None,
+            cloud_config: everyone.into_iter().map(|p| p.part).collect(),
         })
     }
 
@@ -1106,6 +1236,12 @@ impl Cluster {
             secrets_env: self.secrets_env(&n.services),
             ssh_keys: self.ssh_keys.clone(),
             network: Vec::new(),
+            user_parts: self
+                .cloud_config
+                .iter()
+                .chain(&n.cloud_config)
+                .cloned()
+                .collect(),
         };
         if target == Target::NoCloud {
             s.network.extend(self.network_config(&n.mac, n.ip));
@@ -1123,6 +1259,12 @@ impl Cluster {
             secrets_env: self.secrets_env(&g.services),
             ssh_keys: self.ssh_keys.clone(),
             network: Vec::new(),
+            user_parts: self
+                .cloud_config
+                .iter()
+                .chain(&g.cloud_config)
+                .cloned()
+                .collect(),
         };
         s.instance_id = format!("{}-{}-{}", self.name, g.name, s.digest());
         s
