@@ -733,3 +733,77 @@ fn user_cloud_configs_are_merged_by_cloud_init_after_mesobakes_own() {
     );
     assert!(!out2.exists());
 }
+
+#[test]
+fn seeds_of_nodes_that_left_are_removed_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(&topo, CLUSTER).unwrap();
+    let out = dir.path().join("seeds");
+    seed(&topo, &out, &[]);
+    assert!(out.join(".mesobake-seed.json").is_file());
+    // Someone else's files in the output directory, and one inside a2's.
+    fs::write(out.join("notes.txt"), "mine").unwrap();
+    fs::write(out.join("a2/README"), "mine").unwrap();
+    // a1 and a2 leave; a2's ISO was changed by hand since.
+    fs::write(out.join("a2.iso"), "edited").unwrap();
+    let text = CLUSTER
+        .replacen(
+            "[[node]]\nname = \"a1\"\nrole = \"slave-only\"\nip = \"10.20.0.21\"\nattributes = { rack = \"r1\" }\nagent-flags = { \"?no-switch_user\" = \"\" }\n",
+            "",
+            1,
+        )
+        .replacen("[[node]]\nname = \"a2\"\nrole = \"slave-only\"\n", "", 1);
+    assert!(
+        !text.contains("\"a1\"") && !text.contains("\"a2\""),
+        "{text}"
+    );
+    fs::write(&topo, &text).unwrap();
+    let err = seed(&topo, &out, &[]);
+    for f in [
+        "a1/",
+        "a1/user-data",
+        "a1/meta-data",
+        "a1/network-config",
+        "a1.iso",
+        "a1.user-data",
+        "a1.network-config",
+    ] {
+        assert!(!out.join(f).exists(), "{f} is still there");
+        assert!(
+            err.contains(&out.join(f).display().to_string()),
+            "{f}: {err}"
+        );
+    }
+    assert!(
+        err.contains("removed the seeds of a1, no longer in the topology"),
+        "{err}"
+    );
+    assert!(
+        err.contains("removed the seeds of a2, no longer in the topology"),
+        "{err}"
+    );
+    assert!(!out.join("a2/user-data").exists() && !out.join("a2.user-data").exists());
+    // Kept, and said so: the edited ISO, and a2/ with a file mesobake did not write.
+    assert_eq!(fs::read_to_string(out.join("a2.iso")).unwrap(), "edited");
+    assert!(out.join("a2/README").exists() && out.join("notes.txt").exists());
+    assert!(
+        err.contains("a2.iso: it changed since mesobake wrote it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a2/: it holds files mesobake did not write"),
+        "{err}"
+    );
+    // The others, and the secrets, are untouched; a third run has nothing to remove.
+    for f in [
+        "m1.iso",
+        "m1/user-data",
+        "workers.user-data",
+        "secrets/operator",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let err = seed(&topo, &out, &[]);
+    assert!(!err.contains("removed") && !err.contains("kept"), "{err}");
+}

@@ -1286,14 +1286,26 @@ pub struct SeedOut {
     pub files: Vec<String>,
 }
 
+/// What `mesobake seed` did in its output directory.
+#[derive(Debug)]
+pub struct SeedsWritten {
+    /// Each node's and group's files.
+    pub seeds: Vec<SeedOut>,
+    /// The files of nodes that left (or that a node no longer gets) removed, and those
+    /// kept ([`crate::seed::record`]).
+    pub tidy: crate::seed::record::Tidy,
+}
+
 impl Cluster {
     /// Writes every node's and group's seeds into `out`: `<name>/` (user-data, meta-data,
     /// network-config), `<name>.iso` (NoCloud, label cidata), `<name>.user-data` (EC2) and
-    /// `<name>.network-config`.
-    pub fn write_seeds(&self, out: &Path) -> Result<Vec<SeedOut>> {
+    /// `<name>.network-config`. Then removes what the previous run wrote for nodes and
+    /// groups no longer in the topology, going by its record ([`crate::seed::record`]).
+    pub fn write_seeds(&self, out: &Path) -> Result<SeedsWritten> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let d = self.derive();
         let mut written = Vec::new();
+        let mut record = crate::seed::record::Files::new();
         let mut one = |name: &str,
                        role: &str,
                        ip: Option<String>,
@@ -1302,8 +1314,16 @@ impl Cluster {
                        ec2: NodeSeed|
          -> Result<()> {
             let mut files = Vec::new();
+            // Every file, for the record (the listing shows the directory once).
+            let mut each = Vec::new();
             nocloud.write_dir(&out.join(name))?;
             files.push(format!("{name}/"));
+            each.push(format!("{name}/user-data"));
+            each.push(format!("{name}/meta-data"));
+            let nc = nocloud.network_config();
+            if nc.is_some() {
+                each.push(format!("{name}/network-config"));
+            }
             nocloud.write_iso(&out.join(format!("{name}.iso")))?;
             files.push(format!("{name}.iso"));
             crate::seed::write_user_data(
@@ -1312,17 +1332,13 @@ impl Cluster {
                 ec2.has_secrets(),
             )?;
             files.push(format!("{name}.user-data"));
-            let nc = out.join(format!("{name}.network-config"));
-            match nocloud.network_config() {
-                Some(n) => {
-                    std::fs::write(&nc, n)?;
-                    files.push(format!("{name}.network-config"));
-                }
-                // A stale one from an earlier topology must not linger.
-                None => {
-                    let _ = std::fs::remove_file(&nc);
-                }
+            if let Some(n) = nc {
+                let p = out.join(format!("{name}.network-config"));
+                std::fs::write(&p, n).with_context(|| format!("writing {}", p.display()))?;
+                files.push(format!("{name}.network-config"));
             }
+            each.extend(files.iter().filter(|f| !f.ends_with('/')).cloned());
+            record.insert(name.to_string(), crate::seed::record::digests(out, &each)?);
             written.push(SeedOut {
                 name: name.into(),
                 role: role.into(),
@@ -1346,7 +1362,11 @@ impl Cluster {
             let s = self.group_seed(&d, g);
             one(&g.name, &g.role, None, None, s.clone(), s)?;
         }
-        Ok(written)
+        let tidy = crate::seed::record::tidy(out, &record)?;
+        Ok(SeedsWritten {
+            seeds: written,
+            tidy,
+        })
     }
 }
 

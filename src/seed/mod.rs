@@ -12,6 +12,7 @@
 //! so node.env stays world-readable and secret-free. Every seed file that carries a
 //! secret (user-data, the ISO) is 0600 on the host too.
 
+pub mod record;
 pub mod secrets;
 pub mod user_config;
 
