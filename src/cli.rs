@@ -664,7 +664,11 @@ fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
             a.cluster.display()
         );
     }
-    let out = c.write_seeds(&a.out)?;
+    let written = c.write_seeds(&a.out)?;
+    for l in written.tidy.lines(&a.out) {
+        eprintln!("mesobake: {l}");
+    }
+    let out = written.seeds;
     if json {
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -319,6 +319,91 @@ fn validate_checks_a_topology_without_writing_seeds() {
 }
 
 #[test]
+fn topology_network_checks_name_file_line_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let profiles = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    let validate = |p: &Path, json: bool| {
+        let mut c = mesobake();
+        if json {
+            c.arg("--json");
+        }
+        c.arg("validate")
+            .arg(p)
+            .arg("--profiles")
+            .arg(&profiles)
+            .output()
+            .unwrap()
+    };
+    // A cidr with host bits and static nodes without a gateway: valid, with two warnings
+    // on stderr, each at its line, and in the --json report.
+    let warned = write(
+        d.path(),
+        "cluster.toml",
+        "name = \"t\"\n[network]\ncidr = \"10.9.0.5/24\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"10.9.0.11\"\n",
+    );
+    let o = validate(&warned, false);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let at = format!("mesobake: warning: {}:3: [network] key", warned.display());
+    assert!(
+        err.contains(&format!(
+            "{at} \"cidr\": \"10.9.0.5/24\" has host bits set: the network is 10.9.0.0/24"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{at} \"gateway\": none given, so node \"m1\"")),
+        "{err}"
+    );
+    let o = validate(&warned, true);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], true, "{v}");
+    let w = v["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 2, "{v}");
+    assert!(
+        w[0].as_str()
+            .unwrap()
+            .contains("cluster.toml:3: [network] key \"cidr\""),
+        "{v}"
+    );
+
+    // The broadcast address as a node's: refused at its line, nothing written by seed.
+    let bad = write(
+        d.path(),
+        "cluster.toml",
+        "name = \"t\"\n[network]\ncidr = \"10.9.0.0/24\"\ngateway = \"10.9.0.1\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"10.9.0.255\"\n",
+    );
+    let o = validate(&bad, false);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "{}:8: node \"m1\" key \"ip\": 10.9.0.255 is the broadcast address of 10.9.0.0/24",
+            bad.display()
+        )),
+        "{}",
+        text(&o)
+    );
+    let seeds = d.path().join("seeds");
+    let o = mesobake()
+        .arg("seed")
+        .arg(&bad)
+        .arg("--profiles")
+        .arg(&profiles)
+        .arg("--out")
+        .arg(&seeds)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("cluster.toml:8: node \"m1\" key \"ip\""),
+        "{}",
+        text(&o)
+    );
+    assert!(!seeds.exists());
+}
+
+#[test]
 fn json_errors_are_one_object_on_stdout_with_the_exit_status() {
     // A runtime error: the output directory is a file.
     let d = tempfile::tempdir().unwrap();

@@ -22,7 +22,11 @@
 //! read /mesos and /marathon without the cluster's digest, and can with it. Network
 //! policy: a host bridged onto the lab's segment (tests/e2e_lab/outside.rs) reaches
 //! ZooKeeper from the cluster network, while from an address outside it only SSH answers
-//! and ZooKeeper, the master, Marathon and the agent are dropped.
+//! and ZooKeeper, the master, Marathon and the agent are dropped. User cloud-config: a
+//! cluster-wide file (cluster.toml's `cloud-config`) merged by cloud-init after
+//! mesobake's own part: its `write_files` entry and its `runcmd` each leave a file on
+//! every VM, and a runcmd prints both files' contents to the console, which the serial
+//! logs show.
 //!
 //! Four VMs share two cores under TCG, so the lab is kept to what only a lab shows. The
 //! agent runs the mesos containerizer alone: the Docker daemon costs each boot about a
@@ -108,8 +112,10 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
     assert!(st.success(), "ssh-keygen");
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let topo = tmp.path().join("cluster.toml");
+    // The user's own cloud-config, relative to cluster.toml: merged after mesobake's part.
+    std::fs::write(tmp.path().join("lab-user.yaml"), USER_CLOUD_CONFIG).unwrap();
     let mut text = format!(
-        "name = \"e2e\"\nssh-keys = [{}]\n\n[network]\ncidr = \"10.77.0.0/24\"\ngateway = \"10.77.0.1\"\n\n[lab]\nmemory = 1024\n",
+        "name = \"e2e\"\nssh-keys = [{}]\ncloud-config = [\"lab-user.yaml\"]\n\n[network]\ncidr = \"10.77.0.0/24\"\ngateway = \"10.77.0.1\"\n\n[lab]\nmemory = 1024\n",
         serde_json::to_string(public.trim()).unwrap()
     );
     for i in 1..=3 {
@@ -203,6 +209,7 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
     check_authentication(&rows, &leader, &run_dir, &images);
     check_zookeeper_acls(&rows, &run_dir);
     check_network_policy(&rows, &leader, &run_dir);
+    check_user_cloud_config(&rows, &run_dir);
 
     // Up again: nothing new starts.
     let before = qemu_under(&run_dir);
@@ -295,6 +302,50 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
 
     run_ok_text(mesobake(&["lab", "down", &topo_s]), "lab down");
     assert!(qemu_under(&run_dir).is_empty(), "QEMU left after lab down");
+}
+
+/// The lab's cluster-wide user cloud-config: a `write_files` entry and a `runcmd` that
+/// writes a marker file, then prints both files' contents to the console (the lab has no
+/// shell into a node; the serial log is the way out). The console lines are built from
+/// the files, so they appear only if both files exist with their content.
+const USER_CLOUD_CONFIG: &str = r#"#cloud-config
+write_files:
+  - path: /etc/mesobake-lab/user-file
+    content: |
+      mesobake-lab-user-file-marker
+runcmd:
+  - [sh, -c, 'echo mesobake-lab-user-runcmd-marker > /var/lib/mesobake-lab-runcmd']
+  - [sh, -c, 'echo "mesobake-lab-user-file: $(cat /etc/mesobake-lab/user-file)" > /dev/console']
+  - [sh, -c, 'echo "mesobake-lab-user-runcmd: $(cat /var/lib/mesobake-lab-runcmd)" > /dev/console']
+"#;
+
+/// Every VM ran the user cloud-config: its serial log has both marker lines (runcmd runs
+/// in cloud-init's final stage, which may end after the configured line).
+fn check_user_cloud_config(rows: &[serde_json::Value], run_dir: &Path) {
+    let want = [
+        "mesobake-lab-user-file: mesobake-lab-user-file-marker",
+        "mesobake-lab-user-runcmd: mesobake-lab-user-runcmd-marker",
+    ];
+    let t = Instant::now();
+    for r in rows {
+        let name = r["name"].as_str().unwrap();
+        let log = run_dir.join(format!("{name}.serial.log"));
+        loop {
+            // Lossy: a console log can hold bytes that are not UTF-8.
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+            if want.iter().all(|w| text.contains(w)) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "{name}: the user cloud-config's marker lines {want:?} are not on the console ({}) within 300 s: cloud-init did not merge or run it",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+    eprintln!("e2e-lab: every VM wrote and ran the user cloud-config (write_files and runcmd)");
 }
 
 /// One HTTP/1.0 request to 127.0.0.1:`port`, with basic auth when given; returns the

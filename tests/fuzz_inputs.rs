@@ -1,5 +1,5 @@
-//! Mutation fuzzing of the inputs users write: the profile loader, the topology loader
-//! and seed generation. Each target starts from the checked-in corpus (`tests/fuzz/`),
+//! Mutation fuzzing of the inputs users write: the profile loader, the topology loader,
+//! the user cloud-configs a topology names, and seed generation. Each target starts from the checked-in corpus (`tests/fuzz/`),
 //! applies a few random mutations (byte flips, cuts, interesting tokens, boundary
 //! numbers, repeated blocks, splices from other entries) and runs the loader on the
 //! result. An error is a fine answer; a panic fails the test, and the input that caused
@@ -193,7 +193,7 @@ fn corpus(dir: &str) -> Vec<Vec<u8>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(manifest().join("tests/fuzz").join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml" || x == "yaml"))
         .collect();
     files.sort();
     assert!(!files.is_empty(), "empty corpus in tests/fuzz/{dir}");
@@ -327,5 +327,36 @@ fn topology_loader_and_seeds_never_panic() {
                 let _ = m.seed.user_data();
             }
         }
+    });
+}
+
+#[test]
+fn user_cloud_config_checks_and_multipart_seeds_never_panic() {
+    let corpus = corpus("cloud-config");
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    std::fs::write(
+        &topo,
+        "name = \"c\"\ncloud-config = [\"user.yaml\"]\n[network]\ncidr = \"10.1.0.0/24\"\ngateway = \"10.1.0.1\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"10.1.0.11\"\ncloud-config = [\"node.yaml\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.yaml"),
+        "#cloud-config\ntimezone: Europe/Paris\nruncmd: [ls]\n",
+    )
+    .unwrap();
+    let profiles = manifest().join("profiles");
+    fuzz("cloud-config", &corpus, |input| {
+        std::fs::write(dir.path().join("user.yaml"), input).unwrap();
+        if let Ok(text) = std::str::from_utf8(input) {
+            let _ = mesobake::seed::user_config::check(text);
+        }
+        let Ok(c) = cluster::load(&topo, &profiles) else {
+            return;
+        };
+        let d = c.derive();
+        let s = c.node_seed(&d, &c.nodes[0], Target::NoCloud);
+        let ud = s.user_data();
+        assert!(ud.starts_with("Content-Type: multipart/mixed"), "{ud}");
     });
 }

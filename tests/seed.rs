@@ -81,7 +81,8 @@ fn schema(kind: &str, files: &[&Path]) -> String {
     text
 }
 
-/// Whether the cloud-init check can run here (CI's setup-host.sh installs what it needs).
+/// Whether the cloud-init check can run here (CI's setup-host.sh installs what it needs):
+/// in CI (`CI` set) a missing piece fails the test, elsewhere the check is skipped, said.
 fn cloud_init_available() -> bool {
     let ok = Command::new("/usr/bin/python3")
         .args([
@@ -90,8 +91,12 @@ fn cloud_init_available() -> bool {
         ])
         .status()
         .is_ok_and(|s| s.success());
+    let fix = "run ci/setup-host.sh (python3-jsonschema, python3-configobj, ...; ci/cloud-init-schema.sh unpacks Debian's cloud-init)";
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("CI must check seeds with cloud-init, but its python libraries are missing: {fix}");
+    }
     if !ok {
-        eprintln!("skipped cloud-init checks: run ci/setup-host.sh (python3-jsonschema, python3-configobj, ...)");
+        eprintln!("skipped cloud-init checks: {fix}");
     }
     ok
 }
@@ -572,4 +577,233 @@ fn auth_off_gives_seeds_without_secrets() {
     ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("auht"));
+}
+
+/// The cluster with user cloud-configs: cluster-wide, for a1 and for the group.
+fn with_user_configs(dir: &Path) -> std::path::PathBuf {
+    let cc = dir.join("cloud-config");
+    fs::create_dir_all(&cc).unwrap();
+    fs::write(
+        cc.join("site.yaml"),
+        "#cloud-config\npackages: [jq]\nruncmd:\n  - echo site\nwrite_files:\n  - path: /etc/site-motd\n    content: \"welcome, \u{e9}quipe\\n\"\n",
+    )
+    .unwrap();
+    fs::write(
+        cc.join("a1.yaml"),
+        "#cloud-config\nruncmd:\n  - [sh, -c, \"echo a1 > /run/a1\"]\npackages: [curl]\n",
+    )
+    .unwrap();
+    fs::write(
+        cc.join("workers.yaml"),
+        "#cloud-config\nwrite_files:\n  - path: /etc/workers\n    content: w\n",
+    )
+    .unwrap();
+    let topo = dir.join("cluster.toml");
+    let text = CLUSTER
+        .replacen(
+            "ssh-keys",
+            "cloud-config = [\"cloud-config/site.yaml\"]\nssh-keys",
+            1,
+        )
+        .replacen(
+            "agent-flags = { \"?no-switch_user\" = \"\" }",
+            "agent-flags = { \"?no-switch_user\" = \"\" }\ncloud-config = [\"cloud-config/a1.yaml\"]",
+            1,
+        )
+        .replacen(
+            "resources = { cpus = \"4\" }",
+            "resources = { cpus = \"4\" }\ncloud-config = [\"cloud-config/workers.yaml\"]",
+            1,
+        );
+    fs::write(&topo, text).unwrap();
+    topo
+}
+
+#[test]
+fn user_cloud_configs_are_merged_by_cloud_init_after_mesobakes_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = with_user_configs(dir.path());
+    let out = dir.path().join("seeds");
+    // Run from elsewhere: the paths are relative to cluster.toml, not to the cwd.
+    seed(&topo, &out, &[]);
+    let a1 = fs::read_to_string(out.join("a1/user-data")).unwrap();
+    assert!(
+        a1.starts_with("Content-Type: multipart/mixed; boundary="),
+        "{a1}"
+    );
+    assert_eq!(
+        a1.matches("Merge-Type: list(append)+dict(no_replace,recurse_list)+str()\n")
+            .count(),
+        3,
+        "{a1}"
+    );
+    // mesobake's own part is unchanged inside: node.env and secrets.env as before.
+    let files = write_files(&a1);
+    assert!(files["/etc/mesobake/node.env"]
+        .1
+        .contains("MESOBAKE_ATTRIBUTES='rack:r1'"));
+    assert_eq!(files["/etc/mesobake/secrets.env"].0, "'0600'");
+    assert_eq!(mode(&out.join("a1/user-data")), 0o600);
+    // Nodes without their own file get the cluster-wide one only.
+    let m1 = fs::read_to_string(out.join("m1.user-data")).unwrap();
+    assert_eq!(m1.matches("Merge-Type:").count(), 2, "{m1}");
+
+    if cloud_init_available() {
+        let mut uds: Vec<std::path::PathBuf> = Vec::new();
+        for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
+            uds.push(out.join(format!("{n}/user-data")));
+            uds.push(out.join(format!("{n}.user-data")));
+        }
+        let refs: Vec<&Path> = uds.iter().map(|p| p.as_path()).collect();
+        let text = schema("user-data", &refs);
+        assert_eq!(
+            text.matches("Valid cloud-config").count(),
+            uds.len(),
+            "{text}"
+        );
+        assert_eq!(text.matches("(multipart: ").count(), uds.len(), "{text}");
+        // What cloud-init makes of a1's parts: lists appended in part order, mesobake's
+        // write_files first, the non-ASCII text intact.
+        let merged: serde_json::Value =
+            serde_json::from_str(&schema("merged", &[&out.join("a1/user-data")])).unwrap();
+        assert_eq!(merged["hostname"], "a1", "{merged}");
+        assert_eq!(merged["packages"], serde_json::json!(["jq", "curl"]));
+        assert_eq!(
+            merged["runcmd"],
+            serde_json::json!(["echo site", ["sh", "-c", "echo a1 > /run/a1"]])
+        );
+        let paths: Vec<&str> = merged["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/mesobake/node.env",
+                "/etc/mesobake/secrets.env",
+                "/etc/site-motd"
+            ]
+        );
+        assert_eq!(
+            merged["write_files"][2]["content"],
+            "welcome, \u{e9}quipe\n"
+        );
+        assert_eq!(merged["ssh_authorized_keys"].as_array().unwrap().len(), 1);
+        let workers: serde_json::Value =
+            serde_json::from_str(&schema("merged", &[&out.join("workers.user-data")])).unwrap();
+        let paths: Vec<&str> = workers["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/mesobake/node.env",
+                "/etc/mesobake/secrets.env",
+                "/etc/site-motd",
+                "/etc/workers"
+            ]
+        );
+        assert!(workers.get("hostname").is_none(), "{workers}");
+    }
+
+    // A user file that is not YAML: refused with its file and line, nothing written.
+    fs::write(
+        dir.path().join("cloud-config/a1.yaml"),
+        "#cloud-config\nruncmd:\n  - ls\n  oops: [\n",
+    )
+    .unwrap();
+    let out2 = dir.path().join("seeds2");
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("node \"a1\" key \"cloud-config\": ")
+            && err.contains("cloud-config/a1.yaml:4: not valid YAML"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+}
+
+#[test]
+fn seeds_of_nodes_that_left_are_removed_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(&topo, CLUSTER).unwrap();
+    let out = dir.path().join("seeds");
+    seed(&topo, &out, &[]);
+    assert!(out.join(".mesobake-seed.json").is_file());
+    // Someone else's files in the output directory, and one inside a2's.
+    fs::write(out.join("notes.txt"), "mine").unwrap();
+    fs::write(out.join("a2/README"), "mine").unwrap();
+    // a1 and a2 leave; a2's ISO was changed by hand since.
+    fs::write(out.join("a2.iso"), "edited").unwrap();
+    let text = CLUSTER
+        .replacen(
+            "[[node]]\nname = \"a1\"\nrole = \"slave-only\"\nip = \"10.20.0.21\"\nattributes = { rack = \"r1\" }\nagent-flags = { \"?no-switch_user\" = \"\" }\n",
+            "",
+            1,
+        )
+        .replacen("[[node]]\nname = \"a2\"\nrole = \"slave-only\"\n", "", 1);
+    assert!(
+        !text.contains("\"a1\"") && !text.contains("\"a2\""),
+        "{text}"
+    );
+    fs::write(&topo, &text).unwrap();
+    let err = seed(&topo, &out, &[]);
+    for f in [
+        "a1/",
+        "a1/user-data",
+        "a1/meta-data",
+        "a1/network-config",
+        "a1.iso",
+        "a1.user-data",
+        "a1.network-config",
+    ] {
+        assert!(!out.join(f).exists(), "{f} is still there");
+        assert!(
+            err.contains(&out.join(f).display().to_string()),
+            "{f}: {err}"
+        );
+    }
+    assert!(
+        err.contains("removed the seeds of a1, no longer in the topology"),
+        "{err}"
+    );
+    assert!(
+        err.contains("removed the seeds of a2, no longer in the topology"),
+        "{err}"
+    );
+    assert!(!out.join("a2/user-data").exists() && !out.join("a2.user-data").exists());
+    // Kept, and said so: the edited ISO, and a2/ with a file mesobake did not write.
+    assert_eq!(fs::read_to_string(out.join("a2.iso")).unwrap(), "edited");
+    assert!(out.join("a2/README").exists() && out.join("notes.txt").exists());
+    assert!(
+        err.contains("a2.iso: it changed since mesobake wrote it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a2/: it holds files mesobake did not write"),
+        "{err}"
+    );
+    // The others, and the secrets, are untouched; a third run has nothing to remove.
+    for f in [
+        "m1.iso",
+        "m1/user-data",
+        "workers.user-data",
+        "secrets/operator",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let err = seed(&topo, &out, &[]);
+    assert!(!err.contains("removed") && !err.contains("kept"), "{err}");
 }

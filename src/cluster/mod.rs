@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::profile::{self, Service};
 use crate::seed::secrets::{Needs, Secrets};
+use crate::seed::user_config::{self, UserPart};
 use crate::seed::{NetIface, NodeSeed};
 
 /// A problem in cluster.toml, located by line and named by node and key.
@@ -55,6 +56,8 @@ pub struct Node {
     pub mac: String,
     /// The per-node extras.
     pub extras: Extras,
+    /// The node's own cloud-configs (after the cluster-wide ones).
+    pub cloud_config: Vec<UserPart>,
 }
 
 /// A validated autoscaling group of agents sharing one user-data.
@@ -70,6 +73,8 @@ pub struct Group {
     pub lab_count: u32,
     /// The extras every instance gets.
     pub extras: Extras,
+    /// The group's own cloud-configs (after the cluster-wide ones).
+    pub cloud_config: Vec<UserPart>,
 }
 
 /// Agent attributes and resources, and extra flag files.
@@ -125,6 +130,25 @@ impl Network {
         Some((Ipv4Addr::from(u32::from(ip) & prefix_mask(len)), len))
     }
 
+    /// Whether `ip` is the network or the broadcast address of the CIDR, which no host
+    /// may have: `Some("network")` or `Some("broadcast")`. A /31 and a /32 have neither:
+    /// a /31 is a point-to-point link whose two addresses are both hosts (RFC 3021), and
+    /// a /32 is the one host itself.
+    pub fn reserved(&self, ip: Ipv4Addr) -> Option<&'static str> {
+        let (net, len) = self.cidr_net()?;
+        if len > 30 || !self.contains(ip) {
+            return None;
+        }
+        let net = u32::from(net);
+        if u32::from(ip) == net {
+            Some("network")
+        } else if u32::from(ip) == net | !prefix_mask(len) {
+            Some("broadcast")
+        } else {
+            None
+        }
+    }
+
     /// Whether `ip` lies in the CIDR.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         match self.cidr {
@@ -167,6 +191,8 @@ pub struct Cluster {
     /// The cluster's secrets, which the seeds carry: `mesobake seed` and `lab` set them
     /// from their `secrets/` when `auth` is on. None gives seeds without authentication.
     pub secrets: Option<Secrets>,
+    /// The user's cloud-configs for every node and group, in file order.
+    pub cloud_config: Vec<UserPart>,
 }
 
 /// What is derived from the masters, once.
@@ -227,9 +253,20 @@ fn valid_value(s: &str) -> bool {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Warnings found so far, each located like an error.
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
+    /// A warning located like a [`ClusterError`]: `FILE:LINE: subject key "k": message`.
+    fn warn(&self, span: std::ops::Range<usize>, subject: &str, key: &str, msg: String) {
+        self.warnings.borrow_mut().push(format!(
+            "{}:{}: {subject}key \"{key}\": {msg}",
+            self.path.display(),
+            line_of(self.text, span.start)
+        ));
+    }
+
     fn err(
         &self,
         span: std::ops::Range<usize>,
@@ -398,6 +435,20 @@ pub fn derived_mac(cluster: &str, node: &str) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
 }
 
+/// A user cloud-config as the topology check loaded it.
+struct LoadedPart {
+    /// What the seed carries.
+    part: UserPart,
+    /// Where cluster.toml names it.
+    span: std::ops::Range<usize>,
+    /// Its path as messages show it (the topology's directory joined with the entry).
+    shown: PathBuf,
+    /// Its canonical path, to find the same file given twice.
+    canonical: PathBuf,
+    /// The scalars it sets, by key path.
+    settings: BTreeMap<String, user_config::Setting>,
+}
+
 /// What earlier nodes took: addresses, MACs and ZooKeeper ids, each with its node's name.
 #[derive(Default)]
 struct Taken {
@@ -440,14 +491,43 @@ impl Ctx<'_> {
             gateway: None,
             dns: Vec::new(),
         };
+        if let (Some(c), Some((ip, len))) = (&n.cidr, network.cidr) {
+            let (net, _) = network.cidr_net().expect("static");
+            if net != ip {
+                // Allowed (the prefix length is what the nodes use), but it often means a
+                // mistyped network or a node address pasted in its place.
+                self.warn(
+                    c.span(),
+                    "[network] ",
+                    "cidr",
+                    format!("\"{ip}/{len}\" has host bits set: the network is {net}/{len} (write cidr = \"{net}/{len}\")"),
+                );
+            }
+        }
         if let Some(g) = &n.gateway {
             let ip = parse_ip(self, g, "[network] ", "gateway")?;
+            let Some((net, len)) = network.cidr_net() else {
+                return Err(self.err(
+                    g.span(),
+                    "[network] ",
+                    "gateway",
+                    "a gateway needs a static network (cidr): with dhcp = true the DHCP server gives the route".into(),
+                ));
+            };
             if !network.contains(ip) {
                 return Err(self.err(
                     g.span(),
                     "[network] ",
                     "gateway",
-                    format!("{ip} is outside the cidr"),
+                    format!("{ip} is outside the cluster network {net}/{len}: the nodes reach their gateway directly, so it must be an address on that network"),
+                ));
+            }
+            if let Some(what) = network.reserved(ip) {
+                return Err(self.err(
+                    g.span(),
+                    "[network] ",
+                    "gateway",
+                    format!("{ip} is the {what} address of {net}/{len}, not a host"),
                 ));
             }
             network.gateway = Some(ip);
@@ -629,6 +709,7 @@ impl Ctx<'_> {
             zk_id,
             mac,
             extras,
+            cloud_config: Vec::new(),
         })
     }
 
@@ -654,6 +735,15 @@ impl Ctx<'_> {
                 subj,
                 "ip",
                 format!("{ip} is outside the cluster network {net}/{len}"),
+            ));
+        }
+        if let Some(what) = network.reserved(ip) {
+            let (net, len) = network.cidr_net().expect("static");
+            return Err(self.err(
+                s.span(),
+                subj,
+                "ip",
+                format!("{ip} is the {what} address of {net}/{len}, which no host can have"),
             ));
         }
         if Some(ip) == network.gateway {
@@ -719,6 +809,129 @@ impl Ctx<'_> {
             ));
         }
         Ok(s)
+    }
+
+    /// `cloud-config = [...]`: files relative to the topology's directory, each a
+    /// cloud-config [`user_config::check`] accepts; a problem names the entry's line in
+    /// cluster.toml and the line in the cloud-config file.
+    fn cloud_configs(
+        &self,
+        list: &Option<Vec<toml::Spanned<String>>>,
+        subject: &str,
+    ) -> Result<Vec<LoadedPart>> {
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        let mut out = Vec::new();
+        for e in list.iter().flatten() {
+            let name = e.get_ref();
+            let err = |m: String| self.err(e.span(), subject, "cloud-config", m);
+            if name.is_empty() || name.contains(['\n', '\r']) {
+                return Err(err(format!(
+                    "{name:?} is not a file name (cloud-configs are files beside cluster.toml, e.g. \"cloud-config/site.yaml\")"
+                )));
+            }
+            let shown = dir.join(name);
+            let text = profile::read_config_file(&shown, "cloud-config file")
+                .map_err(|x| err(format!("{x:#}")))?;
+            let settings = user_config::check(&text)
+                .map_err(|p| err(format!("{}:{}: {}", shown.display(), p.line, p.message)))?;
+            let canonical = shown.canonicalize().unwrap_or_else(|_| shown.clone());
+            out.push(LoadedPart {
+                part: UserPart {
+                    name: name.clone(),
+                    text,
+                },
+                span: e.span(),
+                shown,
+                canonical,
+                settings,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `parts` merge after `before` (cloud-init's order): a file given twice would run its
+    /// commands twice, so it is refused; a scalar an earlier part already set keeps the
+    /// earlier value (`no_replace`), which is a warning.
+    fn merge_order(
+        &self,
+        before: &[LoadedPart],
+        parts: &[LoadedPart],
+        subject: &str,
+    ) -> Result<()> {
+        for (i, p) in parts.iter().enumerate() {
+            let earlier = before.iter().chain(&parts[..i]);
+            if let Some(o) = earlier.clone().find(|o| o.canonical == p.canonical) {
+                return Err(self.err(
+                    p.span.clone(),
+                    subject,
+                    "cloud-config",
+                    format!(
+                        "{} is already given (as {:?}{}): each file once, or its lists (runcmd, write_files) would be applied twice",
+                        p.shown.display(),
+                        o.part.name,
+                        if before.iter().any(|b| std::ptr::eq(b, o)) { ", cluster-wide" } else { "" }
+                    ),
+                ));
+            }
+            for (key, s) in &p.settings {
+                let Some((o, os)) = earlier
+                    .clone()
+                    .find_map(|o| Some((o, o.settings.get(key)?)))
+                else {
+                    continue;
+                };
+                if os.value == s.value {
+                    continue;
+                }
+                self.warn(
+                    p.span.clone(),
+                    subject,
+                    "cloud-config",
+                    format!(
+                        "{}:{}: \"{key}\" is already set by {}:{}, whose value stays ({:?}): cloud-init merges the parts with dict(no_replace), so the first value wins",
+                        p.shown.display(),
+                        s.line,
+                        o.shown.display(),
+                        os.line,
+                        os.value
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A static network without a gateway is a warning when nodes have static addresses:
+    /// their network-config then has no default route, so they reach nothing outside the
+    /// cidr (no apt, no image or package pulls). DHCP nodes get their route from DHCP.
+    fn no_gateway(&self, f: &NetworkFile, network: &Network, nodes: &[Node]) {
+        let (Some(c), Some((net, len)), None) = (&f.cidr, network.cidr_net(), network.gateway)
+        else {
+            return;
+        };
+        let fixed: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.ip.is_some())
+            .map(|n| format!("\"{}\"", n.name))
+            .collect();
+        if fixed.is_empty() {
+            return;
+        }
+        let (shown, more) = if fixed.len() > 4 {
+            (&fixed[..3], format!(" and {} more", fixed.len() - 3))
+        } else {
+            (&fixed[..], String::new())
+        };
+        self.warn(
+            c.span(),
+            "[network] ",
+            "gateway",
+            format!(
+                "none given, so node{} {}{more} (static addresses) get no default route: they reach nothing outside {net}/{len} (no apt, no image or package pulls); add gateway = \"...\" unless the network is isolated on purpose",
+                if fixed.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+            ),
+        );
     }
 
     /// At least one node runs a Mesos master; an even number of masters is a warning.
@@ -797,6 +1010,7 @@ impl Ctx<'_> {
                 services,
                 lab_count: gf.lab_count.unwrap_or(1),
                 extras,
+                cloud_config: Vec::new(),
             });
         }
         Ok(groups)
@@ -808,7 +1022,11 @@ impl Cluster {
     /// SSH keys, then the nodes (and the masters among them), then the groups. Node and
     /// group names share one namespace.
     fn resolve(path: &Path, text: &str, f: ClusterFile, profiles: &[PathBuf]) -> Result<Cluster> {
-        let ctx = Ctx { path, text };
+        let ctx = Ctx {
+            path,
+            text,
+            warnings: Default::default(),
+        };
         let name = f.name.get_ref().clone();
         if !valid_name(&name) {
             return Err(ctx.err(f.name.span(), "", "name", format!("{name:?} must be letters, digits and '-' (it names VMs, instance ids and the lab's run dir)")));
@@ -818,9 +1036,27 @@ impl Cluster {
         let allow = ctx.allow(&security, &network)?;
         ctx.ssh_keys(&f.ssh_keys)?;
         let mut names: BTreeMap<String, String> = BTreeMap::new();
-        let nodes = ctx.nodes(&f.nodes, &name, &network, profiles, &mut names)?;
-        let mut warnings = ctx.masters(&nodes)?;
-        let groups = ctx.groups(&f.groups, profiles, &mut names)?;
+        let mut nodes = ctx.nodes(&f.nodes, &name, &network, profiles, &mut names)?;
+        ctx.no_gateway(&f.network, &network, &nodes);
+        let mut warnings = ctx.warnings.take();
+        warnings.extend(ctx.masters(&nodes)?);
+        let mut groups = ctx.groups(&f.groups, profiles, &mut names)?;
+        // The user's cloud-configs: cluster-wide, then each node's and group's after them.
+        let everyone = ctx.cloud_configs(&f.cloud_config, "")?;
+        ctx.merge_order(&[], &everyone, "")?;
+        for (n, nf) in nodes.iter_mut().zip(&f.nodes) {
+            let subj = format!("node \"{}\" ", n.name);
+            let own = ctx.cloud_configs(&nf.cloud_config, &subj)?;
+            ctx.merge_order(&everyone, &own, &subj)?;
+            n.cloud_config = own.into_iter().map(|p| p.part).collect();
+        }
+        for (g, gf) in groups.iter_mut().zip(&f.groups) {
+            let subj = format!("group \"{}\" ", g.name);
+            let own = ctx.cloud_configs(&gf.cloud_config, &subj)?;
+            ctx.merge_order(&everyone, &own, &subj)?;
+            g.cloud_config = own.into_iter().map(|p| p.part).collect();
+        }
+        warnings.extend(ctx.warnings.take());
         let firewall = security.firewall.unwrap_or(true);
         if !firewall {
             warnings.push(format!(
@@ -842,6 +1078,7 @@ impl Cluster {
             firewall,
             allow,
             secrets: None,
+            cloud_config: everyone.into_iter().map(|p| p.part).collect(),
         })
     }
 
@@ -999,6 +1236,12 @@ impl Cluster {
             secrets_env: self.secrets_env(&n.services),
             ssh_keys: self.ssh_keys.clone(),
             network: Vec::new(),
+            user_parts: self
+                .cloud_config
+                .iter()
+                .chain(&n.cloud_config)
+                .cloned()
+                .collect(),
         };
         if target == Target::NoCloud {
             s.network.extend(self.network_config(&n.mac, n.ip));
@@ -1016,6 +1259,12 @@ impl Cluster {
             secrets_env: self.secrets_env(&g.services),
             ssh_keys: self.ssh_keys.clone(),
             network: Vec::new(),
+            user_parts: self
+                .cloud_config
+                .iter()
+                .chain(&g.cloud_config)
+                .cloned()
+                .collect(),
         };
         s.instance_id = format!("{}-{}-{}", self.name, g.name, s.digest());
         s
@@ -1037,14 +1286,26 @@ pub struct SeedOut {
     pub files: Vec<String>,
 }
 
+/// What `mesobake seed` did in its output directory.
+#[derive(Debug)]
+pub struct SeedsWritten {
+    /// Each node's and group's files.
+    pub seeds: Vec<SeedOut>,
+    /// The files of nodes that left (or that a node no longer gets) removed, and those
+    /// kept ([`crate::seed::record`]).
+    pub tidy: crate::seed::record::Tidy,
+}
+
 impl Cluster {
     /// Writes every node's and group's seeds into `out`: `<name>/` (user-data, meta-data,
     /// network-config), `<name>.iso` (NoCloud, label cidata), `<name>.user-data` (EC2) and
-    /// `<name>.network-config`.
-    pub fn write_seeds(&self, out: &Path) -> Result<Vec<SeedOut>> {
+    /// `<name>.network-config`. Then removes what the previous run wrote for nodes and
+    /// groups no longer in the topology, going by its record ([`crate::seed::record`]).
+    pub fn write_seeds(&self, out: &Path) -> Result<SeedsWritten> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let d = self.derive();
         let mut written = Vec::new();
+        let mut record = crate::seed::record::Files::new();
         let mut one = |name: &str,
                        role: &str,
                        ip: Option<String>,
@@ -1053,8 +1314,16 @@ impl Cluster {
                        ec2: NodeSeed|
          -> Result<()> {
             let mut files = Vec::new();
+            // Every file, for the record (the listing shows the directory once).
+            let mut each = Vec::new();
             nocloud.write_dir(&out.join(name))?;
             files.push(format!("{name}/"));
+            each.push(format!("{name}/user-data"));
+            each.push(format!("{name}/meta-data"));
+            let nc = nocloud.network_config();
+            if nc.is_some() {
+                each.push(format!("{name}/network-config"));
+            }
             nocloud.write_iso(&out.join(format!("{name}.iso")))?;
             files.push(format!("{name}.iso"));
             crate::seed::write_user_data(
@@ -1063,17 +1332,13 @@ impl Cluster {
                 ec2.has_secrets(),
             )?;
             files.push(format!("{name}.user-data"));
-            let nc = out.join(format!("{name}.network-config"));
-            match nocloud.network_config() {
-                Some(n) => {
-                    std::fs::write(&nc, n)?;
-                    files.push(format!("{name}.network-config"));
-                }
-                // A stale one from an earlier topology must not linger.
-                None => {
-                    let _ = std::fs::remove_file(&nc);
-                }
+            if let Some(n) = nc {
+                let p = out.join(format!("{name}.network-config"));
+                std::fs::write(&p, n).with_context(|| format!("writing {}", p.display()))?;
+                files.push(format!("{name}.network-config"));
             }
+            each.extend(files.iter().filter(|f| !f.ends_with('/')).cloned());
+            record.insert(name.to_string(), crate::seed::record::digests(out, &each)?);
             written.push(SeedOut {
                 name: name.into(),
                 role: role.into(),
@@ -1097,7 +1362,11 @@ impl Cluster {
             let s = self.group_seed(&d, g);
             one(&g.name, &g.role, None, None, s.clone(), s)?;
         }
-        Ok(written)
+        let tidy = crate::seed::record::tidy(out, &record)?;
+        Ok(SeedsWritten {
+            seeds: written,
+            tidy,
+        })
     }
 }
 

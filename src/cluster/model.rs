@@ -26,6 +26,9 @@ pub struct ClusterFile {
     pub lab: Option<LabFile>,
     /// Authentication and the nodes' firewall (`[security]`).
     pub security: Option<SecurityFile>,
+    /// The user's own cloud-config files for every node and group, relative to this
+    /// file; merged by cloud-init after mesobake's own, in this order.
+    pub cloud_config: Option<Vec<Spanned<String>>>,
 }
 
 /// `[security]`
@@ -93,6 +96,8 @@ pub struct NodeFile {
     pub master_flags: Option<Spanned<BTreeMap<String, String>>>,
     /// Extra agent flag files (`?name` = bare flag).
     pub agent_flags: Option<Spanned<BTreeMap<String, String>>>,
+    /// The user's own cloud-config files for this node, after the cluster-wide ones.
+    pub cloud_config: Option<Vec<Spanned<String>>>,
 }
 
 /// `[[group]]`
@@ -113,6 +118,8 @@ pub struct GroupFile {
     pub master_flags: Option<Spanned<BTreeMap<String, String>>>,
     /// Extra agent flag files (`?name` = bare flag).
     pub agent_flags: Option<Spanned<BTreeMap<String, String>>>,
+    /// The user's own cloud-config files for this group, after the cluster-wide ones.
+    pub cloud_config: Option<Vec<Spanned<String>>>,
 }
 
 /// `[lab]`

@@ -548,3 +548,317 @@ fn lab_trusts_its_management_nic_only_with_the_firewall_on() {
         "{e}"
     );
 }
+
+/// A one-master cluster on `cidr` with `extra` [network] lines and the master at `ip`.
+fn on_network(cidr: &str, extra: &str, ip: &str) -> String {
+    format!("name = \"n\"\n[network]\ncidr = \"{cidr}\"\n{extra}\n[[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"{ip}\"\n")
+}
+
+#[test]
+fn network_and_broadcast_addresses_are_no_node_addresses() {
+    // Lines: 3 cidr, 4 gateway, 8 ip.
+    let gw = "gateway = \"10.0.0.1\"";
+    for (ip, what) in [("10.0.0.0", "network"), ("10.0.0.255", "broadcast")] {
+        let e = err(&on_network("10.0.0.0/24", gw, ip));
+        assert!(
+            e.contains(&format!(
+                "cluster.toml:8: node \"m1\" key \"ip\": {ip} is the {what} address of 10.0.0.0/24"
+            )),
+            "{e}"
+        );
+    }
+    // The first and last hosts are fine, and so is every address of a /31 and a /32.
+    for (cidr, ip) in [
+        ("10.0.0.0/24", "10.0.0.254"),
+        ("10.0.0.0/24", "10.0.0.2"),
+        ("10.0.0.0/31", "10.0.0.0"),
+        ("10.0.0.0/31", "10.0.0.1"),
+        ("10.0.0.7/32", "10.0.0.7"),
+    ] {
+        assert!(parse(&on_network(cidr, "", ip)).is_ok(), "{cidr} {ip}");
+    }
+    // /30: two hosts between the network and the broadcast address.
+    assert!(err(&on_network("10.0.0.4/30", "", "10.0.0.7")).contains("broadcast address"));
+    assert!(parse(&on_network("10.0.0.4/30", "", "10.0.0.6")).is_ok());
+    // The gateway too.
+    let e = err(&on_network(
+        "10.0.0.0/24",
+        "gateway = \"10.0.0.255\"",
+        "10.0.0.5",
+    ));
+    assert!(
+        e.contains("cluster.toml:4: [network] key \"gateway\": 10.0.0.255 is the broadcast address of 10.0.0.0/24"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cidr_with_host_bits_is_a_warning_that_names_the_network() {
+    let c = parse(&on_network(
+        "10.0.0.5/24",
+        "gateway = \"10.0.0.1\"",
+        "10.0.0.11",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.warnings,
+        [format!(
+            "{}:3: [network] key \"cidr\": \"10.0.0.5/24\" has host bits set: the network is 10.0.0.0/24 (write cidr = \"10.0.0.0/24\")",
+            c.path.display()
+        )]
+    );
+    // The network form is used everywhere it matters.
+    assert_eq!(c.cluster_networks().as_deref(), Some("10.0.0.0/24"));
+    let e = err(&on_network("10.0.0.5/24", "", "10.0.0.0"));
+    assert!(
+        e.contains("10.0.0.0 is the network address of 10.0.0.0/24"),
+        "{e}"
+    );
+    assert!(parse(&on_network(
+        "10.0.0.0/24",
+        "gateway = \"10.0.0.1\"",
+        "10.0.0.11"
+    ))
+    .unwrap()
+    .warnings
+    .is_empty());
+}
+
+#[test]
+fn a_gateway_outside_the_cidr_is_refused() {
+    let e = err(&on_network(
+        "10.0.0.0/24",
+        "gateway = \"10.0.1.1\"",
+        "10.0.0.11",
+    ));
+    assert!(
+        e.contains("cluster.toml:4: [network] key \"gateway\": 10.0.1.1 is outside the cluster network 10.0.0.0/24"),
+        "{e}"
+    );
+    let e = err("name = \"n\"\n[network]\ndhcp = true\ngateway = \"10.0.0.1\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\n");
+    assert!(
+        e.contains("cluster.toml:4: [network] key \"gateway\": a gateway needs a static network"),
+        "{e}"
+    );
+}
+
+#[test]
+fn static_nodes_without_a_gateway_are_a_warning() {
+    let c = parse(&on_network("10.0.0.0/24", "", "10.0.0.11")).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert!(
+        w.contains("cluster.toml:3: [network] key \"gateway\": none given, so node \"m1\" (static addresses) get no default route")
+            && w.contains("outside 10.0.0.0/24 (no apt"),
+        "{w}"
+    );
+    // Only DHCP nodes: their route comes from DHCP. A DHCP network: nothing to say.
+    let dhcp_node = "name = \"n\"\n[network]\ncidr = \"10.0.0.0/24\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\n";
+    assert!(parse(dhcp_node).unwrap().warnings.is_empty());
+    assert!(parse(
+        "name = \"n\"\n[network]\ndhcp = true\n[[node]]\nname = \"m1\"\nrole = \"master\"\n"
+    )
+    .unwrap()
+    .warnings
+    .is_empty());
+    // Many static nodes: a few are named, the rest counted.
+    let c = parse(&zk_members(7)).unwrap();
+    let w = c.warnings.iter().find(|w| w.contains("gateway")).unwrap();
+    assert!(
+        w.contains("nodes \"m0\", \"z1\", \"z2\" and 4 more (static addresses)"),
+        "{w}"
+    );
+}
+
+/// Loads `text` as dir/cluster.toml with `files` beside it (the dir lives as long as the
+/// returned guard).
+fn parse_with(text: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Cluster>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let p = dir.path().join("cluster.toml");
+    std::fs::write(&p, text).unwrap();
+    let c = load(&p, &profiles());
+    (dir, c)
+}
+
+/// THREE_PLUS_ONE with cloud-configs: cluster-wide (line 3), for m1 (line 15) and for
+/// the group (line 38).
+fn with_cloud_configs() -> String {
+    THREE_PLUS_ONE
+        .replacen("ssh-keys", "cloud-config = [\"cc/site.yaml\"]\nssh-keys", 1)
+        .replacen(
+            "ip = \"10.77.0.11\"",
+            "ip = \"10.77.0.11\"\ncloud-config = [\"cc/m1.yaml\"]",
+            1,
+        )
+        .replacen(
+            "name = \"workers\"",
+            "name = \"workers\"\ncloud-config = [\"cc/workers.yaml\"]",
+            1,
+        )
+}
+
+const SITE: &str = "#cloud-config\ntimezone: UTC\nruncmd:\n  - echo site\n";
+
+#[test]
+fn user_cloud_configs_follow_mesobakes_part_cluster_wide_first() {
+    let (_d, c) = parse_with(
+        &with_cloud_configs(),
+        &[
+            ("cc/site.yaml", SITE),
+            ("cc/m1.yaml", "#cloud-config\nruncmd: [echo m1]\n"),
+            ("cc/workers.yaml", "#cloud-config\npackages: [jq]\n"),
+        ],
+    );
+    let c = c.unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let d = c.derive();
+    let m1 = c.node_seed(&d, &c.nodes[0], Target::NoCloud);
+    let names: Vec<&str> = m1.user_parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["cc/site.yaml", "cc/m1.yaml"]);
+    let ud = m1.user_data();
+    assert!(ud.starts_with("Content-Type: multipart/mixed;"), "{ud}");
+    let at = |s: &str| ud.find(s).unwrap_or_else(|| panic!("{s}: {ud}"));
+    assert!(at("path: /etc/mesobake/node.env") < at("echo site"));
+    assert!(at("echo site") < at("echo m1"));
+    // EC2 user-data too; m2 gets the cluster-wide part only; the group its own.
+    assert_eq!(
+        c.node_seed(&d, &c.nodes[0], Target::Ec2).user_parts.len(),
+        2
+    );
+    assert_eq!(
+        c.node_seed(&d, &c.nodes[1], Target::NoCloud)
+            .user_parts
+            .len(),
+        1
+    );
+    let g = c.group_seed(&d, &c.groups[0]);
+    assert!(g.user_data().contains("packages: [jq]"));
+    assert!(!g.user_data().contains("echo m1"));
+    // The lab boots the same user-data.
+    let lab = c.lab_members().unwrap();
+    assert!(lab[0].seed.user_data().contains("echo m1"));
+    // A change in a user file is a new instance to cloud-init.
+    let (_d2, c2) = parse_with(
+        &with_cloud_configs(),
+        &[
+            ("cc/site.yaml", SITE),
+            ("cc/m1.yaml", "#cloud-config\nruncmd: [echo m1 again]\n"),
+            ("cc/workers.yaml", "#cloud-config\npackages: [jq]\n"),
+        ],
+    );
+    let c2 = c2.unwrap();
+    assert_ne!(
+        c2.node_seed(&c2.derive(), &c2.nodes[0], Target::NoCloud)
+            .instance_id,
+        m1.instance_id
+    );
+    // Without user cloud-configs the user-data stays a plain cloud-config.
+    let plain = parse(THREE_PLUS_ONE).unwrap();
+    assert!(plain
+        .node_seed(&plain.derive(), &plain.nodes[0], Target::NoCloud)
+        .user_data()
+        .starts_with("#cloud-config\n"));
+}
+
+#[test]
+fn user_cloud_config_problems_name_both_files_and_lines() {
+    let ok = [
+        ("cc/site.yaml", SITE),
+        ("cc/m1.yaml", "#cloud-config\nruncmd: [echo m1]\n"),
+        ("cc/workers.yaml", "#cloud-config\npackages: [jq]\n"),
+    ];
+    let run = |replace: (&str, &str)| {
+        let files: Vec<(&str, &str)> = ok
+            .iter()
+            .map(|(n, b)| {
+                if *n == replace.0 {
+                    (*n, replace.1)
+                } else {
+                    (*n, *b)
+                }
+            })
+            .collect();
+        let (d, c) = parse_with(&with_cloud_configs(), &files);
+        let e = format!("{:#}", c.unwrap_err());
+        (d.path().to_path_buf(), e)
+    };
+    let (dir, e) = run(("cc/m1.yaml", "#cloud-config\nruncmd:\n  - ls\n  bad: [\n"));
+    assert!(
+        e.contains(&format!(
+            "cluster.toml:15: node \"m1\" key \"cloud-config\": {}:",
+            dir.join("cc/m1.yaml").display()
+        )) && e.contains("not valid YAML"),
+        "{e}"
+    );
+    let (_, e) = run(("cc/site.yaml", "runcmd: [ls]\n"));
+    assert!(
+        e.contains("cluster.toml:3: key \"cloud-config\": ")
+            && e.contains("site.yaml:1: must begin with a \"#cloud-config\" line"),
+        "{e}"
+    );
+    let (_, e) = run((
+        "cc/workers.yaml",
+        "#cloud-config\nwrite_files:\n  - path: /etc/mesobake/node.env\n",
+    ));
+    assert!(
+        e.contains("group \"workers\" key \"cloud-config\": ")
+            && e.contains("workers.yaml:3: write_files path /etc/mesobake/node.env"),
+        "{e}"
+    );
+    // A missing file, a directory, and one given twice.
+    let (_d, c) = parse_with(&with_cloud_configs(), &ok[..2]);
+    let e = format!("{:#}", c.unwrap_err());
+    assert!(
+        e.contains("group \"workers\" key \"cloud-config\": reading cloud-config file"),
+        "{e}"
+    );
+    let (_d, c) = parse_with(&with_cloud_configs().replace("cc/m1.yaml", "cc"), &ok);
+    assert!(format!("{:#}", c.unwrap_err()).contains("not a regular file"));
+    let (_d, c) = parse_with(
+        &with_cloud_configs().replace("cc/m1.yaml", "./cc/site.yaml"),
+        &ok,
+    );
+    let e = format!("{:#}", c.unwrap_err());
+    assert!(
+        e.contains("cluster.toml:15: node \"m1\" key \"cloud-config\": ")
+            && e.contains("is already given (as \"cc/site.yaml\", cluster-wide)"),
+        "{e}"
+    );
+    let (_d, c) = parse_with(
+        &THREE_PLUS_ONE.replacen("ssh-keys", "cloud-config = \"cc/site.yaml\"\nssh-keys", 1),
+        &ok,
+    );
+    assert!(format!("{:#}", c.unwrap_err()).contains("cloud-config"));
+}
+
+#[test]
+fn a_scalar_set_twice_keeps_the_first_value_with_a_warning() {
+    let (d, c) = parse_with(
+        &with_cloud_configs(),
+        &[
+            ("cc/site.yaml", SITE),
+            (
+                "cc/m1.yaml",
+                "#cloud-config\nruncmd: [echo m1]\ntimezone: Europe/Paris\n",
+            ),
+            ("cc/workers.yaml", "#cloud-config\ntimezone: UTC\n"),
+        ],
+    );
+    let c = c.unwrap();
+    // Only m1's differs from the cluster-wide value; the group's is the same.
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(
+        c.warnings[0],
+        format!(
+            "{}:15: node \"m1\" key \"cloud-config\": {}:3: \"timezone\" is already set by {}:2, whose value stays (\"UTC\"): cloud-init merges the parts with dict(no_replace), so the first value wins",
+            c.path.display(),
+            d.path().join("cc/m1.yaml").display(),
+            d.path().join("cc/site.yaml").display()
+        )
+    );
+}

@@ -12,7 +12,9 @@
 //! so node.env stays world-readable and secret-free. Every seed file that carries a
 //! secret (user-data, the ISO) is 0600 on the host too.
 
+pub mod record;
 pub mod secrets;
+pub mod user_config;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -39,6 +41,9 @@ pub struct NodeSeed {
     /// Interfaces for network-config (v2); none means no network-config file, so
     /// cloud-init's fallback (DHCP on the first NIC) applies.
     pub network: Vec<NetIface>,
+    /// The user's own cloud-configs (cluster-wide, then the group's or the node's),
+    /// merged by cloud-init after mesobake's own ([`user_config`]).
+    pub user_parts: Vec<user_config::UserPart>,
 }
 
 /// One ethernet of a network-config, matched by MAC.
@@ -94,8 +99,21 @@ impl NodeSeed {
         !self.secrets_env.is_empty()
     }
 
-    /// The `#cloud-config` user-data.
+    /// The user-data: mesobake's own `#cloud-config`, or, when the topology names user
+    /// cloud-configs, a MIME multipart message with mesobake's part first and theirs after
+    /// it ([`user_config::multipart`]). Without user parts it stays a plain cloud-config,
+    /// byte for byte what it was before they existed, so existing seeds keep their
+    /// instance ids.
     pub fn user_data(&self) -> String {
+        let own = self.own_cloud_config();
+        if self.user_parts.is_empty() {
+            return own;
+        }
+        user_config::multipart(&own, &self.user_parts)
+    }
+
+    /// mesobake's own `#cloud-config`: hostname, SSH keys, node.env and secrets.env.
+    pub fn own_cloud_config(&self) -> String {
         let mut s = String::from("#cloud-config\n");
         if !self.hostname.is_empty() {
             s += &format!("hostname: {}\n", yq(&self.hostname));
