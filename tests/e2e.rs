@@ -37,6 +37,15 @@ fn assert_nothing_left(dir: &Path) {
     }
 }
 
+/// The version of package `name` in a manifest entry's package records.
+fn package_version<'a>(entry: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    entry["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)?["version"]
+        .as_str()
+}
+
 fn outputs_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -256,17 +265,31 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
         assert_eq!(e["base"]["spec"], "debian-12");
         assert_eq!(e["base"]["sha256"].as_str().unwrap().len(), 64);
         assert!(
-            e["packages"]["aventer-mesos"]
-                .as_str()
+            package_version(e, "aventer-mesos")
                 .unwrap()
                 .contains("standin"),
             "{role}: aventer-mesos stand-in recorded"
         );
         assert!(
-            e["packages"]["zookeeperd"].is_string(),
+            package_version(e, "zookeeperd").is_some(),
             "{role}: zookeeperd recorded"
         );
-        assert!(e["packages"]["cloud-init"].is_string());
+        assert!(package_version(e, "cloud-init").is_some());
+        // Records, not `name:arch` keys, with the licence a DEP-5 copyright file declares.
+        let zlib = e["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "zlib1g")
+            .unwrap();
+        assert_eq!(zlib["architecture"], "amd64", "{zlib}");
+        assert_eq!(zlib["license"], "Zlib", "{zlib}");
+        assert_eq!(zlib["source"]["name"], "zlib", "{zlib}");
+        assert!(e["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap().contains(':')));
         assert_eq!(e["layout"]["agent_service"], "mesos-agent");
         assert_eq!(e["layout"]["packaging"], "aventer");
         // Debian 12's systemd boots cgroup v2, decided from the image, not assumed.

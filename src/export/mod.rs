@@ -92,6 +92,13 @@ pub enum OutputKind {
     Text,
 }
 
+impl OutputKind {
+    /// Whether the file is a disk or holds one (and so has a virtual size).
+    pub fn has_disk(self) -> bool {
+        matches!(self, OutputKind::Disk | OutputKind::Appliance)
+    }
+}
+
 impl Output {
     /// Describes a finished file in `dir`.
     pub fn describe(
@@ -118,8 +125,8 @@ impl Output {
 /// What the earlier stages learned, for the manifest.
 #[derive(Debug, Clone)]
 pub struct BuildFacts {
-    /// Installed packages and versions.
-    pub packages: Vec<(String, String)>,
+    /// Installed packages.
+    pub packages: Vec<crate::stage::provision::Package>,
     /// Local .debs offered to apt, with digests.
     pub debs: Vec<(String, String)>,
     /// The detected layout.
@@ -137,7 +144,8 @@ pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Res
         layout: conf.layout.clone(),
         skipped_mounts: conf.skipped_mounts.clone(),
     };
-    let mut st = Staging::new(ctx, &facts)?;
+    let record = manifest::BuildRecord::new(ctx, &facts)?;
+    let mut st = Staging::new(ctx, &record)?;
     let mut outputs = Vec::new();
     let mut times = Vec::new();
     for f in ctx.req.formats.clone() {
@@ -165,7 +173,7 @@ pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Res
             );
         }
     }
-    publish_all(ctx, &st.dir, &facts, &outputs)?;
+    publish_all(ctx, &st.dir, &facts, &record, &outputs)?;
     Ok(outputs)
 }
 
@@ -188,7 +196,7 @@ struct Staging {
 }
 
 impl Staging {
-    fn new(ctx: &BuildContext, facts: &BuildFacts) -> Result<Staging> {
+    fn new(ctx: &BuildContext, record: &manifest::BuildRecord) -> Result<Staging> {
         let dir = ctx.work.join("out");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let disk = ctx.disk();
@@ -200,7 +208,7 @@ impl Staging {
             name: ctx.req.profile.name.clone(),
             disk,
             virtual_size,
-            seed: manifest::input_fingerprint(ctx, facts),
+            seed: record.input_fingerprint.clone(),
             epoch: pin::source_date_epoch(),
             stream: None,
         })
@@ -213,10 +221,10 @@ impl Staging {
 
     /// Describes a staged file.
     fn describe(&self, file: &str, f: Format, kind: OutputKind) -> Result<Output> {
-        let vsize = if kind == OutputKind::Text {
-            0
-        } else {
+        let vsize = if kind.has_disk() {
             self.virtual_size
+        } else {
+            0
         };
         Output::describe(&self.dir, file, f, kind, vsize)
     }
@@ -337,6 +345,7 @@ fn publish_all(
     ctx: &BuildContext,
     staging: &Path,
     facts: &BuildFacts,
+    record: &manifest::BuildRecord,
     outputs: &[Output],
 ) -> Result<()> {
     let out_dir = &ctx.req.out_dir;
@@ -348,7 +357,7 @@ fn publish_all(
         .open(out_dir.join(".mesobake.lock"))
         .context("opening the output directory lock")?;
     fs4::fs_std::FileExt::lock_exclusive(&lock).context("locking the output directory")?;
-    let entry = manifest::Entry::new(ctx, facts, outputs);
+    let entry = manifest::Entry::new(ctx, facts, record, outputs);
     let mut m = manifest::Manifest::load(out_dir)?;
     m.images.insert(ctx.req.profile.name.clone(), entry);
     let mut json = serde_json::to_vec_pretty(&m)?;
