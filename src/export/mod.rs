@@ -1,6 +1,6 @@
-//! Export: disk formats, the OVA appliance, the EC2 import kit, `SHA256SUMS` (optionally
-//! signed) and the JSON build manifest, published into the output directory by rename so
-//! that a failed build leaves nothing half-written.
+//! Export: disk formats, the OVA appliance, the EC2 import kit, the SPDX SBOM,
+//! `SHA256SUMS` (optionally signed) and the JSON build manifest, published into the
+//! output directory by rename so that a failed build leaves nothing half-written.
 //!
 //! Each format is one [`Format`] variant with its file name, qemu-img format and options;
 //! new formats slot in there. Conversions run `qemu-img convert -p` and show its
@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod ova;
 pub mod pin;
 pub mod qcow2;
+pub mod sbom;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -90,6 +91,9 @@ pub enum OutputKind {
     Appliance,
     /// A text file that goes with a disk (containers.json, user-data, LAUNCH.md).
     Text,
+    /// The image's SPDX SBOM (`NAME.spdx.json`). Its `format` is the build's first
+    /// format; it describes the image in every format.
+    Sbom,
 }
 
 impl OutputKind {
@@ -135,8 +139,9 @@ pub struct BuildFacts {
     pub skipped_mounts: Vec<String>,
 }
 
-/// Converts the working disk into every requested format, then publishes outputs,
-/// SHA256SUMS (and its signature) and the manifest into the output directory.
+/// Converts the working disk into every requested format, writes the SBOM, then
+/// publishes outputs, SHA256SUMS (and its signature) and the manifest into the output
+/// directory.
 pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Result<Vec<Output>> {
     let facts = BuildFacts {
         packages: prov.report.packages.clone(),
@@ -173,8 +178,31 @@ pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Res
             );
         }
     }
+    outputs.push(write_sbom(ctx, &st, &facts, &record, outputs[0].format)?);
     publish_all(ctx, &st.dir, &facts, &record, &outputs)?;
     Ok(outputs)
+}
+
+/// `NAME.spdx.json`: the image's installed packages as an SPDX 2.3 document.
+fn write_sbom(
+    ctx: &BuildContext,
+    st: &Staging,
+    facts: &BuildFacts,
+    record: &manifest::BuildRecord,
+    format: Format,
+) -> Result<Output> {
+    let file = format!("{}.spdx.json", st.name);
+    let doc = sbom::document(&sbom::SbomInput {
+        image: &st.name,
+        packages: &facts.packages,
+        build: record,
+        family: ctx.base.family,
+        codename: ctx.base.codename.as_deref(),
+    });
+    let mut json = serde_json::to_vec_pretty(&doc)?;
+    json.push(b'\n');
+    write(&st.dir.join(&file), json)?;
+    st.describe(&file, format, OutputKind::Sbom)
 }
 
 /// Where a build's outputs are written before they are published, and what pins them.
