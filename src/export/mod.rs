@@ -8,6 +8,7 @@
 //! bytes.
 
 pub mod check;
+pub mod diff;
 pub mod ec2;
 pub mod manifest;
 pub mod ova;
