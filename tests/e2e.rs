@@ -302,6 +302,30 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
         let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
         assert!(sums.contains(&format!("{}  {role}.qcow2", o["sha256"].as_str().unwrap())));
     }
+    // Each image's SBOM passes the SPDX project's validator, lists every package the
+    // manifest records, ZooKeeper among them, and is covered by SHA256SUMS.
+    if let Some(validator) = pyspdxtools() {
+        let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+        for role in ["master-slave", "slave-only"] {
+            let file = format!("{role}.spdx.json");
+            assert!(
+                sums.contains(&format!("  {file}\n")),
+                "{file} in SHA256SUMS"
+            );
+            assert_valid_spdx(&validator, &out.join(&file));
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join(&file)).unwrap()).unwrap();
+            let pkgs = doc["packages"].as_array().unwrap();
+            let recorded = m["images"][role]["packages"].as_array().unwrap().len();
+            assert_eq!(pkgs.len(), recorded + 1, "{file}: the image and every deb");
+            let zk = pkgs
+                .iter()
+                .find(|p| p["name"] == "zookeeper")
+                .unwrap_or_else(|| panic!("{file} lists no zookeeper"));
+            let purl = zk["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+            assert!(purl.starts_with("pkg:deb/debian/zookeeper@"), "{purl}");
+        }
+    }
     assert_eq!(
         m["images"]["master-slave"]["profile"]["services"],
         serde_json::json!(["zookeeper", "master", "marathon", "agent", "node-exporter"])
