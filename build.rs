@@ -1,6 +1,9 @@
 //! Embeds the shipped profiles, includes, overlays and keys into the binary (see
 //! `src/builtin.rs`), with each file's mode, so that an installed mesobake needs no
 //! checkout. Only the compile reads these directories; the binary never does.
+//!
+//! Also records the git commit being built as `MESOBAKE_REVISION`, for the build
+//! manifest (`unknown` outside a git checkout of this crate).
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -36,8 +39,60 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u32, bool)>) {
     }
 }
 
+/// Runs git in `root`; its trimmed stdout when it succeeds.
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The commit checked out at `root`, and the files whose change means another commit:
+/// HEAD, and the branch it names (its loose ref, or packed-refs when it is packed).
+/// Watching only those keeps incremental builds incremental; a missing file would make
+/// cargo rerun this script on every build, so only existing ones are named.
+fn git_revision(root: &Path) -> (String, Vec<PathBuf>) {
+    const UNKNOWN: &str = "unknown";
+    if let Ok(r) = std::env::var("MESOBAKE_REVISION") {
+        // A packager building from a tarball can say which commit it is.
+        return (r, Vec::new());
+    }
+    // Only a checkout of this crate itself: a crate unpacked inside some other
+    // repository must not take that repository's commit.
+    let top = git(root, &["rev-parse", "--show-toplevel"]).map(PathBuf::from);
+    let canon = |p: &Path| p.canonicalize().ok();
+    if top.as_deref().and_then(canon).is_none() || top.as_deref().and_then(canon) != canon(root) {
+        return (UNKNOWN.into(), Vec::new());
+    }
+    let Some(rev) = git(root, &["rev-parse", "--verify", "HEAD"]) else {
+        return (UNKNOWN.into(), Vec::new());
+    };
+    let path_of = |p: &str| git(root, &["rev-parse", "--git-path", p]).map(|g| root.join(g));
+    let mut watch: Vec<PathBuf> = path_of("HEAD").into_iter().collect();
+    if let Some(branch) = git(root, &["symbolic-ref", "-q", "HEAD"]) {
+        match path_of(&branch).filter(|p| p.is_file()) {
+            Some(loose) => watch.push(loose),
+            None => watch.extend(path_of("packed-refs")),
+        }
+    }
+    watch.retain(|p| p.is_file());
+    (rev, watch)
+}
+
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let (revision, watch) = git_revision(&root);
+    println!("cargo:rustc-env=MESOBAKE_REVISION={revision}");
+    println!("cargo:rerun-if-env-changed=MESOBAKE_REVISION");
+    for w in watch {
+        println!("cargo:rerun-if-changed={}", w.display());
+    }
     let mut files = Vec::new();
     for t in TREES {
         let dir = root.join(t);

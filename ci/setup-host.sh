@@ -20,6 +20,7 @@ pkgs=(
   dpkg-dev                     # stand-in test packages and the local .deb repo
   zookeeper python3-kazoo      # tests/standins.rs: leader election through a real ZooKeeper
   python3 curl ca-certificates zstd
+  python3-venv                 # the SPDX validator's own venv (below)
   busybox posh shellcheck       # the configurator tests run it under several POSIX shells
   nftables                     # ... and load its firewall rules into the real nft (throwaway netns)
   iproute2                     # e2e_lab: a host on the lab segment in a network namespace
@@ -36,6 +37,17 @@ if ! dpkg -s "${pkgs[@]}" >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/d
   qver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
   $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
     "${pkgs[@]/#qemu-utils/qemu-utils=$qver}"
+fi
+# The SPDX project's own validator (pyspdxtools, from spdx-tools on PyPI) checks the
+# SBOMs in tests/sbom.rs and the e2e tier. It lives in a venv of its own, so the
+# system Python is left alone; re-running skips it once it works.
+SPDX_VENV=/opt/mesobake-ci/spdx-tools
+if ! "$SPDX_VENV/bin/pyspdxtools" --help >/dev/null 2>&1; then
+  $SUDO rm -rf "$SPDX_VENV"
+  $SUDO mkdir -p "$(dirname "$SPDX_VENV")"
+  $SUDO /usr/bin/python3 -m venv "$SPDX_VENV"
+  $SUDO "$SPDX_VENV/bin/pip" install --quiet --disable-pip-version-check "spdx-tools==0.8.5"
+  "$SPDX_VENV/bin/pyspdxtools" --help >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install a Rust toolchain (https://rustup.rs) and re-run" >&2

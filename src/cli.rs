@@ -76,6 +76,10 @@ pub enum Cmd {
     },
     /// Re-verify an output directory: digests, signature, qemu-img check, OVA structure.
     Check(CheckArgs),
+    /// Show what changed between two builds, per image: packages added, removed,
+    /// upgraded and downgraded, and changed inputs (profile files, base, local debs,
+    /// fingerprint, mesobake). Exits 0 whether or not they differ.
+    Diff(DiffArgs),
     /// Remove what killed builds left: stale work directories in the given output
     /// directories and the cache's temporary entries (stopping leftover processes,
     /// unmounting and detaching first). Live builds' work is never touched.
@@ -206,6 +210,15 @@ pub struct CheckArgs {
     pub dir: PathBuf,
 }
 
+/// `mesobake diff`.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The older build: its manifest.json or its output directory.
+    pub old: PathBuf,
+    /// The newer build: its manifest.json or its output directory.
+    pub new: PathBuf,
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
     crate::run::set_verbose(cli.verbose);
@@ -238,6 +251,7 @@ pub fn main(cli: Cli) -> Result<i32> {
         Cmd::Seed(a) => seed_cmd(a, cli.json),
         Cmd::Lab { action } => lab_cmd(action, cli.json),
         Cmd::Check(a) => check_cmd(a, cli.json),
+        Cmd::Diff(a) => diff_cmd(a, cli.json),
         Cmd::Clean(a) => clean_cmd(a, cli.json),
         Cmd::Cache { action } => cache_cmd(action, cli.json),
     }
@@ -465,6 +479,18 @@ fn check_cmd(a: CheckArgs, json: bool) -> Result<i32> {
         );
     }
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+/// Differences are information, not a failure: the status is 0 either way, and only
+/// an unreadable manifest is an error.
+fn diff_cmd(a: DiffArgs, json: bool) -> Result<i32> {
+    let d = crate::export::diff::diff_paths(&a.old, &a.new)?;
+    if json {
+        crate::output::print_json(&d)?;
+    } else {
+        out!("{}", d.text());
+    }
+    Ok(0)
 }
 
 fn validate_cmd(a: ValidateArgs, json: bool) -> Result<i32> {

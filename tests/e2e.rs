@@ -37,6 +37,15 @@ fn assert_nothing_left(dir: &Path) {
     }
 }
 
+/// The version of package `name` in a manifest entry's package records.
+fn package_version<'a>(entry: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    entry["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)?["version"]
+        .as_str()
+}
+
 fn outputs_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -256,17 +265,31 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
         assert_eq!(e["base"]["spec"], "debian-12");
         assert_eq!(e["base"]["sha256"].as_str().unwrap().len(), 64);
         assert!(
-            e["packages"]["aventer-mesos"]
-                .as_str()
+            package_version(e, "aventer-mesos")
                 .unwrap()
                 .contains("standin"),
             "{role}: aventer-mesos stand-in recorded"
         );
         assert!(
-            e["packages"]["zookeeperd"].is_string(),
+            package_version(e, "zookeeperd").is_some(),
             "{role}: zookeeperd recorded"
         );
-        assert!(e["packages"]["cloud-init"].is_string());
+        assert!(package_version(e, "cloud-init").is_some());
+        // Records, not `name:arch` keys, with the licence a DEP-5 copyright file declares.
+        let zlib = e["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "zlib1g")
+            .unwrap();
+        assert_eq!(zlib["architecture"], "amd64", "{zlib}");
+        assert_eq!(zlib["license"], "Zlib", "{zlib}");
+        assert_eq!(zlib["source"]["name"], "zlib", "{zlib}");
+        assert!(e["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap().contains(':')));
         assert_eq!(e["layout"]["agent_service"], "mesos-agent");
         assert_eq!(e["layout"]["packaging"], "aventer");
         // Debian 12's systemd boots cgroup v2, decided from the image, not assumed.
@@ -278,6 +301,30 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
         let o = &e["outputs"][0];
         let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
         assert!(sums.contains(&format!("{}  {role}.qcow2", o["sha256"].as_str().unwrap())));
+    }
+    // Each image's SBOM passes the SPDX project's validator, lists every package the
+    // manifest records, ZooKeeper among them, and is covered by SHA256SUMS.
+    if let Some(validator) = pyspdxtools() {
+        let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+        for role in ["master-slave", "slave-only"] {
+            let file = format!("{role}.spdx.json");
+            assert!(
+                sums.contains(&format!("  {file}\n")),
+                "{file} in SHA256SUMS"
+            );
+            assert_valid_spdx(&validator, &out.join(&file));
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join(&file)).unwrap()).unwrap();
+            let pkgs = doc["packages"].as_array().unwrap();
+            let recorded = m["images"][role]["packages"].as_array().unwrap().len();
+            assert_eq!(pkgs.len(), recorded + 1, "{file}: the image and every deb");
+            let zk = pkgs
+                .iter()
+                .find(|p| p["name"] == "zookeeper")
+                .unwrap_or_else(|| panic!("{file} lists no zookeeper"));
+            let purl = zk["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+            assert!(purl.starts_with("pkg:deb/debian/zookeeper@"), "{purl}");
+        }
     }
     assert_eq!(
         m["images"]["master-slave"]["profile"]["services"],

@@ -411,7 +411,7 @@ fn check_passes_a_good_directory_and_names_each_fault() {
     let m = serde_json::json!({"mesobake": "0", "images": {"node": {
         "profile": {"name": "node", "services": [], "sha256": "", "files": []},
         "base": {"spec": "", "sha256": "", "family": null, "codename": null},
-        "layout": null, "packages": {}, "local_debs": {}, "outputs": outputs}}});
+        "layout": null, "packages": [], "local_debs": {}, "outputs": outputs}}});
     std::fs::write(out.join("manifest.json"), m.to_string()).unwrap();
     write_sums(&out);
     let o = mesobake(&["--json", "check", &dir]);

@@ -2,7 +2,8 @@
 //! made it. Every SHA256SUMS digest is recomputed, the signature (if any) is verified
 //! with gpg, each disk is opened by `qemu-img info` and `qemu-img check`, and each OVA's
 //! member order, `.mf` digests and descriptor are checked, then its VMDK is extracted
-//! and checked like any other disk.
+//! and checked like any other disk. An SBOM must be SPDX 2.3 JSON listing as many
+//! packages as the manifest records for its image.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::manifest::Manifest;
-use super::{ova, Format, Output, OutputKind, ALL_FORMATS, SIGNATURE_FILES};
+use super::{ova, sbom, Format, Output, OutputKind, ALL_FORMATS, SIGNATURE_FILES};
 use crate::base::cache::sha256_file;
 use crate::run::Cmd;
 use crate::sums::Sums;
@@ -85,6 +86,9 @@ pub fn read_sums(dir: &Path) -> Result<BTreeMap<String, String>> {
 fn infer(file: &str) -> Option<(Format, OutputKind)> {
     if file.ends_with(".ova") {
         return Some((Format::Ova, OutputKind::Appliance));
+    }
+    if file.ends_with(".spdx.json") {
+        return Some((Format::Raw, OutputKind::Sbom));
     }
     // Longest extension first: NAME.fixed.vhd before NAME.vhd, NAME.ec2.vmdk before .vmdk.
     let mut fs: Vec<Format> = ALL_FORMATS
@@ -163,23 +167,7 @@ pub fn check_dir(dir: &Path) -> Result<Report> {
         .map(|o| (o.file.clone(), o.clone()))
         .collect();
     for o in recorded.values() {
-        r.push(
-            &o.file,
-            "manifest",
-            (|| {
-                let size = std::fs::metadata(dir.join(&o.file))
-                    .with_context(|| format!("{} is missing", o.file))?
-                    .len();
-                if size != o.size {
-                    bail!("is {size} bytes, manifest.json says {}", o.size);
-                }
-                match sums.get(&o.file) {
-                    Some(d) if *d == o.sha256 => Ok("size and digest agree".into()),
-                    Some(d) => bail!("manifest.json says {}, SHA256SUMS {d}", o.sha256),
-                    None => bail!("not in SHA256SUMS"),
-                }
-            })(),
-        );
+        r.push(&o.file, "manifest", agrees_with_manifest(dir, o, &sums));
     }
     for f in sums.keys() {
         let (format, kind, vsize) = match recorded.get(f) {
@@ -193,10 +181,45 @@ pub fn check_dir(dir: &Path) -> Result<Report> {
         match kind {
             OutputKind::Disk => check_disk(&mut r, f, &p, format, vsize),
             OutputKind::Appliance => check_ova(&mut r, dir, f, &p, vsize),
+            OutputKind::Sbom => {
+                let packages = manifest
+                    .as_ref()
+                    .and_then(|m| m.find_output(f))
+                    .map(|(_, e)| e.packages.len());
+                r.push(f, "sbom", check_sbom(&p, packages));
+            }
             OutputKind::Text => {}
         }
     }
     Ok(r)
+}
+
+/// An output's size and digest are what the manifest and SHA256SUMS say.
+fn agrees_with_manifest(dir: &Path, o: &Output, sums: &BTreeMap<String, String>) -> Result<String> {
+    let size = std::fs::metadata(dir.join(&o.file))
+        .with_context(|| format!("{} is missing", o.file))?
+        .len();
+    if size != o.size {
+        bail!("is {size} bytes, manifest.json says {}", o.size);
+    }
+    match sums.get(&o.file) {
+        Some(d) if *d == o.sha256 => Ok("size and digest agree".into()),
+        Some(d) => bail!("manifest.json says {}, SHA256SUMS {d}", o.sha256),
+        None => bail!("not in SHA256SUMS"),
+    }
+}
+
+/// The SBOM parses as SPDX 2.3 and lists `packages` debs, when the manifest says how
+/// many.
+fn check_sbom(p: &Path, packages: Option<usize>) -> Result<String> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let found = sbom::check(&text)?;
+    match packages {
+        Some(want) if want != found => {
+            bail!("lists {found} packages, manifest.json records {want}")
+        }
+        _ => Ok(format!("SPDX-2.3, {found} packages")),
+    }
 }
 
 fn verify_signature(dir: &Path, sig: &str) -> Result<String> {
@@ -352,5 +375,6 @@ mod tests {
         assert_eq!(infer("a.vmdk").unwrap().0, Format::Vmdk);
         assert_eq!(infer("a.ova").unwrap().1, OutputKind::Appliance);
         assert!(infer("a.ec2.LAUNCH.md").is_none());
+        assert_eq!(infer("a.spdx.json").unwrap().1, OutputKind::Sbom);
     }
 }

@@ -3,16 +3,26 @@
 //! One output directory can hold several images (all roles of a cluster), so the
 //! manifest maps each image name to its build record, and SHA256SUMS lists every output
 //! in the directory. Both are rewritten whole and published by rename.
+//!
+//! The manifest names no file of the build host by its absolute path ([`HostNames`]):
+//! profile files are named relative to the project root or as `builtin:PATH`, and a local
+//! base image outside the project by its file name (its SHA256 is beside it).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{BuildFacts, Output};
 use crate::context::BuildContext;
 use crate::sums::{self, Sums};
+use crate::run::Cmd;
+use crate::stage::provision::Package;
+
+/// The git commit mesobake was built from (`build.rs`), or `unknown` when it was not
+/// built from a git checkout.
+pub const MESOBAKE_REVISION: &str = env!("MESOBAKE_REVISION");
 
 /// `manifest.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -30,11 +40,17 @@ pub struct Entry {
     pub profile: ProfileRecord,
     /// The base it was built from.
     pub base: BaseRecord,
+    /// Who built it, when, and from what (absent in manifests older mesobakes wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRecord>,
     /// Init system and Mesos package layout found in the image.
     pub layout: serde_json::Value,
-    /// Every installed package and its version.
-    pub packages: BTreeMap<String, String>,
-    /// Local .deb files offered to apt, with their SHA256.
+    /// Every installed package, sorted by name and architecture. Older manifests kept a
+    /// map of name (with `:ARCH` for multi-arch packages) to version; it reads as records
+    /// with an empty architecture where the name had none.
+    #[serde(deserialize_with = "packages_any_form")]
+    pub packages: Vec<Package>,
+    /// Local .deb files offered to apt (by file name), with their SHA256.
     pub local_debs: BTreeMap<String, String>,
     /// The outputs.
     pub outputs: Vec<Output>,
@@ -49,14 +65,15 @@ pub struct ProfileRecord {
     pub services: Vec<String>,
     /// SHA256 over the profile files in merge order (one hash for the whole input).
     pub sha256: String,
-    /// Each file and its SHA256.
+    /// Each file ([`HostNames::name`]) and its SHA256, in merge order.
     pub files: Vec<(String, String)>,
 }
 
 /// The base part of a record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseRecord {
-    /// What was asked for.
+    /// What was asked for: a base name, a URL, or a local image named as
+    /// [`HostNames::name`] names files.
     pub spec: String,
     /// The base image's SHA256.
     pub sha256: String,
@@ -66,10 +83,241 @@ pub struct BaseRecord {
     pub codename: Option<String>,
 }
 
+/// Who built an image, when, and from what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// [`input_fingerprint`]: equal for two builds from the same pinned inputs.
+    pub input_fingerprint: String,
+    /// The mesobake version that built it.
+    pub mesobake_version: String,
+    /// The git commit that mesobake was built from, or `unknown`.
+    pub mesobake_revision: String,
+    /// When, as RFC 3339 UTC: `SOURCE_DATE_EPOCH` when set, else the clock.
+    pub time: String,
+    /// What `qemu-img --version` says (`7.2.22 (Debian 1:7.2+dfsg-7+deb12u12)`).
+    pub qemu_img: String,
+}
+
+impl BuildRecord {
+    /// The record for this build: fingerprint, mesobake, time, qemu-img.
+    pub fn new(ctx: &BuildContext, facts: &BuildFacts) -> Result<BuildRecord> {
+        Ok(BuildRecord {
+            input_fingerprint: input_fingerprint(ctx, facts),
+            mesobake_version: env!("CARGO_PKG_VERSION").into(),
+            mesobake_revision: MESOBAKE_REVISION.into(),
+            time: rfc3339(build_time()),
+            qemu_img: qemu_img_version()?,
+        })
+    }
+}
+
+/// The build's time in seconds since the epoch: `SOURCE_DATE_EPOCH` when it is set (and
+/// a number), so that a reproducible build records the same time twice; else now.
+pub fn build_time() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default()
+        })
+}
+
+/// Seconds since the epoch as RFC 3339 UTC, to the second (`2023-11-14T22:13:20Z`, the
+/// form SPDX wants too).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let t = secs % 86_400;
+    // The proleptic Gregorian calendar in 400-year eras of 146097 days, counted from
+    // 0000-03-01 so that the leap day ends each year.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+/// The version `qemu-img --version` prints on its first line.
+fn qemu_img_version() -> Result<String> {
+    let out = Cmd::new("qemu-img")
+        .arg("--version")
+        .read()
+        .context("asking qemu-img for its version")?;
+    let first = out.lines().next().unwrap_or_default().trim();
+    Ok(first
+        .strip_prefix("qemu-img version ")
+        .unwrap_or(first)
+        .to_string())
+}
+
+/// Reads `packages` in either form (see [`Entry::packages`]).
+fn packages_any_form<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Package>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Records(Vec<Package>),
+        Versions(BTreeMap<String, String>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::Records(v) => v,
+        Form::Versions(m) => m
+            .into_iter()
+            .map(|(key, version)| {
+                let (name, arch) = key.split_once(':').unwrap_or((&key, ""));
+                Package {
+                    name: name.into(),
+                    version,
+                    architecture: arch.into(),
+                    source: None,
+                    license: None,
+                }
+            })
+            .collect(),
+    })
+}
+
+/// Names files of the build host without their absolute paths: a file of the built-in
+/// tree as `builtin:PATH` (never the cache directory it is materialised in), a file
+/// under the project root by its path relative to it, anything else as
+/// `external:FILENAME`.
+///
+/// The project root is the directory that holds the main profile's `profiles/`
+/// directory (the checkout, or what `mesobake init` made), or the main profile's own
+/// directory when it is not in one; for a built-in main profile, the current directory.
+#[derive(Debug, Clone)]
+pub struct HostNames {
+    /// The project root, canonical.
+    project: PathBuf,
+    /// Directories that hold materialised built-in trees (`<cache>/builtin`).
+    builtin_parents: Vec<PathBuf>,
+}
+
+impl HostNames {
+    /// The names for a build of `profile` with this cache.
+    pub fn new(profile: &Path, cache_root: &Path) -> HostNames {
+        let mut names = HostNames {
+            project: PathBuf::new(),
+            builtin_parents: vec![canonical(&cache_root.join("builtin"))],
+        };
+        let main = canonical(profile);
+        names.project = if names.builtin_path(&main).is_some() {
+            canonical(Path::new("."))
+        } else {
+            main.ancestors()
+                .skip(1)
+                .find(|a| a.file_name().is_some_and(|n| n == "profiles"))
+                .and_then(Path::parent)
+                .or_else(|| main.parent())
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
+        names
+    }
+
+    /// The names for this build.
+    pub fn for_build(ctx: &BuildContext) -> HostNames {
+        HostNames::new(&ctx.req.profile.path, ctx.cache.root())
+    }
+
+    /// The project root the names are relative to.
+    pub fn project(&self) -> &Path {
+        &self.project
+    }
+
+    /// A path inside a materialised built-in tree, relative to the tree's root: this
+    /// process's (wherever it is, a temporary directory when the cache is unusable) or
+    /// any under the cache.
+    fn builtin_path(&self, p: &Path) -> Option<PathBuf> {
+        if crate::builtin::contains(p) {
+            if let Some(inner) = crate::builtin::root()
+                .ok()
+                .and_then(|r| p.strip_prefix(r).ok())
+            {
+                return Some(inner.to_path_buf());
+            }
+        }
+        self.builtin_parents.iter().find_map(|parent| {
+            let rest = p.strip_prefix(parent).ok()?;
+            // <parent>/<digest>/PATH
+            let mut c = rest.components();
+            c.next()?;
+            let inner = c.as_path();
+            (!inner.as_os_str().is_empty()).then(|| inner.to_path_buf())
+        })
+    }
+
+    /// How the manifest names `p`.
+    pub fn name(&self, p: &Path) -> String {
+        let abs = canonical(p);
+        if let Some(inner) = self.builtin_path(&abs) {
+            return format!("builtin:{}", inner.display());
+        }
+        match abs.strip_prefix(&self.project) {
+            Ok(rel) if !rel.as_os_str().is_empty() && !self.project.as_os_str().is_empty() => {
+                rel.display().to_string()
+            }
+            _ => format!(
+                "external:{}",
+                abs.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        }
+    }
+
+    /// How the manifest names a base spec: names and http(s) URLs as they are, a local
+    /// image (or `file://` URL) as [`HostNames::name`] does.
+    pub fn base_spec(&self, spec: &str) -> String {
+        if crate::base::named(spec).is_some()
+            || spec.starts_with("http://")
+            || spec.starts_with("https://")
+        {
+            return spec.to_string();
+        }
+        self.name(Path::new(spec.strip_prefix("file://").unwrap_or(spec)))
+    }
+}
+
+/// `p` made absolute and, where it exists, with its links resolved; `..` removed
+/// lexically otherwise.
+fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 impl Entry {
     /// The record for a finished build.
-    pub fn new(ctx: &BuildContext, facts: &BuildFacts, outputs: &[Output]) -> Entry {
+    pub fn new(
+        ctx: &BuildContext,
+        facts: &BuildFacts,
+        build: &BuildRecord,
+        outputs: &[Output],
+    ) -> Entry {
         let p = &ctx.req.profile;
+        let names = HostNames::for_build(ctx);
         let combined = {
             use sha2::Digest;
             let mut h = sha2::Sha256::new();
@@ -87,29 +335,32 @@ impl Entry {
                 files: p
                     .sources
                     .iter()
-                    .map(|(f, d)| (f.display().to_string(), d.clone()))
+                    .map(|(f, d)| (names.name(f), d.clone()))
                     .collect(),
             },
             base: BaseRecord {
-                spec: ctx.base.spec.clone(),
+                spec: names.base_spec(&ctx.base.spec),
                 sha256: ctx.base.sha256.clone(),
                 family: ctx.base.family.map(|f| format!("{f:?}").to_lowercase()),
                 codename: ctx.base.codename.clone(),
             },
+            build: Some(build.clone()),
             layout: serde_json::to_value(&facts.layout).unwrap_or_default(),
-            packages: facts.packages.iter().cloned().collect(),
+            packages: facts.packages.clone(),
             local_debs: facts.debs.iter().cloned().collect(),
             outputs: outputs.to_vec(),
         }
     }
 }
 
-/// A fingerprint of everything that went into the disk: the profile files, the base
-/// digest, every installed package version and the local .deb digests. Output headers
-/// that need an id (VMDK CID, VDI and VHD UUIDs) derive it from this, so two builds from
-/// the same pinned inputs agree without hashing the multi-GiB disk itself.
+/// A fingerprint of everything that went into the disk: the profile files (by their
+/// [`HostNames`], so the checkout's place does not matter), the base digest, every
+/// installed package's version and the local .deb digests. Output headers that need an
+/// id (VMDK CID, VDI and VHD UUIDs) and the SBOM's namespace derive it from this, so two
+/// builds from the same pinned inputs agree without hashing the multi-GiB disk itself.
 pub fn input_fingerprint(ctx: &BuildContext, facts: &BuildFacts) -> String {
     use sha2::Digest;
+    let names = HostNames::for_build(ctx);
     let mut h = sha2::Sha256::new();
     let mut put = |k: &str, v: &str| {
         h.update(k.as_bytes());
@@ -119,12 +370,16 @@ pub fn input_fingerprint(ctx: &BuildContext, facts: &BuildFacts) -> String {
     };
     put("name", &ctx.req.profile.name);
     for (f, d) in &ctx.req.profile.sources {
-        put(&f.display().to_string(), d);
+        put(&names.name(f), d);
     }
     put("base", &ctx.base.sha256);
-    let pkgs: BTreeMap<_, _> = facts.packages.iter().cloned().collect();
+    let pkgs: BTreeMap<_, _> = facts
+        .packages
+        .iter()
+        .map(|p| (format!("{}:{}", p.name, p.architecture), &p.version))
+        .collect();
     for (p, v) in pkgs {
-        put(&p, &v);
+        put(&p, v);
     }
     let debs: BTreeMap<_, _> = facts.debs.iter().cloned().collect();
     for (p, d) in debs {
@@ -134,18 +389,22 @@ pub fn input_fingerprint(ctx: &BuildContext, facts: &BuildFacts) -> String {
 }
 
 impl Manifest {
-    /// Reads the manifest in `dir`, or an empty one.
+    /// Reads the manifest in `dir`, or an empty one, to be rewritten by this mesobake.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let p = dir.join("manifest.json");
-        let mut m = match std::fs::read(&p) {
-            Ok(b) => {
-                serde_json::from_slice(&b).with_context(|| format!("reading {}", p.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        let mut m = if p.exists() {
+            Manifest::read(&p)?
+        } else {
+            Manifest::default()
         };
         m.mesobake = env!("CARGO_PKG_VERSION").to_string();
         Ok(m)
+    }
+
+    /// Reads a manifest file as it was written.
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))
     }
 
     /// Finds the image record that lists `file` among its outputs.
@@ -189,6 +448,104 @@ pub fn sha256sums(dir: &Path, new: &[Output]) -> Result<String> {
 mod tests {
     use super::*;
     use crate::export::Format;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(1_709_164_800), "2024-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn host_files_are_named_without_their_absolute_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let proj = d.path().join("proj");
+        let cache = d.path().join("cache");
+        let builtin = cache.join("builtin/0123456789abcdef/profiles/include");
+        std::fs::create_dir_all(proj.join("profiles/include")).unwrap();
+        std::fs::create_dir_all(&builtin).unwrap();
+        std::fs::create_dir_all(d.path().join("elsewhere")).unwrap();
+        for f in [
+            proj.join("profiles/master.toml"),
+            proj.join("profiles/include/common.toml"),
+            proj.join("base.qcow2"),
+            builtin.join("common.toml"),
+            d.path().join("elsewhere/extra.toml"),
+        ] {
+            std::fs::write(&f, "").unwrap();
+        }
+        let names = HostNames::new(&proj.join("profiles/master.toml"), &cache);
+        assert_eq!(names.project(), proj.canonicalize().unwrap());
+        let name = |p: PathBuf| names.name(&p);
+        assert_eq!(
+            name(proj.join("profiles/master.toml")),
+            "profiles/master.toml"
+        );
+        assert_eq!(
+            name(proj.join("profiles/include/../include/common.toml")),
+            "profiles/include/common.toml"
+        );
+        assert_eq!(
+            name(builtin.join("common.toml")),
+            "builtin:profiles/include/common.toml"
+        );
+        assert_eq!(
+            name(d.path().join("elsewhere/extra.toml")),
+            "external:extra.toml"
+        );
+        let base = proj.join("base.qcow2");
+        assert_eq!(names.base_spec(&base.to_string_lossy()), "base.qcow2");
+        assert_eq!(
+            names.base_spec(&format!("file://{}", base.display())),
+            "base.qcow2"
+        );
+        assert_eq!(names.base_spec("/srv/images/x.img"), "external:x.img");
+        assert_eq!(names.base_spec("debian-12"), "debian-12");
+        let url = "https://example.invalid/a.img";
+        assert_eq!(names.base_spec(url), url);
+        // A main profile that is not in a profiles/ directory is its own project.
+        let lone = HostNames::new(&d.path().join("elsewhere/extra.toml"), &cache);
+        assert_eq!(
+            lone.name(&d.path().join("elsewhere/extra.toml")),
+            "extra.toml"
+        );
+        // A built-in main profile: its files are builtin:, the rest relative to `.`.
+        let b = HostNames::new(&builtin.join("common.toml"), &cache);
+        assert_eq!(
+            b.name(&builtin.join("common.toml")),
+            "builtin:profiles/include/common.toml"
+        );
+    }
+
+    #[test]
+    fn older_manifests_read_with_package_maps() {
+        let old = serde_json::json!({"mesobake": "0.1.0", "images": {"node": {
+            "profile": {"name": "node", "services": [], "sha256": "", "files": []},
+            "base": {"spec": "debian-12", "sha256": "", "family": null, "codename": null},
+            "layout": null,
+            "packages": {"libc6:amd64": "2.36-9", "zookeeper": "3.8.0-11"},
+            "local_debs": {}, "outputs": []}}});
+        let m: Manifest = serde_json::from_value(old).unwrap();
+        let e = &m.images["node"];
+        assert!(e.build.is_none());
+        assert_eq!(e.packages.len(), 2);
+        assert_eq!(
+            (
+                e.packages[0].name.as_str(),
+                e.packages[0].architecture.as_str()
+            ),
+            ("libc6", "amd64")
+        );
+        assert_eq!(
+            (
+                e.packages[1].name.as_str(),
+                e.packages[1].architecture.as_str()
+            ),
+            ("zookeeper", "")
+        );
+    }
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

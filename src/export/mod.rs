@@ -1,6 +1,6 @@
-//! Export: disk formats, the OVA appliance, the EC2 import kit, `SHA256SUMS` (optionally
-//! signed) and the JSON build manifest, published into the output directory by rename so
-//! that a failed build leaves nothing half-written.
+//! Export: disk formats, the OVA appliance, the EC2 import kit, the SPDX SBOM,
+//! `SHA256SUMS` (optionally signed) and the JSON build manifest, published into the
+//! output directory by rename so that a failed build leaves nothing half-written.
 //!
 //! Each format is one [`Format`] variant with its file name, qemu-img format and options;
 //! new formats slot in there. Conversions run `qemu-img convert -p` and show its
@@ -8,11 +8,13 @@
 //! bytes.
 
 pub mod check;
+pub mod diff;
 pub mod ec2;
 pub mod manifest;
 pub mod ova;
 pub mod pin;
 pub mod qcow2;
+pub mod sbom;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -90,6 +92,16 @@ pub enum OutputKind {
     Appliance,
     /// A text file that goes with a disk (containers.json, user-data, LAUNCH.md).
     Text,
+    /// The image's SPDX SBOM (`NAME.spdx.json`). Its `format` is the build's first
+    /// format; it describes the image in every format.
+    Sbom,
+}
+
+impl OutputKind {
+    /// Whether the file is a disk or holds one (and so has a virtual size).
+    pub fn has_disk(self) -> bool {
+        matches!(self, OutputKind::Disk | OutputKind::Appliance)
+    }
 }
 
 impl Output {
@@ -118,8 +130,8 @@ impl Output {
 /// What the earlier stages learned, for the manifest.
 #[derive(Debug, Clone)]
 pub struct BuildFacts {
-    /// Installed packages and versions.
-    pub packages: Vec<(String, String)>,
+    /// Installed packages.
+    pub packages: Vec<crate::stage::provision::Package>,
     /// Local .debs offered to apt, with digests.
     pub debs: Vec<(String, String)>,
     /// The detected layout.
@@ -128,8 +140,9 @@ pub struct BuildFacts {
     pub skipped_mounts: Vec<String>,
 }
 
-/// Converts the working disk into every requested format, then publishes outputs,
-/// SHA256SUMS (and its signature) and the manifest into the output directory.
+/// Converts the working disk into every requested format, writes the SBOM, then
+/// publishes outputs, SHA256SUMS (and its signature) and the manifest into the output
+/// directory.
 pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Result<Vec<Output>> {
     let facts = BuildFacts {
         packages: prov.report.packages.clone(),
@@ -137,7 +150,8 @@ pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Res
         layout: conf.layout.clone(),
         skipped_mounts: conf.skipped_mounts.clone(),
     };
-    let mut st = Staging::new(ctx, &facts)?;
+    let record = manifest::BuildRecord::new(ctx, &facts)?;
+    let mut st = Staging::new(ctx, &record)?;
     let mut outputs = Vec::new();
     let mut times = Vec::new();
     for f in ctx.req.formats.clone() {
@@ -165,8 +179,31 @@ pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Res
             );
         }
     }
-    publish_all(ctx, &st.dir, &facts, &outputs)?;
+    outputs.push(write_sbom(ctx, &st, &facts, &record, outputs[0].format)?);
+    publish_all(ctx, &st.dir, &facts, &record, &outputs)?;
     Ok(outputs)
+}
+
+/// `NAME.spdx.json`: the image's installed packages as an SPDX 2.3 document.
+fn write_sbom(
+    ctx: &BuildContext,
+    st: &Staging,
+    facts: &BuildFacts,
+    record: &manifest::BuildRecord,
+    format: Format,
+) -> Result<Output> {
+    let file = format!("{}.spdx.json", st.name);
+    let doc = sbom::document(&sbom::SbomInput {
+        image: &st.name,
+        packages: &facts.packages,
+        build: record,
+        family: ctx.base.family,
+        codename: ctx.base.codename.as_deref(),
+    });
+    let mut json = serde_json::to_vec_pretty(&doc)?;
+    json.push(b'\n');
+    write(&st.dir.join(&file), json)?;
+    st.describe(&file, format, OutputKind::Sbom)
 }
 
 /// Where a build's outputs are written before they are published, and what pins them.
@@ -188,7 +225,7 @@ struct Staging {
 }
 
 impl Staging {
-    fn new(ctx: &BuildContext, facts: &BuildFacts) -> Result<Staging> {
+    fn new(ctx: &BuildContext, record: &manifest::BuildRecord) -> Result<Staging> {
         let dir = ctx.work.join("out");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let disk = ctx.disk();
@@ -200,7 +237,7 @@ impl Staging {
             name: ctx.req.profile.name.clone(),
             disk,
             virtual_size,
-            seed: manifest::input_fingerprint(ctx, facts),
+            seed: record.input_fingerprint.clone(),
             epoch: pin::source_date_epoch(),
             stream: None,
         })
@@ -213,10 +250,10 @@ impl Staging {
 
     /// Describes a staged file.
     fn describe(&self, file: &str, f: Format, kind: OutputKind) -> Result<Output> {
-        let vsize = if kind == OutputKind::Text {
-            0
-        } else {
+        let vsize = if kind.has_disk() {
             self.virtual_size
+        } else {
+            0
         };
         Output::describe(&self.dir, file, f, kind, vsize)
     }
@@ -337,9 +374,10 @@ fn publish_all(
     ctx: &BuildContext,
     staging: &Path,
     facts: &BuildFacts,
+    record: &manifest::BuildRecord,
     outputs: &[Output],
 ) -> Result<()> {
-    let entry = manifest::Entry::new(ctx, facts, outputs);
+    let entry = manifest::Entry::new(ctx, facts, record, outputs);
     publish_record(
         &ctx.req.out_dir,
         staging,
@@ -534,6 +572,7 @@ mod tests {
                 family: None,
                 codename: None,
             },
+            build: None,
             layout: serde_json::Value::Null,
             packages: Default::default(),
             local_debs: Default::default(),

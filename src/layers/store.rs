@@ -25,9 +25,13 @@ use crate::base::cache::{Cache, LAYER_MANIFEST};
 use crate::base::digest;
 use crate::context::BuildContext;
 use crate::run::Cmd;
+use crate::stage::provision::Package;
 
-/// Bump when provisioning changes in a way the inputs would not show.
-const RECIPE: &str = "provision-2";
+/// Bump when provisioning changes in a way the inputs would not show, or what its
+/// manifest records changes shape (provision-3: package records with architecture,
+/// source and licence, where provision-2 kept name/version pairs; an older entry is
+/// never looked up under the new key, so it is a miss and `cache gc` removes it).
+const RECIPE: &str = "provision-3";
 /// Bump when configure or finalize change in a way the inputs would not show (the
 /// mesobake binary's identity is an input too).
 const CONFIGURE_RECIPE: &str = "configure-1";
@@ -47,9 +51,9 @@ pub struct LayerManifest {
     pub key: String,
     /// Every input, by name.
     pub inputs: BTreeMap<String, String>,
-    /// Installed packages and versions.
+    /// Installed packages.
     #[serde(default)]
-    pub packages: Vec<(String, String)>,
+    pub packages: Vec<Package>,
     /// Local .debs offered to apt, with their SHA256.
     #[serde(default)]
     pub debs: Vec<(String, String)>,
@@ -68,8 +72,8 @@ pub struct LayerManifest {
 /// What a layer records besides its inputs and file.
 #[derive(Debug, Clone, Default)]
 pub struct LayerFacts {
-    /// Installed packages and versions.
-    pub packages: Vec<(String, String)>,
+    /// Installed packages.
+    pub packages: Vec<Package>,
     /// Local .debs with their SHA256.
     pub debs: Vec<(String, String)>,
     /// Kind-specific facts.
@@ -464,6 +468,48 @@ mod tests {
             first, second,
             "layers derived from the first must not match the second"
         );
+    }
+
+    #[test]
+    fn package_records_are_kept_and_an_older_manifest_is_a_miss() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(d.path().to_path_buf())).unwrap();
+        let inputs = m(&[("recipe", RECIPE), ("base", "x")]);
+        let k = key(&inputs);
+        let pkg = Package {
+            name: "libssl3".into(),
+            version: "3.0.11-1".into(),
+            architecture: "amd64".into(),
+            source: Some(crate::stage::provision::SourcePackage {
+                name: "openssl".into(),
+                version: "3.0.11-1".into(),
+            }),
+            license: Some("Apache-2.0".into()),
+        };
+        let facts = LayerFacts {
+            packages: vec![pkg.clone()],
+            ..Default::default()
+        };
+        let (_, saved) = save(&cache, PROVISIONED, &k, inputs, "disk.raw", facts, |p| {
+            Ok(std::fs::write(p, [1u8; 4096])?)
+        })
+        .unwrap();
+        assert_eq!(saved.packages, std::slice::from_ref(&pkg));
+        let (_, found) = lookup(&cache, PROVISIONED, &k).unwrap().unwrap();
+        assert_eq!(found.packages, [pkg]);
+        // Name/version pairs, as provision-2 wrote them: not a crash, a miss (rebuilt).
+        let manifest = cache
+            .layer_get(PROVISIONED, &k)
+            .unwrap()
+            .join(LAYER_MANIFEST);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        v["packages"] = serde_json::json!([["libssl3:amd64", "3.0.11-1"]]);
+        std::fs::write(&manifest, serde_json::to_vec(&v).unwrap()).unwrap();
+        let mut said = String::new();
+        let hit = lookup_reporting(&cache, PROVISIONED, &k, |msg| said = msg.into()).unwrap();
+        assert!(hit.is_none(), "{said}");
+        assert!(cache.layer_get(PROVISIONED, &k).is_none());
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! [`BuildContext`] and the attached image; [`crate::build`] runs them in order, inside
 //! the layer cache's halves ([`crate::layers`]).
 //!
-//! Also here: what configure detects in the image (`layout`, `cgroup`) and the
-//! first-boot scripts it installs (`firstboot/`).
+//! Also here: what configure detects in the image (`layout`, `cgroup`), the licences
+//! packages declare (`copyright`), and the first-boot scripts configure installs
+//! (`firstboot/`).
 
 pub mod cgroup;
 pub mod configure;
+pub mod copyright;
 pub mod finalize;
 pub mod layout;
 pub mod provision;

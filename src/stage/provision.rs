@@ -1,9 +1,10 @@
 //! Provision: apt sources with pinned keys, local .deb files, and the package list,
 //! installed in a chroot with service starts blocked.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
 use super::BuildContext;
 use crate::base::Family;
@@ -14,8 +15,8 @@ use crate::run::{Cmd, CommandFailed};
 /// What provisioning installed.
 #[derive(Debug, Clone, Default)]
 pub struct ProvisionReport {
-    /// Every installed package with its version, sorted.
-    pub packages: Vec<(String, String)>,
+    /// Every installed package, sorted by name and architecture.
+    pub packages: Vec<Package>,
     /// The local .deb files that were offered to apt, with their SHA256.
     pub debs: Vec<(String, String)>,
 }
@@ -44,7 +45,7 @@ pub fn run(ctx: &mut BuildContext, img: &mut AttachedImage) -> Result<ProvisionR
     let packages = installed
         .as_ref()
         .ok()
-        .map(|_| installed_packages(img.root.path()));
+        .map(|_| installed_packages(&img.root));
     let unmounted = img.unmount_chroot_fs(mark);
     let debs = installed?;
     undone?;
@@ -273,31 +274,110 @@ fn undo(root: &ImageRoot) -> Result<()> {
     Ok(())
 }
 
-/// Every installed package and version, from dpkg's database inside the image.
-pub fn installed_packages(root: &Path) -> Result<Vec<(String, String)>> {
+/// One installed package, as dpkg records it in the image.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Package {
+    /// The package name, without an architecture qualifier.
+    pub name: String,
+    /// Its version, epoch included (`1:2.3-4`).
+    pub version: String,
+    /// Its architecture (`amd64`, `all`).
+    pub architecture: String,
+    /// The source package it was built from, when its name or version differs from the
+    /// binary's (`openssl` for `libssl3`, `5.2.15-2` for bash `5.2.15-2+b8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourcePackage>,
+    /// The licence its DEP-5 copyright file declares, as written there
+    /// (`GPL-2+ or Artistic`); None when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+}
+
+/// A source package: name and version.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourcePackage {
+    /// The source package name.
+    pub name: String,
+    /// The source package version.
+    pub version: String,
+}
+
+impl Package {
+    /// The source package's name and version (the binary's own when dpkg names none).
+    pub fn source_or_self(&self) -> (&str, &str) {
+        match &self.source {
+            Some(s) => (&s.name, &s.version),
+            None => (&self.name, &self.version),
+        }
+    }
+}
+
+/// The dpkg-query format [`parse_installed`] reads: `${Source}` besides the
+/// `source:*` virtual fields for a dpkg too old to have them.
+const DPKG_QUERY_FORMAT: &str = "${Package}\t${Architecture}\t${Version}\t${source:Package}\t${source:Version}\t${Source}\t${db:Status-Abbrev}\n";
+
+/// Every installed package, from dpkg's database inside the image, with the licence its
+/// copyright file declares ([`super::copyright`]).
+pub fn installed_packages(root: &ImageRoot) -> Result<Vec<Package>> {
     let out = Cmd::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
-            root.join("var/lib/dpkg").display()
+            root.path().join("var/lib/dpkg").display()
         ))
-        .args([
-            "-W",
-            "-f",
-            "${binary:Package}\t${Version}\t${db:Status-Abbrev}\n",
-        ])
+        .args(["-W", "-f", DPKG_QUERY_FORMAT])
         .read()
         .context("listing installed packages")?;
-    let mut v: Vec<(String, String)> = out
+    let mut v = parse_installed(&out);
+    for p in &mut v {
+        p.license = super::copyright::declared_license(root, &p.name);
+    }
+    Ok(v)
+}
+
+/// Reads dpkg-query's output in [`DPKG_QUERY_FORMAT`]: installed (`ii`) packages only,
+/// sorted.
+fn parse_installed(out: &str) -> Vec<Package> {
+    let mut v: Vec<Package> = out
         .lines()
         .filter_map(|l| {
-            let mut f = l.split('\t');
-            let (n, ver, st) = (f.next()?, f.next()?, f.next().unwrap_or(""));
-            st.starts_with("ii")
-                .then(|| (n.to_string(), ver.to_string()))
+            let f: Vec<&str> = l.split('\t').collect();
+            let [name, arch, version, src, src_version, src_field, status] = f[..] else {
+                return None;
+            };
+            if !status.starts_with("ii") {
+                return None;
+            }
+            // `Source: name (version)`, or just `name`, or empty for "the same".
+            let (src, src_version) = if src.is_empty() {
+                let mut it = src_field.split_whitespace();
+                let n = it.next().unwrap_or(name);
+                let sv = it.next().map(|v| v.trim_matches(['(', ')']));
+                (n, sv.unwrap_or(version))
+            } else {
+                (
+                    src,
+                    if src_version.is_empty() {
+                        version
+                    } else {
+                        src_version
+                    },
+                )
+            };
+            let source = (src != name || src_version != version).then(|| SourcePackage {
+                name: src.to_string(),
+                version: src_version.to_string(),
+            });
+            Some(Package {
+                name: name.to_string(),
+                version: version.to_string(),
+                architecture: arch.to_string(),
+                source,
+                license: None,
+            })
         })
         .collect();
     v.sort();
-    Ok(v)
+    v
 }
 
 #[cfg(test)]
@@ -311,6 +391,33 @@ mod tests {
             stderr_tail: tail.into(),
         }
         .into()
+    }
+
+    #[test]
+    fn dpkg_query_output_becomes_package_records() {
+        let out = "bash\tamd64\t5.2.15-2+b8\tbash\t5.2.15-2\tbash (5.2.15-2)\tii \n\
+                   zlib1g\tamd64\t1:1.2.13.dfsg-1\tzlib\t1:1.2.13.dfsg-1\tzlib\tii \n\
+                   gone\tall\t1.0\tgone\t1.0\t\trc \n\
+                   dash\tamd64\t0.5.12-2\tdash\t0.5.12-2\t\tii \n\
+                   libssl3\tamd64\t3.0.11-1\t\t\topenssl\tii \n";
+        let v = parse_installed(out);
+        let names: Vec<&str> = v.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["bash", "dash", "libssl3", "zlib1g"]);
+        // A binNMU: same source name, different version.
+        assert_eq!(
+            v[0].source,
+            Some(SourcePackage {
+                name: "bash".into(),
+                version: "5.2.15-2".into()
+            })
+        );
+        assert_eq!(v[1].source, None);
+        assert_eq!(v[1].source_or_self(), ("dash", "0.5.12-2"));
+        // From `Source:` alone (a dpkg without the source:* fields).
+        assert_eq!(v[2].source_or_self(), ("openssl", "3.0.11-1"));
+        assert_eq!(v[3].source.as_ref().unwrap().name, "zlib");
+        assert_eq!(v[3].version, "1:1.2.13.dfsg-1");
+        assert_eq!(v[3].architecture, "amd64");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Helpers shared by the end-to-end test binaries (tests/e2e*.rs).
+//! Helpers shared by the end-to-end test binaries (tests/e2e*.rs), and the SPDX
+//! validator's lookup, which tests/sbom.rs shares with them.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -72,4 +73,56 @@ pub fn standins() {
 /// [`run_ok`] for callers that only want stdout.
 pub fn run_ok_text(c: Command, what: &str) -> String {
     run_ok(c, what).0
+}
+
+/// Where `ci/setup-host.sh` installs the SPDX project's validator.
+pub const PYSPDXTOOLS: &str = "/opt/mesobake-ci/spdx-tools/bin/pyspdxtools";
+
+/// The SPDX validator (`pyspdxtools`): `$MESOBAKE_PYSPDXTOOLS`, the one
+/// `ci/setup-host.sh` installs, or one on PATH. Without it a test fails when `CI` is
+/// set (CI runs ci/setup-host.sh, so it must be there) and is skipped otherwise
+/// (None, after saying so).
+pub fn pyspdxtools() -> Option<PathBuf> {
+    let works = |p: &std::path::Path| {
+        Command::new(p)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let candidates = std::env::var_os("MESOBAKE_PYSPDXTOOLS")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(PYSPDXTOOLS), PathBuf::from("pyspdxtools")]);
+    for c in candidates {
+        if works(&c) {
+            return Some(c);
+        }
+    }
+    let why = format!(
+        "the SPDX validator pyspdxtools is not installed (looked at $MESOBAKE_PYSPDXTOOLS, \
+         {PYSPDXTOOLS} and PATH): run ci/setup-host.sh, which installs it there"
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// Runs the SPDX validator on `file`; panics with its complaints when it rejects it.
+pub fn assert_valid_spdx(validator: &std::path::Path, file: &std::path::Path) {
+    let out = Command::new(validator)
+        .arg("-i")
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", validator.display()));
+    assert!(
+        out.status.success(),
+        "pyspdxtools rejects {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
