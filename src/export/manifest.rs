@@ -16,9 +16,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{BuildFacts, Output};
 use crate::context::BuildContext;
-use crate::sums::{self, Sums};
 use crate::run::Cmd;
 use crate::stage::provision::Package;
+use crate::sums::{self, Sums};
 
 /// The git commit mesobake was built from (`build.rs`), or `unknown` when it was not
 /// built from a git checkout.
