@@ -382,6 +382,15 @@ fn mesos(root: &Path, program: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// python3 for a kazoo client of the test's own, under coreutils' `timeout`: a kazoo
+/// call on a connection that never comes back waits forever, and a hung client would
+/// hang the whole test binary (seen when two test runs shared the machine).
+fn kazoo_python() -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", "120", python3()]);
+    cmd
+}
+
 fn marathon(root: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(python3());
     cmd.arg(root.join("usr/share/marathon/lib/marathon_standin.py"))
@@ -2029,7 +2038,7 @@ fn znodes(zk_port: u16, path: &str) -> Vec<(String, Value)> {
                   out = [(n, json.loads(c.get(sys.argv[2] + '/' + n)[0].decode())) \
                   for n in sorted(c.get_children(sys.argv[2]))]\n\
                   c.stop(); print(json.dumps(out))\n";
-    let output = Command::new(python3())
+    let output = kazoo_python()
         .args(["-c", script, &format!("127.0.0.1:{zk_port}"), path])
         .output()
         .expect("python3 with kazoo");
@@ -3286,7 +3295,7 @@ client.stop()
 print(json.dumps(out))
 "#;
     let ops = serde_json::to_string(ops).unwrap();
-    let output = Command::new(python3())
+    let output = kazoo_python()
         .args([
             "-c",
             SCRIPT,
