@@ -65,35 +65,45 @@ pub fn write_tree(
     keep: impl Fn(&str) -> bool,
     overwrite: bool,
 ) -> Result<Vec<PathBuf>> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut written = Vec::new();
     for e in entries().filter(|e| keep(e.path)) {
-        let p = dest.join(e.path);
-        match e.contents {
-            None => {
-                if !p.is_dir() {
-                    std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-                }
-            }
-            Some(c) => {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(!overwrite)
-                    .create(overwrite)
-                    .truncate(overwrite)
-                    .mode(e.mode)
-                    .open(&p)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                f.write_all(c)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                f.set_permissions(std::fs::Permissions::from_mode(e.mode))
-                    .with_context(|| format!("setting the mode of {}", p.display()))?;
-                written.push(p);
-            }
-        }
+        written.extend(write_entry(dest, e.path, e.mode, e.contents, overwrite)?);
     }
     Ok(written)
+}
+
+/// Writes one entry under `dest`: a directory (made unless it is one already), or a file
+/// with `mode`, created new (`create_new`) unless `overwrite`. Returns the file written.
+pub fn write_entry(
+    dest: &Path,
+    rel: &str,
+    mode: u32,
+    contents: Option<&[u8]>,
+    overwrite: bool,
+) -> Result<Option<PathBuf>> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let p = dest.join(rel);
+    let Some(c) = contents else {
+        if !p.is_dir() {
+            std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        return Ok(None);
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(!overwrite)
+        .create(overwrite)
+        .truncate(overwrite)
+        .mode(mode)
+        .open(&p)
+        .with_context(|| format!("writing {}", p.display()))?;
+    f.write_all(c)
+        .with_context(|| format!("writing {}", p.display()))?;
+    // The mode again: `mode()` at creation is masked by the umask.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", p.display()))?;
+    Ok(Some(p))
 }
 
 /// Whether `dir` holds exactly what the tree holds (every entry with its mode and

@@ -538,8 +538,6 @@ fn project_files() -> Vec<(String, u32, Option<Vec<u8>>)> {
 /// `force`; even then no existing file is overwritten (all are checked before any is
 /// written).
 pub fn init(dir: &Path, force: bool) -> Result<Init> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if dir.exists() {
         if !dir.is_dir() {
             bail!("{}: exists and is not a directory", dir.display());
@@ -577,26 +575,13 @@ pub fn init(dir: &Path, force: bool) -> Result<Init> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
     for (rel, mode, contents) in files {
-        let p = dir.join(&rel);
-        match contents {
-            None => {
-                if !p.is_dir() {
-                    std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-                }
-            }
-            Some(c) => {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&p)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                f.write_all(&c)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-                written.push(p);
-            }
-        }
+        written.extend(crate::builtin::write_entry(
+            dir,
+            &rel,
+            mode,
+            contents.as_deref(),
+            false,
+        )?);
     }
     Ok(Init {
         dir: dir.to_owned(),
