@@ -1098,41 +1098,11 @@ mod tests {
     #[test]
     fn a_reused_pid_is_down_and_never_killed() {
         let tmp = tempfile::tempdir().unwrap();
-        let topo = tmp.path().join("cluster.toml");
-        std::fs::write(
-            &topo,
-            "name = \"t\"\n[network]\ncidr = \"10.9.0.0/24\"\n[[node]]\nname = \"m1\"\nrole = \"master\"\nip = \"10.9.0.11\"\n",
-        )
-        .unwrap();
-        let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
-        let c = crate::cluster::load(&topo, &profiles).unwrap();
-        let dir = run_dir(&c);
-        std::fs::create_dir_all(&dir).unwrap();
         let mut other = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let state = State {
-            cluster: "t".into(),
-            mcast: mcast_for(&dir),
-            accel: "tcg".into(),
-            vms: vec![VmState {
-                name: "m1".into(),
-                role: "master".into(),
-                services: vec![Service::Zookeeper, Service::Master],
-                ip: "10.9.0.11".into(),
-                pid: Some(other.id()),
-                ports: BTreeMap::new(),
-                overlay: dir.join("m1.qcow2"),
-                serial: dir.join("m1.serial.log"),
-                started: 0,
-                pidfile: None,
-                qmp: None,
-                console: None,
-                login_user: None,
-            }],
-        };
-        save_state(&dir, &state).unwrap();
+        let (c, dir, _) = one_node_lab(tmp.path(), Some(other.id()));
         let rows = status(&c).unwrap();
         assert!(!rows[0].running);
         assert!(status_table(&rows).contains(" down "));
