@@ -564,6 +564,11 @@ pub struct SeedArgs {
     /// needs its new seed).
     #[arg(long)]
     pub rotate: bool,
+    /// Directory holding the images from `mesobake build`: its manifest.json tells each
+    /// role's cloud-init, so network-config writes the default gateway the way that base
+    /// renders it (without it: `gateway4`, which every base accepts).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
 }
 
 /// `mesobake lab` actions.
@@ -689,6 +694,9 @@ fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
             "mesobake: warning: {}: [security] auth = false: the seeds carry no secrets and the cluster runs WITHOUT authentication",
             a.cluster.display()
         );
+    }
+    if let Some(images) = &a.images {
+        c.read_route_styles(images, true)?;
     }
     let written = c.write_seeds(&a.out)?;
     for l in written.tidy.lines(&a.out) {

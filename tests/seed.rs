@@ -63,6 +63,13 @@ fn on_path(name: &str) -> bool {
 }
 
 fn schema(kind: &str, files: &[&Path]) -> String {
+    let (ok, text) = schema_result(kind, files);
+    assert!(ok, "cloud-init {kind} check failed:\n{text}");
+    text
+}
+
+/// ci/cloud-init-schema.sh's verdict and output, success or not.
+fn schema_result(kind: &str, files: &[&Path]) -> (bool, String) {
     let out = Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -74,11 +81,7 @@ fn schema(kind: &str, files: &[&Path]) -> String {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "cloud-init {kind} check failed:\n{text}"
-    );
-    text
+    (out.status.success(), text)
 }
 
 /// Whether the cloud-init check can run here (CI's setup-host.sh installs what it needs):
@@ -806,4 +809,108 @@ fn seeds_of_nodes_that_left_are_removed_and_nothing_else() {
     }
     let err = seed(&topo, &out, &[]);
     assert!(!err.contains("removed") && !err.contains("kept"), "{err}");
+}
+
+/// A manifest.json as `mesobake build` writes it, for two roles: `master` on Debian 12
+/// (cloud-init 22.4, ifupdown) and `slave-only` on a netplan base with a later cloud-init.
+const MANIFEST: &str = r#"{"mesobake": "0.1.0", "images": {
+  "master": {"profile": {"name": "master", "services": [], "sha256": "", "files": []},
+    "base": {"spec": "debian-12", "sha256": "", "family": "debian", "codename": "bookworm"},
+    "layout": null, "local_debs": {}, "outputs": [],
+    "packages": [{"name": "cloud-init", "version": "22.4.2-1+deb12u4", "architecture": "all"},
+                 {"name": "ifupdown", "version": "0.8.41", "architecture": "amd64"}]},
+  "slave-only": {"profile": {"name": "slave-only", "services": [], "sha256": "", "files": []},
+    "base": {"spec": "ubuntu-24.04", "sha256": "", "family": "ubuntu", "codename": "noble"},
+    "layout": null, "local_debs": {}, "outputs": [],
+    "packages": [{"name": "cloud-init", "version": "24.4.1-0ubuntu0~24.04.1", "architecture": "all"},
+                 {"name": "netplan.io", "version": "1.1.2-2~ubuntu24.04.1", "architecture": "amd64"}]}}}"#;
+
+#[test]
+fn the_default_gateway_is_written_the_way_each_roles_base_renders_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    fs::write(&topo, CLUSTER).unwrap();
+    let images = dir.path().join("images");
+    fs::create_dir_all(&images).unwrap();
+
+    // --images without a manifest: refused, nothing guessed.
+    let out = dir.path().join("seeds");
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("manifest.json"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    fs::write(images.join("manifest.json"), MANIFEST).unwrap();
+    let o = mesobake(&[
+        "seed",
+        topo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let master = fs::read_to_string(out.join("m1/network-config")).unwrap();
+    assert!(master.contains("gateway4: \"10.20.0.1\""), "{master}");
+    assert!(!master.contains("routes"), "{master}");
+    let agent = fs::read_to_string(out.join("a1/network-config")).unwrap();
+    assert!(
+        agent.contains("routes: [{to: \"0.0.0.0/0\", via: \"10.20.0.1\"}]"),
+        "{agent}"
+    );
+    assert!(!agent.contains("gateway4"), "{agent}");
+    // The same seed without --images: gateway4 everywhere, as before.
+    let plain = dir.path().join("plain");
+    seed(&topo, &plain, &[]);
+    let a1 = fs::read_to_string(plain.join("a1/network-config")).unwrap();
+    assert!(a1.contains("gateway4: \"10.20.0.1\""), "{a1}");
+
+    if !cloud_init_available() {
+        return;
+    }
+    // Why the Debian 12 master gets gateway4, shown by 22.4's own parser and ENI
+    // renderer: gateway4 becomes ifupdown's `gateway`; the routes form becomes a
+    // net-tools `route add`, which minimal images cannot run; and `to: default` does
+    // not even parse.
+    let rendered = schema("network-config", &[&out.join("m1/network-config")]);
+    assert!(rendered.contains("    gateway 10.20.0.1\n"), "{rendered}");
+    assert!(!rendered.contains("route add"), "{rendered}");
+    let as_routes = dir.path().join("routes.yaml");
+    fs::write(
+        &as_routes,
+        master.replace(
+            "gateway4: \"10.20.0.1\"",
+            "routes: [{to: \"0.0.0.0/0\", via: \"10.20.0.1\"}]",
+        ),
+    )
+    .unwrap();
+    let rendered = schema("network-config", &[&as_routes]);
+    assert!(
+        rendered.contains("post-up route add default gw 10.20.0.1"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("    gateway 10.20.0.1"), "{rendered}");
+    let as_default = dir.path().join("default.yaml");
+    fs::write(
+        &as_default,
+        fs::read_to_string(&as_routes)
+            .unwrap()
+            .replace("0.0.0.0/0", "default"),
+    )
+    .unwrap();
+    let (ok, text) = schema_result("network-config", &[&as_default]);
+    assert!(
+        !ok && text.contains("Address default is not a valid ip address"),
+        "{text}"
+    );
 }

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::profile::{self, Service};
 use crate::seed::secrets::{Needs, Secrets};
 use crate::seed::user_config::{self, UserPart};
-use crate::seed::{NetIface, NodeSeed};
+use crate::seed::{NetIface, NodeSeed, RouteStyle};
 
 /// A problem in cluster.toml, located by line and named by node and key.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +193,10 @@ pub struct Cluster {
     pub secrets: Option<Secrets>,
     /// The user's cloud-configs for every node and group, in file order.
     pub cloud_config: Vec<UserPart>,
+    /// How each role's network-config writes the default gateway, by role: set from the
+    /// images' manifest ([`Cluster::read_route_styles`]); a role not here gets
+    /// `gateway4`.
+    pub route_styles: BTreeMap<String, RouteStyle>,
 }
 
 /// What is derived from the masters, once.
@@ -1079,6 +1083,7 @@ impl Cluster {
             allow,
             secrets: None,
             cloud_config: everyone.into_iter().map(|p| p.part).collect(),
+            route_styles: BTreeMap::new(),
         })
     }
 
@@ -1201,6 +1206,30 @@ impl Cluster {
         })
     }
 
+    /// Sets each role's [`RouteStyle`] from the manifest.json in `images` (what `mesobake
+    /// build` wrote beside the `<role>.qcow2` images): the cloud-init version and the
+    /// renderer its base had at build time. Without a manifest (`required` false) or a
+    /// record of the role's image, the role keeps `gateway4`, which every base accepts.
+    pub fn read_route_styles(&mut self, images: &Path, required: bool) -> Result<()> {
+        let path = images.join("manifest.json");
+        if !required && !path.exists() {
+            return Ok(());
+        }
+        let m = crate::export::manifest::Manifest::read(&path)?;
+        let roles: Vec<&String> = self
+            .nodes
+            .iter()
+            .map(|n| &n.role)
+            .chain(self.groups.iter().map(|g| &g.role))
+            .collect();
+        for role in roles {
+            if let Some(e) = m.role_image(role) {
+                self.route_styles.insert(role.clone(), e.route_style());
+            }
+        }
+        Ok(())
+    }
+
     /// The secrets.env settings for a node or group running `services` (none without
     /// secrets).
     fn secrets_env(&self, services: &[Service]) -> BTreeMap<String, String> {
@@ -1242,6 +1271,7 @@ impl Cluster {
                 .chain(&n.cloud_config)
                 .cloned()
                 .collect(),
+            route_style: self.route_styles.get(&n.role).copied().unwrap_or_default(),
         };
         if target == Target::NoCloud {
             s.network.extend(self.network_config(&n.mac, n.ip));
@@ -1265,6 +1295,7 @@ impl Cluster {
                 .chain(&g.cloud_config)
                 .cloned()
                 .collect(),
+            route_style: self.route_styles.get(&g.role).copied().unwrap_or_default(),
         };
         s.instance_id = format!("{}-{}-{}", self.name, g.name, s.digest());
         s

@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{BuildFacts, Output};
 use crate::context::BuildContext;
 use crate::run::Cmd;
+use crate::seed::{default_route_style, NetRenderer, RouteStyle};
 use crate::stage::provision::Package;
 use crate::sums::{self, Sums};
 
@@ -388,7 +389,47 @@ pub fn input_fingerprint(ctx: &BuildContext, facts: &BuildFacts) -> String {
     hex::encode(h.finalize())
 }
 
+impl Entry {
+    /// The version of the installed package `name` (of any architecture).
+    pub fn package_version(&self, name: &str) -> Option<&str> {
+        self.packages
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.version.as_str())
+    }
+
+    /// The base's cloud-init version as installed at build time (the `cloud-init`
+    /// package record; None when the image has none). Seed generation reads it to write
+    /// network-config the way this cloud-init renders it ([`Entry::route_style`]).
+    pub fn cloud_init_version(&self) -> Option<&str> {
+        self.package_version("cloud-init")
+    }
+
+    /// What cloud-init renders network-config with on this image: netplan when
+    /// `netplan.io` is installed (cloud-init tries it first), else ifupdown's ENI.
+    pub fn net_renderer(&self) -> NetRenderer {
+        if self.package_version("netplan.io").is_some() {
+            NetRenderer::Netplan
+        } else {
+            NetRenderer::Eni
+        }
+    }
+
+    /// How seeds for this image write the default gateway ([`default_route_style`]).
+    pub fn route_style(&self) -> RouteStyle {
+        default_route_style(self.cloud_init_version(), self.net_renderer())
+    }
+}
+
 impl Manifest {
+    /// The record of a role's image as `lab up` boots it: the image whose outputs list
+    /// `<role>.qcow2`, else the image named `role`.
+    pub fn role_image(&self, role: &str) -> Option<&Entry> {
+        self.find_output(&format!("{role}.qcow2"))
+            .map(|(_, e)| e)
+            .or_else(|| self.images.get(role))
+    }
+
     /// Reads the manifest in `dir`, or an empty one, to be rewritten by this mesobake.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let p = dir.join("manifest.json");
@@ -545,6 +586,37 @@ mod tests {
             ),
             ("zookeeper", "")
         );
+    }
+
+    #[test]
+    fn a_roles_image_tells_its_cloud_init_and_route_style() {
+        let image = |pkgs: serde_json::Value| {
+            serde_json::json!({
+                "profile": {"name": "node", "services": [], "sha256": "", "files": []},
+                "base": {"spec": "x", "sha256": "", "family": null, "codename": null},
+                "layout": null, "packages": pkgs, "local_debs": {}, "outputs": []})
+        };
+        let m: Manifest = serde_json::from_value(serde_json::json!({"mesobake": "0.1.0",
+            "images": {
+                "master": image(serde_json::json!({"cloud-init": "22.4.2-1+deb12u4"})),
+                "slave-only": image(serde_json::json!([
+                    {"name": "cloud-init", "version": "24.4.1-0ubuntu0~24.04.1",
+                     "architecture": "all"},
+                    {"name": "netplan.io", "version": "1.1.2-2~ubuntu24.04.1",
+                     "architecture": "amd64"}])),
+                "bare": image(serde_json::json!({}))}}))
+        .unwrap();
+        let master = m.role_image("master").unwrap();
+        assert_eq!(master.cloud_init_version(), Some("22.4.2-1+deb12u4"));
+        assert_eq!(master.net_renderer(), NetRenderer::Eni);
+        assert_eq!(master.route_style(), RouteStyle::Gateway4);
+        let agent = m.role_image("slave-only").unwrap();
+        assert_eq!(agent.net_renderer(), NetRenderer::Netplan);
+        assert_eq!(agent.route_style(), RouteStyle::Routes);
+        let bare = m.role_image("bare").unwrap();
+        assert_eq!(bare.cloud_init_version(), None);
+        assert_eq!(bare.route_style(), RouteStyle::Gateway4);
+        assert!(m.role_image("other").is_none());
     }
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

@@ -3,8 +3,12 @@
 //!
 //! network-config is version 2 restricted to what Debian 12's cloud-init 22.4 renders
 //! with its ENI renderer: interfaces matched by MAC (22.4 looks the name up by MAC, so no
-//! `set-name` and no rename), `addresses`, `gateway4` rather than `routes` (22.4 does not
-//! know `to: default`) and `nameservers`.
+//! `set-name` and no rename), `addresses`, a default gateway and `nameservers`. The
+//! gateway is written the way the node's base renders it ([`RouteStyle`],
+//! [`default_route_style`]): `gateway4` by default and on ifupdown (ENI) bases, a
+//! `routes` entry to `0.0.0.0/0` on netplan bases whose cloud-init hands v2 to netplan
+//! as it is. The choice comes from the image's manifest (the cloud-init version and
+//! whether netplan is installed, recorded at build time); without one, `gateway4`.
 //!
 //! Node settings travel as `/etc/mesobake/node.env`, written by cloud-init's
 //! `write_files`; the first-boot configurator reads that file. A node's credentials
@@ -44,6 +48,71 @@ pub struct NodeSeed {
     /// The user's own cloud-configs (cluster-wide, then the group's or the node's),
     /// merged by cloud-init after mesobake's own ([`user_config`]).
     pub user_parts: Vec<user_config::UserPart>,
+    /// How network-config spells each interface's default gateway (from the image's
+    /// manifest; [`default_route_style`]).
+    pub route_style: RouteStyle,
+}
+
+/// How network-config (v2) spells an interface's default gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteStyle {
+    /// `gateway4: GW`: deprecated by netplan, but accepted by every cloud-init and
+    /// netplan, and the only form the ENI renderer turns into ifupdown's own `gateway`.
+    #[default]
+    Gateway4,
+    /// `routes: [{to: 0.0.0.0/0, via: GW}]`, for bases that hand v2 to netplan.
+    Routes,
+}
+
+/// What renders a base's network-config: what cloud-init finds installed (netplan
+/// first, as its Debian and Ubuntu `renderers` lists have it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetRenderer {
+    /// ifupdown's /etc/network/interfaces (Debian 12, Ubuntu 14.04 and 16.04).
+    Eni,
+    /// netplan (Ubuntu 18.04 and later, bases with `netplan.io`).
+    Netplan,
+}
+
+/// The first cloud-init whose netplan renderer passes a v2 network-config to netplan
+/// unparsed (canonical/cloud-init PR #1650, "Passthough v2 netconfigs in netplan
+/// systems", the fix of issue #3988, released in 22.3). Older ones rebuild it from
+/// their own parse, which knows only part of v2.
+const NETPLAN_PASSTHROUGH: &str = "22.3";
+
+/// How to write the default gateway for a base with `cloud_init` (its Debian package
+/// version; None when no manifest says) rendering with `renderer`.
+///
+/// The rule, from cloud-init's own code:
+/// * ENI: `cloudinit/net/eni.py` (`Renderer._render_route`, every version up to 25.x;
+///   issue #6250 asks to change it, still open) renders every v2 route as
+///   `post-up route add …`, which needs net-tools, absent from minimal images; gateway4
+///   becomes the subnet's `gateway`, which ifupdown applies itself. So gateway4, on any
+///   version. `tests/seed.rs` proves it with Debian 12's 22.4.
+/// * netplan, cloud-init 22.3 and later: the v2 document reaches netplan verbatim
+///   ([`NETPLAN_PASSTHROUGH`]), and netplan deprecates gateway4 for default routes: so
+///   `routes`. The destination is spelled `0.0.0.0/0`, not `default`: netplan 0.99
+///   (Ubuntu 20.04) rejects `default` (cloud-init issue #4133, whose focal patch keeps
+///   `0.0.0.0/0`), and cloud-init's own v2 parser (`cloudinit/net/network_state.py`,
+///   `_normalize_net_keys`) refuses `default` until PR #6391 (2025); `0.0.0.0/0`
+///   parses everywhere.
+/// * netplan with an older cloud-init: gateway4, which its own parse keeps.
+/// * Unknown version (no manifest beside the images, or a manifest without
+///   cloud-init): gateway4, deprecated but accepted by every cloud-init and netplan.
+pub fn default_route_style(cloud_init: Option<&str>, renderer: NetRenderer) -> RouteStyle {
+    use std::cmp::Ordering::Less;
+    let Some(v) = cloud_init else {
+        return RouteStyle::Gateway4;
+    };
+    match renderer {
+        NetRenderer::Eni => RouteStyle::Gateway4,
+        NetRenderer::Netplan
+            if crate::export::diff::compare_versions(v, NETPLAN_PASSTHROUGH) == Less =>
+        {
+            RouteStyle::Gateway4
+        }
+        NetRenderer::Netplan => RouteStyle::Routes,
+    }
 }
 
 /// One ethernet of a network-config, matched by MAC.
@@ -152,10 +221,15 @@ impl NodeSeed {
                 Some(a) => {
                     s += &format!("    dhcp4: false\n    addresses: [{}]\n", yq(a));
                     if let Some(g) = &i.gateway {
-                        // gateway4, not routes: 22.4's ENI renderer turns a route into
+                        // See default_route_style: the ENI renderer turns a route into
                         // `post-up route add` (net-tools, absent from cloud images) but
                         // gateway4 into ifupdown's own `gateway` line.
-                        s += &format!("    gateway4: {}\n", yq(g));
+                        s += &match self.route_style {
+                            RouteStyle::Gateway4 => format!("    gateway4: {}\n", yq(g)),
+                            RouteStyle::Routes => {
+                                format!("    routes: [{{to: \"0.0.0.0/0\", via: {}}}]\n", yq(g))
+                            }
+                        };
                     }
                 }
                 None => s += "    dhcp4: true\n",
@@ -322,6 +396,84 @@ mod tests {
         s.secrets_env.clear();
         s.write_dir(tmp.path()).unwrap();
         assert_eq!(mode(&tmp.path().join("user-data")), 0o644 & !umask());
+    }
+
+    fn static_seed(style: RouteStyle) -> NodeSeed {
+        NodeSeed {
+            network: vec![NetIface {
+                id: "cluster0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                address: Some("10.20.0.11/24".into()),
+                gateway: Some("10.20.0.1".into()),
+                dns: vec!["10.20.0.2".into()],
+            }],
+            route_style: style,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gateway_is_written_in_the_chosen_style() {
+        let g4 = static_seed(RouteStyle::default()).network_config().unwrap();
+        assert!(g4.contains("    gateway4: \"10.20.0.1\"\n"), "{g4}");
+        assert!(!g4.contains("routes"), "{g4}");
+        let r = static_seed(RouteStyle::Routes).network_config().unwrap();
+        assert!(
+            r.contains("    routes: [{to: \"0.0.0.0/0\", via: \"10.20.0.1\"}]\n"),
+            "{r}"
+        );
+        assert!(!r.contains("gateway4"), "{r}");
+        // Everything else is the same, and the style is part of the instance id.
+        assert_eq!(
+            g4.lines()
+                .filter(|l| !l.contains("10.20.0.1\""))
+                .collect::<Vec<_>>(),
+            r.lines()
+                .filter(|l| !l.contains("10.20.0.1\""))
+                .collect::<Vec<_>>()
+        );
+        assert_ne!(
+            static_seed(RouteStyle::Gateway4).digest(),
+            static_seed(RouteStyle::Routes).digest()
+        );
+        // DHCP interfaces have no gateway to write.
+        let mut dhcp = static_seed(RouteStyle::Routes);
+        dhcp.network[0].address = None;
+        let d = dhcp.network_config().unwrap();
+        assert!(!d.contains("routes") && !d.contains("gateway4"), "{d}");
+    }
+
+    #[test]
+    fn route_style_follows_the_bases_cloud_init_and_renderer() {
+        use NetRenderer::*;
+        use RouteStyle::*;
+        // Unknown: gateway4, which every cloud-init and netplan accepts.
+        assert_eq!(default_route_style(None, Eni), Gateway4);
+        assert_eq!(default_route_style(None, Netplan), Gateway4);
+        // ENI renders routes with net-tools' `route`, in every version.
+        assert_eq!(default_route_style(Some("22.4.2-1+deb12u4"), Eni), Gateway4);
+        assert_eq!(default_route_style(Some("25.1.4-1"), Eni), Gateway4);
+        // netplan: routes once cloud-init passes v2 through (22.3).
+        assert_eq!(
+            default_route_style(Some("22.2-0ubuntu1~22.04.3"), Netplan),
+            Gateway4
+        );
+        assert_eq!(
+            default_route_style(Some("0.7.5-0ubuntu1.23"), Netplan),
+            Gateway4
+        );
+        assert_eq!(
+            default_route_style(Some("22.3-13-g70ce6442-0ubuntu1~22.10.1"), Netplan),
+            Routes
+        );
+        assert_eq!(
+            default_route_style(Some("23.1.2-0ubuntu0~20.04.2"), Netplan),
+            Routes
+        );
+        assert_eq!(
+            default_route_style(Some("24.4.1-0ubuntu0~24.04.1"), Netplan),
+            Routes
+        );
     }
 
     fn umask() -> u32 {

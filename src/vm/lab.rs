@@ -464,6 +464,9 @@ pub fn up(c: &Cluster, opts: &UpOptions) -> Result<State> {
         let (s, _) = secrets::load_or_create(&secrets_dir(&c), false)?;
         c.secrets = Some(s);
     }
+    // The default gateway as each role's base renders it (its cloud-init, from the
+    // images' manifest); gateway4 without one.
+    c.read_route_styles(&opts.images, false)?;
     let c = &c;
     let members = c.lab_members()?;
     let mut state = load_state(&dir)?.unwrap_or_default();
