@@ -9,6 +9,7 @@ pub mod builtin;
 pub mod cli;
 pub mod cluster;
 pub mod context;
+pub mod debversion;
 pub mod export;
 pub mod failure;
 pub mod image;

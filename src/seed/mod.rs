@@ -107,7 +107,7 @@ pub fn default_route_style(cloud_init: Option<&str>, renderer: NetRenderer) -> R
     match renderer {
         NetRenderer::Eni => RouteStyle::Gateway4,
         NetRenderer::Netplan
-            if crate::export::diff::compare_versions(v, NETPLAN_PASSTHROUGH) == Less =>
+            if crate::debversion::compare_versions(v, NETPLAN_PASSTHROUGH) == Less =>
         {
             RouteStyle::Gateway4
         }
