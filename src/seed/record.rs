@@ -24,9 +24,6 @@ use sha2::{Digest, Sha256};
 /// The record's file name in the output directory.
 pub const FILE: &str = ".mesobake-seed.json";
 
-/// The largest file whose content is compared before removal (seed ISOs are well under).
-const MAX_COMPARED: u64 = 64 << 20;
-
 /// Files by node or group name: relative path -> SHA-256 (hex).
 pub type Files = BTreeMap<String, BTreeMap<String, String>>;
 
@@ -90,14 +87,22 @@ pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// SHA-256 (hex) of everything `r` yields, read in chunks (an OVA holds a whole disk).
+fn digest_reader(mut r: impl Read) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut r, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
 /// The digests of `files` (relative to `out`), as written just now.
 pub fn digests(out: &Path, files: &[String]) -> Result<BTreeMap<String, String>> {
     files
         .iter()
         .map(|f| {
             let p = out.join(f);
-            let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ok((f.clone(), digest(&b)))
+            let r = std::fs::File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+            let d = digest_reader(r).with_context(|| format!("reading {}", p.display()))?;
+            Ok((f.clone(), d))
         })
         .collect()
 }
@@ -220,15 +225,11 @@ fn remove(out: &OwnedFd, rel: &str, sha: &str) -> std::result::Result<bool, Kept
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err("not a regular file".into());
     }
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd)
-        .take(MAX_COMPARED + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Kept {
-            why: e.to_string(),
-            retry: true,
-        })?;
-    if bytes.len() as u64 > MAX_COMPARED || digest(&bytes) != sha {
+    let now = digest_reader(std::fs::File::from(fd)).map_err(|e| Kept {
+        why: e.to_string(),
+        retry: true,
+    })?;
+    if now != sha {
         return Err("it changed since mesobake wrote it".into());
     }
     rustix::fs::unlinkat(at, file, AtFlags::empty()).map_err(io)?;
