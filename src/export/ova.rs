@@ -417,16 +417,16 @@ pub fn write_ova(input: &OvaInput, dest: &Path) -> Result<()> {
     let part = dest.with_extension("ova.part");
     // The archive is as private as the seed it carries: a seed ISO with secrets is 0600.
     let mode = match input.seed_iso {
-        Some(p) => std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p)?.permissions())
-            & 0o666,
+        Some(p) => {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p)?.permissions()) & 0o666
+        }
         None => 0o644,
     };
     // A leftover part keeps its mode on truncation; start afresh.
     let _ = std::fs::remove_file(&part);
-    let r = write_part(input, &ovf, &disk, iso.as_ref(), &part, mode)
-        .and_then(|()| {
-            std::fs::rename(&part, dest).with_context(|| format!("publishing {}", dest.display()))
-        });
+    let r = write_part(input, &ovf, &disk, iso.as_ref(), &part, mode).and_then(|()| {
+        std::fs::rename(&part, dest).with_context(|| format!("publishing {}", dest.display()))
+    });
     if r.is_err() {
         // No half OVA is left behind.
         let _ = std::fs::remove_file(&part);
