@@ -1327,6 +1327,48 @@ pub struct SeedsWritten {
     pub tidy: crate::seed::record::Tidy,
 }
 
+/// Writes `<out>/<name>.ova`: `disk` with the `<name>.iso` already in `out` as its
+/// CD-ROM, sized as `mesobake build` sizes the role's OVA. Returns its name in `out`.
+fn write_ova(
+    out: &Path,
+    name: &str,
+    services: &[Service],
+    disk: &RoleDisk,
+    digest: crate::export::ova::MfDigest,
+    progress: &mut crate::progress::Progress,
+) -> Result<String> {
+    let ova = format!("{name}.ova");
+    let dest = out.join(&ova);
+    progress.stage(
+        "ova",
+        &format!("{}: {} + {name}.iso", dest.display(), disk.path.display()),
+    );
+    let bar = progress.percent(&format!("{name}: converting the disk to VMDK"));
+    crate::export::ova::ova_from_disk(
+        &disk.path,
+        crate::export::ova::Appliance {
+            name: name.to_string(),
+            os: disk.os,
+            cpus: 2,
+            memory_mb: if crate::service::wants_jvm_memory(services) {
+                4096
+            } else {
+                2048
+            },
+            disk_capacity: 0,
+        },
+        Some(&out.join(format!("{name}.iso"))),
+        digest,
+        &format!("{}:{name}", disk.sha256),
+        &dest,
+        &bar,
+    )
+    .with_context(|| format!("writing {}", dest.display()))?;
+    bar.done();
+    progress.finish();
+    Ok(ova)
+}
+
 /// A role's disk as `mesobake seed --ova` packs it: the qcow2 `mesobake build` wrote.
 #[derive(Debug, Clone)]
 pub struct RoleDisk {
@@ -1470,39 +1512,7 @@ impl Cluster {
                 files.push(format!("{name}.network-config"));
             }
             if let Some(disk) = disks.and_then(|m| m.get(role)) {
-                let ova = format!("{name}.ova");
-                progress.stage(
-                    "ova",
-                    &format!(
-                        "{}: {} + {name}.iso",
-                        out.join(&ova).display(),
-                        disk.path.display()
-                    ),
-                );
-                let bar = progress.percent(&format!("{name}: converting the disk to VMDK"));
-                crate::export::ova::ova_from_disk(
-                    &disk.path,
-                    crate::export::ova::Appliance {
-                        name: name.to_string(),
-                        os: disk.os,
-                        cpus: 2,
-                        memory_mb: if crate::service::wants_jvm_memory(services) {
-                            4096
-                        } else {
-                            2048
-                        },
-                        disk_capacity: 0,
-                    },
-                    Some(&out.join(format!("{name}.iso"))),
-                    digest,
-                    &format!("{}:{name}", disk.sha256),
-                    &out.join(&ova),
-                    &bar,
-                )
-                .with_context(|| format!("writing {}", out.join(&ova).display()))?;
-                bar.done();
-                progress.finish();
-                files.push(ova);
+                files.push(write_ova(out, name, services, disk, digest, &mut progress)?);
             }
             each.extend(files.iter().filter(|f| !f.ends_with('/')).cloned());
             record.insert(name.to_string(), crate::seed::record::digests(out, &each)?);

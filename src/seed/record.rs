@@ -3,7 +3,8 @@
 //! node no longer gets, such as a network-config), and nothing else.
 //!
 //! `<out>/.mesobake-seed.json` lists, per node or group, each file written (relative to
-//! the output directory) with its SHA-256. A file is removed only when it is in the
+//! the output directory; `seed --ova`'s `<name>.ova` included) with its SHA-256, hashed in
+//! chunks since an OVA holds a whole disk. A file is removed only when it is in the
 //! record of the previous run, is not written by this one, is a regular file reached
 //! without following any symlink (the node's directory included), and still has the
 //! recorded content: a file someone changed or replaced since is kept, and said so. A
