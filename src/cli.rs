@@ -569,6 +569,11 @@ pub struct SeedArgs {
     /// renders it (without it: `gateway4`, which every base accepts).
     #[arg(long)]
     pub images: Option<PathBuf>,
+    /// Also write `<out>/<name>.ova` per node and group: its role's qcow2 from `--images`
+    /// (needed) with its seed ISO as a CD-ROM, an appliance that configures itself on
+    /// first boot.
+    #[arg(long, requires = "images")]
+    pub ova: bool,
 }
 
 /// `mesobake lab` actions.
@@ -670,6 +675,11 @@ fn load_cluster(path: &std::path::Path) -> Result<crate::cluster::Cluster> {
 fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
     use crate::seed::secrets::{self, Origin};
     let mut c = load_cluster(&a.cluster)?;
+    // Every role's disk is found before anything (secrets included) is written.
+    let disks = match (&a.images, a.ova) {
+        (Some(images), true) => Some(c.role_disks(images)?),
+        _ => None,
+    };
     if c.auth {
         let dir = secrets::dir_in(&a.out);
         let (s, origin) = secrets::load_or_create(&dir, a.rotate)?;
@@ -698,7 +708,7 @@ fn seed_cmd(a: SeedArgs, json: bool) -> Result<i32> {
     if let Some(images) = &a.images {
         c.read_route_styles(images, true)?;
     }
-    let written = c.write_seeds(&a.out)?;
+    let written = c.write_seeds_with(&a.out, disks.as_ref(), crate::settings::MfDigest::Sha256)?;
     for l in written.tidy.lines(&a.out) {
         eprintln!("mesobake: {l}");
     }

@@ -1327,18 +1327,161 @@ pub struct SeedsWritten {
     pub tidy: crate::seed::record::Tidy,
 }
 
+/// Writes `<out>/<name>.ova`: `disk` with the `<name>.iso` already in `out` as its
+/// CD-ROM, sized as `mesobake build` sizes the role's OVA. Returns its name in `out`.
+fn write_ova(
+    out: &Path,
+    name: &str,
+    services: &[Service],
+    disk: &RoleDisk,
+    digest: crate::export::ova::MfDigest,
+    progress: &mut crate::progress::Progress,
+) -> Result<String> {
+    let ova = format!("{name}.ova");
+    let dest = out.join(&ova);
+    progress.stage(
+        "ova",
+        &format!("{}: {} + {name}.iso", dest.display(), disk.path.display()),
+    );
+    let bar = progress.percent(&format!("{name}: converting the disk to VMDK"));
+    crate::export::ova::ova_from_disk(
+        &disk.path,
+        crate::export::ova::Appliance {
+            name: name.to_string(),
+            os: disk.os,
+            cpus: 2,
+            memory_mb: if crate::service::wants_jvm_memory(services) {
+                4096
+            } else {
+                2048
+            },
+            disk_capacity: 0,
+        },
+        Some(&out.join(format!("{name}.iso"))),
+        digest,
+        &format!("{}:{name}", disk.sha256),
+        &dest,
+        &bar,
+    )
+    .with_context(|| format!("writing {}", dest.display()))?;
+    bar.done();
+    progress.finish();
+    Ok(ova)
+}
+
+/// A role's disk as `mesobake seed --ova` packs it: the qcow2 `mesobake build` wrote.
+#[derive(Debug, Clone)]
+pub struct RoleDisk {
+    /// The qcow2 file.
+    pub path: PathBuf,
+    /// Its SHA-256 as the manifest records it (pins the VMDK's CID with the node name).
+    pub sha256: String,
+    /// The guest OS type the descriptor names.
+    pub os: crate::export::ova::GuestOs,
+}
+
 impl Cluster {
+    /// Each role's disk for `seed --ova`, from the manifest.json in `images`
+    /// ([`crate::export::manifest::Manifest::role_image`]): the image's `<role>.qcow2`
+    /// output, else its first qcow2. Every role is looked up before anything is written,
+    /// and a missing one names the build that makes it.
+    pub fn role_disks(&self, images: &Path) -> Result<BTreeMap<String, RoleDisk>> {
+        let path = images.join("manifest.json");
+        let build = |role: &str| {
+            format!(
+                "make it with `mesobake build {role} --format qcow2 --out {}`",
+                images.display()
+            )
+        };
+        let roles: std::collections::BTreeSet<&String> = self
+            .nodes
+            .iter()
+            .map(|n| &n.role)
+            .chain(self.groups.iter().map(|g| &g.role))
+            .collect();
+        if !path.exists() {
+            let first = roles.iter().next().map(|r| r.as_str()).unwrap_or("ROLE");
+            anyhow::bail!(
+                "--ova: {} has no manifest.json, so there is no image for any role ({}; {} for each role)",
+                images.display(),
+                roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+                build(first)
+            );
+        }
+        let m = crate::export::manifest::Manifest::read(&path)?;
+        let mut disks = BTreeMap::new();
+        for role in roles {
+            let Some(e) = m.role_image(role) else {
+                anyhow::bail!(
+                    "--ova: no image for role {role} in {} ({}); {}",
+                    images.display(),
+                    path.display(),
+                    build(role)
+                );
+            };
+            let own = format!("{role}.qcow2");
+            let Some(o) = e.outputs.iter().find(|o| o.file == own).or_else(|| {
+                e.outputs
+                    .iter()
+                    .find(|o| o.format == crate::export::Format::Qcow2)
+            }) else {
+                anyhow::bail!(
+                    "--ova: the image of role {role} in {} has no qcow2 output; {}",
+                    images.display(),
+                    build(role)
+                );
+            };
+            let disk = images.join(&o.file);
+            if !disk.is_file() {
+                anyhow::bail!(
+                    "--ova: {} (role {role}'s image, as {} lists it) is missing; {}",
+                    disk.display(),
+                    path.display(),
+                    build(role)
+                );
+            }
+            let os = match e.base.family.as_deref() {
+                Some("ubuntu") => crate::export::ova::GuestOs::Ubuntu64,
+                _ => crate::export::ova::GuestOs::Debian64,
+            };
+            disks.insert(
+                role.clone(),
+                RoleDisk {
+                    path: disk,
+                    sha256: o.sha256.clone(),
+                    os,
+                },
+            );
+        }
+        Ok(disks)
+    }
+
     /// Writes every node's and group's seeds into `out`: `<name>/` (user-data, meta-data,
     /// network-config), `<name>.iso` (NoCloud, label cidata), `<name>.user-data` (EC2) and
     /// `<name>.network-config`. Then removes what the previous run wrote for nodes and
     /// groups no longer in the topology, going by its record ([`crate::seed::record`]).
     pub fn write_seeds(&self, out: &Path) -> Result<SeedsWritten> {
+        self.write_seeds_with(out, None, crate::export::ova::MfDigest::Sha256)
+    }
+
+    /// [`Cluster::write_seeds`], and with `disks` ([`Cluster::role_disks`]) one
+    /// `<name>.ova` per node and group as well: its role's disk with its seed ISO as a
+    /// CD-ROM ([`crate::export::ova::ova_from_disk`]), written through a temporary name
+    /// and renamed, 0600 when the seed carries secrets.
+    pub fn write_seeds_with(
+        &self,
+        out: &Path,
+        disks: Option<&BTreeMap<String, RoleDisk>>,
+        digest: crate::export::ova::MfDigest,
+    ) -> Result<SeedsWritten> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let d = self.derive();
         let mut written = Vec::new();
         let mut record = crate::seed::record::Files::new();
+        let mut progress = crate::progress::Progress::new();
         let mut one = |name: &str,
                        role: &str,
+                       services: &[Service],
                        ip: Option<String>,
                        mac: Option<String>,
                        nocloud: NodeSeed,
@@ -1368,6 +1511,9 @@ impl Cluster {
                 std::fs::write(&p, n).with_context(|| format!("writing {}", p.display()))?;
                 files.push(format!("{name}.network-config"));
             }
+            if let Some(disk) = disks.and_then(|m| m.get(role)) {
+                files.push(write_ova(out, name, services, disk, digest, &mut progress)?);
+            }
             each.extend(files.iter().filter(|f| !f.ends_with('/')).cloned());
             record.insert(name.to_string(), crate::seed::record::digests(out, &each)?);
             written.push(SeedOut {
@@ -1383,6 +1529,7 @@ impl Cluster {
             one(
                 &n.name,
                 &n.role,
+                &n.services,
                 n.ip.map(|i| i.to_string()),
                 Some(n.mac.clone()),
                 self.node_seed(&d, n, Target::NoCloud),
@@ -1391,7 +1538,7 @@ impl Cluster {
         }
         for g in &self.groups {
             let s = self.group_seed(&d, g);
-            one(&g.name, &g.role, None, None, s.clone(), s)?;
+            one(&g.name, &g.role, &g.services, None, None, s.clone(), s)?;
         }
         let tidy = crate::seed::record::tidy(out, &record)?;
         Ok(SeedsWritten {

@@ -397,7 +397,7 @@ fn header(size: u64, mtime: u64) -> tar::Header {
 /// Writes the OVA at `dest` (through `dest.part`, renamed when complete). Each member is
 /// hashed while it is copied, so the VMDK is read once.
 pub fn write_ova(input: &OvaInput, dest: &Path) -> Result<()> {
-    let (ovf_name, vmdk_name, iso_name, mf_name) = member_names(&input.appliance.name);
+    let (_, vmdk_name, iso_name, _) = member_names(&input.appliance.name);
     let disk = Member {
         name: vmdk_name,
         size: std::fs::metadata(input.vmdk)
@@ -415,7 +415,44 @@ pub fn write_ova(input: &OvaInput, dest: &Path) -> Result<()> {
     };
     let ovf = descriptor(&input.appliance, &disk, iso.as_ref())?;
     let part = dest.with_extension("ova.part");
-    let file = File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+    // The archive is as private as the seed it carries: a seed ISO with secrets is 0600.
+    let mode = match input.seed_iso {
+        Some(p) => {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p)?.permissions()) & 0o666
+        }
+        None => 0o644,
+    };
+    // A leftover part keeps its mode on truncation; start afresh.
+    let _ = std::fs::remove_file(&part);
+    let r = write_part(input, &ovf, &disk, iso.as_ref(), &part, mode).and_then(|()| {
+        std::fs::rename(&part, dest).with_context(|| format!("publishing {}", dest.display()))
+    });
+    if r.is_err() {
+        // No half OVA is left behind.
+        let _ = std::fs::remove_file(&part);
+    }
+    r
+}
+
+/// Writes the whole archive at `part`.
+fn write_part(
+    input: &OvaInput,
+    ovf: &str,
+    disk: &Member,
+    iso: Option<&Member>,
+    part: &Path,
+    mode: u32,
+) -> Result<()> {
+    let (ovf_name, _, _, mf_name) = member_names(&input.appliance.name);
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(part)
+    }
+    .with_context(|| format!("creating {}", part.display()))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
     let mut mf = String::new();
     let mut add = |tar: &mut tar::Builder<BufWriter<File>>,
@@ -446,7 +483,7 @@ pub fn write_ova(input: &OvaInput, dest: &Path) -> Result<()> {
         disk.size,
         &mut File::open(input.vmdk)?,
     )?;
-    if let (Some(m), Some(p)) = (&iso, input.seed_iso) {
+    if let (Some(m), Some(p)) = (iso, input.seed_iso) {
         add(&mut tar, &m.name, m.size, &mut File::open(p)?)?;
     }
     let mut h = header(mf.len() as u64, input.mtime);
@@ -456,8 +493,7 @@ pub fn write_ova(input: &OvaInput, dest: &Path) -> Result<()> {
     w.into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()
-        .context("syncing the OVA")?;
-    std::fs::rename(&part, dest).with_context(|| format!("publishing {}", dest.display()))
+        .context("syncing the OVA")
 }
 
 struct HashingReader<'a> {

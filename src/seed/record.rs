@@ -3,7 +3,8 @@
 //! node no longer gets, such as a network-config), and nothing else.
 //!
 //! `<out>/.mesobake-seed.json` lists, per node or group, each file written (relative to
-//! the output directory) with its SHA-256. A file is removed only when it is in the
+//! the output directory; `seed --ova`'s `<name>.ova` included) with its SHA-256, hashed in
+//! chunks since an OVA holds a whole disk. A file is removed only when it is in the
 //! record of the previous run, is not written by this one, is a regular file reached
 //! without following any symlink (the node's directory included), and still has the
 //! recorded content: a file someone changed or replaced since is kept, and said so. A
@@ -23,9 +24,6 @@ use sha2::{Digest, Sha256};
 
 /// The record's file name in the output directory.
 pub const FILE: &str = ".mesobake-seed.json";
-
-/// The largest file whose content is compared before removal (seed ISOs are well under).
-const MAX_COMPARED: u64 = 64 << 20;
 
 /// Files by node or group name: relative path -> SHA-256 (hex).
 pub type Files = BTreeMap<String, BTreeMap<String, String>>;
@@ -90,14 +88,22 @@ pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// SHA-256 (hex) of everything `r` yields, read in chunks (an OVA holds a whole disk).
+fn digest_reader(mut r: impl Read) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut r, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
 /// The digests of `files` (relative to `out`), as written just now.
 pub fn digests(out: &Path, files: &[String]) -> Result<BTreeMap<String, String>> {
     files
         .iter()
         .map(|f| {
             let p = out.join(f);
-            let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ok((f.clone(), digest(&b)))
+            let r = std::fs::File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+            let d = digest_reader(r).with_context(|| format!("reading {}", p.display()))?;
+            Ok((f.clone(), d))
         })
         .collect()
 }
@@ -220,15 +226,11 @@ fn remove(out: &OwnedFd, rel: &str, sha: &str) -> std::result::Result<bool, Kept
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err("not a regular file".into());
     }
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd)
-        .take(MAX_COMPARED + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Kept {
-            why: e.to_string(),
-            retry: true,
-        })?;
-    if bytes.len() as u64 > MAX_COMPARED || digest(&bytes) != sha {
+    let now = digest_reader(std::fs::File::from(fd)).map_err(|e| Kept {
+        why: e.to_string(),
+        retry: true,
+    })?;
+    if now != sha {
         return Err("it changed since mesobake wrote it".into());
     }
     rustix::fs::unlinkat(at, file, AtFlags::empty()).map_err(io)?;
