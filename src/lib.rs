@@ -28,6 +28,7 @@ pub mod service;
 pub mod settings;
 pub mod stage;
 pub mod sums;
+pub mod utc;
 pub mod validate;
 pub mod vm;
 pub mod xdg;

@@ -167,7 +167,7 @@ pub fn table(entries: &[Entry]) -> String {
         let used = if e.last_used == 0 {
             "-".to_string()
         } else {
-            fmt_time(e.last_used)
+            crate::utc::minutes(e.last_used)
         };
         t.row(vec![
             e.kind.clone(),
@@ -179,22 +179,6 @@ pub fn table(entries: &[Entry]) -> String {
     let mut s = t.render();
     s += &format!("{} entries, {} MiB\n", entries.len(), total >> 20);
     s
-}
-
-fn fmt_time(secs: u64) -> String {
-    // Civil-from-days (Howard Hinnant's algorithm), to print a date without a time crate.
-    let days = (secs / 86400) as i64;
-    let (h, m) = ((secs % 86400) / 3600, (secs % 3600) / 60);
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
 }
 
 #[cfg(test)]
@@ -244,7 +228,7 @@ mod tests {
 
     #[test]
     fn dates_print() {
-        assert_eq!(fmt_time(0), "1970-01-01 00:00");
-        assert_eq!(fmt_time(1_795_000_000), "2026-11-18 11:06");
+        assert_eq!(crate::utc::minutes(0), "1970-01-01 00:00");
+        assert_eq!(crate::utc::minutes(1_795_000_000), "2026-11-18 11:06");
     }
 }

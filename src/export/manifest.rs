@@ -106,7 +106,7 @@ impl BuildRecord {
             input_fingerprint: input_fingerprint(ctx, facts),
             mesobake_version: env!("CARGO_PKG_VERSION").into(),
             mesobake_revision: MESOBAKE_REVISION.into(),
-            time: rfc3339(build_time()),
+            time: crate::utc::rfc3339(build_time()),
             qemu_img: qemu_img_version()?,
         })
     }
@@ -124,30 +124,6 @@ pub fn build_time() -> u64 {
                 .map(|d| d.as_secs())
                 .unwrap_or_default()
         })
-}
-
-/// Seconds since the epoch as RFC 3339 UTC, to the second (`2023-11-14T22:13:20Z`, the
-/// form SPDX wants too).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let t = secs % 86_400;
-    // The proleptic Gregorian calendar in 400-year eras of 146097 days, counted from
-    // 0000-03-01 so that the leap day ends each year.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        t / 3600,
-        t % 3600 / 60,
-        t % 60
-    )
 }
 
 /// The version `qemu-img --version` prints on its first line.
@@ -489,15 +465,6 @@ pub fn sha256sums(dir: &Path, new: &[Output]) -> Result<String> {
 mod tests {
     use super::*;
     use crate::export::Format;
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(1_709_164_800), "2024-02-29T00:00:00Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
-    }
 
     #[test]
     fn host_files_are_named_without_their_absolute_paths() {
