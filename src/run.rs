@@ -237,7 +237,12 @@ impl Cmd {
         if let Some(d) = &self.dir {
             cmd.current_dir(d);
         }
-        let e = cmd.exec();
+        self.start_error(cmd.exec(), "running")
+    }
+
+    /// Why the command did not start: a missing program named as such, else `verb` and
+    /// the command line with the OS error.
+    fn start_error(&self, e: std::io::Error, verb: &str) -> anyhow::Error {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow::anyhow!(
                 "{}: command not found ({})",
@@ -245,7 +250,7 @@ impl Cmd {
                 self.cmdline()
             )
         } else {
-            anyhow::anyhow!("running {}: {e}", self.cmdline())
+            anyhow::anyhow!("{verb} {}: {e}", self.cmdline())
         }
     }
 
@@ -277,17 +282,7 @@ impl Cmd {
             cmd.current_dir(d);
         }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!(
-                    "{}: command not found ({})",
-                    self.program.to_string_lossy(),
-                    self.cmdline()
-                )
-            } else {
-                anyhow::anyhow!("starting {}: {e}", self.cmdline())
-            }
-        })?;
+        let mut child = cmd.spawn().map_err(|e| self.start_error(e, "starting"))?;
         if let Some(data) = &self.stdin {
             let mut sin = child.stdin.take().expect("stdin is piped");
             let data = data.clone();
