@@ -62,6 +62,25 @@ fn on_path(name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `cloud-init schema` over every user-data the example topology's seed wrote (the ISO
+/// directories' and the EC2 files'), each of which must be valid: how many, and the
+/// checker's output.
+fn schema_every_user_data(out: &Path) -> (Vec<std::path::PathBuf>, String) {
+    let mut uds: Vec<std::path::PathBuf> = Vec::new();
+    for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
+        uds.push(out.join(format!("{n}/user-data")));
+        uds.push(out.join(format!("{n}.user-data")));
+    }
+    let refs: Vec<&Path> = uds.iter().map(|p| p.as_path()).collect();
+    let text = schema("user-data", &refs);
+    assert_eq!(
+        text.matches("Valid cloud-config").count(),
+        uds.len(),
+        "{text}"
+    );
+    (uds, text)
+}
+
 fn schema(kind: &str, files: &[&Path]) -> String {
     let (ok, text) = schema_result(kind, files);
     assert!(ok, "cloud-init {kind} check failed:\n{text}");
@@ -185,18 +204,7 @@ fn seeds_for_every_node_and_group_pass_cloud_init() {
     }
 
     if cloud_init_available() {
-        let mut uds: Vec<std::path::PathBuf> = Vec::new();
-        for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
-            uds.push(out.join(format!("{n}/user-data")));
-            uds.push(out.join(format!("{n}.user-data")));
-        }
-        let refs: Vec<&Path> = uds.iter().map(|p| p.as_path()).collect();
-        let text = schema("user-data", &refs);
-        assert_eq!(
-            text.matches("Valid cloud-config").count(),
-            uds.len(),
-            "{text}"
-        );
+        schema_every_user_data(&out);
         let rendered = schema(
             "network-config",
             &[
@@ -652,18 +660,7 @@ fn user_cloud_configs_are_merged_by_cloud_init_after_mesobakes_own() {
     assert_eq!(m1.matches("Merge-Type:").count(), 2, "{m1}");
 
     if cloud_init_available() {
-        let mut uds: Vec<std::path::PathBuf> = Vec::new();
-        for n in ["m1", "m2", "m3", "a1", "a2", "workers"] {
-            uds.push(out.join(format!("{n}/user-data")));
-            uds.push(out.join(format!("{n}.user-data")));
-        }
-        let refs: Vec<&Path> = uds.iter().map(|p| p.as_path()).collect();
-        let text = schema("user-data", &refs);
-        assert_eq!(
-            text.matches("Valid cloud-config").count(),
-            uds.len(),
-            "{text}"
-        );
+        let (uds, text) = schema_every_user_data(&out);
         assert_eq!(text.matches("(multipart: ").count(), uds.len(), "{text}");
         // What cloud-init makes of a1's parts: lists appended in part order, mesobake's
         // write_files first, the non-ASCII text intact.
