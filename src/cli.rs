@@ -609,10 +609,14 @@ pub enum LabAction {
         cluster: PathBuf,
     },
     /// Power the VMs down (ACPI power button, up to 60 s), then stop whatever is left of
-    /// exactly the QEMU processes `lab up` started.
+    /// exactly the QEMU processes `lab up` started. The masters' data disks are kept for
+    /// the next `lab up`.
     Down {
         /// The cluster topology.
         cluster: PathBuf,
+        /// Also remove the data disks (the masters' ZooKeeper and Mesos state).
+        #[arg(long)]
+        purge: bool,
     },
     /// Log in to a node with the system ssh through its forwarded port 22, or run a
     /// command there (after `--`); the exit status is the remote command's (255: ssh
@@ -658,6 +662,31 @@ pub enum LabAction {
         cluster: PathBuf,
         /// The node.
         node: String,
+    },
+    /// Replace a node's image: power it down, boot it again from `--image` with the same
+    /// seed and data disk, and wait until it has rejoined (configured, every service of
+    /// its role answering, a ZooKeeper member back in the ensemble).
+    Replace {
+        /// The cluster topology.
+        cluster: PathBuf,
+        /// The node.
+        node: String,
+        /// The new image (from `mesobake build`; a manifest.json beside it is checked
+        /// for the node's role).
+        #[arg(long)]
+        image: PathBuf,
+        /// Memory of the new VM in MiB (default: [lab] memory, else 1536).
+        #[arg(long)]
+        memory: Option<u32>,
+        /// vCPUs of the new VM (default: [lab] cpus, else 1).
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Seconds to wait for the node to rejoin.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Return once the new VM is started.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -789,9 +818,9 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             }
             Ok(0)
         }
-        LabAction::Down { cluster } => {
+        LabAction::Down { cluster, purge } => {
             let c = load_cluster(&cluster)?;
-            let stopped = lab::down(&c)?;
+            let stopped = lab::down(&c, purge)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&stopped)?);
             } else if stopped.is_empty() {
@@ -831,6 +860,41 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             Ok(0)
         }
         LabAction::Kill { cluster, node } => lab_kill(&cluster, &node, json),
+        LabAction::Replace {
+            cluster,
+            node,
+            image,
+            memory,
+            cpus,
+            timeout,
+            no_wait,
+        } => {
+            let c = load_cluster(&cluster)?;
+            let done = lab::replace(
+                &c,
+                &node,
+                &lab::ReplaceOptions {
+                    image,
+                    memory_mb: memory.or(c.lab.memory).unwrap_or(lab::DEFAULT_MEMORY_MB),
+                    cpus: cpus.or(c.lab.cpus).unwrap_or(lab::DEFAULT_CPUS),
+                    accel: None,
+                    wait: (!no_wait).then(|| Duration::from_secs(timeout)),
+                },
+            )?;
+            if json {
+                crate::output::print_json(&done)?;
+            } else {
+                let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.0} s"));
+                outln!(
+                    "replaced {node}: now on {} (down after {:.0} s, configured after {}, rejoined after {})",
+                    done.image.display(),
+                    done.down_s,
+                    secs(done.configured_s),
+                    secs(done.rejoined_s)
+                );
+            }
+            Ok(0)
+        }
     }
 }
 

@@ -24,9 +24,12 @@
 
 mod addresses;
 pub mod console;
+pub mod data;
 mod lock;
+mod replace;
 pub mod ssh;
 pub use addresses::LabMember;
+pub use replace::{replace, ReplaceOptions, Replaced};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, Write};
@@ -129,6 +132,12 @@ pub struct VmState {
     /// images' manifest.json (see [`ssh`]).
     #[serde(default)]
     pub login_user: Option<String>,
+    /// The image the overlay is backed by (`lab replace` changes it).
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// The node's data disk ([`data`]), for nodes whose state outlives the image.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
 }
 
 impl VmState {
@@ -266,14 +275,8 @@ fn socket_path(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// A VM's disks in the run dir: its overlay on the role image (kept across restarts) and
-/// its seed ISO (written anew). Returns both paths.
-fn prepare_disks(
-    c: &Cluster,
-    dir: &Path,
-    m: &LabMember,
-    opts: &UpOptions,
-) -> Result<(PathBuf, PathBuf)> {
+/// The role's image in `--images`, as an absolute path.
+fn role_image(m: &LabMember, opts: &UpOptions) -> Result<PathBuf> {
     let image = opts.images.join(format!("{}.qcow2", m.role));
     if !image.is_file() {
         bail!(
@@ -284,16 +287,54 @@ fn prepare_disks(
             opts.images.display()
         );
     }
-    let image = image.canonicalize()?;
+    Ok(image.canonicalize()?)
+}
+
+/// The disks of a VM: the path of its overlay in the run dir, and the image it is backed
+/// by. An overlay that is already there is kept with the image it was made on (a node
+/// `lab replace` moved to another image stays there when `lab up` restarts it).
+fn overlay_for(
+    dir: &Path,
+    m: &LabMember,
+    recorded: Option<&VmState>,
+    opts: &UpOptions,
+) -> Result<(PathBuf, PathBuf)> {
     let overlay = dir.join(format!("{}.qcow2", m.name));
+    if overlay.exists() {
+        if let Some(image) = recorded.and_then(|v| v.image.clone()) {
+            return Ok((overlay, image));
+        }
+    }
+    Ok((overlay, role_image(m, opts)?))
+}
+
+/// A VM's disks in the run dir: its overlay on `image` (kept across restarts), its data
+/// disk when its role keeps state ([`data`]), and its seed ISO (written anew). Returns
+/// the overlay, the seed and the data disk.
+fn prepare_disks(
+    c: &Cluster,
+    dir: &Path,
+    m: &LabMember,
+    overlay: &Path,
+    image: &Path,
+) -> Result<(PathBuf, Option<PathBuf>)> {
     if !overlay.exists() {
-        // A thin overlay per VM, backed by the role image (which is never written).
+        let format = crate::export::qemu_info(image)?["format"]
+            .as_str()
+            .unwrap_or("qcow2")
+            .to_string();
+        // A thin overlay per VM, backed by the image (which is never written).
         Cmd::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&image)
-            .arg(&overlay)
+            .args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
+            .arg(image)
+            .arg(overlay)
             .run()?;
     }
+    let data = if data::wanted(&m.services) {
+        Some(data::ensure(dir, &m.name)?)
+    } else {
+        None
+    };
     let mut seed = m.seed.clone();
     let nic0 = mgmt_mac(&c.name);
     seed.network.insert(
@@ -308,18 +349,20 @@ fn prepare_disks(
     );
     let iso = dir.join(format!("{}-seed.iso", m.name));
     seed.write_iso(&iso)?;
-    Ok((overlay, iso))
+    Ok((iso, data))
 }
 
+/// Starts VM `m` on `overlay` (made on `image` when it is not there yet).
 fn start_vm(
     c: &Cluster,
     dir: &Path,
     m: &LabMember,
+    (overlay, image): (PathBuf, PathBuf),
     opts: &UpOptions,
     mcast: &str,
     accel: Option<Accel>,
 ) -> Result<(VmState, Accel)> {
-    let (overlay, iso) = prepare_disks(c, dir, m, opts)?;
+    let (iso, data) = prepare_disks(c, dir, m, &overlay, &image)?;
     let nic0 = mgmt_mac(&c.name);
     let guest: Vec<u16> = SERVICES
         .iter()
@@ -351,6 +394,7 @@ fn start_vm(
         console_socket: Some(console.clone()),
         qmp_socket: Some(qmp.clone()),
         pidfile: Some(pidfile.clone()),
+        data_disk: data.clone(),
     };
     let mut attempt = 1;
     let (ports, pid, used) = loop {
@@ -388,7 +432,9 @@ fn start_vm(
             pidfile: Some(pidfile),
             qmp: Some(qmp),
             console: Some(console),
-            login_user: ssh::user_from_manifest(&opts.images, &m.role),
+            login_user: ssh::user_from_manifest(image.parent().unwrap_or(&opts.images), &m.role),
+            image: Some(image),
+            data,
         },
         used,
     ))
@@ -482,13 +528,13 @@ pub fn up(c: &Cluster, opts: &UpOptions) -> Result<State> {
     let t0 = Instant::now();
     for m in &members {
         crate::run::check_interrupted()?;
-        if let Some(v) = state.vms.iter().find(|v| v.name == m.name) {
-            if let Some(pid) = v.live_pid() {
-                eprintln!("mesobake: lab: {} already running (pid {pid})", m.name);
-                continue;
-            }
+        let recorded = state.vms.iter().find(|v| v.name == m.name);
+        if let Some(pid) = recorded.and_then(VmState::live_pid) {
+            eprintln!("mesobake: lab: {} already running (pid {pid})", m.name);
+            continue;
         }
-        let (vm, used) = start_vm(c, &dir, m, opts, &state.mcast.clone(), accel)?;
+        let disks = overlay_for(&dir, m, recorded, opts)?;
+        let (vm, used) = start_vm(c, &dir, m, disks, opts, &state.mcast.clone(), accel)?;
         accel = Some(used);
         state.accel = used.name().into();
         eprintln!(
@@ -668,6 +714,10 @@ pub struct NodeStatus {
     pub services: Vec<Health>,
     /// Guest port -> host port.
     pub ports: BTreeMap<u16, u16>,
+    /// The image the node runs (`lab replace` changes it).
+    pub image: Option<PathBuf>,
+    /// Its data disk, for a node whose state outlives the image ([`data`]).
+    pub data_disk: Option<PathBuf>,
 }
 
 fn check(spec: &ServiceSpec, port: u16, auth: Option<&Credential>) -> Health {
@@ -740,6 +790,8 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
             configured,
             services,
             ports: v.ports.clone(),
+            image: v.image.clone(),
+            data_disk: v.data.clone(),
         });
     }
     Ok(out)
@@ -879,15 +931,19 @@ fn power_down(vms: Vec<(&VmState, u32)>) -> Result<()> {
 
 /// `lab down`: powers the lab's VMs down (see [`power_down`]; by PID, only its own
 /// QEMU processes), then removes the overlays, seeds, QEMU's leftovers and the state
-/// (serial logs stay for a post-mortem, `secrets/` for the next `up`). Returns the names
-/// of the VMs it stopped.
-pub fn down(c: &Cluster) -> Result<Vec<String>> {
+/// (serial logs stay for a post-mortem, `secrets/` for the next `up`, and the data
+/// disks too unless `purge`: the next `up` finds the masters' state where they left it).
+/// Returns the names of the VMs it stopped.
+pub fn down(c: &Cluster, purge: bool) -> Result<Vec<String>> {
     let dir = run_dir(c);
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
     let _lock = lock::LabLock::acquire(&dir, "down")?;
     let Some(state) = load_state(&dir)? else {
+        if purge {
+            data::purge(&dir)?;
+        }
         return Ok(Vec::new());
     };
     let running: Vec<(&VmState, u32)> = state
@@ -904,6 +960,9 @@ pub fn down(c: &Cluster) -> Result<Vec<String>> {
         for f in [&v.pidfile, &v.qmp, &v.console].into_iter().flatten() {
             let _ = std::fs::remove_file(f);
         }
+    }
+    if purge {
+        data::purge(&dir)?;
     }
     std::fs::remove_file(dir.join("state.json")).context("removing the lab state")?;
     Ok(stopped)
@@ -1109,7 +1168,7 @@ mod tests {
         let rows = status(&c).unwrap();
         assert!(!rows[0].running);
         assert!(status_table(&rows).contains(" down "));
-        assert!(down(&c).unwrap().is_empty());
+        assert!(down(&c, false).unwrap().is_empty());
         assert!(
             other.try_wait().unwrap().is_none(),
             "down killed a process that is not its QEMU"
@@ -1150,6 +1209,8 @@ mod tests {
             qmp: Some(dir.join("m1.qmp")),
             console: Some(dir.join("m1.console")),
             login_user: Some("debian".into()),
+            image: None,
+            data: Some(dir.join("m1-data.img")),
         };
         let state = State {
             cluster: "t".into(),
@@ -1204,7 +1265,7 @@ mod tests {
         let u = e.downcast_ref::<UnknownNode>().expect("UnknownNode");
         assert_eq!(u.nodes, ["m1"]);
         assert!(e.to_string().contains("its nodes: m1"), "{e}");
-        assert!(down(&c).unwrap().is_empty());
+        assert!(down(&c, false).unwrap().is_empty());
         assert!(!run_dir(&c).join("m1.pid").exists(), "down tidies up");
     }
 
@@ -1236,7 +1297,7 @@ mod tests {
             got
         });
         let t = Instant::now();
-        assert_eq!(down(&c).unwrap(), ["m1"]);
+        assert_eq!(down(&c, false).unwrap(), ["m1"]);
         assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
         assert_eq!(
             server.join().unwrap(),
@@ -1246,6 +1307,79 @@ mod tests {
             ]
         );
         assert!(load_state(&run_dir(&c)).unwrap().is_none());
+    }
+
+    /// `lab down` keeps the masters' data disks for the next `lab up`; `--purge` removes
+    /// them, and only them (a link named like one is not followed).
+    #[test]
+    fn down_keeps_data_disks_and_purge_removes_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _, vm) = one_node_lab(tmp.path(), None);
+        let dir = run_dir(&c);
+        let disk = vm.data.clone().unwrap();
+        std::fs::write(&disk, "zookeeper state").unwrap();
+        let outside = tmp.path().join("precious");
+        std::fs::write(&outside, "mine").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("m9-data.img")).unwrap();
+        assert!(down(&c, false).unwrap().is_empty());
+        assert!(load_state(&dir).unwrap().is_none());
+        assert_eq!(std::fs::read_to_string(&disk).unwrap(), "zookeeper state");
+        // No state left, and the data disks still go with --purge.
+        down(&c, true).unwrap();
+        assert!(!disk.exists());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "mine");
+        assert!(dir.join("m9-data.img").symlink_metadata().is_ok());
+    }
+
+    /// `lab replace` refuses an image of another role (its manifest says so) and an
+    /// unknown node before it stops anything.
+    #[test]
+    fn replace_refuses_another_roles_image_and_unknown_nodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _, mut vm) = one_node_lab(tmp.path(), None);
+        vm.services = vec![Service::Zookeeper, Service::Master, Service::Marathon];
+        let dir = run_dir(&c);
+        let mut state = load_state(&dir).unwrap().unwrap();
+        state.vms = vec![vm];
+        save_state(&dir, &state).unwrap();
+        let images = tmp.path().join("new");
+        std::fs::create_dir_all(&images).unwrap();
+        let image = images.join("slave-only.qcow2");
+        std::fs::write(&image, "not read").unwrap();
+        std::fs::write(
+            images.join("manifest.json"),
+            r#"{"images": {"slave-only": {"profile": {"services": ["agent"]}}}}"#,
+        )
+        .unwrap();
+        let opts = ReplaceOptions {
+            image: image.clone(),
+            memory_mb: 512,
+            cpus: 1,
+            accel: None,
+            wait: None,
+        };
+        let e = format!("{:#}", replace(&c, "m1", &opts).unwrap_err());
+        assert!(
+            e.contains("an image with services agent")
+                && e.contains("m1 runs master (zookeeper, master, marathon)")
+                && e.contains("give an image of role master"),
+            "{e}"
+        );
+        let e = replace(&c, "m7", &opts).unwrap_err();
+        assert!(e.is::<UnknownNode>(), "{e:#}");
+        let e = format!(
+            "{:#}",
+            replace(
+                &c,
+                "m1",
+                &ReplaceOptions {
+                    image: tmp.path().join("none.qcow2"),
+                    ..opts
+                }
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("none.qcow2: no such image"), "{e}");
     }
 
     /// A guest that ignores the power button is stopped once the wait is over.
@@ -1269,6 +1403,8 @@ mod tests {
             qmp: Some(tmp.path().join("none.qmp")),
             console: None,
             login_user: None,
+            image: None,
+            data: None,
         };
         let t = Instant::now();
         power_down(vec![(&vm, q.id())]).unwrap();

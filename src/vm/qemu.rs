@@ -67,6 +67,9 @@ pub struct VmSpec {
     pub qmp_socket: Option<PathBuf>,
     /// A file QEMU writes its PID into (and removes when it exits cleanly).
     pub pidfile: Option<PathBuf>,
+    /// A raw data disk attached writable (the lab's per-node state disk): unlike the
+    /// boot disk it is not a snapshot, so what the guest writes there outlives the VM.
+    pub data_disk: Option<PathBuf>,
 }
 
 /// QEMU exited because a host port of a `hostfwd` rule was taken: another process bound
@@ -162,6 +165,10 @@ fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
             "file={},if=virtio,format=raw,readonly=on",
             seed.display()
         ));
+    }
+    if let Some(data) = &spec.data_disk {
+        c.arg("-drive")
+            .arg(format!("file={},if=virtio,format=raw", opt_path(data)));
     }
     let mut netdev = String::from("user,id=n0,restrict=on");
     let to = spec.forward_to.as_deref().unwrap_or("");
@@ -431,6 +438,7 @@ mod tests {
             console_socket: Some("/r/m1,x.console".into()),
             qmp_socket: Some("/r/m1.qmp".into()),
             pidfile: Some("/r/m1.pid".into()),
+            data_disk: None,
         };
         let c = qemu_command(&spec, Accel::Tcg);
         let args: Vec<String> = c

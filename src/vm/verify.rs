@@ -223,6 +223,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         console_socket: None,
         qmp_socket: None,
         pidfile: None,
+        data_disk: None,
     };
     let started = Instant::now();
     let mut vm = qemu::start_auto(&spec, opts.accel)?;
