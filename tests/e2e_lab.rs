@@ -13,8 +13,11 @@
 //! it) and reads the node's own hostname, and passes the remote exit status through;
 //! then `lab kill` crashes the leading master's VM, `lab status --json` shows it down,
 //! and another master takes over with the agent re-registered while the two surviving
-//! ZooKeeper members keep their quorum (srvr to each); after `lab down` none of the lab's
-//! QEMU processes is left. Authentication is on, as for every cluster from cluster.toml: the
+//! ZooKeeper members keep their quorum (srvr to each); then the dead master comes back
+//! with `lab replace` on a rebuilt `master` image (one more overlay file), with its seed
+//! and its data disk: it runs the new image, the ZooKeeper transaction logs it had before
+//! the crash are still on its data disk, and the ensemble has one leader and two
+//! followers again; after `lab down` none of the lab's QEMU processes is left. Authentication is on, as for every cluster from cluster.toml: the
 //! test reads the lab's secrets, checks the master's authentication flags, refusals
 //! without credentials (an agent, a framework, a read-write endpoint, Marathon's API)
 //! and acceptance with them, that host files holding secrets are 0600, and that no
@@ -224,6 +227,11 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
     before.sort();
     assert_eq!(before, after, "lab up twice must not start duplicates");
 
+    // Its ZooKeeper state is on its data disk (bound over /var/lib/zookeeper), and these
+    // transaction logs must still be there after `lab replace` below.
+    let zk_logs = on(&topo_s, &leader, "findmnt -no SOURCE /var/lib/zookeeper >&2 && ls /var/lib/zookeeper/version-2 | grep '^log\\.'");
+    assert!(!zk_logs.trim().is_empty(), "{leader}: no ZooKeeper log");
+
     // The leading master's machine dies (`lab kill`: SIGKILL, no shutdown): status shows
     // it down at once, then another master takes over through ZooKeeper and the agent
     // re-registers with it.
@@ -299,6 +307,9 @@ fn three_masters_elect_one_leader_agents_register_and_survive_its_loss() {
         ["follower", "leader"],
         "the two ZooKeeper members left hold a quorum"
     );
+
+    let rebuilt = rebuild_master(&images, &no_docker_s, tmp.path());
+    check_replace(&topo_s, &leader, &zk_logs, &rebuilt);
 
     run_ok_text(mesobake(&["lab", "down", &topo_s]), "lab down");
     assert!(qemu_under(&run_dir).is_empty(), "QEMU left after lab down");
@@ -681,6 +692,125 @@ fn check_ssh(topo: &str, node: &str) {
         std::thread::sleep(Duration::from_secs(10));
     }
     panic!("lab ssh {node} failed 6 times; the last: {last}");
+}
+
+/// Runs `script` as root on `node` through `lab ssh`; its stdout. Again while ssh itself
+/// fails (255: sshd may still be starting on a node that just rejoined).
+fn on(topo: &str, node: &str, script: &str) -> String {
+    let remote = format!("sudo sh -c '{}'", script.replace('\'', r"'\''"));
+    let mut last = String::new();
+    for _ in 1..=6 {
+        let out = mesobake(&["lab", "ssh", topo, node, "--", &remote])
+            .output()
+            .unwrap();
+        last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert_eq!(out.status.code(), Some(255), "on {node}: {script}: {last}");
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    panic!("lab ssh {node} failed 6 times; the last: {last}");
+}
+
+/// The monthly rebuild: the `master` image again, plus one overlay file
+/// (/etc/mesobake-release = 2). The layer cache makes it a configure-and-export build.
+fn rebuild_master(images: &Path, no_docker: &str, tmp: &Path) -> PathBuf {
+    let release = tmp.join("release2/etc");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("mesobake-release"), "2\n").unwrap();
+    // A --with layer's overlays replace the profile's: keep common's.
+    let layer = tmp.join("release2.toml");
+    std::fs::write(
+        &layer,
+        format!(
+            "overlays = [{:?}, {:?}]\n",
+            repo().join("overlays/common"),
+            tmp.join("release2")
+        ),
+    )
+    .unwrap();
+    let out = images.with_file_name("e2e-lab-out-v2");
+    let _ = std::fs::remove_dir_all(&out);
+    let (_, secs) = run_ok(
+        mesobake(&[
+            "build",
+            "profiles/master.toml",
+            "--with",
+            OFFLINE,
+            "--with",
+            no_docker,
+            "--with",
+            &layer.to_string_lossy(),
+            "--out",
+            &out.to_string_lossy(),
+        ]),
+        "rebuild master (v2)",
+    );
+    eprintln!("e2e-lab: master rebuilt with one more overlay file in {secs:.0} s");
+    out.join("master.qcow2")
+}
+
+/// Day 2: the killed master comes back on the rebuilt image through `lab replace`, with
+/// its seed and its data disk: it runs the new image, its ZooKeeper logs from before are
+/// still there, and the ensemble is whole again (one leader, two followers).
+fn check_replace(topo: &str, node: &str, zk_logs: &str, image: &Path) {
+    let out = run_ok_text(
+        mesobake(&[
+            "--json",
+            "lab",
+            "replace",
+            topo,
+            node,
+            "--image",
+            &image.to_string_lossy(),
+            "--timeout",
+            "900",
+        ]),
+        "lab replace (the killed master, onto the rebuilt image)",
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["node"], node, "{r}");
+    assert_eq!(r["image"], image.to_string_lossy().as_ref(), "{r}");
+    assert!(r["rejoined_s"].as_f64().is_some(), "{r}");
+    eprintln!(
+        "e2e-lab: lab replace {node}: down {:.0} s, configured {:.0} s, rejoined {:.0} s",
+        r["down_s"].as_f64().unwrap(),
+        r["configured_s"].as_f64().unwrap(),
+        r["rejoined_s"].as_f64().unwrap()
+    );
+    assert_eq!(on(topo, node, "cat /etc/mesobake-release").trim(), "2");
+    let now = on(topo, node, "ls /var/lib/zookeeper/version-2");
+    for log in zk_logs.split_whitespace() {
+        assert!(
+            now.split_whitespace().any(|l| l == log),
+            "{node}: ZooKeeper's {log} from before the replacement is gone: {now}"
+        );
+    }
+    let label = on(
+        topo,
+        node,
+        "blkid -s LABEL -o value $(findmnt -no SOURCE /var/lib/mesobake-data)",
+    );
+    assert_eq!(label.trim(), "mesobake-data");
+    let out = run_ok_text(
+        mesobake(&["--json", "lab", "status", topo]),
+        "lab status after lab replace",
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let mut modes: Vec<String> = rows
+        .iter()
+        .filter(|r| r["role"] == "master")
+        .map(|r| svc(r, "zookeeper")["detail"].as_str().unwrap().to_string())
+        .collect();
+    modes.sort();
+    assert_eq!(modes, ["follower", "follower", "leader"], "{out}");
+    let row = rows.iter().find(|r| r["name"] == node).unwrap();
+    assert_eq!(row["image"], image.to_string_lossy().as_ref(), "{row}");
+    eprintln!(
+        "e2e-lab: {node} runs the rebuilt image, kept its ZooKeeper logs ({}) on its data disk, and the ensemble is {modes:?}",
+        zk_logs.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
 }
 
 fn svc(r: &serde_json::Value, name: &str) -> serde_json::Value {
