@@ -14,7 +14,7 @@ pkgs=(
   e2fsprogs util-linux mount   # mkfs.ext4, resize2fs, losetup, mount
   dosfstools mtools            # the ESP is built as a file, never mounted
   grub-pc-bin grub-efi-amd64-bin grub2-common  # boot loaders written from the host
-  genisoimage                  # NoCloud seed ISOs (volume label cidata)
+  genisoimage                  # NoCloud seed ISOs (label cidata); its isoinfo: verify reads their network-config
   gpg                          # --sign: detached signature of SHA256SUMS; check verifies it
   virt-v2v                     # e2e (formats): an independent OVF consumer (virt-v2v -i ova)
   dpkg-dev                     # stand-in test packages and the local .deb repo

@@ -170,7 +170,10 @@ pub enum CacheAction {
 pub struct VerifyArgs {
     /// The image to boot (qcow2, raw, vmdk, ...). It is opened read-only (snapshot).
     pub image: PathBuf,
-    /// A NoCloud seed: an ISO, or a directory with user-data and meta-data.
+    /// A NoCloud seed: an ISO, or a directory with user-data and meta-data. When its
+    /// network-config names a NIC by MAC (a node's seed from `mesobake seed`, or the ISO
+    /// in its OVA), the VM's NIC takes that MAC; its static address must then be on QEMU's
+    /// user network 10.0.2.0/24 (10.0.2.15, gateway 10.0.2.2), or verify refuses it.
     #[arg(long)]
     pub seed: Option<PathBuf>,
     /// The role (a profile name or file) when no manifest.json lists the image.

@@ -2,8 +2,9 @@
 //!
 //! The boots are few and run side by side: under TCG one guest keeps one core busy, and
 //! the machines have two. The first test builds the AVENTER-layout roles on `debian-12`
-//! and the every-format build of [`formats`], then boots master-slave, slave-only and the
-//! VMDK from the OVA at once.
+//! and the every-format build of [`formats`], then boots master-slave, slave-only (as
+//! node `w1`'s appliance from `seed --ova`, with its seed) and the VMDK from the OVA at
+//! once.
 //!
 //! Needs root, the host tools from `ci/setup-host.sh`, and `MESOBAKE_E2E=1`; `ci/test.sh`
 //! runs it with `--test-threads=1`. The bootstrapped `debian-12` base is built once and
@@ -15,7 +16,7 @@ mod formats;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,83 @@ fn kill_builds_during_provision(args: &[&str], out: &Path) {
     assert_nothing_left(out);
 }
 
+/// The topology whose node `w1` the slave-only boot is: three masters, so that its
+/// ZooKeeper URL names three, and `w1` at 10.0.2.15 on QEMU's user network (10.0.2.0/24,
+/// gateway 10.0.2.2), which verify boots it on and forwards the host's ports to. Its
+/// masters are master-slave, the one role with ZooKeeper built here (`seed --ova` wants
+/// an image for every role); they are never booted. Authentication is on (the default),
+/// so w1's seed carries the cluster's secrets.
+const NODE_OVA_CLUSTER: &str = r#"name = "e2e-ova"
+
+[network]
+cidr = "10.0.2.0/24"
+gateway = "10.0.2.2"
+
+[[node]]
+name = "m1"
+role = "master-slave"
+ip = "10.0.2.11"
+
+[[node]]
+name = "m2"
+role = "master-slave"
+ip = "10.0.2.12"
+
+[[node]]
+name = "m3"
+role = "master-slave"
+ip = "10.0.2.13"
+
+[[node]]
+name = "w1"
+role = "slave-only"
+ip = "10.0.2.15"
+"#;
+
+/// `mesobake seed --ova` over [`NODE_OVA_CLUSTER`] with the images in `images`, then
+/// `w1.ova` taken apart with tar. Returns w1's disk (the OVA's streamOptimized VMDK), its
+/// seed ISO (the OVA's CD-ROM), and how long `seed --ova` took: it converts the role's
+/// disk once per node, four times here.
+fn node_ova(images: &Path) -> (PathBuf, PathBuf, f64) {
+    let dir = target_dir("e2e-node-ova");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let topo = dir.join("cluster.toml");
+    std::fs::write(&topo, NODE_OVA_CLUSTER).unwrap();
+    let seeds = dir.join("seeds");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let (_, secs) = run_ok(
+        mesobake(&[
+            "seed",
+            &s(&topo),
+            "--ova",
+            "--images",
+            &s(images),
+            "--out",
+            &s(&seeds),
+        ]),
+        "seed --ova",
+    );
+    // The seed finds w1's NIC by MAC and gives it the address verify forwards to.
+    let nc = std::fs::read_to_string(seeds.join("w1.network-config")).unwrap();
+    assert!(
+        nc.contains("macaddress:") && nc.contains("\"10.0.2.15/24\""),
+        "{nc}"
+    );
+    let x = dir.join("w1");
+    std::fs::create_dir_all(&x).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(seeds.join("w1.ova"))
+        .arg("-C")
+        .arg(&x)
+        .args(["w1-disk1.vmdk", "w1-seed.iso"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -xf w1.ova");
+    (x.join("w1-disk1.vmdk"), x.join("w1-seed.iso"), secs)
+}
+
 #[test]
 fn build_every_role_and_format_then_boot_three_side_by_side() {
     if !enabled() {
@@ -335,11 +413,20 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
         serde_json::json!(["agent"])
     );
 
+    // w1's appliance is written while the every-format build runs: `seed --ova` converts
+    // a disk per node on one core, minutes that would otherwise come on top.
+    let node = {
+        let images = out.clone();
+        std::thread::spawn(move || node_ova(&images))
+    };
     let ova_disk = formats::build_and_check();
+    let (node_disk, node_iso, node_secs) = node.join().expect("seed --ova thread");
 
     // Three boots side by side. master-slave has no seed at all and must come up as a
-    // one-node cluster; slave-only gets an autoscaling-style seed (only the ZooKeeper URL)
-    // from verify; the VMDK from the OVA is Mesosphere's layout booted in cgroup v1.
+    // one-node cluster; slave-only boots as node w1 of a three-master topology, from the
+    // VMDK and seed ISO of w1.ova, with the NIC MAC w1's network-config names (verify
+    // reads it from the ISO); the VMDK from the OVA is Mesosphere's layout booted in
+    // cgroup v1.
     let ova_boot = std::thread::spawn(move || {
         let disk = ova_disk.to_string_lossy().into_owned();
         run_ok_text(
@@ -347,22 +434,37 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
             "verify the VMDK extracted from the OVA",
         )
     });
-    let boots: Vec<_> = ["master-slave", "slave-only"]
-        .into_iter()
-        .map(|role| {
-            let img = out
-                .join(format!("{role}.qcow2"))
-                .to_string_lossy()
-                .into_owned();
-            let handle = std::thread::spawn(move || {
-                run_ok(
-                    mesobake(&["verify", &img, "--json"]),
-                    &format!("verify {role}"),
-                )
-            });
-            (role, handle)
-        })
-        .collect();
+    let master_slave = out
+        .join("master-slave.qcow2")
+        .to_string_lossy()
+        .into_owned();
+    let node_disk = node_disk.to_string_lossy().into_owned();
+    let node_iso = node_iso.to_string_lossy().into_owned();
+    let boots: Vec<_> = [
+        (
+            "master-slave",
+            mesobake(&["verify", &master_slave, "--json"]),
+        ),
+        // No manifest.json beside the OVA's disk: --role says which role it is.
+        (
+            "slave-only",
+            mesobake(&[
+                "verify",
+                &node_disk,
+                "--seed",
+                &node_iso,
+                "--role",
+                "slave-only",
+                "--json",
+            ]),
+        ),
+    ]
+    .into_iter()
+    .map(|(role, verify)| {
+        let handle = std::thread::spawn(move || run_ok(verify, &format!("verify {role}")));
+        (role, handle)
+    })
+    .collect();
     // Every boot ends before any assertion, so a failed one leaves no VM running.
     let joined: Vec<_> = boots
         .into_iter()
@@ -395,10 +497,16 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
         };
         // Both roles run Docker tasks (node 1 of the hand-built procedure does too).
         assert!(detail("agent :5051").contains("containerizers=docker,mesos"));
-        // No seed names these instances: each is named from its address, never localhost.
+        // No seed names the master-slave instance: it is named from its address, never
+        // localhost. w1's seed names w1 (MESOBAKE_HOSTNAME), the agent's hostname flag.
+        let host = if role == "master-slave" {
+            "hostname=ip-10-0-2-15"
+        } else {
+            "hostname=w1"
+        };
         assert!(
-            detail("agent :5051").contains("hostname=ip-10-0-2-15"),
-            "{}",
+            detail("agent :5051").contains(host),
+            "{host}: {}",
             detail("agent :5051")
         );
         if role == "master-slave" {
@@ -419,6 +527,15 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
             // verify's probe of its metrics port.
             assert!(detail("node-exporter :9100").contains("samples"));
         } else {
+            // w1 at the address its seed gives it, on the NIC the seed matched by MAC,
+            // pointed at the topology's three masters; its agent's read-only endpoints
+            // stay open with authentication on.
+            let first = detail("first boot");
+            assert!(first.contains("role=slave-only ip=10.0.2.15 "), "{first}");
+            assert!(
+                first.contains("zk=zk://m1:2181,m2:2181,m3:2181/mesos"),
+                "{first}"
+            );
             for n in [
                 "zookeeper :2181",
                 "master :5050",
@@ -442,6 +559,7 @@ fn build_every_role_and_format_then_boot_three_side_by_side() {
     for (role, secs) in times {
         eprintln!("e2e: build {role}: {secs:.0} s");
     }
+    eprintln!("e2e: seed --ova (four nodes, beside the every-format build): {node_secs:.0} s");
 }
 
 /// Failures that must stop the build cleanly: nothing published, nothing mounted or

@@ -23,8 +23,9 @@ else
 fi
 
 # Runtime dependencies: the packages of BUILD_TOOLS and BOOTSTRAP_TOOLS in
-# src/context.rs, genisoimage (seed ISOs), QEMU for verify and the lab, and the boot
-# loader images bootstrapped bases get (ci/setup-host.sh).
+# src/context.rs, genisoimage (seed ISOs; its isoinfo reads a seed's network-config for
+# verify), QEMU for verify and the lab, and the boot loader images bootstrapped bases
+# get (ci/setup-host.sh).
 depends=(
   qemu-utils qemu-system-x86 mmdebstrap fdisk gdisk cloud-guest-utils e2fsprogs
   util-linux mount dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin

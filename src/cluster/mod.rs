@@ -112,7 +112,7 @@ pub(crate) fn prefix_mask(len: u8) -> u32 {
 }
 
 /// `a.b.c.d/len` with a prefix length from 0 to 32.
-fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+pub(crate) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (a, l) = s.split_once('/')?;
     if l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -431,6 +431,14 @@ fn parse_ip(ctx: &Ctx, s: &toml::Spanned<String>, subject: &str, key: &str) -> R
             format!("{:?} is not an IPv4 address", s.get_ref()),
         )
     })
+}
+
+/// Whether `s` is a MAC address written as six colon-separated hex pairs.
+pub(crate) fn valid_mac(s: &str) -> bool {
+    s.len() == 17
+        && s.split(':').count() == 6
+        && s.split(':')
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A MAC that is stable for a cluster and node: locally administered range of QEMU's OUI.
@@ -800,11 +808,7 @@ impl Ctx<'_> {
     /// A node's given MAC, lower-cased: six colon-separated hex pairs.
     fn mac(&self, m: &toml::Spanned<String>, subj: &str) -> Result<String> {
         let s = m.get_ref().to_ascii_lowercase();
-        let ok = s.len() == 17
-            && s.split(':').count() == 6
-            && s.split(':')
-                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !ok {
+        if !valid_mac(&s) {
             return Err(self.err(
                 m.span(),
                 subj,

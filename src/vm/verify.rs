@@ -7,6 +7,10 @@
 //! Marathon's API wants a login that only the guest knows, so its 401 is the expected
 //! answer there ([`marathon_unauthorized`]). The Mesos probes read only read-only
 //! endpoints (`/flags`, `/state`, `/slaves`), which stay open, and are checked as always.
+//!
+//! A seed given with `--seed` is booted as it is: a node's seed from `mesobake seed` (or
+//! the one inside its OVA) carries the node's secrets and names the node's NIC by MAC,
+//! which the VM's NIC then takes ([`seed_nic`]).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+
+pub mod seed_nic;
 
 use super::probe;
 use super::qemu::{self, Accel, VmSpec};
@@ -180,12 +186,18 @@ fn seed_iso(opts: &VerifyOptions, services: &[Service], tmp: &Path) -> Result<Op
     Ok(Some(iso))
 }
 
-/// Boots the image and checks it.
+/// Boots the image and checks it. A seed whose network-config names the node's NIC by
+/// MAC boots with that MAC on the VM's NIC ([`seed_nic`]), or is refused before the boot
+/// when QEMU's user network could not reach the address it gives.
 pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     let image = &opts.image;
     if !image.is_file() {
         bail!("{}: no such image", image.display());
     }
+    let nic = match &opts.seed {
+        Some(s) => seed_nic::from_seed(s)?,
+        None => None,
+    };
     let info = crate::export::qemu_info(image)?;
     let format = info["format"].as_str().unwrap_or("raw").to_string();
     let services = match &opts.services {
@@ -217,8 +229,8 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         forwards: forwards.clone(),
         serial_log: tmp.path().join("serial.log"),
         extra_args: Vec::new(),
-        forward_to: None,
-        nic0_mac: None,
+        forward_to: nic.as_ref().and_then(|n| n.forward_to.clone()),
+        nic0_mac: nic.as_ref().map(|n| n.mac.clone()),
         stderr_log: None,
         console_socket: None,
         qmp_socket: None,
@@ -235,9 +247,11 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
         serial_log: None,
     };
     eprintln!(
-        "mesobake: booting {} ({}), waiting for the configured line",
+        "mesobake: booting {} ({}{}), waiting for the configured line",
         image.display(),
-        vm.accel.name()
+        vm.accel.name(),
+        nic.map(|n| format!(", {}", n.describe()))
+            .unwrap_or_default()
     );
     let line = vm.wait_for_line(
         &["mesobake: configured ", "mesobake: configuration FAILED"],
@@ -269,18 +283,20 @@ pub fn verify(opts: &VerifyOptions) -> Result<Report> {
     }
     vm.stop();
     if !report.passed() {
-        let keep = std::env::temp_dir().join(format!(
-            "mesobake-verify-{}-{}.serial.log",
-            image.file_stem().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        report.serial_log = Some(
-            qemu::keep_log(&spec.serial_log, &keep)?
-                .display()
-                .to_string(),
-        );
+        report.serial_log = Some(keep_serial_log(image, &spec.serial_log)?);
     }
     Ok(report)
+}
+
+/// Keeps a failed boot's serial log in the temp directory, named after the image; returns
+/// where.
+fn keep_serial_log(image: &Path, log: &Path) -> Result<String> {
+    let keep = std::env::temp_dir().join(format!(
+        "mesobake-verify-{}-{}.serial.log",
+        image.file_stem().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    Ok(qemu::keep_log(log, &keep)?.display().to_string())
 }
 
 /// The first-boot check: the configured line came. The console is no place for a
