@@ -79,7 +79,7 @@ mode_of() {
     sed -n 's/^Mode: //p' || true
 }
 zk() { # zk get|create PORT
-  timeout 120 python3 - "$@" <<'PY'
+  timeout 120 /usr/bin/python3 - "$@" <<'PY'
 import sys
 from kazoo.client import KazooClient
 op, port = sys.argv[1], sys.argv[2]

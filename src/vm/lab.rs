@@ -20,7 +20,11 @@
 //! Per VM, QEMU also keeps in the run dir its own PID file (`NAME.pid`), a QMP socket
 //! (`NAME.qmp`) and the serial console's socket (`NAME.console`, logged to the serial log
 //! all the while). Guest port 22 is forwarded like the service ports, for `lab ssh`.
-//! `up`, `down` and `kill` take the lab's lock ([`lock`]) while they change anything.
+//! Nodes that run ZooKeeper or a Mesos master also get a data disk (`NAME-data.img`,
+//! [`data`]) that outlives their overlay, so `lab replace` ([`replace`]) can move a node
+//! onto a new image without losing its state.
+//! `up`, `down`, `kill` and `replace` take the lab's lock ([`lock`]) while they change
+//! anything.
 
 mod addresses;
 pub mod console;

@@ -1,6 +1,6 @@
 //! One lab, one writer: an exclusive lock on `lock` in the lab's run dir.
 //!
-//! `lab up`, `lab down` and `lab kill` hold it while they start or stop VMs and write or
+//! `lab up`, `lab down`, `lab kill` and `lab replace` hold it while they start or stop VMs and write or
 //! remove state.json, so two `lab up` on one topology at the same instant start one
 //! lab: the second waits for the first, then reads its state, finds every VM running
 //! and says so. Waiting (rather than failing) is the choice because the second caller
