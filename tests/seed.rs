@@ -1008,6 +1008,13 @@ fn seed_ova_packs_each_nodes_role_disk_with_its_seed() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("m1.ova"), "progress names each OVA: {err}");
+    // One conversion per role: a1 and the workers group share slave-only's.
+    assert!(
+        err.contains("slave-only: converting the disk to VMDK (once for every slave-only OVA)")
+            && !err.contains("a1: converting")
+            && !err.contains("workers: converting"),
+        "{err}"
+    );
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for (i, name) in ["m1", "a1", "workers"].iter().enumerate() {
         let files = listed[i]["files"].as_array().unwrap();
@@ -1026,6 +1033,7 @@ fn seed_ova_packs_each_nodes_role_disk_with_its_seed() {
     }
 
     let v2v = virt_v2v_available();
+    let mut cids = Vec::new();
     for (name, memory) in [("m1", 4u64 << 30), ("a1", 2 << 30), ("workers", 2 << 30)] {
         let ova = out.join(format!("{name}.ova"));
         // Holding the seed's secrets, the OVA is as private as its ISO.
@@ -1075,6 +1083,7 @@ fn seed_ova_packs_each_nodes_role_disk_with_its_seed() {
             info["format-specific"]["data"]["create-type"],
             "streamOptimized"
         );
+        cids.push(info["format-specific"]["data"]["cid"].clone());
         // The seed ISO: label cidata, and exactly this node's user-data.
         let iso = x.join(&members[2]);
         let pvd = run_text(Command::new("isoinfo").arg("-d").arg("-i").arg(&iso));
@@ -1116,6 +1125,12 @@ fn seed_ova_packs_each_nodes_role_disk_with_its_seed() {
             }
         }
     }
+
+    // Each OVA's disk has its own CID, shared conversion or not.
+    assert!(
+        cids[0] != cids[1] && cids[1] != cids[2] && cids[0] != cids[2],
+        "{cids:?}"
+    );
 
     // a1 leaves: its OVA goes with its other seeds; a file mesobake did not write stays.
     fs::write(out.join("notes.ova"), "mine").unwrap();

@@ -1331,13 +1331,73 @@ pub struct SeedsWritten {
     pub tidy: crate::seed::record::Tidy,
 }
 
-/// Writes `<out>/<name>.ova`: `disk` with the `<name>.iso` already in `out` as its
-/// CD-ROM, sized as `mesobake build` sizes the role's OVA. Returns its name in `out`.
+/// The streamOptimized VMDKs of `seed --ova`: each role's disk converted once (the slow
+/// part of an OVA, a minute or more per disk), then copied for each of its nodes and
+/// groups with the copy's CID pinned from the node's name, so every OVA is the same as if
+/// converted on its own. They live in a temporary directory in the output directory,
+/// removed when this is dropped.
+struct RoleVmdks {
+    tmp: Option<tempfile::TempDir>,
+    converted: BTreeMap<String, PathBuf>,
+}
+
+impl RoleVmdks {
+    fn new() -> RoleVmdks {
+        RoleVmdks {
+            tmp: None,
+            converted: BTreeMap::new(),
+        }
+    }
+
+    /// `name`'s own copy of its role's VMDK (converted now if it is the role's first).
+    fn for_node(
+        &mut self,
+        out: &Path,
+        role: &str,
+        name: &str,
+        disk: &RoleDisk,
+        progress: &mut crate::progress::Progress,
+    ) -> Result<PathBuf> {
+        if self.tmp.is_none() {
+            self.tmp = Some(
+                tempfile::Builder::new()
+                    .prefix(".mesobake-ova-")
+                    .tempdir_in(out)
+                    .with_context(|| format!("creating a work directory in {}", out.display()))?,
+            );
+        }
+        let tmp = self.tmp.as_ref().expect("made above").path().to_owned();
+        if !self.converted.contains_key(role) {
+            let v = tmp.join(format!("{role}.role.vmdk"));
+            let bar = progress.percent(&format!(
+                "{role}: converting the disk to VMDK (once for every {role} OVA)"
+            ));
+            crate::export::convert(
+                &disk.path,
+                &v,
+                "vmdk",
+                &["-o", "subformat=streamOptimized"],
+                &bar,
+            )?;
+            bar.done();
+            self.converted.insert(role.to_string(), v);
+        }
+        let copy = tmp.join(format!("{name}.vmdk"));
+        std::fs::copy(&self.converted[role], &copy)
+            .with_context(|| format!("copying the {role} VMDK for {name}"))?;
+        crate::export::pin::pin("vmdk", &copy, &format!("{}:{name}", disk.sha256), 0)?;
+        Ok(copy)
+    }
+}
+
+/// Writes `<out>/<name>.ova`: its role's disk (as a VMDK from `vmdks`) with the
+/// `<name>.iso` already in `out` as its CD-ROM, sized as `mesobake build` sizes the
+/// role's OVA. Returns its name in `out`.
 fn write_ova(
     out: &Path,
-    name: &str,
-    services: &[Service],
+    (name, role, services): (&str, &str, &[Service]),
     disk: &RoleDisk,
+    vmdks: &mut RoleVmdks,
     digest: crate::export::ova::MfDigest,
     progress: &mut crate::progress::Progress,
 ) -> Result<String> {
@@ -1347,9 +1407,10 @@ fn write_ova(
         "ova",
         &format!("{}: {} + {name}.iso", dest.display(), disk.path.display()),
     );
-    let bar = progress.percent(&format!("{name}: converting the disk to VMDK"));
+    let vmdk = vmdks.for_node(out, role, name, disk, progress)?;
+    let bar = progress.percent(&format!("{name}: writing the OVA"));
     crate::export::ova::ova_from_disk(
-        &disk.path,
+        &vmdk,
         crate::export::ova::Appliance {
             name: name.to_string(),
             os: disk.os,
@@ -1370,6 +1431,8 @@ fn write_ova(
     .with_context(|| format!("writing {}", dest.display()))?;
     bar.done();
     progress.finish();
+    // Each OVA holds its own copy; the next node makes its own.
+    std::fs::remove_file(&vmdk).with_context(|| format!("removing {}", vmdk.display()))?;
     Ok(ova)
 }
 
@@ -1483,6 +1546,7 @@ impl Cluster {
         let mut written = Vec::new();
         let mut record = crate::seed::record::Files::new();
         let mut progress = crate::progress::Progress::new();
+        let mut vmdks = RoleVmdks::new();
         let mut one = |name: &str,
                        role: &str,
                        services: &[Service],
@@ -1516,7 +1580,14 @@ impl Cluster {
                 files.push(format!("{name}.network-config"));
             }
             if let Some(disk) = disks.and_then(|m| m.get(role)) {
-                files.push(write_ova(out, name, services, disk, digest, &mut progress)?);
+                files.push(write_ova(
+                    out,
+                    (name, role, services),
+                    disk,
+                    &mut vmdks,
+                    digest,
+                    &mut progress,
+                )?);
             }
             each.extend(files.iter().filter(|f| !f.ends_with('/')).cloned());
             record.insert(name.to_string(), crate::seed::record::digests(out, &each)?);
