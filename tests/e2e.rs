@@ -225,8 +225,8 @@ ip = "10.0.2.15"
 
 /// `mesobake seed --ova` over [`NODE_OVA_CLUSTER`] with the images in `images`, then
 /// `w1.ova` taken apart with tar. Returns w1's disk (the OVA's streamOptimized VMDK), its
-/// seed ISO (the OVA's CD-ROM), and how long `seed --ova` took: it converts the role's
-/// disk once per node, four times here.
+/// seed ISO (the OVA's CD-ROM), and how long `seed --ova` took: it converts each role's
+/// disk once, twice here (master-slave, slave-only).
 fn node_ova(images: &Path) -> (PathBuf, PathBuf, f64) {
     let dir = target_dir("e2e-node-ova");
     let _ = std::fs::remove_dir_all(&dir);
