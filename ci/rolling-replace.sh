@@ -142,7 +142,7 @@ results=()
 for n in "${order[@]}"; do
   log "replacing $n with v2"
   out=$("$mb" --json lab replace "$topo" "$n" --image "$work/v2/master.qcow2" --timeout 1200)
-  summary=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"{r[\"node\"]}: down {r[\"down_s\"]:.0f} s, configured {r[\"configured_s\"]:.0f} s, rejoined {r[\"rejoined_s\"]:.0f} s")' "$out")
+  summary=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%s: down %.0f s, configured %.0f s, rejoined %.0f s" % (r["node"], r["down_s"], r["configured_s"], r["rejoined_s"]))' "$out")
   log "$summary"
   results+=("$summary")
   [ "$(on "$n" 'cat /etc/mesobake-release')" = 2 ] || { log "$n does not run v2"; exit 1; }
