@@ -797,30 +797,7 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             }
             Ok(0)
         }
-        LabAction::Status { cluster } => {
-            let c = load_cluster(&cluster)?;
-            let rows = match lab::status(&c) {
-                Err(e) if e.is::<lab::NoLab>() => {
-                    if json {
-                        crate::output::print_json(&serde_json::json!({
-                            "lab": null,
-                            "message": "no lab running",
-                            "cluster": c.path,
-                        }))?;
-                    } else {
-                        outln!("{e}");
-                    }
-                    return Ok(0);
-                }
-                r => r?,
-            };
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                out!("{}", lab::status_table(&rows));
-            }
-            Ok(0)
-        }
+        LabAction::Status { cluster } => lab_status(&cluster, json),
         LabAction::Down { cluster, purge } => {
             let c = load_cluster(&cluster)?;
             let stopped = lab::down(&c, purge)?;
@@ -873,32 +850,66 @@ fn lab_cmd(action: LabAction, json: bool) -> Result<i32> {
             no_wait,
         } => {
             let c = load_cluster(&cluster)?;
-            let done = lab::replace(
-                &c,
-                &node,
-                &lab::ReplaceOptions {
-                    image,
-                    memory_mb: memory.or(c.lab.memory).unwrap_or(lab::DEFAULT_MEMORY_MB),
-                    cpus: cpus.or(c.lab.cpus).unwrap_or(lab::DEFAULT_CPUS),
-                    accel: None,
-                    wait: (!no_wait).then(|| Duration::from_secs(timeout)),
-                },
-            )?;
-            if json {
-                crate::output::print_json(&done)?;
-            } else {
-                let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.0} s"));
-                outln!(
-                    "replaced {node}: now on {} (down after {:.0} s, configured after {}, rejoined after {})",
-                    done.image.display(),
-                    done.down_s,
-                    secs(done.configured_s),
-                    secs(done.rejoined_s)
-                );
-            }
-            Ok(0)
+            let opts = lab::ReplaceOptions {
+                image,
+                memory_mb: memory.or(c.lab.memory).unwrap_or(lab::DEFAULT_MEMORY_MB),
+                cpus: cpus.or(c.lab.cpus).unwrap_or(lab::DEFAULT_CPUS),
+                accel: None,
+                wait: (!no_wait).then(|| Duration::from_secs(timeout)),
+            };
+            lab_replace(&c, &node, &opts, json)
         }
     }
+}
+
+/// `lab status`: the table or JSON; no lab is an empty state, not a failure.
+fn lab_status(cluster: &std::path::Path, json: bool) -> Result<i32> {
+    use crate::vm::lab;
+    let c = load_cluster(cluster)?;
+    let rows = match lab::status(&c) {
+        Err(e) if e.is::<lab::NoLab>() => {
+            if json {
+                crate::output::print_json(&serde_json::json!({
+                    "lab": null,
+                    "message": "no lab running",
+                    "cluster": c.path,
+                }))?;
+            } else {
+                outln!("{e}");
+            }
+            return Ok(0);
+        }
+        r => r?,
+    };
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        out!("{}", lab::status_table(&rows));
+    }
+    Ok(0)
+}
+
+/// `lab replace`: prints what it did and when.
+fn lab_replace(
+    c: &crate::cluster::Cluster,
+    node: &str,
+    opts: &crate::vm::lab::ReplaceOptions,
+    json: bool,
+) -> Result<i32> {
+    let done = crate::vm::lab::replace(c, node, opts)?;
+    if json {
+        crate::output::print_json(&done)?;
+    } else {
+        let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.0} s"));
+        outln!(
+            "replaced {node}: now on {} (down after {:.0} s, configured after {}, rejoined after {})",
+            done.image.display(),
+            done.down_s,
+            secs(done.configured_s),
+            secs(done.rejoined_s)
+        );
+    }
+    Ok(0)
 }
 
 /// `lab ssh`: replaces mesobake with ssh, so it returns only when that failed.
