@@ -52,7 +52,8 @@ pub fn ensure(dir: &Path, name: &str) -> Result<PathBuf> {
         return Ok(disk);
     }
     // Made beside it and renamed into place, so an interrupted mkfs leaves no disk
-    // that a later `lab up` would take for a good one.
+    // that a later `lab up` would take for a good one. 0600 (tempfile's mode): the
+    // masters' state is the cluster's (znodes, ACL digests, the registry).
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}-data-"))
         .tempfile_in(dir)
@@ -116,6 +117,8 @@ mod tests {
         // Sparse: the 4 GiB disk takes a few MiB on the host.
         let meta = std::fs::metadata(&disk).unwrap();
         assert_eq!(meta.len(), SIZE);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         use std::os::unix::fs::MetadataExt;
         assert!(
             meta.blocks() * 512 < 256 << 20,
