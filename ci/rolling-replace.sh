@@ -8,7 +8,7 @@
 # (/etc/mesobake-release, "2"), the way a monthly rebuild differs from the last. Then:
 #   1. `lab up` three masters on v1; write a znode (/rolling-replace = "written on v1")
 #      and note each member's ZooKeeper transaction logs.
-#   2. A poller asks every member `srvr` through its forwarded port once a second, all
+#   2. A poller asks every member `srvr` through its forwarded port, rounds a second apart, all
 #      the while, and logs who is leader and follower.
 #   3. `lab replace` each master with v2, followers first and the leader last, each one
 #      only once the one before has rejoined (lab replace waits for that).
