@@ -170,6 +170,23 @@ impl VmState {
     pub fn ssh_port(&self) -> Option<u16> {
         self.ports.get(&SSH_PORT).copied()
     }
+
+    /// What a killed QEMU leaves in the run dir (a clean exit removes them itself).
+    fn qemu_leftovers(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.pidfile, &self.qmp, &self.console]
+            .into_iter()
+            .flatten()
+    }
+
+    /// Each service of its role as `lab status` checks it (`auth`: the operator's
+    /// credential, for Marathon).
+    fn health(&self, auth: Option<&Credential>) -> Vec<Health> {
+        SERVICES
+            .iter()
+            .filter(|s| self.services.contains(&s.service))
+            .map(|s| check(s, self.ports[&s.port], auth))
+            .collect()
+    }
 }
 
 /// state.json.
@@ -183,6 +200,30 @@ pub struct State {
     pub accel: String,
     /// The VMs.
     pub vms: Vec<VmState>,
+}
+
+impl State {
+    /// The acceleration the lab's VMs run with, once one has started.
+    fn accel(&self) -> Option<Accel> {
+        match self.accel.as_str() {
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
+        }
+    }
+}
+
+/// The topology as the lab boots it: with the lab's secrets (made on first use) unless
+/// `[security] auth = false`, and the default gateway as each role's base renders it
+/// (its cloud-init, from the manifest.json in `images`; gateway4 without one).
+fn lab_cluster(c: &Cluster, images: &Path) -> Result<Cluster> {
+    let mut c = c.clone();
+    if c.auth {
+        let (s, _) = secrets::load_or_create(&secrets_dir(&c), false)?;
+        c.secrets = Some(s);
+    }
+    c.read_route_styles(images, false)?;
+    Ok(c)
 }
 
 /// The run dir of a cluster: `.mesobake-lab/<name>/` beside its cluster.toml.
@@ -509,26 +550,14 @@ pub fn up(c: &Cluster, opts: &UpOptions) -> Result<State> {
     let dir = run_dir(c);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = lock::LabLock::acquire(&dir, "up")?;
-    let mut c = c.clone();
-    if c.auth {
-        let (s, _) = secrets::load_or_create(&secrets_dir(&c), false)?;
-        c.secrets = Some(s);
-    }
-    // The default gateway as each role's base renders it (its cloud-init, from the
-    // images' manifest); gateway4 without one.
-    c.read_route_styles(&opts.images, false)?;
-    let c = &c;
+    let c = &lab_cluster(c, &opts.images)?;
     let members = c.lab_members()?;
     let mut state = load_state(&dir)?.unwrap_or_default();
     if state.mcast.is_empty() {
         state.mcast = mcast_for(&dir);
     }
     state.cluster = c.name.clone();
-    let mut accel = opts.accel.or(match state.accel.as_str() {
-        "kvm" => Some(Accel::Kvm),
-        "tcg" => Some(Accel::Tcg),
-        _ => None,
-    });
+    let mut accel = opts.accel.or(state.accel());
     let t0 = Instant::now();
     for m in &members {
         crate::run::check_interrupted()?;
@@ -776,11 +805,7 @@ pub fn status(c: &Cluster) -> Result<Vec<NodeStatus>> {
             Err(e) => format!("{e}"),
         };
         let services = if running {
-            SERVICES
-                .iter()
-                .filter(|s| v.services.contains(&s.service))
-                .map(|s| check(s, v.ports[&s.port], auth.as_ref()))
-                .collect()
+            v.health(auth.as_ref())
         } else {
             Vec::new()
         };
@@ -960,8 +985,7 @@ pub fn down(c: &Cluster, purge: bool) -> Result<Vec<String>> {
     for v in &state.vms {
         let _ = std::fs::remove_file(&v.overlay);
         let _ = std::fs::remove_file(dir.join(format!("{}-seed.iso", v.name)));
-        // What a killed QEMU leaves (a clean exit removes them itself).
-        for f in [&v.pidfile, &v.qmp, &v.console].into_iter().flatten() {
+        for f in v.qemu_leftovers() {
             let _ = std::fs::remove_file(f);
         }
     }

@@ -16,12 +16,11 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{
-    check, configured, find_vm, load_state, lock, operator, power_down, run_dir, save_state,
-    secrets, start_vm, Accel, NoLab, UnknownNode, UpOptions, VmState,
+    configured, find_vm, lab_cluster, load_state, lock, operator, power_down, run_dir, save_state,
+    start_vm, Accel, NoLab, UnknownNode, UpOptions, VmState,
 };
 use crate::cluster::Cluster;
 use crate::profile::Service;
-use crate::service::SERVICES;
 
 /// What `lab replace` was asked.
 #[derive(Debug, Clone)]
@@ -115,13 +114,8 @@ pub fn replace(c: &Cluster, name: &str, opts: &ReplaceOptions) -> Result<Replace
     check_role(&image, &old)?;
     // Reads the image before anything stops: a file qemu-img cannot read fails here.
     crate::export::qemu_info(&image)?;
-    let mut c = c.clone();
-    if c.auth {
-        let (s, _) = secrets::load_or_create(&super::secrets_dir(&c), false)?;
-        c.secrets = Some(s);
-    }
     let images = image.parent().unwrap_or(Path::new("."));
-    c.read_route_styles(images, false)?;
+    let c = lab_cluster(c, images)?;
     let members = c.lab_members()?;
     let Some(m) = members.iter().find(|m| m.name == name) else {
         bail!(UnknownNode {
@@ -137,11 +131,7 @@ pub fn replace(c: &Cluster, name: &str, opts: &ReplaceOptions) -> Result<Replace
     eprintln!("mesobake: lab: {name} down after {down_s:.0} s");
     remove_leftovers(&old)?;
     let mut state = load_state(&dir)?.context("the lab state went away")?;
-    let accel = opts.accel.or(match state.accel.as_str() {
-        "kvm" => Some(Accel::Kvm),
-        "tcg" => Some(Accel::Tcg),
-        _ => None,
-    });
+    let accel = opts.accel.or(state.accel());
     let up = UpOptions {
         images: images.to_owned(),
         memory_mb: opts.memory_mb,
@@ -186,15 +176,7 @@ pub fn replace(c: &Cluster, name: &str, opts: &ReplaceOptions) -> Result<Replace
 /// `NAME.serial.prev.log` for a post-mortem (the new log must not show the old VM's
 /// configured line).
 fn remove_leftovers(old: &VmState) -> Result<()> {
-    for f in [
-        Some(&old.overlay),
-        old.pidfile.as_ref(),
-        old.qmp.as_ref(),
-        old.console.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for f in std::iter::once(&old.overlay).chain(old.qemu_leftovers()) {
         match std::fs::remove_file(f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", f.display()))
@@ -245,11 +227,7 @@ fn wait_rejoined(
             }
         }
         if done.configured_s.is_some() {
-            let health: Vec<_> = SERVICES
-                .iter()
-                .filter(|s| vm.services.contains(&s.service))
-                .map(|s| check(s, vm.ports[&s.port], auth.as_ref()))
-                .collect();
+            let health = vm.health(auth.as_ref());
             let in_ensemble = |h: &super::Health| {
                 h.service != Service::Zookeeper
                     || matches!(h.detail.as_str(), "leader" | "follower" | "standalone")
