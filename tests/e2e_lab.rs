@@ -656,58 +656,56 @@ fn check_network_policy(rows: &[serde_json::Value], leader: &str, run_dir: &Path
 /// back as mesobake's. sshd may still be starting on a slow TCG guest, so a failure of
 /// ssh itself (255) is retried a few times; any other failure is not.
 fn check_ssh(topo: &str, node: &str) {
-    let ssh = |cmd: &[&str]| {
-        let mut args = vec!["lab", "ssh", topo, node, "--"];
-        args.extend_from_slice(cmd);
-        mesobake(&args).output().unwrap()
-    };
+    let out = lab_ssh(topo, node, &["cat", "/etc/hostname"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab ssh {node}: {}: {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        node,
+        "{node}'s /etc/hostname through lab ssh"
+    );
+    let st = lab_ssh(topo, node, &["exit", "7"]).status;
+    assert_eq!(st.code(), Some(7), "lab ssh passes the remote exit status");
+    eprintln!(
+        "e2e-lab: lab ssh {node} -- cat /etc/hostname: {}",
+        stdout.trim()
+    );
+}
+
+/// `lab ssh TOPO NODE -- CMD...`, again while ssh itself fails (255: sshd may still be
+/// starting), up to 6 times 10 s apart; the first output that is not ssh's failure.
+fn lab_ssh(topo: &str, node: &str, cmd: &[&str]) -> std::process::Output {
+    let mut args = vec!["lab", "ssh", topo, node, "--"];
+    args.extend_from_slice(cmd);
     let mut last = String::new();
     for attempt in 1..=6 {
-        let out = ssh(&["cat", "/etc/hostname"]);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        last = format!(
-            "{}: {stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            assert_eq!(
-                stdout.trim(),
-                node,
-                "{node}'s /etc/hostname through lab ssh"
-            );
-            let st = ssh(&["exit", "7"]).status;
-            assert_eq!(st.code(), Some(7), "lab ssh passes the remote exit status");
-            eprintln!(
-                "e2e-lab: lab ssh {node} -- cat /etc/hostname: {}",
-                stdout.trim()
-            );
-            return;
+        let out = mesobake(&args).output().unwrap();
+        if out.status.code() != Some(255) {
+            return out;
         }
-        assert_eq!(out.status.code(), Some(255), "lab ssh {node}: {last}");
+        last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
         eprintln!("e2e-lab: lab ssh {node}: attempt {attempt} failed: {last}");
         std::thread::sleep(Duration::from_secs(10));
     }
     panic!("lab ssh {node} failed 6 times; the last: {last}");
 }
 
-/// Runs `script` as root on `node` through `lab ssh`; its stdout. Again while ssh itself
-/// fails (255: sshd may still be starting on a node that just rejoined).
+/// Runs `script` as root on `node` through `lab ssh`; its stdout.
 fn on(topo: &str, node: &str, script: &str) -> String {
     let remote = format!("sudo sh -c '{}'", script.replace('\'', r"'\''"));
-    let mut last = String::new();
-    for _ in 1..=6 {
-        let out = mesobake(&["lab", "ssh", topo, node, "--", &remote])
-            .output()
-            .unwrap();
-        last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert_eq!(out.status.code(), Some(255), "on {node}: {script}: {last}");
-        std::thread::sleep(Duration::from_secs(10));
-    }
-    panic!("lab ssh {node} failed 6 times; the last: {last}");
+    let out = lab_ssh(topo, node, &[&remote]);
+    assert!(
+        out.status.success(),
+        "on {node}: {script}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A master's ZooKeeper state lives on its data disk: /var/lib/mesobake-data is the disk

@@ -1016,6 +1016,11 @@ fn find_vm(c: &Cluster, dir: &Path, name: &str) -> Result<VmState> {
             state: dir.join("state.json"),
         });
     };
+    vm_in(c, &state, name)
+}
+
+/// The VM `name` in `state`.
+fn vm_in(c: &Cluster, state: &State, name: &str) -> Result<VmState> {
     match state.vms.iter().find(|v| v.name == name) {
         Some(v) => Ok(v.clone()),
         None => bail!(UnknownNode {

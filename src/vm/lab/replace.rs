@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{
-    configured, find_vm, lab_cluster, load_state, lock, operator, power_down, run_dir, save_state,
-    start_vm, Accel, NoLab, UnknownNode, UpOptions, VmState,
+    configured, lab_cluster, load_state, lock, operator, power_down, run_dir, save_state, start_vm,
+    vm_in, Accel, NoLab, UnknownNode, UpOptions, VmState,
 };
 use crate::cluster::Cluster;
 use crate::profile::Service;
@@ -103,14 +103,17 @@ pub fn replace(c: &Cluster, name: &str, opts: &ReplaceOptions) -> Result<Replace
         bail!("{}: no such image", image.display());
     }
     let dir = run_dir(c);
-    if !dir.join("state.json").is_file() {
-        bail!(NoLab {
-            cluster: c.path.clone(),
-            state: dir.join("state.json"),
-        });
+    let no_lab = || NoLab {
+        cluster: c.path.clone(),
+        state: dir.join("state.json"),
+    };
+    if !dir.is_dir() {
+        bail!(no_lab());
     }
     let lock = lock::LabLock::acquire(&dir, "replace")?;
-    let old = find_vm(c, &dir, name)?;
+    // Read once, under the lock: nothing else writes it until we do.
+    let mut state = load_state(&dir)?.ok_or_else(no_lab)?;
+    let old = vm_in(c, &state, name)?;
     check_role(&image, &old)?;
     // Reads the image before anything stops: a file qemu-img cannot read fails here.
     crate::export::qemu_info(&image)?;
@@ -130,7 +133,6 @@ pub fn replace(c: &Cluster, name: &str, opts: &ReplaceOptions) -> Result<Replace
     let down_s = t0.elapsed().as_secs_f64();
     eprintln!("mesobake: lab: {name} down after {down_s:.0} s");
     remove_leftovers(&old)?;
-    let mut state = load_state(&dir)?.context("the lab state went away")?;
     let accel = opts.accel.or(state.accel());
     let up = UpOptions {
         images: images.to_owned(),
