@@ -167,13 +167,18 @@ pub fn dedup_formats(list: impl IntoIterator<Item = Format>) -> Result<Vec<Forma
 }
 
 /// The compression of qcow2 outputs.
+///
+/// zstd is the default: it writes about three times faster than zlib and gives a smaller
+/// file, and every QEMU since 5.1 (2020: Debian 11, Ubuntu 22.04, RHEL 8.4, Proxmox 6.3)
+/// reads it. zlib stays one flag away for older readers (Ubuntu 20.04's QEMU 4.2).
+/// The manifest records which one an image has.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Qcow2Compression {
     /// Readable by every QEMU.
-    #[default]
     Zlib,
-    /// Faster; needs QEMU >= 5.1 to read.
+    /// Faster and smaller; needs QEMU >= 5.1 to read.
+    #[default]
     Zstd,
 }
 

@@ -12,10 +12,13 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::manifest::Manifest;
-use super::{ova, sbom, Format, Output, OutputKind, ALL_FORMATS, SIGNATURE_FILES};
+use super::{
+    ova, sbom, Format, Output, OutputKind, Qcow2Compression, ALL_FORMATS, SIGNATURE_FILES,
+};
 use crate::base::cache::sha256_file;
 use crate::run::Cmd;
 use crate::sums::Sums;
+use clap::ValueEnum;
 
 /// One line of the result.
 #[derive(Debug, Clone, Serialize)]
@@ -179,7 +182,12 @@ pub fn check_dir(dir: &Path) -> Result<Report> {
         };
         let p = dir.join(f);
         match kind {
-            OutputKind::Disk => check_disk(&mut r, f, &p, format, vsize),
+            OutputKind::Disk => {
+                check_disk(&mut r, f, &p, format, vsize);
+                if let Some(want) = recorded.get(f).and_then(|o| o.compression) {
+                    r.push(f, "compression", check_compression(&p, want));
+                }
+            }
             OutputKind::Appliance => check_ova(&mut r, dir, f, &p, vsize),
             OutputKind::Sbom => {
                 let packages = manifest
@@ -287,6 +295,25 @@ fn check_disk(r: &mut Report, file: &str, p: &Path, format: Format, vsize: Optio
     }
 }
 
+/// The qcow2's own compression type is the one the manifest records.
+fn check_compression(p: &Path, want: Qcow2Compression) -> Result<String> {
+    let info = super::qemu_info(p)?;
+    // qemu-img leaves the field out of images from QEMU before 5.1: those are zlib.
+    let got = info["format-specific"]["data"]["compression-type"]
+        .as_str()
+        .unwrap_or("zlib")
+        .to_string();
+    let want = want
+        .to_possible_value()
+        .expect("a value")
+        .get_name()
+        .to_string();
+    if got != want {
+        bail!("the qcow2 is {got}-compressed, manifest.json says {want}");
+    }
+    Ok(got)
+}
+
 fn check_ova(r: &mut Report, dir: &Path, file: &str, p: &Path, vsize: Option<u64>) {
     let structure = ova::check(p);
     let c = match structure {
@@ -366,6 +393,27 @@ fn check_ova(r: &mut Report, dir: &Path, file: &str, p: &Path, vsize: Option<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_qcow2_whose_compression_differs_from_the_manifest_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.qcow2");
+        Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o", "compression_type=zlib"])
+            .arg(&p)
+            .arg("1M")
+            .run()
+            .unwrap();
+        assert_eq!(
+            check_compression(&p, Qcow2Compression::Zlib).unwrap(),
+            "zlib"
+        );
+        let e = check_compression(&p, Qcow2Compression::Zstd).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the qcow2 is zlib-compressed, manifest.json says zstd"
+        );
+    }
 
     #[test]
     fn names_map_to_formats() {

@@ -598,6 +598,7 @@ mod tests {
             virtual_size: 1,
             size: 1,
             sha256: sha256.into(),
+            compression: None,
         }
     }
 

@@ -79,6 +79,10 @@ pub struct Output {
     pub size: u64,
     /// The file's SHA256.
     pub sha256: String,
+    /// A qcow2's compression type (zstd by default; zlib for old QEMU). `mesobake check`
+    /// compares it with the file's own header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Qcow2Compression>,
 }
 
 /// What an output file is, which decides how `mesobake check` examines it.
@@ -123,6 +127,7 @@ impl Output {
                 .with_context(|| format!("reading {}", p.display()))?
                 .len(),
             sha256: sha256_file(&p)?,
+            compression: None,
         })
     }
 }
@@ -298,7 +303,9 @@ fn write_qcow2(
     } else {
         st.convert(ctx, f, &dest, &format!("converting to {file}"))?;
     }
-    Ok(vec![st.describe(&file, f, OutputKind::Disk)?])
+    let mut out = st.describe(&file, f, OutputKind::Disk)?;
+    out.compression = Some(ctx.req.export.qcow2_compression);
+    Ok(vec![out])
 }
 
 /// A disk format that is one `qemu-img convert` (raw, vmdk, vdi, vhdx, vhd, vhd-fixed).

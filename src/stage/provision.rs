@@ -195,6 +195,11 @@ fn install(ctx: &BuildContext, root: &ImageRoot) -> Result<()> {
             "Dpkg::Options::=--force-confdef",
             "-o",
             "Dpkg::Options::=--force-confold",
+            // dpkg fsyncs every unpacked file; a build that crashes throws its disk away
+            // anyway, so the syncs only cost time (about 10% of the install here). An
+            // option of this command only: nothing of it reaches the image's dpkg.cfg.
+            "-o",
+            "Dpkg::Options::=--force-unsafe-io",
         ];
         argv.extend_from_slice(args);
         chroot(r, &argv)
