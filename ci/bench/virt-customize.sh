@@ -7,7 +7,8 @@
 #
 # --setup installs libguestfs-tools (it pulls guestfs-tools, which has virt-customize and
 # virt-sparsify) pinned next to the installed qemu-utils, checks that qemu-utils is still
-# there at the same version, and runs libguestfs-test-tool once so supermin's appliance is
+# there at the same version, installs the distribution's kernel when /boot has none
+# (supermin builds the appliance from the host's kernel), and runs libguestfs-test-tool once so supermin's appliance is
 # built and cached. Run it before timing; in bake mode the install is a no-op when the
 # tools are present (and done, untimed in the printed split, when they are not).
 #
@@ -38,18 +39,31 @@ pkgs="mesos marathon zookeeperd docker.io"
 die() { echo "virt-customize.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root"
 
+# The distribution's kernel metapackage, for supermin's appliance.
+kernel_package() {
+  . /etc/os-release
+  case "$ID" in
+    ubuntu) echo linux-image-generic ;;
+    *) echo linux-image-amd64 ;;
+  esac
+}
+
 setup() {
   local need=() t
   for t in virt-customize virt-sparsify virt-copy-out qemu-img sgdisk growpart partx \
            dpkg-scanpackages bc; do
     command -v "$t" >/dev/null || need+=("$t")
   done
-  [ ${#need[@]} -eq 0 ] && return 0
+  # supermin builds its appliance from the host's own kernel: a container or a minimal
+  # cloud machine has none in /boot, and libguestfs-test-tool then fails at once.
+  local kernel=
+  compgen -G '/boot/vmlinuz-*' >/dev/null || kernel=$(kernel_package)
+  [ ${#need[@]} -eq 0 ] && [ -z "$kernel" ] && return 0
   local qv before
   qv=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null) || die "qemu-utils is not installed"
   before=$(qemu-img --version | head -1)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    libguestfs-tools gdisk cloud-guest-utils dpkg-dev bc "qemu-utils=$qv" >/dev/null \
+    libguestfs-tools gdisk cloud-guest-utils dpkg-dev bc $kernel "qemu-utils=$qv" >/dev/null \
     || die "apt-get install libguestfs-tools failed"
   [ "$(dpkg-query -W -f='${Version} ${db:Status-Abbrev}' qemu-utils 2>/dev/null)" = "$qv ii " ] \
     || die "installing libguestfs-tools changed qemu-utils (was $qv)"

@@ -308,9 +308,14 @@ fn write_qcow2(
     Ok(vec![out])
 }
 
-/// A disk format that is one `qemu-img convert` (raw, vmdk, vdi, vhdx, vhd, vhd-fixed).
+/// A disk format that is one `qemu-img convert` (vmdk, vdi, vhdx, vhd, vhd-fixed), or the
+/// finished disk itself (raw).
 fn write_disk(ctx: &BuildContext, st: &Staging, f: Format) -> Result<Vec<Output>> {
     let file = st.file(f);
+    if f == Format::Raw {
+        link_raw(&st.disk, &st.dir.join(&file))?;
+        return Ok(vec![st.describe(&file, f, OutputKind::Disk)?]);
+    }
     st.convert(
         ctx,
         f,
@@ -318,6 +323,18 @@ fn write_disk(ctx: &BuildContext, st: &Staging, f: Format) -> Result<Vec<Output>
         &format!("converting to {file}"),
     )?;
     Ok(vec![st.describe(&file, f, OutputKind::Disk)?])
+}
+
+/// The raw output is the finished disk: nothing changes it after finalize, and the work
+/// directory is on the output directory's filesystem, so a hard link publishes it without
+/// copying 6 GiB (a copy, keeping holes, where a link is refused).
+fn link_raw(disk: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::hard_link(disk, dest).is_err() {
+        crate::layers::store::copy_sparse(disk, dest)?;
+    }
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", dest.display()))
 }
 
 /// The OVA: descriptor, the shared streamOptimized VMDK and the `.mf`, in one tar.
