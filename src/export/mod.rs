@@ -15,6 +15,7 @@ pub mod ova;
 pub mod pin;
 pub mod qcow2;
 pub mod sbom;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -163,8 +164,14 @@ pub fn run(ctx: &mut BuildContext, prov: &Provisioned, conf: &Configured) -> Res
         let started = Instant::now();
         let written = match f {
             Format::Qcow2 => write_qcow2(ctx, &st, prov, conf)?,
-            Format::Ova => write_ova(ctx, &mut st)?,
-            Format::Ec2 => write_ec2(ctx, &mut st)?,
+            Format::Ova => {
+                let vmdk = st.stream(ctx, prov, conf)?;
+                write_ova(ctx, &st, &vmdk)?
+            }
+            Format::Ec2 => {
+                let vmdk = st.stream(ctx, prov, conf)?;
+                write_ec2(ctx, &st, &vmdk)?
+            }
             _ => write_disk(ctx, &st, f)?,
         };
         let size = written[0].size;
@@ -273,16 +280,20 @@ impl Staging {
         Ok(())
     }
 
-    /// The streamOptimized VMDK that the OVA and the EC2 kit share, converted once.
-    fn stream(&mut self, ctx: &BuildContext, for_file: &str) -> Result<PathBuf> {
+    /// The streamOptimized VMDK that the OVA and the EC2 kit share, written once.
+    fn stream(
+        &mut self,
+        ctx: &mut BuildContext,
+        prov: &Provisioned,
+        conf: &Configured,
+    ) -> Result<PathBuf> {
         if let Some(s) = &self.stream {
             return Ok(s.clone());
         }
-        let stream = ctx.work.join("stream.vmdk");
-        let what = format!("converting to a streamOptimized VMDK for {for_file}");
-        self.convert(ctx, Format::Ova, &stream, &what)?;
-        self.stream = Some(stream.clone());
-        Ok(stream)
+        let dest = ctx.work.join("stream.vmdk");
+        stream::from_layers(ctx, prov, conf, pin::derive_cid(&self.seed), &dest)?;
+        self.stream = Some(dest.clone());
+        Ok(dest)
     }
 }
 
@@ -338,13 +349,12 @@ fn link_raw(disk: &Path, dest: &Path) -> Result<()> {
 }
 
 /// The OVA: descriptor, the shared streamOptimized VMDK and the `.mf`, in one tar.
-fn write_ova(ctx: &BuildContext, st: &mut Staging) -> Result<Vec<Output>> {
+fn write_ova(ctx: &BuildContext, st: &Staging, stream: &Path) -> Result<Vec<Output>> {
     let file = st.file(Format::Ova);
-    let stream = st.stream(ctx, &file)?;
     ctx.progress.step(&format!("packing {file}"));
     let input = ova::OvaInput {
         appliance: appliance(ctx, st.virtual_size),
-        vmdk: &stream,
+        vmdk: stream,
         seed_iso: None,
         digest: ctx.req.export.ova_digest,
         mtime: st.epoch,
@@ -359,15 +369,14 @@ fn write_ova(ctx: &BuildContext, st: &mut Staging) -> Result<Vec<Output>> {
 
 /// The EC2 import kit: the shared streamOptimized VMDK, containers.json, user-data and
 /// LAUNCH.md.
-fn write_ec2(ctx: &BuildContext, st: &mut Staging) -> Result<Vec<Output>> {
+fn write_ec2(ctx: &BuildContext, st: &Staging, stream: &Path) -> Result<Vec<Output>> {
     use crate::profile::Service;
     let f = Format::Ec2;
     let file = st.file(f);
-    let stream = st.stream(ctx, &file)?;
     let dest = st.dir.join(&file);
     // A hard link: the OVA packs the same VMDK.
-    std::fs::hard_link(&stream, &dest)
-        .or_else(|_| std::fs::copy(&stream, &dest).map(|_| ()))
+    std::fs::hard_link(stream, &dest)
+        .or_else(|_| std::fs::copy(stream, &dest).map(|_| ()))
         .with_context(|| format!("writing {file}"))?;
     let mut outputs = vec![st.describe(&file, f, OutputKind::Disk)?];
     let p = &ctx.req.profile;

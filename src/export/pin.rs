@@ -61,12 +61,18 @@ pub fn source_date_epoch() -> u64 {
 pub fn pin(qemu_format: &str, path: &Path, seed: &str, epoch: u64) -> Result<bool> {
     let r = match qemu_format {
         "qcow2" | "raw" => Ok(true),
-        "vmdk" => vmdk_cid(path, u32::from_be_bytes(first4(seed, "vmdk-cid"))).map(|_| true),
+        "vmdk" => vmdk_cid(path, derive_cid(seed)).map(|_| true),
         "vdi" => vdi_uuids(path, seed).map(|_| true),
         "vpc" => vhd_footers(path, seed, epoch).map(|_| true),
         _ => Ok(false),
     };
     r.with_context(|| format!("pinning the {qemu_format} header of {}", path.display()))
+}
+
+/// The VMDK descriptor's CID for a build seeded with `seed` (the streamOptimized writer
+/// writes it directly; qemu-img's VMDKs are pinned to it).
+pub fn derive_cid(seed: &str) -> u32 {
+    u32::from_be_bytes(first4(seed, "vmdk-cid"))
 }
 
 fn first4(seed: &str, what: &str) -> [u8; 4] {
