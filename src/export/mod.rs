@@ -16,6 +16,7 @@ pub mod pin;
 pub mod qcow2;
 pub mod sbom;
 pub mod stream;
+pub mod vmdk_stream;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

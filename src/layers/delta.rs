@@ -68,7 +68,7 @@ impl Delta {
 }
 
 /// The next offset at or after `pos` where `f` has data, or None past the last data.
-fn next_data(f: &File, pos: u64) -> Result<Option<u64>> {
+pub(crate) fn next_data(f: &File, pos: u64) -> Result<Option<u64>> {
     match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
         Ok(p) => Ok(Some(p)),
         Err(rustix::io::Errno::NXIO) => Ok(None),
