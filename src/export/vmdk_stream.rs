@@ -96,17 +96,17 @@ fn pack_at(raw: &Path, store: &Path, level: u32) -> Result<()> {
     let mut hash = blake3::Hasher::new();
     let mut index = Vec::new();
     let mut pos = 0;
-    while let Some(start) = next_data(&src, pos)? {
-        let start = start / GRAIN * GRAIN;
+    while let Some(data) = next_data(&src, pos)? {
+        let start = data / GRAIN * GRAIN;
         if start >= size {
             break;
         }
-        // Up to the hole after this data, so long holes are never read.
-        let hole = next_hole(&src, start)?.unwrap_or(size).div_ceil(GRAIN) * GRAIN;
+        // Up to the hole after this data (a grain that starts in a hole can still hold
+        // data), so long holes are never read.
+        let hole = next_hole(&src, data)?.unwrap_or(size).max(data + 1);
         let end = size
-            .min(hole)
-            .min(start + BATCH as u64 * GRAIN)
-            .max(start + 1);
+            .min(hole.div_ceil(GRAIN) * GRAIN)
+            .min(start + BATCH as u64 * GRAIN);
         let mut items = Vec::with_capacity(BATCH);
         for g in start / GRAIN..end.div_ceil(GRAIN) {
             items.push(Item::Raw(g, read_grain(&src, g, size, raw)?));
@@ -794,7 +794,8 @@ mod tests {
         File::create(path).unwrap().set_len(SIZE).unwrap();
         put(path, 0, &noise(2 * GRAIN, 1));
         put(path, 5 * GRAIN, &vec![0; 3 * GRAIN as usize]);
-        put(path, 9 * GRAIN + 1000, b"a few bytes inside a grain");
+        // The grain starts in a hole: its first 8 KiB were never written.
+        put(path, 9 * GRAIN + 8192 + 1000, b"a few bytes inside a grain");
         put(path, MIB, &noise(17 * MIB, 2));
         put(path, 4 * MIB, &vec![0; GRAIN as usize]);
         put(path, SIZE - 4096, &noise(4096, 3));
@@ -966,7 +967,8 @@ mod tests {
     }
 
     /// Times `pack` at each level in MESOBAKE_VMDK_LEVELS (default: this build's) and
-    /// `write` of the raw disk at MESOBAKE_VMDK_MEASURE. Run in release:
+    /// `write` of the raw disk at MESOBAKE_VMDK_MEASURE, writing into
+    /// MESOBAKE_VMDK_MEASURE_OUT (default /var/tmp). Run in release:
     /// `MESOBAKE_VMDK_MEASURE=disk.raw cargo test --release measure -- --ignored --nocapture`
     #[test]
     #[ignore]
@@ -975,7 +977,9 @@ mod tests {
             return;
         };
         let raw = PathBuf::from(raw);
-        let dir = dir_of(&raw).to_path_buf();
+        let dir = PathBuf::from(
+            std::env::var("MESOBAKE_VMDK_MEASURE_OUT").unwrap_or("/var/tmp".into()),
+        );
         let levels = std::env::var("MESOBAKE_VMDK_LEVELS").unwrap_or(LEVEL.to_string());
         for level in levels.split(',').map(|l| l.parse::<u32>().unwrap()) {
             let store = dir.join(format!("measure-{level}.grains"));
