@@ -50,12 +50,13 @@ const MARKER_GT: u32 = 1;
 const MARKER_GD: u32 = 2;
 const MARKER_FOOTER: u32 = 3;
 
-/// zlib level of every grain. Measured on the provisioned disk of a real image (6 GiB,
-/// 1.3 GiB of data, two cores; see the module tests' `measure`): level 1 packs in 9.6 s to
-/// 600 MiB, level 6 (QEMU's) in 24 s to 533 MiB, level 9 in 49 s to 531 MiB. The warm path
-/// compresses only a few MiB at any level, so the cold pack decides: level 6 costs 15 s
-/// once per provisioned layer and saves 67 MiB (11 %) on every OVA and EC2 upload, and
-/// matches QEMU's output size.
+/// zlib level of every grain (6 is QEMU's). Measured with `measure` below on the cached
+/// provisioned disk of a real image (6 GiB, 1.3 GiB of data in 21406 grains), two busy
+/// cores: level 1 packs in 13.0 s to 608 MB, 6 in 25.2 s to 484 MB, 7 in 39.8 s to 481 MB,
+/// 9 in 75.9 s to 472 MB (qemu-img, level 6 on one core: 72 s, 481 MB). The warm path
+/// compresses a few MiB at any level, so the cold pack decides: 6 costs 12 s more than 1
+/// once per provisioned layer and saves 124 MB (20 %) on every OVA and EC2 upload; past
+/// 6, each percent of size costs another 10 to 20 s.
 const LEVEL: u32 = 6;
 /// Grains compressed per parallel step (16 MiB): enough work for every core, little
 /// memory.
@@ -83,7 +84,7 @@ pub fn pack(raw: &Path, store: &Path) -> Result<()> {
 fn pack_at(raw: &Path, store: &Path, level: u32) -> Result<()> {
     let src = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let size = src.metadata()?.len();
-    if size == 0 || size % SECTOR != 0 {
+    if size == 0 || !size.is_multiple_of(SECTOR) {
         bail!(
             "{}: a VMDK disk is whole 512-byte sectors; this one is {size} bytes",
             raw.display()
@@ -144,6 +145,7 @@ fn pack_at(raw: &Path, store: &Path, level: u32) -> Result<()> {
         ..header
     };
     tmp.as_file().write_all_at(&header.encode(), 0)?;
+    readable(tmp.as_file())?;
     tmp.as_file().sync_all()?;
     tmp.persist(store)
         .with_context(|| format!("writing {}", store.display()))?;
@@ -203,6 +205,7 @@ pub fn write(store: &Path, delta: Option<(&Delta, &Path)>, cid: u32, dest: &Path
     out.grains(&mut batch, level)?;
     st.verify()?;
     out.finish()?;
+    readable(tmp.as_file())?;
     // No fsync: like every conversion, the output is a work file that the build
     // publishes (and digests) later.
     tmp.persist(dest)
@@ -291,6 +294,14 @@ fn next_hole(f: &File, pos: u64) -> Result<Option<u64>> {
     }
 }
 
+/// Mode 0644, as qemu-img leaves its outputs: a temporary file starts private, and the
+/// EC2 kit publishes this very file (a hard link).
+fn readable(f: &File) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .context("setting the mode of a new file")
+}
+
 fn dir_of(p: &Path) -> &Path {
     p.parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -373,7 +384,7 @@ impl StoreHeader {
             "{p}: packed by a zlib that compresses differently from this build's; pack it again"
         );
         ensure!(
-            h.disk_size > 0 && h.disk_size % SECTOR == 0 && h.index_offset >= STORE_HEADER,
+            h.disk_size > 0 && h.disk_size.is_multiple_of(SECTOR) && h.index_offset >= STORE_HEADER,
             "{p}: corrupt grain store header"
         );
         Ok(h)
@@ -525,9 +536,9 @@ fn changed_grains(d: &Delta, data: &Path, size: u64, store: &Path) -> Result<Vec
         let stop = e.offset.checked_add(e.len).filter(|&s| s <= size);
         ensure!(
             e.len > 0
-                && e.offset % GRAIN == 0
+                && e.offset.is_multiple_of(GRAIN)
                 && e.offset >= end
-                && stop.is_some_and(|s| s % GRAIN == 0 || s == size),
+                && stop.is_some_and(|s| s.is_multiple_of(GRAIN) || s == size),
             "the delta with data {} has an extent ({} bytes at {}) that is not whole grains \
              within the disk, in order",
             data.display(),
@@ -603,7 +614,7 @@ impl<W: Write> Vmdk<W> {
     }
 
     fn put(&mut self, b: &[u8]) -> Result<()> {
-        debug_assert!(b.len() as u64 % SECTOR == 0);
+        debug_assert!((b.len() as u64).is_multiple_of(SECTOR));
         self.w.write_all(b)?;
         self.sector += b.len() as u64 / SECTOR;
         Ok(())
@@ -897,6 +908,11 @@ mod tests {
         write(&store, None, 0xdead_beef, &b).unwrap();
         let v = std::fs::read(&a).unwrap();
         assert!(v == std::fs::read(&b).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         let desc = String::from_utf8_lossy(&v[512..512 * 21]);
         assert!(desc.contains("\nCID=deadbeef\n"), "{desc}");
         assert!(desc.contains(&format!("\nRW {} SPARSE \"x.vmdk\"\n", SIZE / 512)));
@@ -977,9 +993,8 @@ mod tests {
             return;
         };
         let raw = PathBuf::from(raw);
-        let dir = PathBuf::from(
-            std::env::var("MESOBAKE_VMDK_MEASURE_OUT").unwrap_or("/var/tmp".into()),
-        );
+        let dir =
+            PathBuf::from(std::env::var("MESOBAKE_VMDK_MEASURE_OUT").unwrap_or("/var/tmp".into()));
         let levels = std::env::var("MESOBAKE_VMDK_LEVELS").unwrap_or(LEVEL.to_string());
         for level in levels.split(',').map(|l| l.parse::<u32>().unwrap()) {
             let store = dir.join(format!("measure-{level}.grains"));
