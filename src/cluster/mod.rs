@@ -1331,10 +1331,10 @@ pub struct SeedsWritten {
     pub tidy: crate::seed::record::Tidy,
 }
 
-/// The streamOptimized VMDKs of `seed --ova`: each role's disk converted once (the slow
-/// part of an OVA, a minute or more per disk), then copied for each of its nodes and
-/// groups with the copy's CID pinned from the node's name, so every OVA is the same as if
-/// converted on its own. They live in a temporary directory in the output directory,
+/// The streamOptimized VMDKs of `seed --ova`: each role's disk written once (the slow
+/// part of an OVA: its grains compressed on every core), then copied for each of its
+/// nodes and groups with the copy's CID pinned from the node's name, so every OVA is the
+/// same as if written on its own. They live in a temporary directory in the output directory,
 /// removed when this is dropped.
 struct RoleVmdks {
     tmp: Option<tempfile::TempDir>,
@@ -1369,17 +1369,11 @@ impl RoleVmdks {
         let tmp = self.tmp.as_ref().expect("made above").path().to_owned();
         if !self.converted.contains_key(role) {
             let v = tmp.join(format!("{role}.role.vmdk"));
-            let bar = progress.percent(&format!(
-                "{role}: converting the disk to VMDK (once for every {role} OVA)"
+            progress.step(&format!(
+                "{role}: writing the disk as a streamOptimized VMDK (once for every {role} OVA)"
             ));
-            crate::export::convert(
-                &disk.path,
-                &v,
-                "vmdk",
-                &["-o", "subformat=streamOptimized"],
-                &bar,
-            )?;
-            bar.done();
+            // The CID is pinned per node below.
+            crate::export::stream::from_image(&disk.path, 0, &tmp.join("scratch"), &v)?;
             self.converted.insert(role.to_string(), v);
         }
         let copy = tmp.join(format!("{name}.vmdk"));

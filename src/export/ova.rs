@@ -534,8 +534,9 @@ pub fn ova_from_disk(
         disk.to_path_buf()
     } else {
         let v = tmp.path().join("disk.vmdk");
-        super::convert(disk, &v, "vmdk", &["-o", "subformat=streamOptimized"], bar)?;
-        super::pin::pin("vmdk", &v, seed, 0)?;
+        let cid = super::pin::derive_cid(seed);
+        super::stream::from_image(disk, cid, &tmp.path().join("scratch"), &v)?;
+        bar.set(100.0);
         v
     };
     write_ova(

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::vmdk_stream;
 use crate::context::BuildContext;
@@ -55,4 +55,28 @@ fn grain_store(ctx: &mut BuildContext, prov: &Provisioned) -> Result<PathBuf> {
         |path| vmdk_stream::pack(&prov.disk, path),
     )?;
     Ok(f)
+}
+
+/// Writes the streamOptimized VMDK of any disk qemu-img reads (a qcow2 from `mesobake
+/// build`, for `seed --ova`) to `dest`: the disk as a sparse raw file in `scratch`, its
+/// grains compressed on every core, then written out. `scratch` is emptied again.
+pub fn from_image(disk: &Path, cid: u32, scratch: &Path, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(scratch)
+        .with_context(|| format!("creating {}", scratch.display()))?;
+    let raw = scratch.join("disk.raw");
+    let grains = scratch.join("disk.grains");
+    let r = (|| {
+        crate::run::Cmd::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(disk)
+            .arg(&raw)
+            .run()
+            .with_context(|| format!("reading {}", disk.display()))?;
+        vmdk_stream::pack(&raw, &grains)?;
+        vmdk_stream::write(&grains, None, cid, dest)
+    })();
+    for f in [&raw, &grains] {
+        let _ = std::fs::remove_file(f);
+    }
+    r
 }
