@@ -29,7 +29,8 @@ pub fn from_layers(
     dest: &Path,
 ) -> Result<()> {
     let store = grain_store(ctx, prov)?;
-    ctx.progress.step("writing the streamOptimized VMDK (changed grains only)");
+    ctx.progress
+        .step("writing the streamOptimized VMDK (changed grains only)");
     vmdk_stream::write(&store, Some((&conf.delta, &conf.data)), cid, dest)
 }
 
@@ -61,8 +62,7 @@ fn grain_store(ctx: &mut BuildContext, prov: &Provisioned) -> Result<PathBuf> {
 /// build`, for `seed --ova`) to `dest`: the disk as a sparse raw file in `scratch`, its
 /// grains compressed on every core, then written out. `scratch` is emptied again.
 pub fn from_image(disk: &Path, cid: u32, scratch: &Path, dest: &Path) -> Result<()> {
-    std::fs::create_dir_all(scratch)
-        .with_context(|| format!("creating {}", scratch.display()))?;
+    std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let raw = scratch.join("disk.raw");
     let grains = scratch.join("disk.grains");
     let r = (|| {

@@ -6,6 +6,8 @@
 //! - `packed`: that disk as a compressed qcow2, made once per compression; a qcow2
 //!   output is this plus the changed clusters (see [`super::delta`]); export makes and
 //!   uses it (`export::qcow2`).
+//! - `packed-vmdk`: that disk's grains compressed once for the streamOptimized VMDK
+//!   (`export::stream`); the OVA and EC2 disk copy them and compress only changed grains.
 //! - `configured`: the delta from the provisioned disk to the finished one, plus what
 //!   configure found; an unchanged rebuild skips mounting the image at all.
 //!

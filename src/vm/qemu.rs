@@ -167,8 +167,14 @@ fn qemu_command(spec: &VmSpec, accel: Accel) -> Command {
         ));
     }
     if let Some(data) = &spec.data_disk {
-        c.arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw", opt_path(data)));
+        // cache=unsafe: QEMU ignores the guest's flushes. ZooKeeper fsyncs every
+        // transaction, and each flush became an fdatasync on the host file that the lab's
+        // other VMs wait behind. A lab disk only has to survive its VM (a killed QEMU's
+        // writes are already in the host's page cache), not a host crash.
+        c.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,cache=unsafe",
+            opt_path(data)
+        ));
     }
     let mut netdev = String::from("user,id=n0,restrict=on");
     let to = spec.forward_to.as_deref().unwrap_or("");
