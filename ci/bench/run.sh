@@ -46,7 +46,9 @@ drop_layers() { rm -rf "$MESOBAKE_CACHE_DIR"/layers/{provisioned,packed,packed-v
 # edit: one overlay file changes, as in an edit-rebuild loop.
 edit() { date +%s.%N > "$out/overlay/etc/mesobake-bench"; }
 # timed CMD...: runs CMD, prints its wall-clock seconds.
-timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
+# A failing CMD fails the caller's assignment, so set -e stops the bench (command
+# substitutions do not inherit set -e).
+timed() { local t0 t1; t0=$(now); "$@" || return; t1=$(now); secs "$t0" "$t1"; }
 
 echo "bench: warming the base cache (bootstrap, not timed)"
 build master-slave "$out/warmup"
@@ -97,11 +99,15 @@ if [ "$peers" = 1 ]; then
   if [ "$(echo "$vc_mb < $smallest_mb" | bc)" = 1 ]; then smallest_mb=$vc_mb smallest=virt-customize; fi
 
   echo "bench: mkosi (cold, cold with its package cache, incremental)"
-  mk() { timed bash ci/bench/mkosi.sh "$1" "$debs" "$out/mkosi" 2>> "$out/mkosi.log"; }
+  # A peer that fails (mkosi fetches from the network inside its own sandbox) leaves its
+  # rows marked "failed" instead of stopping the bench; its log says why.
+  mk() { timed bash ci/bench/mkosi.sh "$1" "$debs" "$out/mkosi" 2>> "$out/mkosi.log" || echo failed; }
   export MKOSI_BENCH_STATE=$out/mkosi-state
   mk_cold=$(mk cold); mk_cached=$(mk cold-cached)
   mk_prep=$(mk incremental-prepare)
-  mk_inc=$(mk incremental); mk_mb=$(size_mb "$out/mkosi/mkosi.qcow2")
+  mk_inc=$(mk incremental)
+  mk_mb=failed
+  if [ -f "$out/mkosi/mkosi.qcow2" ]; then mk_mb=$(size_mb "$out/mkosi/mkosi.qcow2"); fi
 fi
 
 echo "bench: export alone (the finished disk, converted by qemu-img)"
@@ -117,7 +123,9 @@ if [ "$boots" = 1 ]; then
   boot_base=$(awk '$2 == "base" { print $4 }' "$out/boot.log")
 fi
 
-ratio() { echo "scale=2; $1 / $2" | bc; }
+ratio() {
+  case "$1$2" in *failed*) echo "-" ;; *) echo "scale=2; $1 / $2" | bc ;; esac
+}
 # verdict RATIO LIMIT: "met" when RATIO <= LIMIT.
 verdict() { if [ "$(echo "$1 <= $2" | bc)" = 1 ]; then echo met; else echo MISSED; fi; }
 # target NAME MEASURED REFERENCE_NAME REFERENCE LIMIT
@@ -144,7 +152,12 @@ if [ "$boots" = 1 ]; then
   target "TCG first boot to 'configured'" "$boot_conf" "the base's boot to cloud-init runcmd" "$boot_base" 0.8
 fi
 
-row() { printf '%-50s %8.1f %7s  %s\n' "$1" "$2" "$3" "$4"; }
+row() {
+  case "$2" in
+    failed) printf '%-50s %8s %7s  %s\n' "$1" failed - "see mkosi.log" ;;
+    *) printf '%-50s %8.1f %7s  %s\n' "$1" "$2" "$3" "$4" ;;
+  esac
+}
 echo
 echo "== everything measured =="
 printf '%-50s %8s %7s  %s\n' "case" "seconds" "ratio" "ratio of"
@@ -176,7 +189,7 @@ printf '%-50s %8.1f\n' "mesobake master-slave.qcow2 (zstd)" "$cold_mb"
 printf '%-50s %8.1f\n' "shell baseline (zlib)" "$shell_mb"
 if [ "$peers" = 1 ]; then
   printf '%-50s %8.1f\n' "virt-customize (zlib)" "$vc_mb"
-  printf '%-50s %8.1f\n' "mkosi, not bootable here (zlib)" "$mk_mb"
+  printf '%-50s %8s\n' "mkosi, not bootable here (zlib)" "$mk_mb"
 fi
 printf '%-50s %8.1f\n' "the finished disk as zlib qcow2 (-W -m 16)" "$(size_mb "$out/zl.qcow2")"
 for f in "$out"/all/master-slave.*; do
