@@ -113,14 +113,14 @@ impl Format {
         }
     }
 
-    /// `qemu-img convert` options for this format.
+    /// `qemu-img convert` options for this format. The OVA's and EC2's streamOptimized
+    /// VMDK is not a qemu-img conversion: `export::vmdk_stream` writes it.
     pub fn qemu_options(self) -> &'static [&'static str] {
         match self {
             // -c compresses; -m 16 keeps 16 requests in flight. Not -W: out-of-order
             // writes are ~2x faster but place clusters differently on every run, and
             // the qcow2 would no longer be reproducible.
             Format::Qcow2 => &["-c", "-m", "16"],
-            Format::Ova | Format::Ec2 => &["-o", "subformat=streamOptimized"],
             // Without force_size, vpc rounds the size to a CHS geometry and the disk
             // comes out a little smaller than the original.
             Format::Vhd => &["-o", "subformat=dynamic,force_size=on"],

@@ -92,9 +92,16 @@ fn qemu_info_as(p: &Path, format: Option<&str>) -> serde_json::Value {
     serde_json::from_str(&sh(c.arg(p))).unwrap()
 }
 
-/// Converts like `mesobake build` does: qemu-img convert, then pin the headers.
+/// Converts like `mesobake build` does: the streamOptimized VMDK (OVA, EC2) with its own
+/// writer, any other format with qemu-img convert; then pin the headers.
 fn convert(raw: &Path, dir: &Path, f: Format) -> PathBuf {
     let dest = dir.join(format!("img.{}", f.ext()));
+    if matches!(f, Format::Ova | Format::Ec2) {
+        let cid = pin::derive_cid("test-seed");
+        export::stream::from_image(raw, cid, &dir.join(".scratch"), &dest).unwrap();
+        pin::pin(f.qemu_name(), &dest, "test-seed", 1_700_000_000).unwrap();
+        return dest;
+    }
     export::convert(
         raw,
         &dest,
